@@ -1,0 +1,19 @@
+"""x_attn: transformers composed from keyword flags, on fused attention by default."""
+
+from x_attn.attention.attention import Attention
+from x_attn.cache import KVCache, KVEntry
+from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
+from x_attn.wrappers.token import TransformerWrapper
+
+__all__ = [
+    "Attention",
+    "AttentionLayers",
+    "CrossAttender",
+    "Decoder",
+    "Encoder",
+    "FeedForward",
+    "KVCache",
+    "KVEntry",
+    "TransformerWrapper",
+]

@@ -1,0 +1,205 @@
+"""Attention: a fixed pipeline of stages; features attach to one stage each.
+
+project -> transform q/k (positions) -> extend k/v (cache, memory kv) -> mask + bias ->
+kernel (SDPA or manual with score hooks) -> output (merge heads, out projection or AoA).
+
+Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
+dh head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from x_attn.attention.features import build_score_pipeline
+from x_attn.attention.features.attn_on_attn import AttentionOnAttention
+from x_attn.attention.features.memory_kv import MemoryKeyValues
+from x_attn.attention.projections import CollaborativeProjection, MultiHeadProjection
+from x_attn.cache import KVEntry
+from x_attn.config import AttentionConfig
+from x_attn.kernels.inputs import AttnInputs
+from x_attn.kernels.manual import AttnMaps, manual_attention
+from x_attn.kernels.sdpa import sdpa_attention
+from x_attn.kernels.select import KernelChoice, choose_kernel
+from x_attn.positional.context import PositionContext
+from x_attn.routing import build_config
+from x_attn.utils import check_positive_int
+
+
+@dataclass
+class AttnIntermediates:
+    """What one attention call leaves behind: the kernel used and, on the manual path, scores."""
+
+    kernel: str
+    maps: AttnMaps | None = None
+
+    @property
+    def logits(self) -> Tensor | None:
+        return None if self.maps is None else self.maps.logits
+
+    @property
+    def probs(self) -> Tensor | None:
+        return None if self.maps is None else self.maps.probs
+
+
+class Attention(nn.Module):
+    """Multi-head (self or cross) attention.
+
+    Args:
+        dim: model dimension of the queries' input.
+        heads: number of heads.
+        causal: bottom-right aligned causal masking (self-attention only).
+        dim_context: dimension of the context for cross-attention (default ``dim``).
+        config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
+            (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
+        residual_attn: add the previous layer's logits (RealFormer); set by the stack.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        causal: bool = False,
+        dim_context: int | None = None,
+        config: AttentionConfig | None = None,
+        residual_attn: bool = False,
+        flag_prefix: str = "attn_",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if config is not None and kwargs:
+            raise TypeError("Attention: pass either config= or keyword options, not both")
+        config = config or build_config(AttentionConfig, "Attention", kwargs)
+        config.validate("Attention", flag_prefix)
+        check_positive_int("dim", dim, "Attention")
+        check_positive_int("heads", heads, "Attention")
+        self.config, self.heads, self.causal = config, heads, causal
+        self.scale = config.dim_head**-0.5
+        self.proj = _make_projection(dim, heads, config, dim_context)
+        self.memory_kv = None
+        if config.num_mem_kv > 0:
+            self.memory_kv = MemoryKeyValues(
+                config.num_mem_kv, self.proj.k_heads, self.proj.qk_dim, heads, config.dim_head
+            )
+        self.scores = build_score_pipeline(config, heads, residual_attn, flag_prefix)
+        self.kernel: KernelChoice = choose_kernel(config.flash, self.scores.flags, "Attention")
+        inner = heads * config.dim_head
+        if config.on_attn:
+            self.to_out: nn.Module = AttentionOnAttention(inner, dim)
+        else:
+            self.to_out = nn.Linear(inner, dim, bias=False)
+
+    @property
+    def qk_dim(self) -> int:
+        """Per-head dimension of queries and keys (where rotary embeddings act)."""
+        return self.proj.qk_dim
+
+    def explain(self) -> str:
+        """Which kernel this layer uses by default and why."""
+        return f"{self.kernel.name}: {self.kernel.reason}"
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        positions: PositionContext | None = None,
+        prev_logits: Tensor | None = None,
+        mem: Tensor | None = None,
+        cache: KVEntry | None = None,
+        return_attn: bool = False,
+    ) -> tuple[Tensor, AttnIntermediates]:
+        """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
+
+        Args:
+            mask: (b, j) key padding mask over the positional keys (self-attention).
+            context_mask: (b, j) padding mask of the context (cross-attention).
+            attn_mask: (i, j), (b, i, j) or (b, h, i, j) bool mask, True = may attend.
+            positions: positional tables of this forward (see PositionContext).
+            prev_logits: previous layer's logits for residual attention.
+            mem: (b, m, d) Transformer-XL memory prepended to the keys/values.
+            cache: this layer's KV cache entry; updated in place.
+            return_attn: run the manual kernel and return the attention maps.
+
+        Returns:
+            (out (b, n, d), intermediates).
+        """
+        q, k, v, key_mask = self._project(x, context, mask, context_mask, positions, mem, cache)
+        bias = positions.bias if (positions is not None and context is None) else None
+        full_mask = _combine_masks(key_mask, attn_mask, x.shape[0], q.shape[-2], k.shape[-2])
+        if self.memory_kv is not None:
+            k, v = self.memory_kv.extend(k, v)
+            full_mask = self.memory_kv.pad_mask(full_mask)
+            bias = self.memory_kv.pad_bias(bias)
+        inputs = AttnInputs(
+            q, k, v, mask=full_mask, bias=bias, causal=self.causal and context is None,
+            scale=self.scale, dropout=self.config.dropout if self.training else 0.0,
+        )
+        if self.kernel.name == "manual" or return_attn:
+            out, maps = manual_attention(inputs, self.scores.bind(prev_logits))
+            inter = AttnIntermediates("manual", maps)
+        else:
+            out, inter = sdpa_attention(inputs), AttnIntermediates("sdpa")
+        out = rearrange(out, "b h n d -> b n (h d)")
+        if isinstance(self.to_out, AttentionOnAttention):
+            return self.to_out(out, x), inter
+        return self.to_out(out), inter
+
+    def _project(self, x, context, mask, context_mask, positions, mem, cache):
+        """Project stage + position transforms + cache extension; returns q, k, v, key mask."""
+        q_in = x
+        if context is not None:
+            q = self.proj.queries(q_in)
+            if cache is not None and cache.k is not None:
+                return q, cache.k, cache.v, context_mask
+            k, v = self.proj.keys_values(context, context)
+            if cache is not None:
+                cache.k, cache.v = k, v
+            return q, k, v, context_mask
+        kv_in = x if mem is None else torch.cat((mem, x), dim=1)
+        k_in = kv_in
+        if positions is not None and positions.infused is not None:
+            q_in = x + positions.infused[-x.shape[1]:].to(x.dtype)
+            k_in = kv_in + positions.infused[-kv_in.shape[1]:].to(x.dtype)
+        q = self.proj.queries(q_in)
+        k, v = self.proj.keys_values(k_in, kv_in)
+        if positions is not None and positions.rotary is not None:
+            from x_attn.positional.rotary import apply_rotary
+
+            q = apply_rotary(q, positions.rotary[-q.shape[-2]:])
+            k = apply_rotary(k, positions.rotary[-k.shape[-2]:])
+        if cache is not None:
+            k, v = cache.append(k, v)
+        return q, k, v, mask
+
+
+def _make_projection(dim: int, heads: int, config: AttentionConfig, dim_context: int | None):
+    if config.collab_heads:
+        return CollaborativeProjection(
+            dim, heads, config.dim_head, config.collab_compression, dim_context
+        )
+    return MultiHeadProjection(dim, heads, config.dim_head, dim_context)
+
+
+def _combine_masks(
+    key_mask: Tensor | None, attn_mask: Tensor | None, b: int, i: int, j: int
+) -> Tensor | None:
+    """Key padding (b, j) and user mask ((i, j) / (b, i, j) / (b, h, i, j)) -> (b|1, h|1, i, j)."""
+    mask = None
+    if key_mask is not None:
+        mask = rearrange(key_mask, "b j -> b 1 1 j")
+    if attn_mask is not None:
+        if attn_mask.ndim == 2:
+            attn_mask = rearrange(attn_mask, "i j -> 1 1 i j")
+        elif attn_mask.ndim == 3:
+            attn_mask = rearrange(attn_mask, "b i j -> b 1 i j")
+        mask = attn_mask if mask is None else mask & attn_mask
+    return mask

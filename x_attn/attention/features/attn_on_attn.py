@@ -1,0 +1,27 @@
+"""Attention on Attention (Huang et al., arXiv 1908.06954).
+
+The attended vector v_hat and the query input q produce an information vector and a sigmoid
+gate, both linear in [v_hat; q]:  i = W_i [v_hat; q] + b_i,  g = sigmoid(W_g [v_hat; q] + b_g),
+output = g * i. This replaces the usual output projection.
+
+Shape legend: b batch, n sequence, d model dim, e = heads * dim_head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class AttentionOnAttention(nn.Module):
+    """Output stage: gate the attention result by the query it answers."""
+
+    def __init__(self, inner_dim: int, dim: int) -> None:
+        super().__init__()
+        self.to_info = nn.Linear(inner_dim + dim, dim)
+        self.to_gate = nn.Linear(inner_dim + dim, dim)
+
+    def forward(self, attended: Tensor, query_input: Tensor) -> Tensor:
+        """attended (b n e), query_input (b n d) -> (b n d)."""
+        both = torch.cat((attended, query_input), dim=-1)
+        return self.to_gate(both).sigmoid() * self.to_info(both)

@@ -1,0 +1,20 @@
+"""entmax-1.5 attention: Adaptively Sparse Transformers (Correia et al., arXiv 1909.00015).
+
+Replaces the softmax by 1.5-entmax (Peters et al., arXiv 1905.05702), which gives exact zeros.
+"""
+
+from __future__ import annotations
+
+from entmax import entmax15
+from torch import Tensor, nn
+
+
+class Entmax15(nn.Module):
+    """Normaliser: probabilities = entmax15(logits) along the key axis."""
+
+    def __init__(self, flag: str = "attn_use_entmax15") -> None:
+        super().__init__()
+        self.flag = flag
+
+    def forward(self, sim: Tensor) -> Tensor:
+        return entmax15(sim, dim=-1)

@@ -1,0 +1,40 @@
+"""Persistent memory key/values: "Augmenting Self-attention with Persistent Memory"
+(Sukhbaatar et al., arXiv 1907.01470).
+
+Learned key/value vectors are prepended to every attention call's keys and values. They have
+no position: the positional bias is zero for them and no mask hides them.
+
+Shape legend: b batch, h heads, hk key heads, m memory slots, j keys, dh head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+from torch import Tensor, nn
+
+
+class MemoryKeyValues(nn.Module):
+    """Prepends ``num`` learned keys and values (per key head) to k and v."""
+
+    def __init__(self, num: int, k_heads: int, qk_dim: int, v_heads: int, v_dim: int) -> None:
+        super().__init__()
+        self.num = num
+        self.mem_k = nn.Parameter(torch.randn(k_heads, num, qk_dim))
+        self.mem_v = nn.Parameter(torch.randn(v_heads, num, v_dim))
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """k (b hk j dh), v (b h j dh) -> with m memory slots first: (b hk m+j dh), (b h m+j dh)."""
+        b = k.shape[0]
+        mem_k = repeat(self.mem_k, "hk m d -> b hk m d", b=b).to(k.dtype)
+        mem_v = repeat(self.mem_v, "h m d -> b h m d", b=b).to(v.dtype)
+        return torch.cat((mem_k, k), dim=-2), torch.cat((mem_v, v), dim=-2)
+
+    def pad_mask(self, mask: Tensor | None) -> Tensor | None:
+        """Key axis (last) gets ``num`` always-visible columns in front."""
+        return None if mask is None else F.pad(mask, (self.num, 0), value=True)
+
+    def pad_bias(self, bias: Tensor | None) -> Tensor | None:
+        """Key axis (last) gets ``num`` zero-bias columns in front."""
+        return None if bias is None else F.pad(bias, (self.num, 0), value=0.0)

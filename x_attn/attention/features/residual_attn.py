@@ -1,0 +1,27 @@
+"""Residual attention: RealFormer (He et al., arXiv 2012.11747).
+
+Each layer adds the previous layer's pre-softmax attention logits to its own before masking
+and softmax, and hands the sum on to the next layer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from x_attn.attention.features import ScoreFeature
+
+
+class ResidualAttention(ScoreFeature):
+    """logits_l = q k^T * scale + bias + logits_{l-1} (the first layer adds nothing)."""
+
+    flag = "residual_attn"
+
+    def on_logits(self, sim: Tensor, prev_logits: Tensor | None) -> Tensor:
+        if prev_logits is None:
+            return sim
+        if prev_logits.shape[-2:] != sim.shape[-2:]:
+            raise ValueError(
+                f"residual_attn: previous layer logits {tuple(prev_logits.shape)} do not match "
+                f"this layer's {tuple(sim.shape)}; every layer of the stack must see the same keys"
+            )
+        return sim + prev_logits

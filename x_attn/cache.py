@@ -1,0 +1,60 @@
+"""Key/value cache objects for incremental decoding (DESIGN.md section 5).
+
+A :class:`KVCache` holds one :class:`KVEntry` per attention layer (self and cross) of a stack,
+the number of positions already processed and the key padding mask of those positions.
+Self-attention entries store keys after rotary rotation; cross-attention entries store the
+context's keys/values once.
+
+Shape legend: b batch, hk key heads, h heads, j cached keys, dh head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class KVEntry:
+    """Cached keys (b hk j dh) and values (b h j dh) of one attention layer."""
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k/v after the cached ones and return the full keys and values."""
+        if self.k is not None:
+            k = torch.cat((self.k, k), dim=-2)
+            v = torch.cat((self.v, v), dim=-2)
+        self.k, self.v = k, v
+        return k, v
+
+
+@dataclass
+class KVCache:
+    """The cache of a whole stack.
+
+    Attributes:
+        entries: one entry per attention layer, in layer order.
+        length: positions already processed (keys carrying a position).
+        key_mask: (b, length) padding mask of those positions, or None if all valid.
+    """
+
+    entries: list[KVEntry] = field(default_factory=list)
+    length: int = 0
+    key_mask: Tensor | None = None
+
+    @classmethod
+    def empty(cls, num_layers: int) -> KVCache:
+        return cls(entries=[KVEntry() for _ in range(num_layers)])
+
+    def select(self, index: Tensor) -> KVCache:
+        """A cache restricted to the batch rows in ``index`` (for beam or batch pruning)."""
+        entries = [
+            KVEntry(None if e.k is None else e.k[index], None if e.v is None else e.v[index])
+            for e in self.entries
+        ]
+        mask = None if self.key_mask is None else self.key_mask[index]
+        return KVCache(entries=entries, length=self.length, key_mask=mask)

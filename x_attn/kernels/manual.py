@@ -1,0 +1,75 @@
+"""Readable softmax attention: the reference path, with hooks for features that need scores.
+
+Shape legend: b batch, h heads, i queries, j keys, dh head dim, dv value head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from torch import Tensor
+
+from x_attn.kernels.inputs import AttnInputs, expand_kv_heads, merged_mask
+
+
+class ScoreHooks:
+    """Identity hooks; features override the stages they act on.
+
+    Stages, in order: ``on_logits`` (scaled logits + bias, before masking), ``on_masked``
+    (after masked entries are set to a large negative value), ``normalize`` (logits ->
+    probabilities), ``on_probs`` (after normalisation, before dropout).
+    """
+
+    def on_logits(self, sim: Tensor) -> Tensor:
+        return sim
+
+    def on_masked(self, sim: Tensor, mask: Tensor | None) -> Tensor:
+        return sim
+
+    def normalize(self, sim: Tensor) -> Tensor:
+        return sim.softmax(dim=-1)
+
+    def on_probs(self, attn: Tensor) -> Tensor:
+        return attn
+
+
+@dataclass
+class AttnMaps:
+    """Scores of one manual attention call: logits (b, h, i, j) before masking, probs after."""
+
+    logits: Tensor
+    probs: Tensor
+
+
+def manual_attention(
+    inputs: AttnInputs, hooks: ScoreHooks | None = None
+) -> tuple[Tensor, AttnMaps]:
+    """softmax(q k^T * scale + bias, masked) v, computed explicitly; returns (out, maps).
+
+    Softmax runs in float32 for half-precision inputs. Masked logits are set to
+    ``-finfo.max`` and query rows with no allowed key get all-zero weights (never NaN).
+    """
+    hooks = hooks or ScoreHooks()
+    q = inputs.q
+    heads = q.shape[1]
+    k = expand_kv_heads(inputs.k, heads)
+    v = expand_kv_heads(inputs.v, heads)
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    sim = einsum(q, k, "b h i d, b h j d -> b h i j").to(compute) * inputs.scale
+    if inputs.bias is not None:
+        sim = sim + inputs.bias.to(compute)
+    sim = hooks.on_logits(sim)
+    logits = sim
+    mask = merged_mask(inputs)
+    if mask is not None:
+        sim = sim.masked_fill(~mask, -torch.finfo(compute).max)
+    sim = hooks.on_masked(sim, mask)
+    attn = hooks.on_probs(hooks.normalize(sim))
+    if mask is not None:
+        attn = attn.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
+    out = einsum(dropped.to(v.dtype), v, "b h i j, b h j d -> b h i d")
+    return out, AttnMaps(logits=logits, probs=attn)

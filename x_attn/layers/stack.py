@@ -1,0 +1,267 @@
+"""AttentionLayers and the Encoder / Decoder / CrossAttender stacks.
+
+Shape legend: b batch, n sequence, d model dim, m memory length, j context length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from x_attn.attention.attention import Attention
+from x_attn.cache import KVCache
+from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.norms import make_norm
+from x_attn.layers.pattern import layer_types, macaron_ff_scale
+from x_attn.layers.residual import make_residual
+from x_attn.positional.stack_positions import StackPositions
+from x_attn.routing import route_layer_kwargs
+from x_attn.validation import check_attn_mask, check_bool_mask, check_float_input
+
+
+@dataclass
+class LayerIntermediates:
+    """What a stack forward leaves behind.
+
+    Attributes:
+        hiddens: the input of every self-attention layer (b, n, d), for Transformer-XL mems.
+        attn_maps: attention probabilities (b, h, i, j) of every attention layer, when asked.
+        kernels: the kernel each attention layer ran ("sdpa" / "manual").
+        cache: the KV cache, updated, when one was passed.
+    """
+
+    hiddens: list[Tensor] = field(default_factory=list)
+    attn_maps: list[Tensor] = field(default_factory=list)
+    kernels: list[str] = field(default_factory=list)
+    cache: KVCache | None = None
+
+
+class AttentionLayers(nn.Module):
+    """A stack of attention / cross-attention / feed-forward layers built from flat flags.
+
+    Args:
+        dim: model dimension.
+        depth: number of (attention, feed-forward) blocks.
+        heads: attention heads.
+        causal: causal self-attention (Decoder).
+        cross_attend: add cross-attention to a ``context`` in every block.
+        only_cross: cross-attention instead of self-attention.
+        **kwargs: ``attn_*``, ``cross_attn_*``, ``ff_*`` and stack flags (see README flag table).
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int = 8, causal: bool = False,
+                 cross_attend: bool = False, only_cross: bool = False, **kwargs: Any) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        flags = dict(dim=dim, depth=depth, heads=heads, causal=causal,
+                     cross_attend=cross_attend, only_cross=only_cross, **kwargs)
+        self.config = route_layer_kwargs(owner, flags)
+        cfg = self.config
+        self.dim, self.causal = cfg.dim, cfg.causal
+        self.cross_attend = cfg.cross_attend or cfg.only_cross
+        self.types = layer_types(cfg.depth, cross_attend=cfg.cross_attend,
+                                 only_cross=cfg.only_cross, macaron=cfg.macaron,
+                                 sandwich_coef=cfg.sandwich_coef, custom_layers=cfg.custom_layers)
+        scales = macaron_ff_scale(self.types, cfg.macaron)
+        self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
+        qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
+        self.positions = StackPositions(cfg, qk_dim, owner)
+        use_final = cfg.pre_norm and not cfg.use_rezero
+        self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
+        self.reversible = None
+        if cfg.reversible:
+            from x_attn.layers.reversible_stack import build_reversible
+
+            self.reversible = build_reversible(self.layers, self.types)
+
+    def _make_layer(self, kind: str, scale: float) -> nn.ModuleDict:
+        cfg = self.config
+        if kind == "a":
+            block = Attention(cfg.dim, cfg.heads, causal=cfg.causal, config=cfg.attn,
+                              residual_attn=cfg.residual_attn)
+        elif kind == "c":
+            block = Attention(cfg.dim, cfg.heads, config=cfg.cross_attn, flag_prefix="cross_attn_",
+                              residual_attn=cfg.cross_residual_attn)
+        else:
+            block = FeedForward(cfg.dim, cfg.ff)
+        norm = nn.Identity() if cfg.use_rezero else make_norm(cfg.norm, cfg.dim)
+        residual = make_residual(cfg.dim, rezero=cfg.use_rezero, gated=cfg.gate_residual,
+                                 scale=scale)
+        return nn.ModuleDict(dict(norm=norm, block=block, residual=residual))
+
+    def _attention_blocks(self) -> list[Attention]:
+        return [layer["block"] for layer in self.layers if isinstance(layer["block"], Attention)]
+
+    @property
+    def num_attention_layers(self) -> int:
+        return len(self._attention_blocks())
+
+    @property
+    def num_self_attention_layers(self) -> int:
+        return self.types.count("a")
+
+    def explain(self) -> list[str]:
+        """One line per attention layer: which kernel it uses by default and why."""
+        return [f"layer {i} ({t}): {layer['block'].explain()}"
+                for i, (t, layer) in enumerate(zip(self.types, self.layers)) if t in "ac"]
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
+                context_mask: Tensor | None = None, attn_mask: Tensor | None = None,
+                mems: list[Tensor] | None = None, cache: KVCache | None = None,
+                return_hiddens: bool = False, return_attn: bool = False):
+        """Run the stack on ``x`` (b, n, d).
+
+        Args:
+            context: (b, j, d) for cross-attending stacks.
+            mask: (b, n) key padding mask, True = real token.
+            context_mask: (b, j) padding mask of ``context``.
+            attn_mask: (n, k) / (b, n, k) / (b, h, n, k) bool mask, k = keys with positions.
+            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer.
+            cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
+            return_hiddens: also return a :class:`LayerIntermediates`.
+            return_attn: run the manual kernel everywhere and collect attention maps.
+        """
+        check_float_input("x", x, self.dim, type(self).__name__)
+        b, n = x.shape[:2]
+        past = cache.length if cache is not None else 0
+        mem_len = self._check_mems(mems, b)
+        self._check_inputs(x, context, mask, context_mask, attn_mask, past + mem_len + n)
+        positions = self.positions(n, past + mem_len + n, x.device, x.dtype)
+        key_mask = self._key_mask(mask, cache, mem_len, b, n, x.device)
+        if self.reversible is not None and self.training and torch.is_grad_enabled():
+            if mems is not None or cache is not None or return_attn:
+                raise ValueError("reversible=True trains without mems, cache or return_attn")
+            out = self.final_norm(self.reversible(x, mask=key_mask, attn_mask=attn_mask,
+                                                  positions=positions))
+            return (out, LayerIntermediates()) if return_hiddens else out
+        inter = LayerIntermediates(cache=cache)
+        state = dict(context=context, context_mask=context_mask, attn_mask=attn_mask,
+                     positions=positions, key_mask=key_mask, mems=mems, cache=cache,
+                     return_attn=return_attn)
+        x = self._run_layers(x, state, inter)
+        if cache is not None:
+            cache.length = past + mem_len + n
+            cache.key_mask = key_mask
+        out = self.final_norm(x)
+        return (out, inter) if return_hiddens else out
+
+    def _run_layers(self, x: Tensor, state: dict, inter: LayerIntermediates) -> Tensor:
+        cfg = self.config
+        prev = {"a": None, "c": None}
+        attn_index = self_index = 0
+        for kind, layer in zip(self.types, self.layers):
+            residual = x
+            h = layer["norm"](x) if cfg.pre_norm else x
+            if kind == "f":
+                out = layer["block"](h)
+            else:
+                entry = state["cache"].entries[attn_index] if state["cache"] is not None else None
+                if kind == "a":
+                    inter.hiddens.append(x)
+                    mem = self._layer_mem(state["mems"], self_index, layer)
+                    out, ai = layer["block"](
+                        h, mask=state["key_mask"], attn_mask=state["attn_mask"],
+                        positions=state["positions"], prev_logits=prev["a"], mem=mem,
+                        cache=entry, return_attn=state["return_attn"])
+                    self_index += 1
+                else:
+                    out, ai = layer["block"](
+                        h, state["context"], context_mask=state["context_mask"],
+                        prev_logits=prev["c"], cache=entry, return_attn=state["return_attn"])
+                prev[kind] = ai.logits
+                inter.kernels.append(ai.kernel)
+                if ai.probs is not None and state["return_attn"]:
+                    inter.attn_maps.append(ai.probs)
+                attn_index += 1
+            x = layer["residual"](out, residual)
+            if not cfg.pre_norm:
+                x = layer["norm"](x)
+        return x
+
+    def _layer_mem(self, mems: list[Tensor] | None, index: int, layer: nn.ModuleDict):
+        if mems is None:
+            return None
+        mem = mems[index]
+        return layer["norm"](mem) if self.config.pre_norm else mem
+
+    def _key_mask(self, mask, cache, mem_len, b, n, device) -> Tensor | None:
+        """(b, past + mem_len + n) padding mask over all positional keys, or None."""
+        past_mask = cache.key_mask if cache is not None else None
+        past = cache.length if cache is not None else 0
+        if mask is None and past_mask is None:
+            return None
+        parts = []
+        if past:
+            parts.append(past_mask if past_mask is not None
+                         else torch.ones(b, past, dtype=torch.bool, device=device))
+        if mem_len:
+            parts.append(torch.ones(b, mem_len, dtype=torch.bool, device=device))
+        parts.append(mask if mask is not None
+                     else torch.ones(b, n, dtype=torch.bool, device=device))
+        return torch.cat(parts, dim=1)
+
+    def _check_mems(self, mems: list[Tensor] | None, b: int) -> int:
+        if mems is None:
+            return 0
+        expected = self.num_self_attention_layers
+        if not isinstance(mems, (list, tuple)) or len(mems) != expected:
+            got = len(mems) if isinstance(mems, (list, tuple)) else type(mems).__name__
+            raise ValueError(f"'mems' must be a list of {expected} tensors (one per "
+                             f"self-attention layer), got {got}; pass the mems this model returned")
+        m = mems[0].shape[1] if mems[0].ndim == 3 else -1
+        for mem in mems:
+            if mem.ndim != 3 or mem.shape[0] != b or mem.shape[2] != self.dim or mem.shape[1] != m:
+                raise ValueError(f"each of 'mems' must have shape (batch={b}, mem_len, dim="
+                                 f"{self.dim}) with one mem_len, got {tuple(mem.shape)}")
+        return m
+
+    def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> None:
+        b, n = x.shape[:2]
+        if self.cross_attend and context is None:
+            raise ValueError(f"{type(self).__name__} cross-attends: pass context=(batch, "
+                             "context_len, dim)")
+        if not self.cross_attend and context is not None:
+            raise ValueError(f"{type(self).__name__} does not cross-attend, but 'context' was "
+                             "given; build it with cross_attend=True")
+        if not self.cross_attend and context_mask is not None:
+            raise ValueError("'context_mask' given to a stack that does not cross-attend")
+        check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
+        if context is not None:
+            check_float_input("context", context, context.shape[-1] if context.ndim == 3 else -1,
+                              type(self).__name__)
+            if context.shape[0] != b:
+                raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
+            check_bool_mask("context_mask", context_mask, tuple(context.shape[:2]),
+                            "batch x context length")
+        check_attn_mask(attn_mask, b, self.config.heads, n, k_len)
+
+
+class Encoder(AttentionLayers):
+    """Bidirectional stack (BERT-like)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("causal"):
+            raise ValueError("Encoder is never causal; use Decoder for causal=True")
+        super().__init__(**kwargs)
+
+
+class Decoder(AttentionLayers):
+    """Causal stack (GPT-like)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("causal") is False:
+            raise ValueError("Decoder is always causal; use Encoder for causal=False")
+        kwargs["causal"] = True
+        super().__init__(**kwargs)
+
+
+class CrossAttender(AttentionLayers):
+    """Cross-attention only stack: queries from ``x`` attend to ``context``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cross_attend", True)
+        kwargs.setdefault("only_cross", True)
+        super().__init__(**kwargs)

@@ -1,0 +1,73 @@
+"""Builds the per-forward PositionContext of a stack from its positional flags."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from x_attn.config import LayersConfig
+from x_attn.positional.absolute import sinusoidal_table
+from x_attn.positional.alibi import AlibiPositionalBias
+from x_attn.positional.context import PositionContext
+from x_attn.positional.rotary import RotaryEmbedding
+from x_attn.positional.t5 import T5RelativePositionBias
+
+
+def default_rotary_dim(dim_head: int) -> int:
+    """x-transformers' default rotary dim: max(dim_head // 2, 32), capped at dim_head."""
+    return min(max(dim_head // 2, 32), dim_head)
+
+
+class StackPositions(nn.Module):
+    """The positional modules shared by every layer of one stack (computed once per forward).
+
+    T5 bias (one learned table for the whole stack, as in T5), ALiBi, rotary angles and the
+    sinusoids of position-infused attention.
+    """
+
+    def __init__(self, config: LayersConfig, qk_dim: int, owner: str) -> None:
+        super().__init__()
+        self.rotary = self.rel_pos = None
+        self.infused_dim = config.dim if config.position_infused_attn else None
+        if config.rotary_pos_emb:
+            r = config.rotary_emb_dim or default_rotary_dim(qk_dim)
+            if r > qk_dim:
+                raise ValueError(
+                    f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "
+                    "lower rotary_emb_dim or raise attn_dim_head"
+                )
+            self.rotary = RotaryEmbedding(
+                r, base=config.rotary_base, interpolation_factor=config.rotary_interpolation_factor
+            )
+        if config.rel_pos_bias:
+            self.rel_pos = T5RelativePositionBias(
+                config.heads, causal=config.causal, num_buckets=config.rel_pos_num_buckets,
+                max_distance=config.rel_pos_max_distance,
+            )
+        elif config.alibi_pos_bias:
+            self.rel_pos = AlibiPositionalBias(
+                config.alibi_num_heads or config.heads, total_heads=config.heads
+            )
+
+    @property
+    def is_relative(self) -> bool:
+        """True when positions enter every layer (rotary, T5, ALiBi, infused)."""
+        return any(x is not None for x in (self.rotary, self.rel_pos, self.infused_dim))
+
+    def forward(
+        self, q_len: int, k_len: int, device: torch.device, dtype: torch.dtype
+    ) -> PositionContext:
+        """Tables for queries at absolute positions k_len - q_len ... k_len - 1."""
+        context = PositionContext(q_len=q_len, k_len=k_len)
+        if not self.is_relative:
+            return context
+        k_pos = torch.arange(k_len, device=device)
+        q_pos = k_pos[k_len - q_len:]
+        table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if self.rotary is not None:
+            context.rotary = self.rotary(k_pos, dtype=table_dtype)
+        if self.rel_pos is not None:
+            context.bias = self.rel_pos(q_pos, k_pos)
+        if self.infused_dim is not None:
+            context.infused = sinusoidal_table(k_pos, self.infused_dim, dtype=table_dtype)
+        return context

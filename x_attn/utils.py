@@ -1,0 +1,33 @@
+"""Small helpers shared by the whole package (one definition each)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def exists(value: Any) -> bool:
+    """True when ``value`` is not None."""
+    return value is not None
+
+
+def default(value: T | None, fallback: T) -> T:
+    """``value`` unless it is None, else ``fallback``."""
+    return value if value is not None else fallback
+
+
+def check_positive_int(name: str, value: Any, owner: str) -> None:
+    """Raise ValueError/TypeError naming ``name`` unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: '{name}' must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{owner}: '{name}' must be >= 1, got {value}")
+
+
+def check_probability(name: str, value: Any, owner: str) -> None:
+    """Raise ValueError naming ``name`` unless ``0 <= value < 1``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{owner}: '{name}' must be a float, got {type(value).__name__}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}: '{name}' must be in [0, 1), got {value}")

@@ -1,0 +1,114 @@
+"""Checks of flag combinations (at construction) and of forward inputs (at the API boundary).
+
+Every check raises ValueError / TypeError naming the argument, what is wrong and the fix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from x_attn.config import LayersConfig
+from x_attn.utils import check_positive_int
+
+
+def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> None:
+    """Refuse flag combinations that cannot work; ``explicit`` = keywords the user passed."""
+    for name in ("dim", "depth", "heads"):
+        check_positive_int(name, getattr(config, name), owner)
+    if config.rel_pos_bias and config.alibi_pos_bias:
+        raise ValueError(
+            f"{owner}: rel_pos_bias (T5) and alibi_pos_bias are two additive position biases; "
+            "choose one"
+        )
+    if config.alibi_num_heads is not None and not 1 <= config.alibi_num_heads <= config.heads:
+        raise ValueError(
+            f"{owner}: alibi_num_heads must be between 1 and heads={config.heads}, "
+            f"got {config.alibi_num_heads}"
+        )
+    _validate_rotary(config, owner)
+    _validate_residual_rules(config, owner, explicit)
+    if config.reversible:
+        _validate_reversible(config, owner)
+    if config.position_infused_attn and config.dim % 2:
+        raise ValueError(f"{owner}: position_infused_attn needs an even dim, got dim={config.dim}")
+
+
+def _validate_rotary(config: LayersConfig, owner: str) -> None:
+    if config.rotary_emb_dim is None:
+        return
+    if not config.rotary_pos_emb:
+        raise ValueError(f"{owner}: rotary_emb_dim is set but rotary_pos_emb is False; "
+                         "set rotary_pos_emb=True or drop rotary_emb_dim")
+    r = config.rotary_emb_dim
+    if r < 2 or r % 2:
+        raise ValueError(f"{owner}: rotary_emb_dim must be an even number >= 2, got {r}")
+    if config.rotary_interpolation_factor < 1:
+        raise ValueError(f"{owner}: rotary_interpolation_factor must be >= 1")
+
+
+def _validate_residual_rules(config: LayersConfig, owner: str, explicit: set[str]) -> None:
+    if config.use_rezero and config.gate_residual:
+        raise ValueError(f"{owner}: use_rezero and gate_residual are two residual rules; choose one")
+    if config.use_rezero and config.norm != "layernorm":
+        raise ValueError(f"{owner}: use_rezero removes normalisation, so use_{config.norm} "
+                         "would have no effect; choose one")
+    if config.use_rezero and "pre_norm" in explicit:
+        raise ValueError(f"{owner}: use_rezero has no normalisation, so pre_norm has no effect; "
+                         "drop pre_norm")
+
+
+def _validate_reversible(config: LayersConfig, owner: str) -> None:
+    refused = {
+        "residual_attn": config.residual_attn,
+        "gate_residual": config.gate_residual,
+        "use_rezero": config.use_rezero,
+        "macaron": config.macaron,
+        "sandwich_coef": config.sandwich_coef is not None,
+        "custom_layers": config.custom_layers is not None,
+        "cross_attend": config.cross_attend or config.only_cross,
+        "pre_norm=False": not config.pre_norm,
+    }
+    bad = [name for name, on in refused.items() if on]
+    if bad:
+        raise ValueError(
+            f"{owner}: reversible=True pairs each self-attention with one feed-forward "
+            f"(y1 = x1 + Attn(x2), y2 = x2 + FF(y1)) under pre-norm; it cannot be combined "
+            f"with {', '.join(bad)}"
+        )
+
+
+def check_bool_mask(name: str, mask: Tensor | None, shape: tuple[int, ...], hint: str) -> None:
+    """``mask`` must be a bool tensor of exactly ``shape`` (or None)."""
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"'{name}' must be a bool tensor (True = may attend), got {mask.dtype}; "
+                        f"use {name}.bool()")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"'{name}' must have shape {tuple(shape)} ({hint}), "
+                         f"got {tuple(mask.shape)}")
+
+
+def check_attn_mask(attn_mask: Tensor | None, b: int, h: int, i: int, j: int) -> None:
+    """User attention mask: (i, j), (b, i, j) or (b, h, i, j), bool."""
+    if attn_mask is None:
+        return
+    allowed = {2: (i, j), 3: (b, i, j), 4: (b, h, i, j)}
+    shape = allowed.get(attn_mask.ndim if isinstance(attn_mask, Tensor) else -1, (i, j))
+    check_bool_mask("attn_mask", attn_mask, shape,
+                    "queries x keys, optionally with batch and heads in front")
+
+
+def check_float_input(name: str, x: Tensor, dim: int, owner: str) -> None:
+    """``x`` must be a floating (b, n, dim) tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner}: '{name}' must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{owner}: '{name}' must be a float tensor (b, n, {dim}), got {x.dtype}; "
+                        "token ids go to TransformerWrapper")
+    if x.ndim != 3 or x.shape[-1] != dim:
+        raise ValueError(f"{owner}: '{name}' must have shape (batch, seq, {dim}), "
+                         f"got {tuple(x.shape)}")
