@@ -129,7 +129,7 @@ def test_gradients_equal_ordinary_autograd(dropout: float, cross: bool) -> None:
     assert_all_close(g_rev, g_ref)
     if dropout > 0:  # the masks matter: another seed gives other gradients
         _, _, _, g_other = run_both(pairs, x, weight, seed=124, **kwargs)
-        assert max((a - b).abs().max().item() for a, b in zip(g_ref, g_other)) > 1e-3
+        assert max((a - b).abs().max().item() for a, b in zip(g_ref[:n_float], g_other)) > 1e-3
 
 
 def test_mask_kwarg_gets_no_gradient_and_context_without_grad() -> None:
@@ -180,7 +180,7 @@ def test_gradcheck_against_finite_differences() -> None:
     def fn(inp: Tensor, context: Tensor) -> Tensor:
         return model(inp, context=context, mask=kwargs["mask"])
 
-    assert torch.autograd.gradcheck(fn, (x, kwargs["context"]), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(fn, (x, kwargs["context"]), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 def test_backward_leaves_global_rng_stream_untouched() -> None:

@@ -302,6 +302,22 @@ def test_filtered_sampling_frequencies_per_row():
         assert (freq - reference).abs().max() < FREQ_TOL * 1.5  # 10000 draws per row kind
 
 
+def test_temperature_is_applied_before_the_filter():
+    # probs [.5, .3, .15, .05] at temperature 2 become proportional to sqrt(p):
+    # min_p=0.5 then keeps sqrt(.15) >= 0.5 * sqrt(.5) (3 tokens), while at temperature 1 it
+    # would keep only 2; the draws must follow the tempered, filtered, renormalised law.
+    logits = _logits([PROBS_A], torch.float64).expand(N_DRAWS, -1)
+    weights = [math.sqrt(p) for p in PROBS_A[:3]] + [0.0]
+    reference = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+    gen = torch.Generator().manual_seed(11)
+    ids = sample_next(
+        logits, temperature=2.0, filter_fn="min_p", filter_kwargs={"min_p": 0.5}, generator=gen
+    )
+    freq = _frequencies(ids, 4)
+    assert freq[3] == 0
+    assert (freq - reference).abs().max() < FREQ_TOL
+
+
 def test_entmax_reference_matches_documented_values():
     # reference/mechanisms.md 15.4: sparsemax and entmax-1.5 of [1, 0.5, 0, -1]
     assert _entmax_reference([1, 0.5, 0, -1], 2.0) == pytest.approx([0.75, 0.25, 0, 0], abs=1e-9)

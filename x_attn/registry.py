@@ -1,0 +1,89 @@
+"""The registry of flags: one entry per flag, with a tiny example setting and its paper.
+
+Property tests (causality, masking, SDPA vs manual, cache == full forward, mems == full
+context, state_dict round trip) iterate over this registry, so a new flag is covered by every
+invariant as soon as it is registered here. The README flag table lists the same entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FlagCase:
+    """One flag: ``layers`` goes to the stack, ``wrapper`` to TransformerWrapper."""
+
+    name: str
+    summary: str
+    paper: str = ""
+    layers: dict[str, Any] = field(default_factory=dict)
+    wrapper: dict[str, Any] = field(default_factory=dict)
+    causal_ok: bool = True  # meaningful on a Decoder
+
+
+FLAGS: tuple[FlagCase, ...] = (
+    FlagCase("default", "pre-norm softmax attention on SDPA"),
+    FlagCase("rotary_pos_emb", "rotary position embedding on q/k", "2104.09864",
+             {"rotary_pos_emb": True}),
+    FlagCase("rel_pos_bias", "T5 bucketed relative position bias, shared by all layers",
+             "1910.10683", {"rel_pos_bias": True}),
+    FlagCase("alibi_pos_bias", "ALiBi linear distance penalty per head", "2108.12409",
+             {"alibi_pos_bias": True}),
+    FlagCase("position_infused_attn", "sinusoids added to q/k inputs of every layer, not v",
+             "2012.15832", {"position_infused_attn": True}),
+    FlagCase("attn_num_mem_kv", "learned persistent memory key/values", "1907.01470",
+             {"attn_num_mem_kv": 2}),
+    FlagCase("attn_sparse_topk", "keep the top-k logits per query", "1912.11637",
+             {"attn_sparse_topk": 3}),
+    FlagCase("attn_use_entmax15", "entmax-1.5 instead of softmax", "1909.00015",
+             {"attn_use_entmax15": True}),
+    FlagCase("attn_talking_heads", "mix heads before and after softmax", "2003.02436",
+             {"attn_talking_heads": True}),
+    FlagCase("attn_pre_talking_heads", "mix heads before softmax", "2003.02436",
+             {"attn_pre_talking_heads": True}),
+    FlagCase("attn_post_talking_heads", "mix heads after softmax", "2003.02436",
+             {"attn_post_talking_heads": True}),
+    FlagCase("attn_collab_heads", "shared q/k projection with per-head mixing", "2006.16362",
+             {"attn_collab_heads": True, "attn_collab_compression": 0.5}),
+    FlagCase("attn_on_attn", "attention output gated by its query", "1908.06954",
+             {"attn_on_attn": True}),
+    FlagCase("attn_flash=False", "force the manual softmax kernel", "",
+             {"attn_flash": False}),
+    FlagCase("ff_glu", "GEGLU feed-forward", "2002.05202", {"ff_glu": True}),
+    FlagCase("ff_swish", "SiLU feed-forward activation", "", {"ff_swish": True}),
+    FlagCase("ff_no_bias", "feed-forward without biases", "", {"ff_no_bias": True}),
+    FlagCase("use_rmsnorm", "RMSNorm", "1910.07467", {"use_rmsnorm": True}),
+    FlagCase("use_scalenorm", "ScaleNorm", "1910.05895", {"use_scalenorm": True}),
+    FlagCase("use_rezero", "no norm, branch x learned scalar initialised at 0", "2003.04887",
+             {"use_rezero": True}),
+    FlagCase("pre_norm=False", "post-norm (original Transformer)", "1706.03762",
+             {"pre_norm": False}),
+    FlagCase("residual_attn", "add previous layer's attention logits", "2012.11747",
+             {"residual_attn": True}),
+    FlagCase("gate_residual", "GRU-gated residual connections", "1910.06764",
+             {"gate_residual": True}),
+    FlagCase("macaron", "feed-forward, attention, feed-forward (half-step ffs)", "1906.02762",
+             {"macaron": True}),
+    FlagCase("sandwich_coef", "attention layers first, feed-forwards last", "1911.03864",
+             {"sandwich_coef": 1}),
+    FlagCase("reversible", "reversible residual stack, activations recomputed", "2001.04451",
+             {"reversible": True}),
+    FlagCase("num_memory_tokens", "learned memory tokens prepended to the sequence",
+             "2006.11527", {}, {"num_memory_tokens": 2}),
+    FlagCase("scaled_sinu_pos_emb", "fixed sinusoids with a learned scale", "",
+             {}, {"scaled_sinu_pos_emb": True}),
+    FlagCase("tie_embedding", "logits through the token embedding matrix", "",
+             {}, {"tie_embedding": True}),
+    FlagCase("use_abs_pos_emb=False", "no positions at all (or only relative ones)", "",
+             {}, {"use_abs_pos_emb": False}),
+)
+
+
+def flag_case(name: str) -> FlagCase:
+    """The registry entry called ``name``."""
+    for case in FLAGS:
+        if case.name == name:
+            return case
+    raise KeyError(f"no flag case named {name!r}")
