@@ -325,9 +325,16 @@ def test_entmax_reference_matches_documented_values():
     assert _entmax_reference([1, 0.5, 0, -1], 1.5) == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("alpha", "temperature"), [(1.5, 1.0), (2.0, 1.0), (1.2, 0.5), (1.5, 2.0)])
-def test_entmax_sampling_frequencies(dtype, alpha, temperature):
+@pytest.mark.parametrize(
+    ("alpha", "temperature", "dtype"),
+    [
+        (1.5, 1.0, torch.float32),
+        (2.0, 1.0, torch.float64),
+        (1.2, 0.5, torch.float32),
+        (1.5, 2.0, torch.float64),
+    ],
+)
+def test_entmax_sampling_frequencies(alpha, temperature, dtype):
     z = [1.0, 0.5, 0.0, -1.0, -3.0]
     reference = torch.tensor(_entmax_reference([v / temperature for v in z], alpha))
     assert (reference == 0).any()  # the case is sparse, so "never sampled" is tested

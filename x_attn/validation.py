@@ -49,7 +49,9 @@ def _validate_rotary(config: LayersConfig, owner: str) -> None:
 
 def _validate_residual_rules(config: LayersConfig, owner: str, explicit: set[str]) -> None:
     if config.use_rezero and config.gate_residual:
-        raise ValueError(f"{owner}: use_rezero and gate_residual are two residual rules; choose one")
+        raise ValueError(
+            f"{owner}: use_rezero and gate_residual are two residual rules; choose one"
+        )
     if config.use_rezero and config.norm != "layernorm":
         raise ValueError(f"{owner}: use_rezero removes normalisation, so use_{config.norm} "
                          "would have no effect; choose one")

@@ -14,7 +14,9 @@ class KernelChoice:
     reason: str
 
 
-def choose_kernel(flash: bool | None, needs_scores: list[str], owner: str = "Attention") -> KernelChoice:
+def choose_kernel(
+    flash: bool | None, needs_scores: list[str], owner: str = "Attention"
+) -> KernelChoice:
     """Pick ``sdpa`` unless a feature needs the raw scores or ``flash=False`` forces manual.
 
     Args:

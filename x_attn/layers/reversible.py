@@ -29,7 +29,7 @@ Shape legend: b batch, n sequence, d model dim.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +75,7 @@ def _validated_blocks(blocks: Any) -> list[tuple[nn.Module, nn.Module]]:
     """Check ``blocks`` is a non-empty sequence of (nn.Module, nn.Module) pairs."""
     if not isinstance(blocks, Sequence) or isinstance(blocks, (str, bytes)):
         raise TypeError(
-            f"{_OWNER}: 'blocks' must be a list of (f, g) module pairs, "
-            f"got {type(blocks).__name__}"
+            f"{_OWNER}: 'blocks' must be a list of (f, g) module pairs, got {type(blocks).__name__}"
         )
     if len(blocks) == 0:
         raise ValueError(f"{_OWNER}: 'blocks' is empty; pass at least one (f, g) pair")
@@ -185,8 +184,9 @@ class _Plan:
         current = _RngSnapshot.capture(snapshot.device)
         snapshot.restore()
         device_type, enabled, dtype = self.autocast
+        autocast = torch.autocast(device_type, dtype=dtype) if enabled else nullcontext()
         try:
-            with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            with autocast:
                 yield
         finally:
             current.restore()

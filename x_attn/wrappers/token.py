@@ -49,7 +49,9 @@ class TransformerWrapper(nn.Module):
         check_positive_int("max_seq_len", max_seq_len, "TransformerWrapper")
         check_probability("emb_dropout", emb_dropout, "TransformerWrapper")
         if tie_embedding and logits_dim is not None and logits_dim != num_tokens:
-            raise ValueError("TransformerWrapper: tie_embedding=True needs logits_dim == num_tokens")
+            raise ValueError(
+                "TransformerWrapper: tie_embedding=True needs logits_dim == num_tokens"
+            )
         dim = attn_layers.dim
         self.num_tokens, self.max_seq_len, self.max_mem_len = num_tokens, max_seq_len, max_mem_len
         self.attn_layers = attn_layers

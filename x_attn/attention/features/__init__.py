@@ -84,7 +84,8 @@ def build_score_pipeline(
 
     features: list[ScoreFeature] = []
     if residual_attn:
-        features.append(ResidualAttention())
+        cross = prefix == "cross_attn_"
+        features.append(ResidualAttention("cross_residual_attn" if cross else "residual_attn"))
     if config.uses_pre_talking_heads:
         features.append(TalkingHeads(heads, "pre", flag=_talking_flag(config, "pre", prefix)))
     if config.sparse_topk is not None:

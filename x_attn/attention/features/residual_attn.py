@@ -12,16 +12,23 @@ from x_attn.attention.features import ScoreFeature
 
 
 class ResidualAttention(ScoreFeature):
-    """logits_l = q k^T * scale + bias + logits_{l-1} (the first layer adds nothing)."""
+    """logits_l = q k^T * scale + bias + logits_{l-1} (the first layer adds nothing).
 
-    flag = "residual_attn"
+    Args:
+        flag: the flag that turned it on (``residual_attn``, or ``cross_residual_attn`` for
+            cross-attention layers), named in error messages.
+    """
+
+    def __init__(self, flag: str = "residual_attn") -> None:
+        super().__init__()
+        self.flag = flag
 
     def on_logits(self, sim: Tensor, prev_logits: Tensor | None) -> Tensor:
         if prev_logits is None:
             return sim
         if prev_logits.shape[-2:] != sim.shape[-2:]:
             raise ValueError(
-                f"residual_attn: previous layer logits {tuple(prev_logits.shape)} do not match "
+                f"{self.flag}: previous layer logits {tuple(prev_logits.shape)} do not match "
                 f"this layer's {tuple(sim.shape)}; every layer of the stack must see the same keys"
             )
         return sim + prev_logits
