@@ -19,8 +19,8 @@ from torch import Tensor
 
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import manual_attention
-from x_attn.kernels.select import choose_kernel
 from x_attn.kernels.sdpa import sdpa_attention
+from x_attn.kernels.select import choose_kernel
 
 ATOL = 1e-10
 B, H, DH = 2, 3, 8

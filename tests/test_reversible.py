@@ -132,6 +132,18 @@ def test_gradients_equal_ordinary_autograd(dropout: float, cross: bool) -> None:
         assert max((a - b).abs().max().item() for a, b in zip(g_ref[:n_float], g_other)) > 1e-3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CUDA RNG replay)")
+def test_cuda_dropout_gradients_equal_ordinary_autograd() -> None:
+    torch.manual_seed(8)
+    pairs = [(f.cuda(), g.cuda()) for f, g in make_pairs(3, dropout=0.3, cross=True)]
+    x = torch.randn(2, 7, D, dtype=torch.float64, device="cuda", requires_grad=True)
+    kwargs = {k: v.cuda() if isinstance(v, Tensor) else v for k, v in cross_kwargs().items()}
+    kwargs["context"] = kwargs["context"].detach().requires_grad_()
+    weight = torch.randn(2, 7, D, dtype=torch.float64, device="cuda")
+    _, _, g_rev, g_ref = run_both(pairs, x, weight, seed=9, **kwargs)
+    assert_all_close(g_rev, g_ref)
+
+
 def test_mask_kwarg_gets_no_gradient_and_context_without_grad() -> None:
     torch.manual_seed(2)
     pairs = make_pairs(2, cross=True)

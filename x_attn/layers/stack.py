@@ -71,11 +71,12 @@ class AttentionLayers(nn.Module):
         self.positions = StackPositions(cfg, qk_dim, owner)
         use_final = cfg.pre_norm and not cfg.use_rezero
         self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
-        self.reversible = None
+        # not registered as a submodule: it only re-wires the modules of self.layers
+        object.__setattr__(self, "reversible", None)
         if cfg.reversible:
             from x_attn.layers.reversible_stack import build_reversible
 
-            self.reversible = build_reversible(self.layers, self.types)
+            object.__setattr__(self, "reversible", build_reversible(self.layers, self.types))
 
     def _make_layer(self, kind: str, scale: float) -> nn.ModuleDict:
         cfg = self.config
@@ -131,12 +132,15 @@ class AttentionLayers(nn.Module):
         self._check_inputs(x, context, mask, context_mask, attn_mask, past + mem_len + n)
         positions = self.positions(n, past + mem_len + n, x.device, x.dtype)
         key_mask = self._key_mask(mask, cache, mem_len, b, n, x.device)
-        if self.reversible is not None and self.training and torch.is_grad_enabled():
+        if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
-                raise ValueError("reversible=True trains without mems, cache or return_attn")
-            out = self.final_norm(self.reversible(x, mask=key_mask, attn_mask=attn_mask,
-                                                  positions=positions))
-            return (out, LayerIntermediates()) if return_hiddens else out
+                raise ValueError("reversible=True stacks run without mems, cache or return_attn "
+                                 "(the two-stream update has no per-layer hidden state to keep)")
+            from x_attn.layers.reversible_stack import run_reversible
+
+            out = run_reversible(self.reversible, x, key_mask, attn_mask, positions)
+            return (self.final_norm(out), LayerIntermediates()) if return_hiddens else \
+                self.final_norm(out)
         inter = LayerIntermediates(cache=cache)
         state = dict(context=context, context_mask=context_mask, attn_mask=attn_mask,
                      positions=positions, key_mask=key_mask, mems=mems, cache=cache,

@@ -31,8 +31,9 @@ class ScoreFeature(nn.Module):
 class _BoundHooks(ScoreHooks):
     """The features of one layer bound to one call's state (the previous layer's logits)."""
 
-    def __init__(self, features: list[ScoreFeature], normalizer: nn.Module | None,
-                 prev_logits: Tensor | None) -> None:
+    def __init__(
+        self, features: list[ScoreFeature], normalizer: nn.Module | None, prev_logits: Tensor | None
+    ) -> None:
         self.features, self.normalizer, self.prev_logits = features, normalizer, prev_logits
 
     def on_logits(self, sim: Tensor) -> Tensor:

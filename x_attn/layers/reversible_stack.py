@@ -1,0 +1,57 @@
+"""Glue between a stack's layers and :class:`ReversibleSequence` (Reformer, arXiv 2001.04451).
+
+Each self-attention layer and the feed-forward after it become one reversible block (f, g):
+f = attention on the pre-normed stream, g = feed-forward on the pre-normed stream. Positional
+tables are passed as separate keyword tensors so that learned ones (the T5 bias) get gradients.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from x_attn.layers.reversible import ReversibleSequence
+from x_attn.positional.context import PositionContext
+
+
+class _AttentionBranch(nn.Module):
+    """f(x) = Attention(norm(x)) with the stack's masks and positional tables."""
+
+    def __init__(self, layer: nn.ModuleDict) -> None:
+        super().__init__()
+        self.norm, self.attn = layer["norm"], layer["block"]
+
+    def forward(self, x: Tensor, *, mask=None, attn_mask=None, rotary=None, bias=None,
+                infused=None) -> Tensor:
+        positions = PositionContext(q_len=x.shape[1], k_len=x.shape[1], rotary=rotary,
+                                    bias=bias, infused=infused)
+        out, _ = self.attn(self.norm(x), mask=mask, attn_mask=attn_mask, positions=positions)
+        return out
+
+
+class _FeedForwardBranch(nn.Module):
+    """g(x) = FeedForward(norm(x))."""
+
+    def __init__(self, layer: nn.ModuleDict) -> None:
+        super().__init__()
+        self.norm, self.ff = layer["norm"], layer["block"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ff(self.norm(x))
+
+
+def build_reversible(layers: nn.ModuleList, types: tuple[str, ...]) -> ReversibleSequence:
+    """Pairs ('a', 'f') layers into reversible blocks (validation guarantees the pattern)."""
+    if len(types) % 2 or any(types[i:i + 2] != ("a", "f") for i in range(0, len(types), 2)):
+        raise AssertionError(f"reversible stack needs alternating a/f layers, got {types}")
+    blocks = [
+        (_AttentionBranch(layers[i]), _FeedForwardBranch(layers[i + 1]))
+        for i in range(0, len(types), 2)
+    ]
+    return ReversibleSequence(blocks)
+
+
+def run_reversible(seq: ReversibleSequence, x: Tensor, key_mask, attn_mask,
+                   positions: PositionContext) -> Tensor:
+    """Run the reversible sequence with the stack's per-forward inputs."""
+    return seq(x, mask=key_mask, attn_mask=attn_mask, rotary=positions.rotary,
+               bias=positions.bias, infused=positions.infused)
