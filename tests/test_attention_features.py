@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange
 from entmax import entmax15
-
 from reference import reference_attention, reference_probs
+
 from x_attn import Attention, AttentionLayers, Decoder
 from x_attn.attention.features.attn_on_attn import AttentionOnAttention
 from x_attn.attention.projections import CollaborativeProjection

@@ -38,6 +38,9 @@ SCORE_FLAGS = {
     "residual_attn": "residual_attn",
 }
 MANUAL_FLAGS = set(SCORE_FLAGS) | {"attn_flash=False"}
+# post-softmax head mixing: rows sum to the mixing weights, not 1
+MIXED_PROBS = {"attn_talking_heads", "attn_post_talking_heads"}
+SPARSE_PROBS = {"attn_sparse_topk", "attn_use_entmax15"}  # exact zeros among visible keys
 SDPA_NAMES = [name for name in NAMES if name not in MANUAL_FLAGS]
 
 
@@ -196,6 +199,12 @@ def test_reported_kernel(name: str) -> None:
     lines = model.attn_layers.explain()
     assert len(lines) == model.attn_layers.num_attention_layers == 2
     assert all(line.split(": ")[1] == expected for line in lines), lines
+    h = torch.randn(BATCH, SEQ, DIMS["dim"], dtype=torch.float64)
+    with torch.no_grad():
+        _, inter = model.attn_layers(h, return_hiddens=True)
+    assert inter.kernels == [expected] * 2
+    if name == "reversible":
+        return  # the wrapper's return_intermediates builds a KV cache, which reversible refuses
     with torch.no_grad():
         _, inter = model(tokens(), return_intermediates=True)
     assert inter.kernels == [expected] * 2
@@ -254,6 +263,10 @@ def test_return_attn_maps_decoder(name: str) -> None:
     case = flag_case(name)
     model = build(case)
     x = tokens()
+    if name == "reversible":
+        with pytest.raises(ValueError, match="return_attn"):
+            model(x, return_attn=True)
+        pytest.skip("reversible=True refuses return_attn (its branches keep no per-layer maps)")
     with torch.no_grad():
         plain = model(x)
         logits, maps = model(x, return_attn=True)
@@ -265,10 +278,11 @@ def test_return_attn_maps_decoder(name: str) -> None:
     for attn in maps:
         assert attn.shape == (BATCH, HEADS, i, j)
         assert (attn[..., future] == 0).all()
-        if name not in ("attn_talking_heads", "attn_post_talking_heads"):
-            # (post-softmax head mixing makes rows sums of mixing weights, not 1)
+        if name not in MIXED_PROBS:
             assert_exact(attn.sum(-1), torch.ones(BATCH, HEADS, i, dtype=attn.dtype))
             assert (attn >= 0).all()
+        if name not in SPARSE_PROBS | MIXED_PROBS:  # softmax: every visible key, itself included
+            assert (attn[..., ~future] > 0).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -276,6 +290,8 @@ def test_return_attn_maps_encoder_padding(name: str) -> None:
     case = flag_case(name)
     model = build(case, Encoder)
     mask = padding_mask()
+    if name == "reversible":
+        pytest.skip("reversible=True refuses return_attn (checked in the Decoder test)")
     with torch.no_grad():
         _, maps = model(tokens(), mask=mask, return_attn=True)
     m = mem_tokens(model)
@@ -284,7 +300,7 @@ def test_return_attn_maps_encoder_padding(name: str) -> None:
         assert attn.shape == (BATCH, HEADS, SEQ + m, SEQ + m + mem_kv(case))
         hidden = ~key_mask[:, None, None, :].expand_as(attn)
         assert (attn[hidden] == 0).all()
-        if name not in ("attn_talking_heads", "attn_post_talking_heads"):
+        if name not in MIXED_PROBS:
             assert_exact(attn.sum(-1), torch.ones(attn.shape[:-1], dtype=attn.dtype))
 
 

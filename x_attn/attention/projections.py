@@ -45,7 +45,11 @@ class CollaborativeProjection(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int, dim_head: int, compression: float,
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        compression: float,
         dim_context: int | None = None,
     ) -> None:
         super().__init__()

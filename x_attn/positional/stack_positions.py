@@ -14,8 +14,9 @@ from x_attn.positional.t5 import T5RelativePositionBias
 
 
 def default_rotary_dim(dim_head: int) -> int:
-    """x-transformers' default rotary dim: max(dim_head // 2, 32), capped at dim_head."""
-    return min(max(dim_head // 2, 32), dim_head)
+    """x-transformers' default rotary dim: max(dim_head // 2, 32), capped at dim_head, even."""
+    r = min(max(dim_head // 2, 32), dim_head)
+    return r - r % 2
 
 
 class StackPositions(nn.Module):
