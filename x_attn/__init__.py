@@ -4,14 +4,17 @@ from x_attn.attention.attention import Attention
 from x_attn.cache import KVCache, KVEntry
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
+from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
 from x_attn.wrappers.token import TransformerWrapper
 from x_attn.wrappers.vit import ViTransformerWrapper
+from x_attn.wrappers.xl import XLAutoregressiveWrapper
 from x_attn.wrappers.xtransformer import XTransformer
 
 __all__ = [
     "Attention",
     "AttentionLayers",
+    "AutoregressiveWrapper",
     "ContinuousTransformerWrapper",
     "CrossAttender",
     "Decoder",
@@ -21,5 +24,6 @@ __all__ = [
     "KVEntry",
     "TransformerWrapper",
     "ViTransformerWrapper",
+    "XLAutoregressiveWrapper",
     "XTransformer",
 ]

@@ -10,6 +10,7 @@ Shape legend: b batch, hk key heads, h heads, j cached keys, dh head dim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,13 +39,21 @@ class KVCache:
 
     Attributes:
         entries: one entry per attention layer, in layer order.
-        length: positions already processed (keys carrying a position).
-        key_mask: (b, length) padding mask of those positions, or None if all valid.
+        length: positions already processed (keys carrying a position), counted from 0; the
+            next token sits at absolute position ``length``.
+        key_mask: (b, kept) padding mask of the positions still held, or None if all valid.
+        dropped: oldest positions evicted from the self-attention entries by :meth:`slide`.
     """
 
     entries: list[KVEntry] = field(default_factory=list)
     length: int = 0
     key_mask: Tensor | None = None
+    dropped: int = 0
+
+    @property
+    def kept(self) -> int:
+        """Positions whose keys/values are still held (``length - dropped``)."""
+        return self.length - self.dropped
 
     @classmethod
     def empty(cls, num_layers: int) -> KVCache:
@@ -57,4 +66,22 @@ class KVCache:
             for e in self.entries
         ]
         mask = None if self.key_mask is None else self.key_mask[index]
-        return KVCache(entries=entries, length=self.length, key_mask=mask)
+        return KVCache(entries=entries, length=self.length, key_mask=mask, dropped=self.dropped)
+
+    def slide(self, keep: int, layers: Sequence[int]) -> None:
+        """Keep only the newest ``keep`` positions in the self-attention entries ``layers``.
+
+        Absolute positions are unchanged (``length`` still counts every processed token), so
+        the next query is positioned correctly; it just sees fewer keys (a sliding window).
+        Cross-attention entries (context keys, no positions) must not be listed.
+        """
+        drop = self.kept - max(keep, 0)
+        if drop <= 0:
+            return
+        for index in layers:
+            entry = self.entries[index]
+            if entry.k is not None:
+                entry.k, entry.v = entry.k[..., drop:, :], entry.v[..., drop:, :]
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask[:, drop:]
+        self.dropped += drop

@@ -104,6 +104,17 @@ class AttentionLayers(nn.Module):
     def num_self_attention_layers(self) -> int:
         return self.types.count("a")
 
+    @property
+    def uncacheable_reason(self) -> str | None:
+        """Why this stack cannot decode with a KV cache, or None when it can.
+
+        Generation (AutoregressiveWrapper) reads ``uncacheable_reason`` from every submodule and
+        falls back to the uncached path when one is set.
+        """
+        if self.reversible is not None:
+            return "reversible=True keeps no per-layer keys/values (two-stream update)"
+        return None
+
     def explain(self) -> list[str]:
         """One line per attention layer: which kernel it uses by default and why."""
         return [f"layer {i} ({t}): {layer['block'].explain()}"
@@ -128,9 +139,12 @@ class AttentionLayers(nn.Module):
         check_float_input("x", x, self.dim, type(self).__name__)
         b, n = x.shape[:2]
         past = cache.length if cache is not None else 0
+        kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         mem_len = self._check_mems(mems, b)
-        self._check_inputs(x, context, mask, context_mask, attn_mask, past + mem_len + n)
+        self._check_inputs(x, context, mask, context_mask, attn_mask, kept + mem_len + n)
         positions = self.positions(n, past + mem_len + n, x.device, x.dtype)
+        if kept < past and positions.bias is not None:  # bias columns of the held keys only
+            positions.bias = positions.bias[..., -(kept + mem_len + n):]
         key_mask = self._key_mask(mask, cache, mem_len, b, n, x.device)
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
@@ -138,9 +152,13 @@ class AttentionLayers(nn.Module):
                                  "(the two-stream update has no per-layer hidden state to keep)")
             from x_attn.layers.reversible_stack import run_reversible
 
-            out = run_reversible(self.reversible, x, key_mask, attn_mask, positions)
-            return (self.final_norm(out), LayerIntermediates()) if return_hiddens else \
-                self.final_norm(out)
+            # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
+            self.reversible.training = self.training
+            out = self.final_norm(run_reversible(self.reversible, x, key_mask, attn_mask,
+                                                 positions))
+            # each reversible branch runs its layer's default kernel (no return_attn here)
+            kernels = [blk.kernel.name for blk in self._attention_blocks()]
+            return (out, LayerIntermediates(kernels=kernels)) if return_hiddens else out
         inter = LayerIntermediates(cache=cache)
         state = dict(context=context, context_mask=context_mask, attn_mask=attn_mask,
                      positions=positions, key_mask=key_mask, mems=mems, cache=cache,
@@ -192,9 +210,9 @@ class AttentionLayers(nn.Module):
         return layer["norm"](mem) if self.config.pre_norm else mem
 
     def _key_mask(self, mask, cache, mem_len, b, n, device) -> Tensor | None:
-        """(b, past + mem_len + n) padding mask over all positional keys, or None."""
+        """(b, kept + mem_len + n) padding mask over all positional keys held, or None."""
         past_mask = cache.key_mask if cache is not None else None
-        past = cache.length if cache is not None else 0
+        past = cache.kept if cache is not None else 0
         if mask is None and past_mask is None:
             return None
         parts = []
