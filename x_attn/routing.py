@@ -47,12 +47,12 @@ def known_layer_arguments() -> set[str]:
 def _route_one(key: str, buckets: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
     """The (bucket, field) a keyword belongs to, or None if unknown."""
     key = RENAMES.get(key, key)
-    if key.startswith("cross_attn_") and key[len("cross_attn_"):] in ATTN_FIELDS:
-        return "cross_attn", key[len("cross_attn_"):]
-    if key.startswith("attn_") and key[len("attn_"):] in ATTN_FIELDS:
-        return "attn", key[len("attn_"):]
-    if key.startswith("ff_") and key[len("ff_"):] in FF_FIELDS:
-        return "ff", key[len("ff_"):]
+    if key.startswith("cross_attn_") and key[len("cross_attn_") :] in ATTN_FIELDS:
+        return "cross_attn", key[len("cross_attn_") :]
+    if key.startswith("attn_") and key[len("attn_") :] in ATTN_FIELDS:
+        return "attn", key[len("attn_") :]
+    if key.startswith("ff_") and key[len("ff_") :] in FF_FIELDS:
+        return "ff", key[len("ff_") :]
     if key in LAYER_FIELDS:
         return "layers", key
     return None

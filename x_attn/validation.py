@@ -38,8 +38,10 @@ def _validate_rotary(config: LayersConfig, owner: str) -> None:
     if config.rotary_emb_dim is None:
         return
     if not config.rotary_pos_emb:
-        raise ValueError(f"{owner}: rotary_emb_dim is set but rotary_pos_emb is False; "
-                         "set rotary_pos_emb=True or drop rotary_emb_dim")
+        raise ValueError(
+            f"{owner}: rotary_emb_dim is set but rotary_pos_emb is False; "
+            "set rotary_pos_emb=True or drop rotary_emb_dim"
+        )
     r = config.rotary_emb_dim
     if r < 2 or r % 2:
         raise ValueError(f"{owner}: rotary_emb_dim must be an even number >= 2, got {r}")
@@ -53,11 +55,14 @@ def _validate_residual_rules(config: LayersConfig, owner: str, explicit: set[str
             f"{owner}: use_rezero and gate_residual are two residual rules; choose one"
         )
     if config.use_rezero and config.norm != "layernorm":
-        raise ValueError(f"{owner}: use_rezero removes normalisation, so use_{config.norm} "
-                         "would have no effect; choose one")
+        raise ValueError(
+            f"{owner}: use_rezero removes normalisation, so use_{config.norm} "
+            "would have no effect; choose one"
+        )
     if config.use_rezero and "pre_norm" in explicit:
-        raise ValueError(f"{owner}: use_rezero has no normalisation, so pre_norm has no effect; "
-                         "drop pre_norm")
+        raise ValueError(
+            f"{owner}: use_rezero has no normalisation, so pre_norm has no effect; drop pre_norm"
+        )
 
 
 def _validate_reversible(config: LayersConfig, owner: str) -> None:
@@ -87,11 +92,14 @@ def check_bool_mask(name: str, mask: Tensor | None, shape: tuple[int, ...], hint
     if not isinstance(mask, Tensor):
         raise TypeError(f"'{name}' must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
-        raise TypeError(f"'{name}' must be a bool tensor (True = may attend), got {mask.dtype}; "
-                        f"use {name}.bool()")
+        raise TypeError(
+            f"'{name}' must be a bool tensor (True = may attend), got {mask.dtype}; "
+            f"use {name}.bool()"
+        )
     if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"'{name}' must have shape {tuple(shape)} ({hint}), "
-                         f"got {tuple(mask.shape)}")
+        raise ValueError(
+            f"'{name}' must have shape {tuple(shape)} ({hint}), got {tuple(mask.shape)}"
+        )
 
 
 def check_attn_mask(attn_mask: Tensor | None, b: int, h: int, i: int, j: int) -> None:
@@ -100,8 +108,9 @@ def check_attn_mask(attn_mask: Tensor | None, b: int, h: int, i: int, j: int) ->
         return
     allowed = {2: (i, j), 3: (b, i, j), 4: (b, h, i, j)}
     shape = allowed.get(attn_mask.ndim if isinstance(attn_mask, Tensor) else -1, (i, j))
-    check_bool_mask("attn_mask", attn_mask, shape,
-                    "queries x keys, optionally with batch and heads in front")
+    check_bool_mask(
+        "attn_mask", attn_mask, shape, "queries x keys, optionally with batch and heads in front"
+    )
 
 
 def check_float_input(name: str, x: Tensor, dim: int, owner: str) -> None:
@@ -109,8 +118,11 @@ def check_float_input(name: str, x: Tensor, dim: int, owner: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{owner}: '{name}' must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"{owner}: '{name}' must be a float tensor (b, n, {dim}), got {x.dtype}; "
-                        "token ids go to TransformerWrapper")
+        raise TypeError(
+            f"{owner}: '{name}' must be a float tensor (b, n, {dim}), got {x.dtype}; "
+            "token ids go to TransformerWrapper"
+        )
     if x.ndim != 3 or x.shape[-1] != dim:
-        raise ValueError(f"{owner}: '{name}' must have shape (batch, seq, {dim}), "
-                         f"got {tuple(x.shape)}")
+        raise ValueError(
+            f"{owner}: '{name}' must have shape (batch, seq, {dim}), got {tuple(x.shape)}"
+        )

@@ -140,8 +140,14 @@ class Attention(nn.Module):
             full_mask = self.memory_kv.pad_mask(full_mask)
             bias = self.memory_kv.pad_bias(bias)
         inputs = AttnInputs(
-            q, k, v, mask=full_mask, bias=bias, causal=self.causal and context is None,
-            scale=self.scale, dropout=self.config.dropout if self.training else 0.0,
+            q,
+            k,
+            v,
+            mask=full_mask,
+            bias=bias,
+            causal=self.causal and context is None,
+            scale=self.scale,
+            dropout=self.config.dropout if self.training else 0.0,
         )
         if self.kernel.name == "manual" or return_attn:
             out, maps = manual_attention(inputs, self.scores.bind(prev_logits))
@@ -167,15 +173,15 @@ class Attention(nn.Module):
         kv_in = x if mem is None else torch.cat((mem, x), dim=1)
         k_in = kv_in
         if positions is not None and positions.infused is not None:
-            q_in = x + positions.infused[-x.shape[1]:].to(x.dtype)
-            k_in = kv_in + positions.infused[-kv_in.shape[1]:].to(x.dtype)
+            q_in = x + positions.infused[-x.shape[1] :].to(x.dtype)
+            k_in = kv_in + positions.infused[-kv_in.shape[1] :].to(x.dtype)
         q = self.proj.queries(q_in)
         k, v = self.proj.keys_values(k_in, kv_in)
         if positions is not None and positions.rotary is not None:
             from x_attn.positional.rotary import apply_rotary
 
-            q = apply_rotary(q, positions.rotary[-q.shape[-2]:])
-            k = apply_rotary(k, positions.rotary[-k.shape[-2]:])
+            q = apply_rotary(q, positions.rotary[-q.shape[-2] :])
+            k = apply_rotary(k, positions.rotary[-k.shape[-2] :])
         if cache is not None:
             k, v = cache.append(k, v)
         return q, k, v, mask

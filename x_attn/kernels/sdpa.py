@@ -25,7 +25,9 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
     k = expand_kv_heads(inputs.k, heads)
     v = expand_kv_heads(inputs.v, heads)
     fast_causal = (
-        inputs.causal and inputs.mask is None and inputs.bias is None
+        inputs.causal
+        and inputs.mask is None
+        and inputs.bias is None
         and inputs.q_len == inputs.k_len
     )
     mask = None if fast_causal else merged_mask(inputs)
@@ -35,7 +37,12 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
         if mask is not None:
             attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).max / -2)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask, dropout_p=inputs.dropout, is_causal=fast_causal,
+        q,
+        k,
+        v,
+        attn_mask=attn_mask,
+        dropout_p=inputs.dropout,
+        is_causal=fast_causal,
         scale=inputs.scale,
     )
     if mask is not None:

@@ -20,10 +20,12 @@ class _AttentionBranch(nn.Module):
         super().__init__()
         self.norm, self.attn = layer["norm"], layer["block"]
 
-    def forward(self, x: Tensor, *, mask=None, attn_mask=None, rotary=None, bias=None,
-                infused=None) -> Tensor:
-        positions = PositionContext(q_len=x.shape[1], k_len=x.shape[1], rotary=rotary,
-                                    bias=bias, infused=infused)
+    def forward(
+        self, x: Tensor, *, mask=None, attn_mask=None, rotary=None, bias=None, infused=None
+    ) -> Tensor:
+        positions = PositionContext(
+            q_len=x.shape[1], k_len=x.shape[1], rotary=rotary, bias=bias, infused=infused
+        )
         out, _ = self.attn(self.norm(x), mask=mask, attn_mask=attn_mask, positions=positions)
         return out
 
@@ -41,7 +43,7 @@ class _FeedForwardBranch(nn.Module):
 
 def build_reversible(layers: nn.ModuleList, types: tuple[str, ...]) -> ReversibleSequence:
     """Pairs ('a', 'f') layers into reversible blocks (validation guarantees the pattern)."""
-    if len(types) % 2 or any(types[i:i + 2] != ("a", "f") for i in range(0, len(types), 2)):
+    if len(types) % 2 or any(types[i : i + 2] != ("a", "f") for i in range(0, len(types), 2)):
         raise AssertionError(f"reversible stack needs alternating a/f layers, got {types}")
     blocks = [
         (_AttentionBranch(layers[i]), _FeedForwardBranch(layers[i + 1]))
@@ -50,8 +52,15 @@ def build_reversible(layers: nn.ModuleList, types: tuple[str, ...]) -> Reversibl
     return ReversibleSequence(blocks)
 
 
-def run_reversible(seq: ReversibleSequence, x: Tensor, key_mask, attn_mask,
-                   positions: PositionContext) -> Tensor:
+def run_reversible(
+    seq: ReversibleSequence, x: Tensor, key_mask, attn_mask, positions: PositionContext
+) -> Tensor:
     """Run the reversible sequence with the stack's per-forward inputs."""
-    return seq(x, mask=key_mask, attn_mask=attn_mask, rotary=positions.rotary,
-               bias=positions.bias, infused=positions.infused)
+    return seq(
+        x,
+        mask=key_mask,
+        attn_mask=attn_mask,
+        rotary=positions.rotary,
+        bias=positions.bias,
+        infused=positions.infused,
+    )

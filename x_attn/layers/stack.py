@@ -52,19 +52,39 @@ class AttentionLayers(nn.Module):
         **kwargs: ``attn_*``, ``cross_attn_*``, ``ff_*`` and stack flags (see README flag table).
     """
 
-    def __init__(self, dim: int, depth: int, heads: int = 8, causal: bool = False,
-                 cross_attend: bool = False, only_cross: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int = 8,
+        causal: bool = False,
+        cross_attend: bool = False,
+        only_cross: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
         owner = type(self).__name__
-        flags = dict(dim=dim, depth=depth, heads=heads, causal=causal,
-                     cross_attend=cross_attend, only_cross=only_cross, **kwargs)
+        flags = dict(
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            causal=causal,
+            cross_attend=cross_attend,
+            only_cross=only_cross,
+            **kwargs,
+        )
         self.config = route_layer_kwargs(owner, flags)
         cfg = self.config
         self.dim, self.causal = cfg.dim, cfg.causal
         self.cross_attend = cfg.cross_attend or cfg.only_cross
-        self.types = layer_types(cfg.depth, cross_attend=cfg.cross_attend,
-                                 only_cross=cfg.only_cross, macaron=cfg.macaron,
-                                 sandwich_coef=cfg.sandwich_coef, custom_layers=cfg.custom_layers)
+        self.types = layer_types(
+            cfg.depth,
+            cross_attend=cfg.cross_attend,
+            only_cross=cfg.only_cross,
+            macaron=cfg.macaron,
+            sandwich_coef=cfg.sandwich_coef,
+            custom_layers=cfg.custom_layers,
+        )
         scales = macaron_ff_scale(self.types, cfg.macaron)
         self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
         qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
@@ -81,16 +101,27 @@ class AttentionLayers(nn.Module):
     def _make_layer(self, kind: str, scale: float) -> nn.ModuleDict:
         cfg = self.config
         if kind == "a":
-            block = Attention(cfg.dim, cfg.heads, causal=cfg.causal, config=cfg.attn,
-                              residual_attn=cfg.residual_attn)
+            block = Attention(
+                cfg.dim,
+                cfg.heads,
+                causal=cfg.causal,
+                config=cfg.attn,
+                residual_attn=cfg.residual_attn,
+            )
         elif kind == "c":
-            block = Attention(cfg.dim, cfg.heads, config=cfg.cross_attn, flag_prefix="cross_attn_",
-                              residual_attn=cfg.cross_residual_attn)
+            block = Attention(
+                cfg.dim,
+                cfg.heads,
+                config=cfg.cross_attn,
+                flag_prefix="cross_attn_",
+                residual_attn=cfg.cross_residual_attn,
+            )
         else:
             block = FeedForward(cfg.dim, cfg.ff)
         norm = nn.Identity() if cfg.use_rezero else make_norm(cfg.norm, cfg.dim)
-        residual = make_residual(cfg.dim, rezero=cfg.use_rezero, gated=cfg.gate_residual,
-                                 scale=scale)
+        residual = make_residual(
+            cfg.dim, rezero=cfg.use_rezero, gated=cfg.gate_residual, scale=scale
+        )
         return nn.ModuleDict(dict(norm=norm, block=block, residual=residual))
 
     def _attention_blocks(self) -> list[Attention]:
@@ -117,13 +148,24 @@ class AttentionLayers(nn.Module):
 
     def explain(self) -> list[str]:
         """One line per attention layer: which kernel it uses by default and why."""
-        return [f"layer {i} ({t}): {layer['block'].explain()}"
-                for i, (t, layer) in enumerate(zip(self.types, self.layers)) if t in "ac"]
+        return [
+            f"layer {i} ({t}): {layer['block'].explain()}"
+            for i, (t, layer) in enumerate(zip(self.types, self.layers))
+            if t in "ac"
+        ]
 
-    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
-                context_mask: Tensor | None = None, attn_mask: Tensor | None = None,
-                mems: list[Tensor] | None = None, cache: KVCache | None = None,
-                return_hiddens: bool = False, return_attn: bool = False):
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        mems: list[Tensor] | None = None,
+        cache: KVCache | None = None,
+        return_hiddens: bool = False,
+        return_attn: bool = False,
+    ):
         """Run the stack on ``x`` (b, n, d).
 
         Args:
@@ -144,25 +186,35 @@ class AttentionLayers(nn.Module):
         self._check_inputs(x, context, mask, context_mask, attn_mask, kept + mem_len + n)
         positions = self.positions(n, past + mem_len + n, x.device, x.dtype)
         if kept < past and positions.bias is not None:  # bias columns of the held keys only
-            positions.bias = positions.bias[..., -(kept + mem_len + n):]
+            positions.bias = positions.bias[..., -(kept + mem_len + n) :]
         key_mask = self._key_mask(mask, cache, mem_len, b, n, x.device)
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
-                raise ValueError("reversible=True stacks run without mems, cache or return_attn "
-                                 "(the two-stream update has no per-layer hidden state to keep)")
+                raise ValueError(
+                    "reversible=True stacks run without mems, cache or return_attn "
+                    "(the two-stream update has no per-layer hidden state to keep)"
+                )
             from x_attn.layers.reversible_stack import run_reversible
 
             # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
             self.reversible.training = self.training
-            out = self.final_norm(run_reversible(self.reversible, x, key_mask, attn_mask,
-                                                 positions))
+            out = self.final_norm(
+                run_reversible(self.reversible, x, key_mask, attn_mask, positions)
+            )
             # each reversible branch runs its layer's default kernel (no return_attn here)
             kernels = [blk.kernel.name for blk in self._attention_blocks()]
             return (out, LayerIntermediates(kernels=kernels)) if return_hiddens else out
         inter = LayerIntermediates(cache=cache)
-        state = dict(context=context, context_mask=context_mask, attn_mask=attn_mask,
-                     positions=positions, key_mask=key_mask, mems=mems, cache=cache,
-                     return_attn=return_attn)
+        state = dict(
+            context=context,
+            context_mask=context_mask,
+            attn_mask=attn_mask,
+            positions=positions,
+            key_mask=key_mask,
+            mems=mems,
+            cache=cache,
+            return_attn=return_attn,
+        )
         x = self._run_layers(x, state, inter)
         if cache is not None:
             cache.length = past + mem_len + n
@@ -185,14 +237,25 @@ class AttentionLayers(nn.Module):
                     inter.hiddens.append(x)
                     mem = self._layer_mem(state["mems"], self_index, layer)
                     out, ai = layer["block"](
-                        h, mask=state["key_mask"], attn_mask=state["attn_mask"],
-                        positions=state["positions"], prev_logits=prev["a"], mem=mem,
-                        cache=entry, return_attn=state["return_attn"])
+                        h,
+                        mask=state["key_mask"],
+                        attn_mask=state["attn_mask"],
+                        positions=state["positions"],
+                        prev_logits=prev["a"],
+                        mem=mem,
+                        cache=entry,
+                        return_attn=state["return_attn"],
+                    )
                     self_index += 1
                 else:
                     out, ai = layer["block"](
-                        h, state["context"], context_mask=state["context_mask"],
-                        prev_logits=prev["c"], cache=entry, return_attn=state["return_attn"])
+                        h,
+                        state["context"],
+                        context_mask=state["context_mask"],
+                        prev_logits=prev["c"],
+                        cache=entry,
+                        return_attn=state["return_attn"],
+                    )
                 prev[kind] = ai.logits
                 inter.kernels.append(ai.kernel)
                 if ai.probs is not None and state["return_attn"]:
@@ -217,12 +280,16 @@ class AttentionLayers(nn.Module):
             return None
         parts = []
         if past:
-            parts.append(past_mask if past_mask is not None
-                         else torch.ones(b, past, dtype=torch.bool, device=device))
+            parts.append(
+                past_mask
+                if past_mask is not None
+                else torch.ones(b, past, dtype=torch.bool, device=device)
+            )
         if mem_len:
             parts.append(torch.ones(b, mem_len, dtype=torch.bool, device=device))
-        parts.append(mask if mask is not None
-                     else torch.ones(b, n, dtype=torch.bool, device=device))
+        parts.append(
+            mask if mask is not None else torch.ones(b, n, dtype=torch.bool, device=device)
+        )
         return torch.cat(parts, dim=1)
 
     def _check_mems(self, mems: list[Tensor] | None, b: int) -> int:
@@ -231,33 +298,45 @@ class AttentionLayers(nn.Module):
         expected = self.num_self_attention_layers
         if not isinstance(mems, (list, tuple)) or len(mems) != expected:
             got = len(mems) if isinstance(mems, (list, tuple)) else type(mems).__name__
-            raise ValueError(f"'mems' must be a list of {expected} tensors (one per "
-                             f"self-attention layer), got {got}; pass the mems this model returned")
+            raise ValueError(
+                f"'mems' must be a list of {expected} tensors (one per "
+                f"self-attention layer), got {got}; pass the mems this model returned"
+            )
         m = mems[0].shape[1] if mems[0].ndim == 3 else -1
         for mem in mems:
             if mem.ndim != 3 or mem.shape[0] != b or mem.shape[2] != self.dim or mem.shape[1] != m:
-                raise ValueError(f"each of 'mems' must have shape (batch={b}, mem_len, dim="
-                                 f"{self.dim}) with one mem_len, got {tuple(mem.shape)}")
+                raise ValueError(
+                    f"each of 'mems' must have shape (batch={b}, mem_len, dim="
+                    f"{self.dim}) with one mem_len, got {tuple(mem.shape)}"
+                )
         return m
 
     def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> None:
         b, n = x.shape[:2]
         if self.cross_attend and context is None:
-            raise ValueError(f"{type(self).__name__} cross-attends: pass context=(batch, "
-                             "context_len, dim)")
+            raise ValueError(
+                f"{type(self).__name__} cross-attends: pass context=(batch, context_len, dim)"
+            )
         if not self.cross_attend and context is not None:
-            raise ValueError(f"{type(self).__name__} does not cross-attend, but 'context' was "
-                             "given; build it with cross_attend=True")
+            raise ValueError(
+                f"{type(self).__name__} does not cross-attend, but 'context' was "
+                "given; build it with cross_attend=True"
+            )
         if not self.cross_attend and context_mask is not None:
             raise ValueError("'context_mask' given to a stack that does not cross-attend")
         check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
         if context is not None:
-            check_float_input("context", context, context.shape[-1] if context.ndim == 3 else -1,
-                              type(self).__name__)
+            check_float_input(
+                "context",
+                context,
+                context.shape[-1] if context.ndim == 3 else -1,
+                type(self).__name__,
+            )
             if context.shape[0] != b:
                 raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
-            check_bool_mask("context_mask", context_mask, tuple(context.shape[:2]),
-                            "batch x context length")
+            check_bool_mask(
+                "context_mask", context_mask, tuple(context.shape[:2]), "batch x context length"
+            )
         check_attn_mask(attn_mask, b, self.config.heads, n, k_len)
 
 

@@ -42,7 +42,9 @@ class StackPositions(nn.Module):
             )
         if config.rel_pos_bias:
             self.rel_pos = T5RelativePositionBias(
-                config.heads, causal=config.causal, num_buckets=config.rel_pos_num_buckets,
+                config.heads,
+                causal=config.causal,
+                num_buckets=config.rel_pos_num_buckets,
                 max_distance=config.rel_pos_max_distance,
             )
         elif config.alibi_pos_bias:
@@ -63,7 +65,7 @@ class StackPositions(nn.Module):
         if not self.is_relative:
             return context
         k_pos = torch.arange(k_len, device=device)
-        q_pos = k_pos[k_len - q_len:]
+        q_pos = k_pos[k_len - q_len :]
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         if self.rotary is not None:
             context.rotary = self.rotary(k_pos, dtype=table_dtype)

@@ -37,15 +37,24 @@ class SequenceWrapper(nn.Module):
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
     """
 
-    def __init__(self, *, max_seq_len: int, attn_layers: AttentionLayers,
-                 emb_dropout: float = 0.0, use_abs_pos_emb: bool = True,
-                 scaled_sinu_pos_emb: bool = False, num_memory_tokens: int | None = None,
-                 max_mem_len: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        max_seq_len: int,
+        attn_layers: AttentionLayers,
+        emb_dropout: float = 0.0,
+        use_abs_pos_emb: bool = True,
+        scaled_sinu_pos_emb: bool = False,
+        num_memory_tokens: int | None = None,
+        max_mem_len: int = 0,
+    ) -> None:
         super().__init__()
         owner = type(self).__name__
         if not isinstance(attn_layers, AttentionLayers):
-            raise TypeError(f"{owner}: 'attn_layers' must be an Encoder, Decoder or "
-                            f"AttentionLayers, got {type(attn_layers).__name__}")
+            raise TypeError(
+                f"{owner}: 'attn_layers' must be an Encoder, Decoder or "
+                f"AttentionLayers, got {type(attn_layers).__name__}"
+            )
         check_positive_int("max_seq_len", max_seq_len, owner)
         check_probability("emb_dropout", emb_dropout, owner)
         dim = attn_layers.dim
@@ -53,8 +62,11 @@ class SequenceWrapper(nn.Module):
         self.attn_layers = attn_layers
         self.pos_emb: nn.Module | None = None
         if use_abs_pos_emb and not attn_layers.positions.is_relative:
-            self.pos_emb = (ScaledSinusoidalEmbedding(dim) if scaled_sinu_pos_emb
-                            else AbsolutePositionalEmbedding(dim, max_seq_len))
+            self.pos_emb = (
+                ScaledSinusoidalEmbedding(dim)
+                if scaled_sinu_pos_emb
+                else AbsolutePositionalEmbedding(dim, max_seq_len)
+            )
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.memory_tokens = None
         if num_memory_tokens:
@@ -68,10 +80,17 @@ class SequenceWrapper(nn.Module):
     def has_abs_positions(self) -> bool:
         return isinstance(self.pos_emb, AbsolutePositionalEmbedding)
 
-    def _run_stack(self, h: Tensor, mask: Tensor | None, mems: list[Tensor] | None,
-                   cache: KVCache | None, return_attn: bool, return_intermediates: bool,
-                   seq_start_pos: Tensor | None = None,
-                   **kwargs: Any) -> tuple[Tensor, LayerIntermediates]:
+    def _run_stack(
+        self,
+        h: Tensor,
+        mask: Tensor | None,
+        mems: list[Tensor] | None,
+        cache: KVCache | None,
+        return_attn: bool,
+        return_intermediates: bool,
+        seq_start_pos: Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, LayerIntermediates]:
         """Positions, dropout, memory tokens, then the stack on embeddings ``h`` (b, n, d).
 
         ``seq_start_pos`` (b,): per-sample index of the first real token of left-padded rows;
@@ -91,14 +110,22 @@ class SequenceWrapper(nn.Module):
             h, mask = self._prepend_memory(h, mask)
         if return_intermediates and cache is None:
             cache = KVCache.empty(self.attn_layers.num_attention_layers)
-        out, inter = self.attn_layers(h, mask=mask, mems=mems, cache=cache, return_hiddens=True,
-                                      return_attn=return_attn, **kwargs)
+        out, inter = self.attn_layers(
+            h,
+            mask=mask,
+            mems=mems,
+            cache=cache,
+            return_hiddens=True,
+            return_attn=return_attn,
+            **kwargs,
+        )
         if prepend:
-            out = out[:, self.num_memory_tokens:]
+            out = out[:, self.num_memory_tokens :]
         return out, inter
 
-    def _positions(self, past: int, n: int, device: torch.device,
-                   seq_start_pos: Tensor | None = None) -> Tensor:
+    def _positions(
+        self, past: int, n: int, device: torch.device, seq_start_pos: Tensor | None = None
+    ) -> Tensor:
         if self.has_abs_positions and past + n > self.max_seq_len:
             raise ValueError(
                 f"sequence of {past + n} positions exceeds max_seq_len={self.max_seq_len} while "
@@ -109,10 +136,15 @@ class SequenceWrapper(nn.Module):
         positions = torch.arange(past, past + n, device=device)
         if seq_start_pos is None:
             return self.pos_emb(positions)
-        if not isinstance(seq_start_pos, Tensor) or seq_start_pos.ndim != 1 or \
-                seq_start_pos.is_floating_point():
-            raise ValueError("'seq_start_pos' must be a (batch,) integer tensor: the index of "
-                             "each row's first real token")
+        if (
+            not isinstance(seq_start_pos, Tensor)
+            or seq_start_pos.ndim != 1
+            or seq_start_pos.is_floating_point()
+        ):
+            raise ValueError(
+                "'seq_start_pos' must be a (batch,) integer tensor: the index of "
+                "each row's first real token"
+            )
         positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)  # (b, n)
         return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
 
@@ -123,8 +155,16 @@ class SequenceWrapper(nn.Module):
             mask = torch.cat((ones, mask), dim=1)
         return torch.cat((mem, h), dim=1), mask
 
-    def _package(self, result, inter: LayerIntermediates, mems, return_mems, return_attn,
-                 return_intermediates, return_cache: bool = False):
+    def _package(
+        self,
+        result,
+        inter: LayerIntermediates,
+        mems,
+        return_mems,
+        return_attn,
+        return_intermediates,
+        return_cache: bool = False,
+    ):
         extras = []
         if return_mems:
             extras.append(self.next_mems(inter.hiddens, mems))
@@ -162,15 +202,29 @@ class TransformerWrapper(SequenceWrapper):
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
     """
 
-    def __init__(self, *, num_tokens: int, max_seq_len: int, attn_layers: AttentionLayers,
-                 emb_dropout: float = 0.0, use_abs_pos_emb: bool = True,
-                 scaled_sinu_pos_emb: bool = False, tie_embedding: bool = False,
-                 logits_dim: int | None = None, num_memory_tokens: int | None = None,
-                 max_mem_len: int = 0) -> None:
-        super().__init__(max_seq_len=max_seq_len, attn_layers=attn_layers,
-                         emb_dropout=emb_dropout, use_abs_pos_emb=use_abs_pos_emb,
-                         scaled_sinu_pos_emb=scaled_sinu_pos_emb,
-                         num_memory_tokens=num_memory_tokens, max_mem_len=max_mem_len)
+    def __init__(
+        self,
+        *,
+        num_tokens: int,
+        max_seq_len: int,
+        attn_layers: AttentionLayers,
+        emb_dropout: float = 0.0,
+        use_abs_pos_emb: bool = True,
+        scaled_sinu_pos_emb: bool = False,
+        tie_embedding: bool = False,
+        logits_dim: int | None = None,
+        num_memory_tokens: int | None = None,
+        max_mem_len: int = 0,
+    ) -> None:
+        super().__init__(
+            max_seq_len=max_seq_len,
+            attn_layers=attn_layers,
+            emb_dropout=emb_dropout,
+            use_abs_pos_emb=use_abs_pos_emb,
+            scaled_sinu_pos_emb=scaled_sinu_pos_emb,
+            num_memory_tokens=num_memory_tokens,
+            max_mem_len=max_mem_len,
+        )
         check_positive_int("num_tokens", num_tokens, "TransformerWrapper")
         if tie_embedding and logits_dim is not None and logits_dim != num_tokens:
             raise ValueError(
@@ -182,11 +236,19 @@ class TransformerWrapper(SequenceWrapper):
         nn.init.normal_(self.token_emb.weight, std=0.02)
         self.to_logits = None if tie_embedding else nn.Linear(dim, logits_dim or num_tokens)
 
-    def forward(self, x: Tensor, return_embeddings: bool = False, mask: Tensor | None = None,
-                return_mems: bool = False, return_attn: bool = False,
-                mems: list[Tensor] | None = None, cache: KVCache | None = None,
-                return_intermediates: bool = False, return_cache: bool = False,
-                **kwargs: Any):
+    def forward(
+        self,
+        x: Tensor,
+        return_embeddings: bool = False,
+        mask: Tensor | None = None,
+        return_mems: bool = False,
+        return_attn: bool = False,
+        mems: list[Tensor] | None = None,
+        cache: KVCache | None = None,
+        return_intermediates: bool = False,
+        return_cache: bool = False,
+        **kwargs: Any,
+    ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
 
         Extra returns, in this order when asked: mems (``return_mems``), attention maps
@@ -196,11 +258,19 @@ class TransformerWrapper(SequenceWrapper):
         attn_mask) go to the stack.
         """
         self._check_tokens(x, mask)
-        out, inter = self._run_stack(self.token_emb(x), mask, mems, cache, return_attn,
-                                     return_intermediates or return_cache, **kwargs)
+        out, inter = self._run_stack(
+            self.token_emb(x),
+            mask,
+            mems,
+            cache,
+            return_attn,
+            return_intermediates or return_cache,
+            **kwargs,
+        )
         result = out if return_embeddings else self._logits(out)
-        return self._package(result, inter, mems, return_mems, return_attn, return_intermediates,
-                             return_cache)
+        return self._package(
+            result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
+        )
 
     def _logits(self, h: Tensor) -> Tensor:
         if self.to_logits is None:
@@ -211,11 +281,15 @@ class TransformerWrapper(SequenceWrapper):
         if not isinstance(x, Tensor):
             raise TypeError(f"'x' must be a LongTensor of token ids, got {type(x).__name__}")
         if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
-            raise TypeError(f"'x' must hold integer token ids (torch.long), got {x.dtype}; for "
-                            "continuous inputs use ContinuousTransformerWrapper")
+            raise TypeError(
+                f"'x' must hold integer token ids (torch.long), got {x.dtype}; for "
+                "continuous inputs use ContinuousTransformerWrapper"
+            )
         if x.ndim != 2:
             raise ValueError(f"'x' must have shape (batch, seq), got {tuple(x.shape)}")
         if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_tokens):
-            raise ValueError(f"'x' holds token ids outside [0, num_tokens={self.num_tokens}): "
-                             f"min {int(x.min())}, max {int(x.max())}")
+            raise ValueError(
+                f"'x' holds token ids outside [0, num_tokens={self.num_tokens}): "
+                f"min {int(x.min())}, max {int(x.max())}"
+            )
         check_bool_mask("mask", mask, tuple(x.shape), "batch x sequence, True = real token")
