@@ -21,10 +21,8 @@ m memory tokens.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,198 +31,20 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.utils import check_positive_int, exists
-from x_attn.wrappers.sampling import resolve_filter, sample_next
+from x_attn.wrappers.decoding import (
+    PromptBatch,
+    TokenSampler,
+    check_passthrough,
+    check_token_tensor,
+    prepare_prompts,
+)
 
-__all__ = ["AutoregressiveWrapper", "PromptBatch", "TokenSampler", "prepare_prompts"]
+__all__ = ["AutoregressiveWrapper"]
 
 _RELATIVE_HINT = (
     "; use relative positions (rotary_pos_emb=True, rel_pos_bias=True or alibi_pos_bias=True "
     "on the Decoder) to generate past max_seq_len with a sliding window"
 )
-# keywords the wrappers set themselves; a caller passing them would silently fight the loop
-RESERVED_KWARGS = frozenset(
-    "mask cache mems attn_mask seq_start_pos return_cache return_mems return_intermediates "
-    "return_embeddings return_attn".split()
-)
-
-
-@dataclass
-class PromptBatch:
-    """Prompts as one left-padded batch.
-
-    Attributes:
-        tokens: (b, p) token ids, real tokens right-aligned.
-        mask: (b, p) True = real token, or None when no row is padded.
-        start: (b,) index of each row's first real token, or None when no row is padded.
-        squeeze: the caller gave one 1-D prompt; return 1-D tokens.
-    """
-
-    tokens: Tensor
-    mask: Tensor | None
-    start: Tensor | None
-    squeeze: bool = False
-
-
-def _check_token_tensor(name: str, t: Any, owner: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{owner}: '{name}' must be a tensor of token ids, got {type(t).__name__}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{owner}: '{name}' must hold integer token ids, got {t.dtype}")
-
-
-def _from_list(prompts: Sequence[Tensor], owner: str) -> tuple[Tensor, Tensor]:
-    """List of 1-D prompts -> (b, n) right-padded tokens and (b,) lengths."""
-    if len(prompts) == 0:
-        raise ValueError(f"{owner}: 'prompts' is an empty list; pass at least one prompt")
-    for i, p in enumerate(prompts):
-        _check_token_tensor(f"prompts[{i}]", p, owner)
-        if p.ndim != 1 or p.numel() == 0:
-            raise ValueError(
-                f"{owner}: 'prompts[{i}]' must be a non-empty 1-D tensor, got shape "
-                f"{tuple(p.shape)}; every prompt needs at least one token"
-            )
-    lens = torch.tensor([p.numel() for p in prompts], device=prompts[0].device)
-    tokens = torch.nn.utils.rnn.pad_sequence(list(prompts), batch_first=True)
-    return tokens, lens
-
-
-def _check_lens(prompt_lens: Any, b: int, n: int, owner: str) -> Tensor:
-    _check_token_tensor("prompt_lens", prompt_lens, owner)
-    if prompt_lens.shape != (b,):
-        raise ValueError(
-            f"{owner}: 'prompt_lens' must have shape (batch={b},), got {tuple(prompt_lens.shape)}"
-        )
-    if bool(((prompt_lens < 1) | (prompt_lens > n)).any()):
-        raise ValueError(
-            f"{owner}: 'prompt_lens' must lie in [1, {n}] (the prompt width), got "
-            f"{prompt_lens.tolist()}"
-        )
-    return prompt_lens
-
-
-def prepare_prompts(
-    prompts: Tensor | Sequence[Tensor], prompt_lens: Tensor | None, pad_value: int, owner: str
-) -> PromptBatch:
-    """Validate prompts and left-pad them into one batch.
-
-    Args:
-        prompts: (b, n) or (n,) token ids, or a list of 1-D prompts of any lengths.
-        prompt_lens: (b,) real lengths of right-padded (b, n) prompts, or None.
-        pad_value: token id written into the padding.
-        owner: name used in error messages.
-    """
-    squeeze = False
-    if isinstance(prompts, (list, tuple)):
-        if prompt_lens is not None:
-            raise ValueError(f"{owner}: give 'prompt_lens' only with a (batch, n) tensor")
-        tokens, lens = _from_list(prompts, owner)
-    else:
-        _check_token_tensor("prompts", prompts, owner)
-        if prompts.ndim == 1:
-            prompts, squeeze = prompts.unsqueeze(0), True
-        if prompts.ndim != 2 or prompts.shape[0] == 0 or prompts.shape[1] == 0:
-            raise ValueError(
-                f"{owner}: 'prompts' must have shape (batch, n) or (n,) with n >= 1, got "
-                f"{tuple(prompts.shape)}"
-            )
-        tokens = prompts
-        lens = None if prompt_lens is None else _check_lens(prompt_lens, *prompts.shape, owner)
-    if lens is None or bool((lens == tokens.shape[1]).all()):
-        return PromptBatch(tokens.long(), None, None, squeeze)
-    n = tokens.shape[1]
-    start = (n - lens).long()
-    index = (torch.arange(n, device=tokens.device) - start.unsqueeze(-1)) % n
-    mask = torch.arange(n, device=tokens.device) >= start.unsqueeze(-1)
-    tokens = tokens.gather(1, index).masked_fill(~mask, pad_value)
-    return PromptBatch(tokens.long(), mask, start, squeeze)
-
-
-def _check_real(name: str, value: Any, owner: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{owner}: '{name}' must be a finite float, got {value!r}")
-
-
-class TokenSampler:
-    """Draws the next token of every row and tracks which rows have emitted ``eos_token``.
-
-    Rows that are done keep receiving ``pad_value``.
-    """
-
-    def __init__(
-        self,
-        *,
-        temperature: float,
-        filter_logits_fn: str | Callable | None,
-        filter_kwargs: dict | None,
-        entmax_alpha: float | None,
-        eos_token: int | None,
-        pad_value: int,
-        num_tokens: int | None,
-        generator: torch.Generator | None,
-        owner: str,
-    ) -> None:
-        _check_real("temperature", temperature, owner)
-        if temperature < 0:
-            raise ValueError(
-                f"{owner}: 'temperature' must be >= 0, got {temperature}; use 0 for greedy decoding"
-            )
-        if entmax_alpha is not None:
-            _check_real("entmax_alpha", entmax_alpha, owner)
-            if entmax_alpha <= 1:
-                raise ValueError(
-                    f"{owner}: 'entmax_alpha' must be > 1 (1 would be softmax), got "
-                    f"{entmax_alpha}; pass None for softmax sampling"
-                )
-        if filter_kwargs is not None and not isinstance(filter_kwargs, dict):
-            raise TypeError(f"{owner}: 'filter_kwargs' must be a dict, got {filter_kwargs!r}")
-        if eos_token is not None:
-            vocab = num_tokens if exists(num_tokens) else math.inf
-            if isinstance(eos_token, bool) or not isinstance(eos_token, int):
-                raise TypeError(f"{owner}: 'eos_token' must be an int, got {eos_token!r}")
-            if not 0 <= eos_token < vocab:
-                raise ValueError(
-                    f"{owner}: 'eos_token' must be a token id in [0, {vocab}), got {eos_token}"
-                )
-        self.filter_fn = resolve_filter(filter_logits_fn)
-        self.temperature, self.filter_kwargs = float(temperature), filter_kwargs or {}
-        self.entmax_alpha, self.generator = entmax_alpha, generator
-        self.eos_token, self.pad_value = eos_token, pad_value
-        self.done: Tensor | None = None
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        """(b, v) last-position logits -> (b,) next tokens."""
-        token = sample_next(
-            logits,
-            temperature=self.temperature,
-            filter_fn=self.filter_fn,
-            filter_kwargs=self.filter_kwargs,
-            entmax_alpha=self.entmax_alpha,
-            generator=self.generator,
-        )
-        if self.eos_token is None:
-            return token
-        if self.done is not None:
-            token = token.masked_fill(self.done, self.pad_value)
-            self.done = self.done | (token == self.eos_token)
-        else:
-            self.done = token == self.eos_token
-        return token
-
-    @property
-    def finished(self) -> bool:
-        """Every row has emitted ``eos_token``."""
-        return self.done is not None and bool(self.done.all())
-
-
-def check_passthrough(kwargs: dict, owner: str) -> None:
-    """Refuse keywords that the wrapper sets itself."""
-    bad = sorted(set(kwargs) & RESERVED_KWARGS)
-    if bad:
-        raise TypeError(
-            f"{owner}: {bad} cannot be passed here, the wrapper sets them itself; pass only "
-            "model inputs such as context / context_mask (prompts of different lengths: give "
-            "a list or prompt_lens)"
-        )
 
 
 def uncacheable_reason(net: nn.Module) -> str | None:
@@ -286,7 +106,7 @@ class AutoregressiveWrapper(nn.Module):
         A (b, n) ``mask`` is cut to the n - 1 inputs.
         """
         owner = f"{type(self).__name__}.forward"
-        _check_token_tensor("x", x, owner)
+        check_token_tensor("x", x, owner)
         if x.ndim != 2 or x.shape[1] < 2:
             raise ValueError(f"{owner}: 'x' must have shape (batch, n >= 2), got {tuple(x.shape)}")
         inp, target = x[:, :-1], x[:, 1:]

@@ -79,6 +79,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         mems: list[Tensor] | None = None,
         cache: KVCache | None = None,
         return_intermediates: bool = False,
+        return_cache: bool = False,
         **kwargs: Any,
     ):
         """Outputs (b, n, dim_out), or the stack's (b, n, d) with ``return_embeddings``.
@@ -92,12 +93,22 @@ class ContinuousTransformerWrapper(SequenceWrapper):
 
         Returns:
             The output, followed when asked, in this order, by mems (``return_mems``),
-            attention maps (``return_attn``) and intermediates (``return_intermediates``).
+            attention maps (``return_attn``), the KV cache (``return_cache``) and
+            intermediates (``return_intermediates``).
         """
         check_float_input("x", x, self.dim_in, "ContinuousTransformerWrapper")
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
         out, inter = self._run_stack(
-            self.project_in(x), mask, mems, cache, return_attn, return_intermediates, **kwargs
+            self.project_in(x),
+            mask,
+            mems,
+            cache,
+            return_attn,
+            return_intermediates,
+            return_cache=return_cache,
+            **kwargs,
         )
         result = out if return_embeddings else self.project_out(out)
-        return self._package(result, inter, mems, return_mems, return_attn, return_intermediates)
+        return self._package(
+            result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
+        )

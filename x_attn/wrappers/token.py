@@ -57,6 +57,13 @@ class SequenceWrapper(nn.Module):
             )
         check_positive_int("max_seq_len", max_seq_len, owner)
         check_probability("emb_dropout", emb_dropout, owner)
+        if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
+            raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
+        if max_mem_len and attn_layers.reversible is not None:
+            raise ValueError(
+                f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
+                "which a reversible=True stack does not keep; drop one of the two"
+            )
         dim = attn_layers.dim
         self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
         self.attn_layers = attn_layers
@@ -89,6 +96,7 @@ class SequenceWrapper(nn.Module):
         return_attn: bool,
         return_intermediates: bool,
         seq_start_pos: Tensor | None = None,
+        return_cache: bool = False,
         **kwargs: Any,
     ) -> tuple[Tensor, LayerIntermediates]:
         """Positions, dropout, memory tokens, then the stack on embeddings ``h`` (b, n, d).
@@ -108,8 +116,7 @@ class SequenceWrapper(nn.Module):
         prepend = self.memory_tokens is not None and past <= 0 and mems is None
         if prepend:
             h, mask = self._prepend_memory(h, mask)
-        if return_intermediates and cache is None:
-            cache = KVCache.empty(self.attn_layers.num_attention_layers)
+        cache = self._new_cache(cache, return_intermediates, return_cache)
         out, inter = self.attn_layers(
             h,
             mask=mask,
@@ -122,6 +129,23 @@ class SequenceWrapper(nn.Module):
         if prepend:
             out = out[:, self.num_memory_tokens :]
         return out, inter
+
+    def _new_cache(
+        self, cache: KVCache | None, return_intermediates: bool, return_cache: bool
+    ) -> KVCache | None:
+        """A fresh cache when one is asked for (return_cache / return_intermediates)."""
+        if cache is not None or not (return_intermediates or return_cache):
+            return cache
+        reason = self.attn_layers.uncacheable_reason
+        if reason is None:
+            return KVCache.empty(self.attn_layers.num_attention_layers)
+        if return_cache:
+            raise ValueError(f"return_cache=True: this model cannot use a KV cache: {reason}")
+        return None  # intermediates without a cache
+
+    def explain(self) -> list[str]:
+        """Which kernel each attention layer uses by default, and why."""
+        return self.attn_layers.explain()
 
     def _positions(
         self, past: int, n: int, device: torch.device, seq_start_pos: Tensor | None = None
@@ -178,6 +202,11 @@ class SequenceWrapper(nn.Module):
 
     def next_mems(self, hiddens: list[Tensor], mems: list[Tensor] | None) -> list[Tensor]:
         """Transformer-XL: old mems + this segment's layer inputs, detached, last max_mem_len."""
+        if not hiddens:
+            raise ValueError(
+                "return_mems=True: this stack keeps no per-layer hidden states "
+                f"({self.attn_layers.uncacheable_reason or 'no self-attention layers'})"
+            )
         if mems is not None:
             hiddens = [torch.cat((m, h), dim=1) for m, h in zip(mems, hiddens)]
         keep = self.max_mem_len if self.max_mem_len > 0 else hiddens[0].shape[1]
@@ -264,7 +293,8 @@ class TransformerWrapper(SequenceWrapper):
             mems,
             cache,
             return_attn,
-            return_intermediates or return_cache,
+            return_intermediates,
+            return_cache=return_cache,
             **kwargs,
         )
         result = out if return_embeddings else self._logits(out)

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.utils import check_positive_int
-from x_attn.wrappers.autoregressive import TokenSampler, check_passthrough, prepare_prompts
+from x_attn.wrappers.decoding import TokenSampler, check_passthrough, prepare_prompts
 
 __all__ = ["XLAutoregressiveWrapper"]
 
