@@ -36,6 +36,8 @@ from x_attn.wrappers.decoding import (
     TokenSampler,
     check_passthrough,
     check_token_tensor,
+    inference,
+    make_sampler,
     prepare_prompts,
 )
 
@@ -154,27 +156,22 @@ class AutoregressiveWrapper(nn.Module):
         owner = f"{type(self).__name__}.generate"
         batch = prepare_prompts(prompts, prompt_lens, self.pad_value, owner)
         check_positive_int("seq_len", seq_len, owner)
-        sampler = TokenSampler(
+        sampler = make_sampler(
+            self.net,
+            self.pad_value,
+            owner,
             temperature=temperature,
             filter_logits_fn=filter_logits_fn,
             filter_kwargs=filter_kwargs,
             entmax_alpha=entmax_alpha,
             eos_token=eos_token,
-            pad_value=self.pad_value,
-            num_tokens=getattr(self.net, "num_tokens", None),
             generator=generator,
-            owner=owner,
         )
         check_passthrough(kwargs, owner)
         self._check_length(batch.tokens.shape[1], seq_len, owner)
         decode = self._decode_cached if cache_kv and self._cache_usable() else self._decode_full
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.inference_mode():
-                out = decode(batch, seq_len, sampler, kwargs)
-        finally:
-            self.net.train(was_training)
+        with inference(self.net):
+            out = decode(batch, seq_len, sampler, kwargs)
         return out[0] if batch.squeeze else out
 
     def _check_length(self, p: int, seq_len: int, owner: str) -> None:

@@ -6,12 +6,13 @@ Shape legend: b batch, p prompt length, v vocabulary.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from x_attn.utils import exists
 from x_attn.wrappers.sampling import resolve_filter, sample_next
@@ -200,3 +201,22 @@ def check_passthrough(kwargs: dict, owner: str) -> None:
             "model inputs such as context / context_mask (prompts of different lengths: give "
             "a list or prompt_lens)"
         )
+
+
+def make_sampler(net: nn.Module, pad_value: int, owner: str, **options: Any) -> TokenSampler:
+    """A TokenSampler for ``net`` from generate()'s sampling options (checked here)."""
+    return TokenSampler(
+        pad_value=pad_value, num_tokens=getattr(net, "num_tokens", None), owner=owner, **options
+    )
+
+
+@contextmanager
+def inference(net: nn.Module) -> Iterator[None]:
+    """Eval mode and inference mode for the duration, then the caller's mode back."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        net.train(was_training)

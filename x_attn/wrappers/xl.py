@@ -21,7 +21,13 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.utils import check_positive_int
-from x_attn.wrappers.decoding import TokenSampler, check_passthrough, prepare_prompts
+from x_attn.wrappers.decoding import (
+    TokenSampler,
+    check_passthrough,
+    inference,
+    make_sampler,
+    prepare_prompts,
+)
 
 __all__ = ["XLAutoregressiveWrapper"]
 
@@ -129,25 +135,20 @@ class XLAutoregressiveWrapper(nn.Module):
                 "padding mask); generate each length separately or trim them to one length"
             )
         check_positive_int("seq_len", seq_len, owner)
-        sampler = TokenSampler(
+        sampler = make_sampler(
+            self.net,
+            self.pad_value,
+            owner,
             temperature=temperature,
             filter_logits_fn=filter_logits_fn,
             filter_kwargs=filter_kwargs,
             entmax_alpha=entmax_alpha,
             eos_token=eos_token,
-            pad_value=self.pad_value,
-            num_tokens=getattr(self.net, "num_tokens", None),
             generator=generator,
-            owner=owner,
         )
         check_passthrough(kwargs, owner)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.inference_mode():
-                out = self._decode(batch.tokens, seq_len, sampler, mems, kwargs)
-        finally:
-            self.net.train(was_training)
+        with inference(self.net):
+            out = self._decode(batch.tokens, seq_len, sampler, mems, kwargs)
         return out[0] if batch.squeeze else out
 
     def _decode(
