@@ -56,7 +56,7 @@ def causal_mask(i: int, j: int, device: torch.device | None = None) -> Tensor:
 def merged_mask(inputs: AttnInputs) -> Tensor | None:
     """The padding / user mask and the causal mask folded into one bool mask (or None)."""
     mask = inputs.mask
-    if inputs.causal:
+    if inputs.causal and inputs.q_len > 1:  # one query sits last: it may see every key
         causal = causal_mask(inputs.q_len, inputs.k_len, inputs.q.device)
         mask = causal if mask is None else mask & causal
     return mask

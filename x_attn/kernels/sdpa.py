@@ -26,6 +26,7 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
     v = expand_kv_heads(inputs.v, heads)
     fast_causal = (
         inputs.causal
+        and inputs.q_len > 1
         and inputs.mask is None
         and inputs.bias is None
         and inputs.q_len == inputs.k_len
