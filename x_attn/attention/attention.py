@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.features import build_score_pipeline
-from x_attn.attention.features.attn_on_attn import AttentionOnAttention
+from x_attn.attention.features.attn_on_attn import AttentionOnAttention, LinearOutput
 from x_attn.attention.features.memory_kv import MemoryKeyValues
 from x_attn.attention.projections import CollaborativeProjection, MultiHeadProjection
 from x_attn.cache import KVEntry
@@ -86,13 +86,13 @@ class Attention(nn.Module):
             self.memory_kv = MemoryKeyValues(
                 config.num_mem_kv, self.proj.k_heads, self.proj.qk_dim, heads, config.dim_head
             )
+        # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
+        self.kv_extensions = [m for m in (self.memory_kv,) if m is not None]
         self.scores = build_score_pipeline(config, heads, residual_attn, flag_prefix)
         self.kernel: KernelChoice = choose_kernel(config.flash, self.scores.flags, "Attention")
         inner = heads * config.dim_head
-        if config.on_attn:
-            self.to_out: nn.Module = AttentionOnAttention(inner, dim)
-        else:
-            self.to_out = nn.Linear(inner, dim, bias=False)
+        output = AttentionOnAttention if config.on_attn else LinearOutput
+        self.to_out: nn.Module = output(inner, dim)
 
     @property
     def qk_dim(self) -> int:
@@ -135,10 +135,8 @@ class Attention(nn.Module):
         q, k, v, key_mask = self._project(x, context, mask, context_mask, positions, mem, cache)
         bias = positions.bias if (positions is not None and context is None) else None
         full_mask = _combine_masks(key_mask, attn_mask, x.shape[0], q.shape[-2], k.shape[-2])
-        if self.memory_kv is not None:
-            k, v = self.memory_kv.extend(k, v)
-            full_mask = self.memory_kv.pad_mask(full_mask)
-            bias = self.memory_kv.pad_bias(bias)
+        for extension in self.kv_extensions:
+            k, v, full_mask, bias = extension(k, v, full_mask, bias)
         inputs = AttnInputs(
             q,
             k,
@@ -155,9 +153,7 @@ class Attention(nn.Module):
         else:
             out, inter = sdpa_attention(inputs), AttnIntermediates("sdpa")
         out = rearrange(out, "b h n d -> b n (h d)")
-        if isinstance(self.to_out, AttentionOnAttention):
-            return self.to_out(out, x), inter
-        return self.to_out(out), inter
+        return self.to_out(out, x), inter
 
     def _project(self, x, context, mask, context_mask, positions, mem, cache):
         """Project stage + position transforms + cache extension; returns q, k, v, key mask."""

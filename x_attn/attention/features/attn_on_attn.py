@@ -13,6 +13,16 @@ import torch
 from torch import Tensor, nn
 
 
+class LinearOutput(nn.Linear):
+    """The usual output stage: merged heads -> model dim (the query input is not used)."""
+
+    def __init__(self, inner_dim: int, dim: int) -> None:
+        super().__init__(inner_dim, dim, bias=False)
+
+    def forward(self, attended: Tensor, query_input: Tensor | None = None) -> Tensor:
+        return super().forward(attended)
+
+
 class AttentionOnAttention(nn.Module):
     """Output stage: gate the attention result by the query it answers."""
 

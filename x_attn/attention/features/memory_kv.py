@@ -35,6 +35,13 @@ class MemoryKeyValues(nn.Module):
         """Key axis (last) gets ``num`` always-visible columns in front."""
         return None if mask is None else F.pad(mask, (self.num, 0), value=True)
 
+    def forward(
+        self, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Extend-k/v stage: memory slots in front of k, v, the mask and the bias."""
+        k, v = self.extend(k, v)
+        return k, v, self.pad_mask(mask), self.pad_bias(bias)
+
     def pad_bias(self, bias: Tensor | None) -> Tensor | None:
         """Key axis (last) gets ``num`` zero-bias columns in front."""
         return None if bias is None else F.pad(bias, (self.num, 0), value=0.0)
