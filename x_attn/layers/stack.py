@@ -194,16 +194,8 @@ class AttentionLayers(nn.Module):
                     "reversible=True stacks run without mems, cache or return_attn "
                     "(the two-stream update has no per-layer hidden state to keep)"
                 )
-            from x_attn.layers.reversible_stack import run_reversible
-
-            # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
-            self.reversible.training = self.training
-            out = self.final_norm(
-                run_reversible(self.reversible, x, key_mask, attn_mask, positions)
-            )
-            # each reversible branch runs its layer's default kernel (no return_attn here)
-            kernels = [blk.kernel.name for blk in self._attention_blocks()]
-            return (out, LayerIntermediates(kernels=kernels)) if return_hiddens else out
+            out, inter = self._run_reversible(x, key_mask, attn_mask, positions)
+            return (out, inter) if return_hiddens else out
         inter = LayerIntermediates(cache=cache)
         state = dict(
             context=context,
@@ -221,6 +213,17 @@ class AttentionLayers(nn.Module):
             cache.key_mask = key_mask
         out = self.final_norm(x)
         return (out, inter) if return_hiddens else out
+
+    def _run_reversible(self, x, key_mask, attn_mask, positions):
+        """The reversible two-stream stack (Reformer) on x (b, n, d)."""
+        from x_attn.layers.reversible_stack import run_reversible
+
+        # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
+        self.reversible.training = self.training
+        out = self.final_norm(run_reversible(self.reversible, x, key_mask, attn_mask, positions))
+        # each reversible branch runs its layer's default kernel (no return_attn here)
+        kernels = [blk.kernel.name for blk in self._attention_blocks()]
+        return out, LayerIntermediates(kernels=kernels)
 
     def _run_layers(self, x: Tensor, state: dict, inter: LayerIntermediates) -> Tensor:
         cfg = self.config
