@@ -197,3 +197,56 @@ def test_continuous_input_checks():
         model(torch.randn(2, 4, 4))
     with pytest.raises(TypeError, match="'x' must be a float tensor"):
         model(torch.ones(2, 4, 3, dtype=torch.long))
+
+
+def _vit(**extra):
+    from x_attn import ViTransformerWrapper
+
+    return ViTransformerWrapper(
+        image_size=8, patch_size=4, attn_layers=Encoder(dim=16, depth=1), **extra
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (
+            lambda: TransformerWrapper(
+                num_tokenz=4, max_seq_len=8, attn_layers=Decoder(dim=16, depth=1)
+            ),
+            "unknown argument 'num_tokenz' for TransformerWrapper; did you mean 'num_tokens'?",
+        ),
+        (
+            lambda: lm()(tokens(), maks=None),
+            "unknown argument 'maks' for Decoder.forward; did you mean 'mask'?",
+        ),
+        (
+            lambda: lm()(tokens(), contxt=None),
+            "unknown argument 'contxt' for Decoder.forward; did you mean 'context'?",
+        ),
+        (
+            lambda: _vit(num_class=3),
+            "unknown argument 'num_class' for ViTransformerWrapper; did you mean 'num_classes'?",
+        ),
+        (
+            lambda: ContinuousTransformerWrapper(
+                max_seq_len=8, dimin=3, attn_layers=Encoder(dim=16, depth=1)
+            ),
+            "unknown argument 'dimin' for ContinuousTransformerWrapper; did you mean 'dim_in'?",
+        ),
+    ],
+)
+def test_wrapper_keywords_suggest_closest(build, message):
+    with pytest.raises(TypeError) as info:
+        build()
+    assert str(info.value) == message
+
+
+def test_generation_wrapper_keyword_suggestion():
+    from x_attn import AutoregressiveWrapper, XLAutoregressiveWrapper
+
+    for cls in (AutoregressiveWrapper, XLAutoregressiveWrapper):
+        with pytest.raises(
+            TypeError, match=f"'ignore_idx' for {cls.__name__}; did you mean 'ignore_index'"
+        ):
+            cls(lm(), ignore_idx=0)

@@ -9,6 +9,9 @@ raises TypeError with the closest known name.
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -105,3 +108,26 @@ def build_config(cls: type, owner: str, kwargs: dict[str, Any], prefix: str = ""
         if key not in names:
             raise unknown_argument(owner, key, names)
     return cls(**kwargs)
+
+
+def checked_keywords(func: Callable) -> Callable:
+    """Give a function's unknown keyword arguments a "did you mean" TypeError.
+
+    For constructors and forwards with an explicit signature: Python's own error names the
+    keyword but suggests nothing.
+    """
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise AssertionError(f"{func.__qualname__} takes **kwargs; check them where they land")
+    known = {name for name in params if name != "self"}
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for key in kwargs:
+            if key not in known:
+                owner = type(args[0]).__name__ if args else func.__qualname__
+                suffix = "" if func.__name__ == "__init__" else f".{func.__name__}"
+                raise unknown_argument(owner + suffix, key, known)
+        return func(*args, **kwargs)
+
+    return wrapper

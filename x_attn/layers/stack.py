@@ -18,7 +18,7 @@ from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import layer_types, macaron_ff_scale
 from x_attn.layers.residual import make_residual
 from x_attn.positional.stack_positions import StackPositions
-from x_attn.routing import route_layer_kwargs
+from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.validation import check_attn_mask, check_bool_mask, check_float_input
 
 
@@ -154,6 +154,7 @@ class AttentionLayers(nn.Module):
             if t in "ac"
         ]
 
+    @checked_keywords
     def forward(
         self,
         x: Tensor,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from x_attn.routing import checked_keywords
 from x_attn.utils import check_positive_int, exists
 from x_attn.wrappers.decoding import (
     PromptBatch,
@@ -69,6 +70,7 @@ class AutoregressiveWrapper(nn.Module):
         pad_value: token id of left padding and of positions after ``eos_token``.
     """
 
+    @checked_keywords
     def __init__(self, net: nn.Module, ignore_index: int = -100, pad_value: int = 0) -> None:
         super().__init__()
         owner = type(self).__name__

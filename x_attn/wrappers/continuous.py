@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from x_attn.cache import KVCache
 from x_attn.layers.stack import AttentionLayers
+from x_attn.routing import checked_keywords
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, check_float_input
 from x_attn.wrappers.token import SequenceWrapper
@@ -38,6 +39,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
     """
 
+    @checked_keywords
     def __init__(
         self,
         *,

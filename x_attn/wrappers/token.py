@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from x_attn.cache import KVCache
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
+from x_attn.routing import checked_keywords
 from x_attn.utils import check_positive_int, check_probability
 from x_attn.validation import check_bool_mask
 
@@ -231,6 +232,7 @@ class TransformerWrapper(SequenceWrapper):
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
     """
 
+    @checked_keywords
     def __init__(
         self,
         *,

@@ -21,6 +21,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from x_attn.layers.stack import AttentionLayers
+from x_attn.routing import checked_keywords
 from x_attn.utils import check_positive_int, check_probability
 
 
@@ -47,6 +48,7 @@ class ViTransformerWrapper(nn.Module):
         emb_dropout: dropout after adding the position embeddings (as in the paper).
     """
 
+    @checked_keywords
     def __init__(
         self,
         *,
@@ -92,6 +94,7 @@ class ViTransformerWrapper(nn.Module):
         p = self.patch_size
         return rearrange(img, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=p, p2=p)
 
+    @checked_keywords
     def forward(self, img: Tensor, return_embeddings: bool = False) -> Tensor:
         """Classify images, or return their token embeddings.
 

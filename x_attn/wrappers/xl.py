@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from x_attn.routing import checked_keywords
 from x_attn.utils import check_positive_int
 from x_attn.wrappers.decoding import (
     TokenSampler,
@@ -43,6 +44,7 @@ class XLAutoregressiveWrapper(nn.Module):
         pad_value: token id of positions after ``eos_token``.
     """
 
+    @checked_keywords
     def __init__(self, net: nn.Module, ignore_index: int = -100, pad_value: int = 0) -> None:
         super().__init__()
         owner = type(self).__name__

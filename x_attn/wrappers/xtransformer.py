@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from x_attn.layers.stack import Decoder, Encoder
-from x_attn.routing import known_layer_arguments, unknown_argument
+from x_attn.routing import checked_keywords, known_layer_arguments, unknown_argument
 from x_attn.utils import check_positive_int
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.token import TransformerWrapper
@@ -131,6 +131,7 @@ class XTransformer(nn.Module):
         """Encoder output (b, i, d) of source tokens ``src`` (b, i)."""
         return self.encoder(src, mask=mask, attn_mask=attn_mask, return_embeddings=True)
 
+    @checked_keywords
     def forward(
         self,
         src: Tensor,
