@@ -4,6 +4,7 @@ from x_attn.attention.attention import Attention
 from x_attn.cache import KVCache, KVEntry
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
+from x_attn.serialization import from_config, to_config
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
 from x_attn.wrappers.token import TransformerWrapper
@@ -26,4 +27,6 @@ __all__ = [
     "ViTransformerWrapper",
     "XLAutoregressiveWrapper",
     "XTransformer",
+    "from_config",
+    "to_config",
 ]

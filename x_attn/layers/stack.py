@@ -19,6 +19,7 @@ from x_attn.layers.pattern import layer_types, macaron_ff_scale
 from x_attn.layers.residual import make_residual
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
+from x_attn.serialization import records_config
 from x_attn.validation import check_attn_mask, check_bool_mask, check_float_input
 
 
@@ -39,6 +40,7 @@ class LayerIntermediates:
     cache: KVCache | None = None
 
 
+@records_config
 class AttentionLayers(nn.Module):
     """A stack of attention / cross-attention / feed-forward layers built from flat flags.
 
@@ -344,6 +346,7 @@ class AttentionLayers(nn.Module):
         check_attn_mask(attn_mask, b, self.config.heads, n, k_len)
 
 
+@records_config
 class Encoder(AttentionLayers):
     """Bidirectional stack (BERT-like)."""
 
@@ -353,6 +356,7 @@ class Encoder(AttentionLayers):
         super().__init__(**kwargs)
 
 
+@records_config
 class Decoder(AttentionLayers):
     """Causal stack (GPT-like)."""
 
@@ -363,6 +367,7 @@ class Decoder(AttentionLayers):
         super().__init__(**kwargs)
 
 
+@records_config
 class CrossAttender(AttentionLayers):
     """Cross-attention only stack: queries from ``x`` attend to ``context``."""
 

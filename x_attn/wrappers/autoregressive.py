@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.routing import checked_keywords
+from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, exists
 from x_attn.wrappers.decoding import (
     PromptBatch,
@@ -61,6 +62,7 @@ def uncacheable_reason(net: nn.Module) -> str | None:
     return None
 
 
+@records_config
 class AutoregressiveWrapper(nn.Module):
     """Next-token training and sampling around a token model (TransformerWrapper + Decoder).
 

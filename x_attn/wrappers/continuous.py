@@ -17,11 +17,13 @@ from torch import Tensor, nn
 from x_attn.cache import KVCache
 from x_attn.layers.stack import AttentionLayers
 from x_attn.routing import checked_keywords
+from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, check_float_input
 from x_attn.wrappers.token import SequenceWrapper
 
 
+@records_config
 class ContinuousTransformerWrapper(SequenceWrapper):
     """Sequence model on continuous inputs (b, n, di) around an :class:`AttentionLayers` stack.
 

@@ -19,6 +19,7 @@ from x_attn.cache import KVCache
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
 from x_attn.routing import checked_keywords
+from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability
 from x_attn.validation import check_bool_mask
 
@@ -214,6 +215,7 @@ class SequenceWrapper(nn.Module):
         return [h[:, -keep:].detach() for h in hiddens]
 
 
+@records_config
 class TransformerWrapper(SequenceWrapper):
     """Token model around an :class:`AttentionLayers` stack.
 

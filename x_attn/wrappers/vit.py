@@ -22,9 +22,11 @@ from torch import Tensor, nn
 
 from x_attn.layers.stack import AttentionLayers
 from x_attn.routing import checked_keywords
+from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability
 
 
+@records_config
 class ViTransformerWrapper(nn.Module):
     """Vision Transformer around a bidirectional :class:`AttentionLayers` stack.
 

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.routing import checked_keywords
+from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int
 from x_attn.wrappers.decoding import (
     TokenSampler,
@@ -33,6 +34,7 @@ from x_attn.wrappers.decoding import (
 __all__ = ["XLAutoregressiveWrapper"]
 
 
+@records_config
 class XLAutoregressiveWrapper(nn.Module):
     """Segment-by-segment training and generation of a TransformerWrapper with ``max_mem_len``.
 

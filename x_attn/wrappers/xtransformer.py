@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from x_attn.layers.stack import Decoder, Encoder
 from x_attn.routing import checked_keywords, known_layer_arguments, unknown_argument
+from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.token import TransformerWrapper
@@ -79,6 +80,7 @@ def split_prefixed(kwargs: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]
     return out
 
 
+@records_config
 class XTransformer(nn.Module):
     """Encoder-decoder transformer; ``forward`` returns the decoder's next-token loss.
 

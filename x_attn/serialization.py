@@ -1,0 +1,84 @@
+"""Model configs as plain, JSON-friendly dicts, and models rebuilt from them.
+
+Every public model class records the keyword arguments it was built with.
+``to_config(model)`` returns them as nested dicts (sub-models such as ``attn_layers``
+included), and ``from_config(config)`` builds the same architecture again. A checkpoint is then
+``{"config": to_config(model), "state_dict": model.state_dict()}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from torch import nn
+
+_REGISTRY: dict[str, type] = {}
+
+
+def records_config(cls: type) -> type:
+    """Class decorator: the instance remembers its constructor arguments (``_config_kwargs``)."""
+    init = cls.__init__
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs).arguments
+        recorded: dict[str, Any] = {}
+        for name, value in list(bound.items())[1:]:
+            kind = signature.parameters[name].kind
+            recorded.update(value if kind is inspect.Parameter.VAR_KEYWORD else {name: value})
+        self._config_kwargs = recorded  # the outermost decorated class records last
+
+    cls.__init__ = wrapper
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def to_config(model: nn.Module) -> dict[str, Any]:
+    """``{"type": class name, "kwargs": {...}}`` with sub-models as nested configs."""
+    if not hasattr(model, "_config_kwargs"):
+        raise TypeError(
+            f"to_config: {type(model).__name__} is not an x_attn model class; pass a "
+            "TransformerWrapper, an AttentionLayers stack or another x_attn wrapper"
+        )
+    kwargs = {name: _encode(value) for name, value in model._config_kwargs.items()}
+    return {"type": type(model).__name__, "kwargs": kwargs}
+
+
+def from_config(config: dict[str, Any]) -> nn.Module:
+    """Build the model described by ``to_config``'s output (weights are fresh)."""
+    if not isinstance(config, dict) or set(config) != {"type", "kwargs"}:
+        raise ValueError("from_config: expected a dict with exactly the keys 'type' and 'kwargs'")
+    cls = _REGISTRY.get(config["type"])
+    if cls is None:
+        raise ValueError(
+            f"from_config: unknown model type {config['type']!r}; known: {sorted(_REGISTRY)}"
+        )
+    return cls(**{name: _decode(value) for name, value in config["kwargs"].items()})
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, nn.Module):
+        return {"model": to_config(value)}
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v) for v in value]}
+    if isinstance(value, (list, dict)) or not _is_plain(value):
+        raise TypeError(
+            f"to_config: cannot store a constructor argument of type {type(value).__name__}"
+        )
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"model"}:
+        return from_config(value["model"])
+    if isinstance(value, dict) and set(value) == {"tuple"}:
+        return tuple(_decode(v) for v in value["tuple"])
+    return value
+
+
+def _is_plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
