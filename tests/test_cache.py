@@ -186,3 +186,35 @@ def test_kv_cache_slide_and_select() -> None:
     assert cache.kept == 4
     one = cache.select(torch.tensor([1]))
     assert one.dropped == 2 and one.length == 6 and torch.equal(one.entries[0].k, k[1:, :, 2:])
+
+
+def test_kv_entry_buffers_match_concatenation() -> None:
+    """Without autograd, appends write into a growing buffer; the result equals torch.cat."""
+    from x_attn.cache import KVEntry
+
+    chunks = [torch.randn(2, 3, n, 4, dtype=torch.float64) for n in (5, 1, 1, 70, 1, 2)]
+    entry, earlier = KVEntry(), []
+    with torch.no_grad():
+        for i, chunk in enumerate(chunks):
+            k, v = entry.append(chunk, 2 * chunk)
+            earlier.append(k.clone())
+            expected = torch.cat(chunks[: i + 1], dim=-2)
+            assert torch.equal(k, expected) and torch.equal(v, 2 * expected)
+        assert entry._k_buffer is not None and entry._k_buffer.shape[-2] > entry.k.shape[-2]
+        # a view handed out earlier is never overwritten by later appends
+        first_view = KVEntry()
+        a, _ = first_view.append(chunks[0], chunks[0])
+        b, _ = first_view.append(chunks[1], chunks[1])
+        c, _ = first_view.append(chunks[2], chunks[2])
+        assert torch.equal(b, torch.cat(chunks[:2], -2)) and c.shape[-2] == 7
+        # after a slide the entry holds a shifted view: the next append starts a new buffer
+        entry.k, entry.v = entry.k[..., 10:, :], entry.v[..., 10:, :]
+        k, _ = entry.append(chunks[1], chunks[1])
+        assert torch.equal(k, torch.cat((earlier[-1][..., 10:, :], chunks[1]), dim=-2))
+    # with autograd on, appends concatenate and gradients flow to every chunk
+    leaf = torch.randn(1, 1, 2, 4, requires_grad=True)
+    grad_entry = KVEntry()
+    grad_entry.append(leaf, leaf)
+    k, _ = grad_entry.append(leaf * 2, leaf)
+    k.sum().backward()
+    assert torch.equal(leaf.grad, torch.full_like(leaf, 3.0))

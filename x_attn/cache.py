@@ -19,18 +19,53 @@ from torch import Tensor
 
 @dataclass
 class KVEntry:
-    """Cached keys (b hk j dh) and values (b h j dh) of one attention layer."""
+    """Cached keys (b hk j dh) and values (b h j dh) of one attention layer.
+
+    Without autograd (generation runs under ``inference_mode``) keys and values are written into
+    buffers that grow geometrically, so a decode step copies only the new token's k/v instead of
+    the whole cache; ``k`` and ``v`` are then views of the filled prefix. With autograd on, a
+    plain concatenation keeps the graph intact. An entry owns its buffer: to branch a cache
+    (beam search), use :meth:`KVCache.select`, which copies.
+    """
 
     k: Tensor | None = None
     v: Tensor | None = None
+    _k_buffer: Tensor | None = field(default=None, repr=False)
+    _v_buffer: Tensor | None = field(default=None, repr=False)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store k/v after the cached ones and return the full keys and values."""
-        if self.k is not None:
-            k = torch.cat((self.k, k), dim=-2)
-            v = torch.cat((self.v, v), dim=-2)
-        self.k, self.v = k, v
-        return k, v
+        if self.k is None:
+            self.k, self.v = k, v
+        elif torch.is_grad_enabled():
+            self.k = torch.cat((self.k, k), dim=-2)
+            self.v = torch.cat((self.v, v), dim=-2)
+        else:
+            self.k, self._k_buffer = _write_after(self._k_buffer, self.k, k)
+            self.v, self._v_buffer = _write_after(self._v_buffer, self.v, v)
+        return self.k, self.v
+
+
+def _write_after(buffer: Tensor | None, old: Tensor, new: Tensor) -> tuple[Tensor, Tensor]:
+    """Write ``new`` after ``old`` (a prefix view of ``buffer`` or not) along the key axis.
+
+    Returns (view of the filled prefix, buffer). The buffer is (re)allocated with room to spare
+    when ``old`` is not its prefix (first append, after a slide or select) or it is full.
+    """
+    n_old, n = old.shape[-2], old.shape[-2] + new.shape[-2]
+    reusable = (
+        buffer is not None
+        and buffer.shape[-2] >= n
+        and buffer.shape[:-2] == old.shape[:-2]
+        and buffer.dtype == old.dtype
+        and buffer.data_ptr() == old.data_ptr()
+        and buffer.stride() == old.stride()
+    )
+    if not reusable:
+        buffer = old.new_empty(*old.shape[:-2], n + max(n, 64), old.shape[-1])
+        buffer[..., :n_old, :] = old
+    buffer[..., n_old:n, :] = new
+    return buffer[..., :n, :], buffer
 
 
 @dataclass
