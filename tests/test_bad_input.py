@@ -122,7 +122,16 @@ def test_bad_context():
     ("kwargs", "error", "pattern"),
     [
         (dict(dim=0), ValueError, "'dim' must be >= 1"),
-        (dict(dim=16.0), TypeError, "'dim' must be an int"),
+        (dict(dim=16.0), TypeError, "'dim' must be int, got float 16.0"),
+        (dict(rotary_pos_emb="yes"), TypeError, "'rotary_pos_emb' must be bool, got str"),
+        (dict(attn_dim_head=8.0), TypeError, "'attn_dim_head' must be int, got float"),
+        (
+            dict(cross_attn_num_mem_kv=None, cross_attend=True),
+            TypeError,
+            "'cross_attn_num_mem_kv' must be int, got NoneType",
+        ),
+        (dict(ff_glu=1), TypeError, "'ff_glu' must be bool, got int"),
+        (dict(attn_sparse_topk=2.5), TypeError, "'attn_sparse_topk' must be int or None"),
         (dict(heads=0), ValueError, "'heads' must be >= 1"),
         (dict(depth=0), ValueError, "'depth' must be >= 1"),
         (dict(attn_dim_head=0), ValueError, "'attn_dim_head' must be >= 1"),

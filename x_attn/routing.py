@@ -16,6 +16,7 @@ from dataclasses import fields
 from typing import Any
 
 from x_attn.config import AttentionConfig, FeedForwardConfig, LayersConfig
+from x_attn.validation import check_field_types, validate_layers
 
 ATTN_FIELDS = {f.name for f in fields(AttentionConfig)}
 FF_FIELDS = {f.name for f in fields(FeedForwardConfig)}
@@ -28,8 +29,7 @@ CHOICE_ALIASES: dict[str, tuple[str, str]] = {
     "use_layernorm": ("norm", "layernorm"),
 }
 # other spellings of the same field (old or current x-transformers names)
-RENAMES: dict[str, str] = {"rotary_theta": "rotary_base", "attn_one_kv_head": ""}
-RENAMES = {k: v for k, v in RENAMES.items() if v}
+RENAMES: dict[str, str] = {"rotary_theta": "rotary_base"}
 
 
 def unknown_argument(owner: str, name: str, known: set[str]) -> TypeError:
@@ -47,7 +47,7 @@ def known_layer_arguments() -> set[str]:
     return names
 
 
-def _route_one(key: str, buckets: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
+def _route_one(key: str) -> tuple[str, str] | None:
     """The (bucket, field) a keyword belongs to, or None if unknown."""
     key = RENAMES.get(key, key)
     if key.startswith("cross_attn_") and key[len("cross_attn_") :] in ATTN_FIELDS:
@@ -68,20 +68,21 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
         if key in CHOICE_ALIASES:
             _set_choice(owner, buckets["layers"], key, value)
             continue
-        target = _route_one(key, buckets)
+        target = _route_one(key)
         if target is None:
             raise unknown_argument(owner, key, known_layer_arguments())
         bucket, name = target
-        buckets[bucket][name] = value
+        buckets[bucket][name] = tuple(value) if isinstance(value, list) else value
     attn = AttentionConfig(**buckets["attn"])
     cross = AttentionConfig(**{**buckets["attn"], **buckets["cross_attn"]})
     ff = FeedForwardConfig(**buckets["ff"])
+    for prefix, part in (("attn_", attn), ("cross_attn_", cross), ("ff_", ff)):
+        check_field_types(part, owner, prefix)
     attn.validate(owner, "attn_")
     cross.validate(owner, "cross_attn_")
     ff.validate(owner)
     config = LayersConfig(**buckets["layers"], attn=attn, cross_attn=cross, ff=ff)
-    from x_attn.validation import validate_layers
-
+    check_field_types(config, owner, "")
     validate_layers(config, owner, explicit=set(kwargs))
     return config
 
@@ -101,13 +102,15 @@ def _set_choice(owner: str, layers: dict[str, Any], key: str, value: Any) -> Non
     layers[field_name] = choice
 
 
-def build_config(cls: type, owner: str, kwargs: dict[str, Any], prefix: str = "") -> Any:
+def build_config(cls: type, owner: str, kwargs: dict[str, Any]) -> Any:
     """A config dataclass from unprefixed keywords (for the building blocks' own constructors)."""
     names = {f.name for f in fields(cls)}
     for key in kwargs:
         if key not in names:
             raise unknown_argument(owner, key, names)
-    return cls(**kwargs)
+    config = cls(**kwargs)
+    check_field_types(config, owner, "")
+    return config
 
 
 def checked_keywords(func: Callable) -> Callable:

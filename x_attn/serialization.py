@@ -65,7 +65,9 @@ def _encode(value: Any) -> Any:
         return {"model": to_config(value)}
     if isinstance(value, tuple):
         return {"tuple": [_encode(v) for v in value]}
-    if isinstance(value, (list, dict)) or not _is_plain(value):
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict) or not _is_plain(value):
         raise TypeError(
             f"to_config: cannot store a constructor argument of type {type(value).__name__}"
         )
@@ -77,6 +79,8 @@ def _decode(value: Any) -> Any:
         return from_config(value["model"])
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_decode(v) for v in value["tuple"])
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
     return value
 
 

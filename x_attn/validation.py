@@ -5,11 +5,42 @@ Every check raises ValueError / TypeError naming the argument, what is wrong and
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from x_attn.config import LayersConfig
 from x_attn.utils import check_positive_int
+
+# annotation (as written in x_attn.config) -> accepted Python types; None allowed if "| None"
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "NormKind": (str,),
+    "tuple[str, ...]": (tuple,),
+}
+
+
+def check_field_types(config: Any, owner: str, prefix: str) -> None:
+    """TypeError naming the flag when a value has the wrong type (e.g. ``causal="yes"``)."""
+    for f in fields(config):
+        annotation = str(f.type)
+        optional = annotation.endswith(" | None")
+        accepted = _SCALARS.get(annotation.removesuffix(" | None"))
+        value = getattr(config, f.name)
+        if accepted is None or (optional and value is None):
+            continue  # nested configs are checked on their own
+        wrong_bool = isinstance(value, bool) and bool not in accepted
+        if wrong_bool or not isinstance(value, accepted):
+            wanted = " or ".join(t.__name__ for t in accepted) + (" or None" if optional else "")
+            raise TypeError(
+                f"{owner}: '{prefix}{f.name}' must be {wanted}, got {type(value).__name__} "
+                f"{value!r}"
+            )
 
 
 def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> None:
