@@ -15,42 +15,14 @@ import warnings
 
 import pytest
 import torch
-from torch import Tensor
+from flag_models import DIM, build, tokens
 
-from x_attn import Decoder, KVCache, KVEntry, TransformerWrapper
-from x_attn.registry import FLAGS, FlagCase, flag_case
+from x_attn import KVCache, KVEntry, TransformerWrapper
+from x_attn.registry import FLAGS, flag_case
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 
-VOCAB, DIM = 24, 16
-DIMS = dict(dim=DIM, depth=2, heads=2, attn_dim_head=8)
 NAMES = [case.name for case in FLAGS if case.causal_ok]
-RELATIVE = ("rotary_pos_emb", "rel_pos_bias", "alibi_pos_bias", "position_infused_attn")
 ATOL = 1e-9
-
-
-def build(
-    case: FlagCase, max_seq_len: int = 32, relative: bool = False, **extra
-) -> TransformerWrapper:
-    """Tiny float64 eval Decoder model; parameters jittered so every part is active."""
-    torch.manual_seed(0)
-    layers = {**case.layers, **extra}
-    if relative and not any(layers.get(k) for k in RELATIVE):
-        layers["rotary_pos_emb"] = True
-    net = TransformerWrapper(
-        num_tokens=VOCAB,
-        max_seq_len=max_seq_len,
-        attn_layers=Decoder(**DIMS, **layers),
-        **case.wrapper,
-    )
-    net = net.double().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return net
-
-
-def tokens(b: int, n: int, seed: int = 1) -> Tensor:
-    return torch.randint(0, VOCAB, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
 def self_attention_entries(net: TransformerWrapper) -> list[int]:

@@ -14,37 +14,15 @@ import math
 
 import pytest
 import torch
+from flag_models import DIM, VOCAB, build, tokens
 from torch import Tensor, nn
 
-from x_attn import Decoder, TransformerWrapper
-from x_attn.registry import FLAGS, FlagCase, flag_case
+from x_attn.registry import FLAGS, flag_case
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 
-VOCAB, DIM = 24, 16
-DIMS = dict(dim=DIM, depth=2, heads=2, attn_dim_head=8)
 NAMES = [case.name for case in FLAGS if case.causal_ok]
 # absolute sinusoids inside every layer: positions of padded rows differ from an unpadded run
 STACK_ABSOLUTE = {"position_infused_attn"}
-
-
-def build(case: FlagCase, max_seq_len: int = 32, **extra) -> TransformerWrapper:
-    """Tiny float64 eval Decoder model; parameters jittered so every part is active."""
-    torch.manual_seed(0)
-    net = TransformerWrapper(
-        num_tokens=VOCAB,
-        max_seq_len=max_seq_len,
-        attn_layers=Decoder(**{**DIMS, **case.layers, **extra}),
-        **case.wrapper,
-    )
-    net = net.double().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return net
-
-
-def tokens(b: int, n: int, seed: int = 1) -> Tensor:
-    return torch.randint(0, VOCAB, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
 def greedy_reference(net: nn.Module, prompt: Tensor, steps: int, **kwargs) -> Tensor:

@@ -10,44 +10,26 @@ Shape legend: b batch, n sequence, s segment length, m memory length, d model di
 
 from __future__ import annotations
 
+import flag_models
 import pytest
 import torch
+from flag_models import DIM, DIMS, tokens
 from torch import Tensor
 
-from x_attn import Decoder, TransformerWrapper
+from x_attn import Decoder
 from x_attn.registry import FLAGS, FlagCase, flag_case
 from x_attn.wrappers.xl import XLAutoregressiveWrapper
 
-VOCAB, DIM = 24, 16
-DIMS = dict(dim=DIM, depth=2, heads=2, attn_dim_head=8)
 NAMES = [case.name for case in FLAGS if case.causal_ok]
-RELATIVE = ("rotary_pos_emb", "rel_pos_bias", "alibi_pos_bias", "position_infused_attn")
 MEMS_REFUSED = {"reversible"}  # the two-stream update keeps no per-layer hidden state
 ATOL = 1e-9
 
 
 def build(case: FlagCase, max_seq_len: int = 6, max_mem_len: int = 64, **extra):
     """Tiny float64 eval Decoder with relative positions (rotary unless the case has its own)."""
-    torch.manual_seed(0)
-    layers = {**case.layers, **extra}
-    if not any(layers.get(k) for k in RELATIVE):
-        layers["rotary_pos_emb"] = True
-    net = TransformerWrapper(
-        num_tokens=VOCAB,
-        max_seq_len=max_seq_len,
-        max_mem_len=max_mem_len,
-        attn_layers=Decoder(**{**DIMS, **layers}),
-        **case.wrapper,
+    return flag_models.build(
+        case, max_seq_len=max_seq_len, relative=True, max_mem_len=max_mem_len, **extra
     )
-    net = net.double().eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return net
-
-
-def tokens(b: int, n: int, seed: int = 1) -> Tensor:
-    return torch.randint(0, VOCAB, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
 def run_segments(net, x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, list[Tensor]]:
