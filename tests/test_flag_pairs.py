@@ -1,0 +1,86 @@
+"""Every pair of registered flags either is refused at construction or keeps the invariants.
+
+For each pair (from ``x_attn.registry.FLAGS``): a Decoder with both flags is causal, its cached
+incremental logits equal the full forward (float64, 1e-9) when it can be cached, and every
+parameter gets a finite gradient; an Encoder with both flags ignores masked keys. A refusal
+must be a ValueError or TypeError raised while building the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from flag_models import VOCAB, build, tokens
+
+from x_attn import Encoder, TransformerWrapper
+from x_attn.registry import FLAGS, FlagCase
+
+PAIRS = list(itertools.combinations([c for c in FLAGS if c.name != "default"], 2))
+
+
+def merged(a: FlagCase, b: FlagCase) -> FlagCase:
+    return FlagCase(
+        f"{a.name}+{b.name}",
+        "",
+        layers={**a.layers, **b.layers},
+        wrapper={**a.wrapper, **b.wrapper},
+    )
+
+
+def build_or_none(case: FlagCase, **kwargs):
+    try:
+        return build(case, **kwargs)
+    except (ValueError, TypeError) as error:
+        assert str(error), "a refusal must say why"
+        return None
+
+
+@pytest.mark.parametrize(("a", "b"), PAIRS, ids=lambda c: c.name)
+def test_decoder_pair_is_causal_and_caches_exactly(a, b):
+    case = merged(a, b)
+    net = build_or_none(case)
+    if net is None:
+        pytest.skip(f"{case.name} is refused at construction")
+    x = tokens(2, 10)
+    changed = x.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % VOCAB
+    with torch.no_grad():
+        full = net(x)
+        torch.testing.assert_close(net(changed)[:, :6], full[:, :6], rtol=0, atol=1e-12)
+        if net.attn_layers.uncacheable_reason is None:
+            logits, cache = net(x[:, :6], return_cache=True)
+            steps = [logits]
+            for t in range(6, 10):
+                step, cache = net(x[:, t : t + 1], cache=cache, return_cache=True)
+                steps.append(step)
+            torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-9)
+    net.train()
+    net(x).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize(("a", "b"), PAIRS, ids=lambda c: c.name)
+def test_encoder_pair_ignores_masked_keys(a, b):
+    case = merged(a, b)
+    torch.manual_seed(0)
+    try:
+        layers = Encoder(dim=16, depth=2, heads=2, attn_dim_head=8, **case.layers)
+        net = (
+            TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=layers, **case.wrapper)
+            .double()
+            .eval()
+        )
+    except (ValueError, TypeError):
+        pytest.skip(f"{case.name} is refused at construction")
+    x = tokens(2, 8)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[:, 5:] = False
+    changed = x.clone()
+    changed[:, 5:] = (changed[:, 5:] + 3) % VOCAB
+    with torch.no_grad():
+        torch.testing.assert_close(
+            net(changed, mask=mask)[:, :5], net(x, mask=mask)[:, :5], rtol=0, atol=1e-12
+        )
