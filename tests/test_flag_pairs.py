@@ -2,8 +2,9 @@
 
 For each pair (from ``x_attn.registry.FLAGS``): a Decoder with both flags is causal, its cached
 incremental logits equal the full forward (float64, 1e-9) when it can be cached, and every
-parameter gets a finite gradient; an Encoder with both flags ignores masked keys. A refusal
-must be a ValueError or TypeError raised while building the model.
+parameter gets a finite gradient, and Transformer-XL segments with mems equal one pass; an
+Encoder with both flags ignores masked keys. A refusal must be a ValueError or TypeError raised
+while building the model.
 """
 
 from __future__ import annotations
@@ -84,3 +85,18 @@ def test_encoder_pair_ignores_masked_keys(a, b):
         torch.testing.assert_close(
             net(changed, mask=mask)[:, :5], net(x, mask=mask)[:, :5], rtol=0, atol=1e-12
         )
+
+
+@pytest.mark.parametrize(("a", "b"), PAIRS, ids=lambda c: c.name)
+def test_decoder_pair_mems_equal_one_pass(a, b):
+    """Transformer-XL: segments with a memory covering everything equal one causal pass."""
+    case = merged(a, b)
+    net = build_or_none(case, max_seq_len=6, relative=True, max_mem_len=64)
+    if net is None:
+        pytest.skip(f"{case.name} is refused at construction")
+    x, mems, outs = tokens(2, 13), None, []
+    with torch.no_grad():
+        for start, end in ((0, 5), (5, 10), (10, 13)):
+            out, mems = net(x[:, start:end], mems=mems, return_mems=True)
+            outs.append(out)
+        torch.testing.assert_close(torch.cat(outs, dim=1), net(x), rtol=0, atol=1e-9)
