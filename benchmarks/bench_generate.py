@@ -30,11 +30,11 @@ _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))  # benchmarks/common.py
 sys.path.insert(0, str(_HERE.parent))  # the x_attn of this working tree, even if not installed
 from common import (  # noqa: E402
+    add_shape_args,
     count_parameters,
     default_device,
-    machine_lines,
-    markdown_table,
     median,
+    render_report,
     time_calls,
 )
 
@@ -153,15 +153,12 @@ def format_report(
         f"device {device}, float32; median of {args.repeats} interleaved repeats after "
         f"{args.warmup} warm-up run(s); no torch.compile\n"
     )
-    context = "\n".join(machine_lines(device) + notes)
-    return f"{header}\n{markdown_table(headers, rows)}\n\n{context}"
+    return render_report(header, headers, rows, device, notes)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--depth", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=8)
+    add_shape_args(parser)
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new", type=int, default=256, help="tokens to generate")
     parser.add_argument("--batch", type=int, default=1)

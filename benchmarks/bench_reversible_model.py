@@ -36,7 +36,14 @@ from torch.autograd.graph import saved_tensors_hooks
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))  # benchmarks/common.py
 sys.path.insert(0, str(_HERE.parent))  # the x_attn of this working tree, even if not installed
-from common import default_device, machine_lines, markdown_table, median, synchronize  # noqa: E402
+from common import (  # noqa: E402
+    add_shape_args,
+    default_device,
+    machine_lines,
+    markdown_table,
+    median,
+    synchronize,
+)
 
 MIB = 2.0**20
 
@@ -137,9 +144,7 @@ def run_isolated(args: argparse.Namespace, reversible: bool) -> dict[str, float]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=12)
-    parser.add_argument("--heads", type=int, default=4)
+    add_shape_args(parser, dim=256, depth=12, heads=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--num-tokens", type=int, default=256)

@@ -62,3 +62,16 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def add_shape_args(parser, dim: int = 512, depth: int = 6, heads: int = 8) -> None:
+    """The model-shape flags every benchmark takes: --dim --depth --heads."""
+    parser.add_argument("--dim", type=int, default=dim)
+    parser.add_argument("--depth", type=int, default=depth)
+    parser.add_argument("--heads", type=int, default=heads)
+
+
+def render_report(header: str, headers, rows, device, notes: list[str]) -> str:
+    """Header, markdown table, then the machine lines and notes."""
+    context = "\n".join(machine_lines(device) + notes)
+    return f"{header}\n{markdown_table(headers, rows)}\n\n{context}"
