@@ -2,8 +2,9 @@
 
 Routing is by longest prefix: ``cross_attn_*`` -> cross attention only, ``attn_*`` -> self and
 cross attention, ``ff_*`` -> feed-forward, anything else -> the stack. Old boolean spellings of
-exclusive choices (``use_rmsnorm=True``) map to one field (``norm="rmsnorm"``). An unknown name
-raises TypeError with the closest known name.
+exclusive choices (``use_rmsnorm=True``) map to one field (``norm="rmsnorm"``). An
+x-transformers flag that x_attn lacks is dropped at its off value and refused otherwise
+(:mod:`x_attn.compat`); any other unknown name raises TypeError with the closest known name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
+from x_attn.compat import is_unsupported_noop
 from x_attn.config import AttentionConfig, FeedForwardConfig, LayersConfig
 from x_attn.validation import check_field_types, validate_layers
 
@@ -69,6 +71,8 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
             _set_choice(owner, buckets["layers"], key, value)
             continue
         target = _route_one(key)
+        if target is None and is_unsupported_noop(owner, "__init__", key, value):
+            continue
         if target is None:
             raise unknown_argument(owner, key, known_layer_arguments())
         bucket, name = target
@@ -105,8 +109,9 @@ def _set_choice(owner: str, layers: dict[str, Any], key: str, value: Any) -> Non
 def build_config(cls: type, owner: str, kwargs: dict[str, Any]) -> Any:
     """A config dataclass from unprefixed keywords (for the building blocks' own constructors)."""
     names = {f.name for f in fields(cls)}
-    for key in kwargs:
-        if key not in names:
+    kwargs = dict(kwargs)
+    for key in [k for k in kwargs if k not in names]:
+        if not is_unsupported_noop(owner, "__init__", key, kwargs.pop(key)):
             raise unknown_argument(owner, key, names)
     config = cls(**kwargs)
     check_field_types(config, owner, "")
@@ -117,7 +122,8 @@ def checked_keywords(func: Callable) -> Callable:
     """Give a function's unknown keyword arguments a "did you mean" TypeError.
 
     For constructors and forwards with an explicit signature: Python's own error names the
-    keyword but suggests nothing.
+    keyword but suggests nothing. x-transformers flags the function lacks are dropped at their
+    off value and refused otherwise (:func:`x_attn.compat.is_unsupported_noop`).
     """
     params = inspect.signature(func).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -126,11 +132,12 @@ def checked_keywords(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for key in kwargs:
-            if key not in known:
-                owner = type(args[0]).__name__ if args else func.__qualname__
-                suffix = "" if func.__name__ == "__init__" else f".{func.__name__}"
-                raise unknown_argument(owner + suffix, key, known)
+        for key in [k for k in kwargs if k not in known]:
+            owner = type(args[0]).__name__ if args else func.__qualname__
+            if is_unsupported_noop(owner, func.__name__, key, kwargs.pop(key)):
+                continue
+            suffix = "" if func.__name__ == "__init__" else f".{func.__name__}"
+            raise unknown_argument(owner + suffix, key, known)
         return func(*args, **kwargs)
 
     return wrapper

@@ -21,10 +21,13 @@ def records_config(cls: type) -> type:
     """Class decorator: the instance remembers its constructor arguments (``_config_kwargs``)."""
     init = cls.__init__
     signature = inspect.signature(init)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
 
     @functools.wraps(init)
     def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
+        if not takes_any:  # x-transformers flags at no-op values, dropped by the constructor
+            kwargs = {k: v for k, v in kwargs.items() if k in signature.parameters}
         bound = signature.bind(self, *args, **kwargs).arguments
         recorded: dict[str, Any] = {}
         for name, value in list(bound.items())[1:]:
