@@ -7,7 +7,9 @@ from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
 from x_attn.serialization import from_config, to_config
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
+from x_attn.wrappers.pooling import AttentionPool
 from x_attn.wrappers.token import TransformerWrapper
+from x_attn.wrappers.token_io import LinearNoBias
 from x_attn.wrappers.vit import ViTransformerWrapper
 from x_attn.wrappers.xl import XLAutoregressiveWrapper
 from x_attn.wrappers.xtransformer import XTransformer
@@ -15,6 +17,7 @@ from x_attn.wrappers.xtransformer import XTransformer
 __all__ = [
     "Attention",
     "AttentionLayers",
+    "AttentionPool",
     "AutoregressiveWrapper",
     "ContinuousTransformerWrapper",
     "CrossAttender",
@@ -23,6 +26,7 @@ __all__ = [
     "FeedForward",
     "KVCache",
     "KVEntry",
+    "LinearNoBias",
     "TransformerWrapper",
     "ViTransformerWrapper",
     "XLAutoregressiveWrapper",

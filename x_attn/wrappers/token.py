@@ -1,218 +1,42 @@
 """TransformerWrapper: token embedding + positions + an attention stack + logits.
 
-:class:`SequenceWrapper` holds what every sequence wrapper shares (absolute positions, memory
-tokens, Transformer-XL mems, KV cache, packaging of the extra returns); TransformerWrapper and
-ContinuousTransformerWrapper only add their input embedding and output projection.
+The shared core (positions, memory tokens, Transformer-XL mems, KV cache, pooling, packaging of
+the extra returns) is :class:`x_attn.wrappers.sequence.SequenceWrapper`; this module adds the
+token embedding and the logits head (:mod:`x_attn.wrappers.token_io`).
 
-Shape legend: b batch, n sequence, d model dim, v vocabulary, m memory tokens.
+Shape legend: b batch, n sequence, d model dim, e embedding dim, v vocabulary, p prepended
+positions.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
-from einops import repeat
 from torch import Tensor, nn
 
 from x_attn.cache import KVCache
+from x_attn.compat import drop_unsupported
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
-from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
-from x_attn.utils import check_positive_int, check_probability
+from x_attn.utils import check_positive_int
 from x_attn.validation import check_bool_mask
+from x_attn.wrappers.embedding import stream_mask
+from x_attn.wrappers.pooling import AttentionPool, check_pooling
+from x_attn.wrappers.sequence import SequenceWrapper
+from x_attn.wrappers.token_io import (
+    add_extra_embeds,
+    build_extra_embeds,
+    build_logits_head,
+    build_token_embedding,
+    check_tie,
+    embed_tokens,
+    tied_logits,
+)
 
-
-class SequenceWrapper(nn.Module):
-    """Shared core of the sequence wrappers: (b, n, d) embeddings in, stack output out.
-
-    Args:
-        max_seq_len: longest sequence absolute positions cover.
-        attn_layers: the stack (Encoder / Decoder / AttentionLayers).
-        emb_dropout: dropout after the embeddings.
-        use_abs_pos_emb: absolute positions; turned off automatically when the stack
-            has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
-        scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
-        num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
-            arXiv 2006.11527); stripped from the output.
-        max_mem_len: Transformer-XL memory length kept by ``return_mems``.
-    """
-
-    def __init__(
-        self,
-        *,
-        max_seq_len: int,
-        attn_layers: AttentionLayers,
-        emb_dropout: float = 0.0,
-        use_abs_pos_emb: bool = True,
-        scaled_sinu_pos_emb: bool = False,
-        num_memory_tokens: int | None = None,
-        max_mem_len: int = 0,
-    ) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        if not isinstance(attn_layers, AttentionLayers):
-            raise TypeError(
-                f"{owner}: 'attn_layers' must be an Encoder, Decoder or "
-                f"AttentionLayers, got {type(attn_layers).__name__}"
-            )
-        check_positive_int("max_seq_len", max_seq_len, owner)
-        check_probability("emb_dropout", emb_dropout, owner)
-        if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
-            raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
-        if max_mem_len and attn_layers.reversible is not None:
-            raise ValueError(
-                f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
-                "which a reversible=True stack does not keep; drop one of the two"
-            )
-        dim = attn_layers.dim
-        self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
-        self.attn_layers = attn_layers
-        self.pos_emb: nn.Module | None = None
-        if use_abs_pos_emb and not attn_layers.positions.is_relative:
-            self.pos_emb = (
-                ScaledSinusoidalEmbedding(dim)
-                if scaled_sinu_pos_emb
-                else AbsolutePositionalEmbedding(dim, max_seq_len)
-            )
-        self.emb_dropout = nn.Dropout(emb_dropout)
-        self.memory_tokens = None
-        if num_memory_tokens:
-            self.memory_tokens = nn.Parameter(torch.randn(num_memory_tokens, dim) * 0.02)
-
-    @property
-    def num_memory_tokens(self) -> int:
-        return 0 if self.memory_tokens is None else self.memory_tokens.shape[0]
-
-    @property
-    def has_abs_positions(self) -> bool:
-        return isinstance(self.pos_emb, AbsolutePositionalEmbedding)
-
-    def _run_stack(
-        self,
-        h: Tensor,
-        mask: Tensor | None,
-        mems: list[Tensor] | None,
-        cache: KVCache | None,
-        return_attn: bool,
-        return_intermediates: bool,
-        seq_start_pos: Tensor | None = None,
-        return_cache: bool = False,
-        **kwargs: Any,
-    ) -> tuple[Tensor, LayerIntermediates]:
-        """Positions, dropout, memory tokens, then the stack on embeddings ``h`` (b, n, d).
-
-        ``seq_start_pos`` (b,): per-sample index of the first real token of left-padded rows;
-        absolute positions count from there (relative schemes are shift-invariant already).
-        Memory tokens open the stream: they are prepended when neither a cache nor mems hold
-        them yet. Returns the stack output (b, n, d) with memory tokens stripped, and its
-        intermediates.
-        """
-        n = h.shape[1]
-        # a cache holds the memory tokens after its first call; an empty one holds nothing
-        past = max(cache.length - self.num_memory_tokens, 0) if cache is not None else 0
-        if self.pos_emb is not None:
-            h = h + self._positions(past, n, h.device, seq_start_pos).to(h.dtype)
-        h = self.emb_dropout(h)
-        prepend = self.memory_tokens is not None and past <= 0 and mems is None
-        if prepend:
-            h, mask = self._prepend_memory(h, mask)
-        cache = self._new_cache(cache, return_intermediates, return_cache)
-        out, inter = self.attn_layers(
-            h,
-            mask=mask,
-            mems=mems,
-            cache=cache,
-            return_hiddens=True,
-            return_attn=return_attn,
-            **kwargs,
-        )
-        if prepend:
-            out = out[:, self.num_memory_tokens :]
-        return out, inter
-
-    def _new_cache(
-        self, cache: KVCache | None, return_intermediates: bool, return_cache: bool
-    ) -> KVCache | None:
-        """A fresh cache when one is asked for (return_cache / return_intermediates)."""
-        if cache is not None or not (return_intermediates or return_cache):
-            return cache
-        reason = self.attn_layers.uncacheable_reason
-        if reason is None:
-            return KVCache.empty(self.attn_layers.num_attention_layers)
-        if return_cache:
-            raise ValueError(f"return_cache=True: this model cannot use a KV cache: {reason}")
-        return None  # intermediates without a cache
-
-    def explain(self) -> list[str]:
-        """Which kernel each attention layer uses by default, and why."""
-        return self.attn_layers.explain()
-
-    def _positions(
-        self, past: int, n: int, device: torch.device, seq_start_pos: Tensor | None = None
-    ) -> Tensor:
-        if self.has_abs_positions and past + n > self.max_seq_len:
-            raise ValueError(
-                f"sequence of {past + n} positions exceeds max_seq_len={self.max_seq_len} while "
-                "learned absolute positions are in use; raise max_seq_len, or go longer with a "
-                "relative scheme (rotary_pos_emb=True, rel_pos_bias=True or alibi_pos_bias=True "
-                "on the layers, which turns absolute positions off) or use_abs_pos_emb=False"
-            )
-        positions = torch.arange(past, past + n, device=device)
-        if seq_start_pos is None:
-            return self.pos_emb(positions)
-        if (
-            not isinstance(seq_start_pos, Tensor)
-            or seq_start_pos.ndim != 1
-            or seq_start_pos.is_floating_point()
-        ):
-            raise ValueError(
-                "'seq_start_pos' must be a (batch,) integer tensor: the index of "
-                "each row's first real token"
-            )
-        positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)  # (b, n)
-        return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
-
-    def _prepend_memory(self, h: Tensor, mask: Tensor | None):
-        mem = repeat(self.memory_tokens, "m d -> b m d", b=h.shape[0]).to(h.dtype)
-        if mask is not None:
-            ones = torch.ones(h.shape[0], mem.shape[1], dtype=torch.bool, device=h.device)
-            mask = torch.cat((ones, mask), dim=1)
-        return torch.cat((mem, h), dim=1), mask
-
-    def _package(
-        self,
-        result,
-        inter: LayerIntermediates,
-        mems,
-        return_mems,
-        return_attn,
-        return_intermediates,
-        return_cache: bool = False,
-    ):
-        extras = []
-        if return_mems:
-            extras.append(self.next_mems(inter.hiddens, mems))
-        if return_attn:
-            extras.append(inter.attn_maps)
-        if return_cache:
-            extras.append(inter.cache)
-        if return_intermediates:
-            extras.append(inter)
-        return (result, *extras) if extras else result
-
-    def next_mems(self, hiddens: list[Tensor], mems: list[Tensor] | None) -> list[Tensor]:
-        """Transformer-XL: old mems + this segment's layer inputs, detached, last max_mem_len."""
-        if not hiddens:
-            raise ValueError(
-                "return_mems=True: this stack keeps no per-layer hidden states "
-                f"({self.attn_layers.uncacheable_reason or 'no self-attention layers'})"
-            )
-        if mems is not None:
-            hiddens = [torch.cat((m, h), dim=1) for m, h in zip(mems, hiddens)]
-        keep = self.max_mem_len if self.max_mem_len > 0 else hiddens[0].shape[1]
-        return [h[:, -keep:].detach() for h in hiddens]
+__all__ = ["SequenceWrapper", "TransformerWrapper"]
 
 
 @records_config
@@ -227,11 +51,19 @@ class TransformerWrapper(SequenceWrapper):
         use_abs_pos_emb: learned absolute positions; turned off automatically when the stack
             has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
-        tie_embedding: logits use the token embedding matrix.
+        tie_embedding: logits use the token embedding matrix, times ``tie_embedding_scale``
+            (default ``dim ** -0.5``, as in x-transformers 2.31).
         logits_dim: output size (default num_tokens).
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
             arXiv 2006.11527); stripped from the output.
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
+        emb_dim, post_emb_norm, l2norm_embed, emb_frac_gradient: input embedding options
+            (:mod:`x_attn.wrappers.embedding`); l2norm_embed also normalises token embeddings.
+        embed_num_tokens: extra embedding tables ``{name: vocabulary}``, fed by ``embed_ids``.
+        token_emb / to_logits: custom input embedding / output head modules.
+        average_pool_embed, use_cls_token, num_cls_tokens, attn_pool, num_pooled_tokens,
+            attn_pool_depth, dim_pooled_tokens: pooling (:mod:`x_attn.wrappers.pooling`).
+        squeeze_out_last_dim: drop a last logits axis of size 1 (``logits_dim=1`` regressors).
     """
 
     @checked_keywords
@@ -245,9 +77,25 @@ class TransformerWrapper(SequenceWrapper):
         use_abs_pos_emb: bool = True,
         scaled_sinu_pos_emb: bool = False,
         tie_embedding: bool = False,
+        tie_embedding_scale: float | None = None,
         logits_dim: int | None = None,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        emb_dim: int | None = None,
+        post_emb_norm: bool = False,
+        l2norm_embed: bool = False,
+        emb_frac_gradient: float = 1.0,
+        embed_num_tokens: dict[str, int] | None = None,
+        token_emb: nn.Module | None = None,
+        to_logits: nn.Module | None = None,
+        average_pool_embed: bool = False,
+        use_cls_token: bool = False,
+        num_cls_tokens: int = 1,
+        attn_pool: bool = False,
+        num_pooled_tokens: int = 1,
+        attn_pool_depth: int = 1,
+        dim_pooled_tokens: int | None = None,
+        squeeze_out_last_dim: bool = False,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -257,17 +105,64 @@ class TransformerWrapper(SequenceWrapper):
             scaled_sinu_pos_emb=scaled_sinu_pos_emb,
             num_memory_tokens=num_memory_tokens,
             max_mem_len=max_mem_len,
+            emb_dim=emb_dim,
+            post_emb_norm=post_emb_norm,
+            l2norm_embed=l2norm_embed,
+            emb_frac_gradient=emb_frac_gradient,
+            average_pool_embed=average_pool_embed,
         )
-        check_positive_int("num_tokens", num_tokens, "TransformerWrapper")
-        if tie_embedding and logits_dim is not None and logits_dim != num_tokens:
-            raise ValueError(
-                "TransformerWrapper: tie_embedding=True needs logits_dim == num_tokens"
+        owner = "TransformerWrapper"
+        check_positive_int("num_tokens", num_tokens, owner)
+        dim, emb_dim = attn_layers.dim, emb_dim or attn_layers.dim
+        self.num_tokens, self.emb_dim = num_tokens, emb_dim
+        self.token_emb = build_token_embedding(num_tokens, emb_dim, token_emb, l2norm_embed, owner)
+        self.embeds = build_extra_embeds(embed_num_tokens, emb_dim, owner)
+        check_tie(self.token_emb, dim, tie_embedding, owner)
+        self.tie_embedding_scale = dim**-0.5 if tie_embedding_scale is None else tie_embedding_scale
+        self.to_logits = build_logits_head(
+            dim, num_tokens, logits_dim, tie_embedding, to_logits, owner
+        )
+        self.squeeze_out_last_dim = squeeze_out_last_dim
+        self._init_pooling(
+            use_cls_token, num_cls_tokens, attn_pool, num_pooled_tokens, attn_pool_depth
+        )
+        if attn_pool:
+            cfg = attn_layers.config
+            self.attn_pool = AttentionPool(
+                dim_pooled_tokens or dim,
+                dim,
+                num_pooled_tokens,
+                attn_pool_depth,
+                cfg.heads,
+                cfg.attn.dim_head,
             )
-        dim = attn_layers.dim
-        self.num_tokens = num_tokens
-        self.token_emb = nn.Embedding(num_tokens, dim)
-        nn.init.normal_(self.token_emb.weight, std=0.02)
-        self.to_logits = None if tie_embedding else nn.Linear(dim, logits_dim or num_tokens)
+
+    def _init_pooling(
+        self,
+        use_cls_token: bool,
+        num_cls_tokens: int,
+        attn_pool: bool,
+        num_pooled_tokens: int,
+        attn_pool_depth: int,
+    ) -> None:
+        check_pooling(
+            "TransformerWrapper",
+            self.attn_layers,
+            self.average_pool_embed,
+            use_cls_token,
+            num_cls_tokens,
+            attn_pool,
+        )
+        if not attn_pool and (num_pooled_tokens != 1 or attn_pool_depth != 1):
+            raise ValueError(
+                "TransformerWrapper: num_pooled_tokens / attn_pool_depth configure attn_pool; "
+                "set attn_pool=True or drop them"
+            )
+        if use_cls_token:
+            self.cls_token = nn.Parameter(torch.randn(num_cls_tokens, self.attn_layers.dim) * 0.02)
+        elif num_cls_tokens != 1:
+            raise ValueError("TransformerWrapper: num_cls_tokens needs use_cls_token=True")
+        self.attn_pool: AttentionPool | None = None
 
     def forward(
         self,
@@ -280,6 +175,15 @@ class TransformerWrapper(SequenceWrapper):
         cache: KVCache | None = None,
         return_intermediates: bool = False,
         return_cache: bool = False,
+        *,
+        return_logits_and_embeddings: bool = False,
+        prepend_embeds: Tensor | None = None,
+        prepend_mask: Tensor | None = None,
+        excise_prepend_embeds: bool = False,
+        embed_ids: dict[str, Tensor] | None = None,
+        sum_embeds: Tensor | None = None,
+        token_emb_kwargs: dict[str, Any] | None = None,
+        to_logits_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
@@ -289,27 +193,91 @@ class TransformerWrapper(SequenceWrapper):
         intermediates with the cache (``return_intermediates``). ``seq_start_pos`` (b,) shifts
         absolute positions of left-padded rows; other keywords (context, context_mask,
         attn_mask) go to the stack.
+
+        ``prepend_embeds`` (b, p, e) with ``prepend_mask`` (b, p) open the sequence (their
+        outputs are kept unless ``excise_prepend_embeds``); ``embed_ids`` feed the
+        ``embed_num_tokens`` tables; ``sum_embeds`` (b, n, e) is added to the input embeddings.
+        With pooling the output is one vector (or k class / pooled tokens) per row;
+        ``return_logits_and_embeddings`` returns both.
         """
+        drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
         self._check_tokens(x, mask)
+        self._check_whole_sequence(cache, mems, return_cache)
+        h = embed_tokens(self.token_emb, x, self.l2norm_embed, token_emb_kwargs)
+        h = add_extra_embeds(h, self.embeds, embed_ids)
         out, inter = self._run_stack(
-            self.token_emb(x),
+            h,
             mask,
             mems,
             cache,
             return_attn,
             return_intermediates,
             return_cache=return_cache,
+            sum_embeds=sum_embeds,
+            prepend_embeds=prepend_embeds,
+            prepend_mask=prepend_mask,
             **kwargs,
         )
-        result = out if return_embeddings else self._logits(out)
+        p = out.shape[1] - x.shape[1] - self.num_cls_tokens  # prepended positions in the output
+        seq_mask = stream_mask(
+            mask, x.shape[1], prepend_mask if p else None, p, x.shape[0], x.device
+        )
+        result = self._head(
+            out,
+            seq_mask,
+            inter,
+            p if excise_prepend_embeds else 0,
+            return_embeddings,
+            return_logits_and_embeddings,
+            return_intermediates,
+            to_logits_kwargs,
+        )
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
         )
 
-    def _logits(self, h: Tensor) -> Tensor:
+    def _head(
+        self,
+        out: Tensor,
+        seq_mask: Tensor | None,
+        inter: LayerIntermediates,
+        excise: int,
+        return_embeddings: bool,
+        return_both: bool,
+        return_intermediates: bool,
+        to_logits_kwargs: dict[str, Any] | None,
+    ):
+        """Pooling, then embeddings / logits / pooled tokens as asked."""
+        if self.attn_pool is not None and (not self.attn_layers.causal or return_intermediates):
+            pooled_tokens = self.attn_pool(out, seq_mask)
+            inter.attn_pooled_tokens = pooled_tokens
+            if not self.attn_layers.causal and not (return_embeddings or return_both):
+                return pooled_tokens
+        embeddings = self._pool(out, seq_mask)[:, excise:] if excise else self._pool(out, seq_mask)
+        if return_embeddings:
+            return embeddings
+        logits = self._logits(embeddings, to_logits_kwargs)
+        return (logits, embeddings) if return_both else logits
+
+    def _stack_keywords(self) -> set[str]:
+        """Keywords this forward hands to the stack (others may be x-transformers-only flags)."""
+        return set(inspect.signature(self.attn_layers.forward).parameters) | {"seq_start_pos"}
+
+    def _logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None = None) -> Tensor:
         if self.to_logits is None:
-            return h @ self.token_emb.weight.t()
-        return self.to_logits(h)
+            logits = tied_logits(h, self.token_emb, self.tie_embedding_scale)
+        elif isinstance(self.to_logits, nn.Linear):
+            if to_logits_kwargs:
+                raise ValueError(
+                    "'to_logits_kwargs' given, but the model uses its built-in linear head; "
+                    "build it with to_logits=<your module> to pass extra inputs"
+                )
+            logits = self.to_logits(h)
+        else:
+            logits = self.to_logits(h, **(to_logits_kwargs or {}))
+        if self.squeeze_out_last_dim and logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        return logits
 
     def _check_tokens(self, x: Tensor, mask: Tensor | None) -> None:
         if not isinstance(x, Tensor):

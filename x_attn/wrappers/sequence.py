@@ -1,0 +1,301 @@
+"""SequenceWrapper: what the token and continuous wrappers share.
+
+Absolute positions, input-embedding options, memory / class tokens, prepended embeddings,
+Transformer-XL mems, the KV cache, pooling and packaging of the extra returns. The stream the
+stack sees is ``[memory tokens, class tokens, prepended embeddings, sequence]``; input-embedding
+options live in :mod:`x_attn.wrappers.embedding`, pooling in :mod:`x_attn.wrappers.pooling`.
+
+Shape legend: b batch, n sequence, d model dim, e embedding dim, m memory tokens,
+k class tokens, p prepended positions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from einops import repeat
+from torch import Tensor, nn
+
+from x_attn.cache import KVCache
+from x_attn.layers.stack import AttentionLayers, LayerIntermediates
+from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
+from x_attn.utils import check_positive_int, check_probability
+from x_attn.wrappers.embedding import (
+    check_frac,
+    check_prepend,
+    frac_gradient,
+    l2norm,
+    stream_mask,
+)
+from x_attn.wrappers.pooling import masked_mean
+
+
+class SequenceWrapper(nn.Module):
+    """Shared core of the sequence wrappers: (b, n, d) embeddings in, stack output out.
+
+    Args:
+        max_seq_len: longest sequence absolute positions cover.
+        attn_layers: the stack (Encoder / Decoder / AttentionLayers).
+        emb_dropout: dropout after the embeddings.
+        use_abs_pos_emb: absolute positions; turned off automatically when the stack
+            has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
+        scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
+            arXiv 2006.11527); stripped from the output.
+        max_mem_len: Transformer-XL memory length kept by ``return_mems``.
+        emb_dim: width e of the input embeddings and absolute positions (default: the stack's
+            dim); a linear map (``project_emb``) takes them to the stack's width.
+        post_emb_norm: LayerNorm (gain, no bias) after the summed input embeddings.
+        l2norm_embed: learned absolute positions are L2-normalised (FixNorm).
+        emb_frac_gradient: fraction of the gradient that reaches the input embeddings.
+        average_pool_embed: masked mean over the positions instead of one output per position.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_seq_len: int,
+        attn_layers: AttentionLayers,
+        emb_dropout: float = 0.0,
+        use_abs_pos_emb: bool = True,
+        scaled_sinu_pos_emb: bool = False,
+        num_memory_tokens: int | None = None,
+        max_mem_len: int = 0,
+        emb_dim: int | None = None,
+        post_emb_norm: bool = False,
+        l2norm_embed: bool = False,
+        emb_frac_gradient: float = 1.0,
+        average_pool_embed: bool = False,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        if not isinstance(attn_layers, AttentionLayers):
+            raise TypeError(
+                f"{owner}: 'attn_layers' must be an Encoder, Decoder or "
+                f"AttentionLayers, got {type(attn_layers).__name__}"
+            )
+        check_positive_int("max_seq_len", max_seq_len, owner)
+        check_probability("emb_dropout", emb_dropout, owner)
+        if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
+            raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
+        if max_mem_len and attn_layers.reversible is not None:
+            raise ValueError(
+                f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
+                "which a reversible=True stack does not keep; drop one of the two"
+            )
+        dim = attn_layers.dim
+        emb_dim = dim if emb_dim is None else emb_dim
+        check_positive_int("emb_dim", emb_dim, owner)
+        check_frac(emb_frac_gradient, owner)
+        self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
+        self.attn_layers = attn_layers
+        self.pos_emb: nn.Module | None = None
+        if use_abs_pos_emb and not attn_layers.positions.is_relative:
+            self.pos_emb = (
+                ScaledSinusoidalEmbedding(emb_dim)
+                if scaled_sinu_pos_emb
+                else AbsolutePositionalEmbedding(emb_dim, max_seq_len)
+            )
+            if l2norm_embed and self.has_abs_positions:  # small init under the L2 norm
+                nn.init.normal_(self.pos_emb.emb.weight, std=1e-5)
+        self.l2norm_embed, self.emb_frac_gradient = l2norm_embed, float(emb_frac_gradient)
+        self.post_emb_norm = nn.LayerNorm(emb_dim, bias=False) if post_emb_norm else None
+        self.emb_dropout = nn.Dropout(emb_dropout)
+        self.project_emb = nn.Linear(emb_dim, dim) if emb_dim != dim else None
+        self.memory_tokens = None
+        if num_memory_tokens:
+            self.memory_tokens = nn.Parameter(torch.randn(num_memory_tokens, dim) * 0.02)
+        self.average_pool_embed = average_pool_embed
+        self.cls_token: nn.Parameter | None = None  # set by TransformerWrapper(use_cls_token)
+
+    @property
+    def num_memory_tokens(self) -> int:
+        return 0 if self.memory_tokens is None else self.memory_tokens.shape[0]
+
+    @property
+    def num_cls_tokens(self) -> int:
+        return 0 if self.cls_token is None else self.cls_token.shape[0]
+
+    @property
+    def has_abs_positions(self) -> bool:
+        return isinstance(self.pos_emb, AbsolutePositionalEmbedding)
+
+    @property
+    def pools(self) -> bool:
+        """The output summarises the sequence (mean or class tokens), one vector per row."""
+        return self.average_pool_embed or self.cls_token is not None
+
+    def _run_stack(
+        self,
+        h: Tensor,
+        mask: Tensor | None,
+        mems: list[Tensor] | None,
+        cache: KVCache | None,
+        return_attn: bool,
+        return_intermediates: bool,
+        seq_start_pos: Tensor | None = None,
+        return_cache: bool = False,
+        sum_embeds: Tensor | None = None,
+        prepend_embeds: Tensor | None = None,
+        prepend_mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, LayerIntermediates]:
+        """Positions, embedding options, lead tokens, then the stack on embeddings ``h`` (b, n, e).
+
+        ``seq_start_pos`` (b,): per-sample index of the first real token of left-padded rows;
+        absolute positions count from there (relative schemes are shift-invariant already).
+        Memory tokens, class tokens and ``prepend_embeds`` (b, p, e) open the stream on the
+        first call; a cache holds them afterwards (pass the same ``prepend_embeds`` with the
+        cache: their length places the tokens). Returns the stack output (b, k + p + n, d) with
+        memory tokens stripped, and its intermediates.
+        """
+        n, p = h.shape[1], 0 if prepend_embeds is None else prepend_embeds.shape[1]
+        check_prepend(prepend_embeds, prepend_mask, h.shape[0], h.shape[-1], type(self).__name__)
+        lead = self.num_memory_tokens + self.num_cls_tokens + p
+        # a cache holds the lead after its first call; an empty one holds nothing
+        past = max(cache.length - lead, 0) if cache is not None else 0
+        first = cache is None or cache.length == 0
+        h = self._embed(h, past, seq_start_pos, sum_embeds)
+        if prepend_embeds is not None and first:
+            h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
+            mask = stream_mask(mask, n, prepend_mask, p, h.shape[0], h.device)
+        h = self.emb_dropout(frac_gradient(h, self.emb_frac_gradient))
+        if self.project_emb is not None:
+            h = self.project_emb(h)
+        prepend = (self.memory_tokens is not None or self.cls_token is not None) and first
+        prepend = prepend and mems is None
+        if prepend:
+            h, mask = self._prepend_memory(h, mask)
+        cache = self._new_cache(cache, return_intermediates, return_cache)
+        out, inter = self.attn_layers(
+            h,
+            mask=mask,
+            mems=mems,
+            cache=cache,
+            return_hiddens=True,
+            return_attn=return_attn,
+            **kwargs,
+        )
+        if prepend:
+            out = out[:, self.num_memory_tokens :]
+        return out, inter
+
+    def _embed(
+        self, h: Tensor, past: int, seq_start_pos: Tensor | None, sum_embeds: Tensor | None
+    ) -> Tensor:
+        """Absolute positions (L2-normalised with l2norm_embed), ``sum_embeds``, post_emb_norm."""
+        if self.pos_emb is not None:
+            pos = self._positions(past, h.shape[1], h.device, seq_start_pos)
+            h = h + (l2norm(pos) if self.l2norm_embed and self.has_abs_positions else pos).to(
+                h.dtype
+            )
+        if sum_embeds is not None:
+            if not isinstance(sum_embeds, Tensor) or sum_embeds.shape != h.shape:
+                raise ValueError(
+                    f"'sum_embeds' must be a tensor of the embeddings' shape {tuple(h.shape)}, "
+                    f"got {getattr(sum_embeds, 'shape', type(sum_embeds).__name__)}"
+                )
+            h = h + sum_embeds.to(h.dtype)
+        return h if self.post_emb_norm is None else self.post_emb_norm(h)
+
+    def _check_whole_sequence(self, cache: Any, mems: Any, return_cache: bool) -> None:
+        """Pooling summarises one whole sequence: no KV cache, no Transformer-XL mems."""
+        if self.pools and (cache is not None or mems is not None or return_cache):
+            raise ValueError(
+                f"{type(self).__name__}: the output is pooled over the whole sequence "
+                "(average_pool_embed / use_cls_token), so it cannot run with a KV cache or mems"
+            )
+
+    def _pool(self, out: Tensor, mask: Tensor | None) -> Tensor:
+        """Class tokens -> (b, d) or (b, k, d); mean pooling -> (b, d); else unchanged."""
+        if self.cls_token is not None:
+            k = self.num_cls_tokens
+            return out[:, 0] if k == 1 else out[:, :k]
+        if self.average_pool_embed:
+            return masked_mean(out, mask)
+        return out
+
+    def _new_cache(
+        self, cache: KVCache | None, return_intermediates: bool, return_cache: bool
+    ) -> KVCache | None:
+        """A fresh cache when one is asked for (return_cache / return_intermediates)."""
+        if cache is not None or not (return_intermediates or return_cache):
+            return cache
+        reason = self.attn_layers.uncacheable_reason
+        if reason is None:
+            return KVCache.empty(self.attn_layers.num_attention_layers)
+        if return_cache:
+            raise ValueError(f"return_cache=True: this model cannot use a KV cache: {reason}")
+        return None  # intermediates without a cache
+
+    def explain(self) -> list[str]:
+        """Which kernel each attention layer uses by default, and why."""
+        return self.attn_layers.explain()
+
+    def _positions(
+        self, past: int, n: int, device: torch.device, seq_start_pos: Tensor | None = None
+    ) -> Tensor:
+        if self.has_abs_positions and past + n > self.max_seq_len:
+            raise ValueError(
+                f"sequence of {past + n} positions exceeds max_seq_len={self.max_seq_len} while "
+                "learned absolute positions are in use; raise max_seq_len, or go longer with a "
+                "relative scheme (rotary_pos_emb=True, rel_pos_bias=True or alibi_pos_bias=True "
+                "on the layers, which turns absolute positions off) or use_abs_pos_emb=False"
+            )
+        positions = torch.arange(past, past + n, device=device)
+        if seq_start_pos is None:
+            return self.pos_emb(positions)
+        if (
+            not isinstance(seq_start_pos, Tensor)
+            or seq_start_pos.ndim != 1
+            or seq_start_pos.is_floating_point()
+        ):
+            raise ValueError(
+                "'seq_start_pos' must be a (batch,) integer tensor: the index of "
+                "each row's first real token"
+            )
+        positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)  # (b, n)
+        return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
+
+    def _prepend_memory(self, h: Tensor, mask: Tensor | None):
+        """[memory tokens, class tokens] before ``h`` (b, n, d); the mask grows with ones."""
+        lead = [t for t in (self.memory_tokens, self.cls_token) if t is not None]
+        mem = repeat(torch.cat(lead), "m d -> b m d", b=h.shape[0]).to(h.dtype)
+        if mask is not None:
+            ones = torch.ones(h.shape[0], mem.shape[1], dtype=torch.bool, device=h.device)
+            mask = torch.cat((ones, mask), dim=1)
+        return torch.cat((mem, h), dim=1), mask
+
+    def _package(
+        self,
+        result,
+        inter: LayerIntermediates,
+        mems,
+        return_mems,
+        return_attn,
+        return_intermediates,
+        return_cache: bool = False,
+    ):
+        extras = []
+        if return_mems:
+            extras.append(self.next_mems(inter.hiddens, mems))
+        if return_attn:
+            extras.append(inter.attn_maps)
+        if return_cache:
+            extras.append(inter.cache)
+        if return_intermediates:
+            extras.append(inter)
+        return (result, *extras) if extras else result
+
+    def next_mems(self, hiddens: list[Tensor], mems: list[Tensor] | None) -> list[Tensor]:
+        """Transformer-XL: old mems + this segment's layer inputs, detached, last max_mem_len."""
+        if not hiddens:
+            raise ValueError(
+                "return_mems=True: this stack keeps no per-layer hidden states "
+                f"({self.attn_layers.uncacheable_reason or 'no self-attention layers'})"
+            )
+        if mems is not None:
+            hiddens = [torch.cat((m, h), dim=1) for m, h in zip(mems, hiddens)]
+        keep = self.max_mem_len if self.max_mem_len > 0 else hiddens[0].shape[1]
+        return [h[:, -keep:].detach() for h in hiddens]
