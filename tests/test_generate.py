@@ -271,7 +271,9 @@ def test_generate_restores_training_mode_and_squeezes_1d_prompts() -> None:
         (dict(seq_len=0), ValueError, "'seq_len' must be >= 1"),
         (dict(eos_token=VOCAB), ValueError, "'eos_token' must be a token id"),
         (dict(entmax_alpha=1.0), ValueError, "'entmax_alpha' must be > 1"),
-        (dict(mask=torch.ones(2, 3, dtype=torch.bool)), TypeError, "'mask'"),
+        # mask is the 2021 prompt mask (x_attn.wrappers.legacy_generate): checked, not reserved
+        (dict(mask=torch.ones(2, 4, dtype=torch.bool)), ValueError, "'mask' must be a bool"),
+        (dict(attn_mask=torch.ones(3, 3, dtype=torch.bool)), TypeError, "'attn_mask'"),
         (dict(prompt_lens=torch.tensor([0, 3])), ValueError, "'prompt_lens' must lie in"),
         (dict(prompt_lens=torch.tensor([4, 3]), eos_token=1), ValueError, "'prompt_lens'"),
         (

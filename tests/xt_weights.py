@@ -61,3 +61,25 @@ def load_from_x_transformers(ours: nn.Module, theirs: nn.Module) -> None:
                 raise KeyError(f"x-transformers has no weight for x_attn's {name}")
             mapped[name] = torch.zeros_like(value)
     ours.load_state_dict(mapped)
+
+
+def token_pair(stack: str, jitter: float = 0.1, **wrapper) -> tuple[nn.Module, nn.Module]:
+    """(x_attn, x-transformers) TransformerWrappers with the same weights, both in eval mode.
+
+    ``stack`` is "Encoder" or "Decoder"; ``wrapper`` holds ``num_tokens``, ``max_seq_len``,
+    ``layers`` (the stack's flags) and wrapper flags. x-transformers' weights are jittered
+    by ``jitter`` so that zero-initialised parts are active.
+    """
+    import x_transformers as xt
+
+    import x_attn
+
+    layers = wrapper.pop("layers")
+    torch.manual_seed(0)
+    theirs = xt.TransformerWrapper(attn_layers=getattr(xt, stack)(**layers), **wrapper)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(jitter * torch.randn_like(p))
+    ours = x_attn.TransformerWrapper(attn_layers=getattr(x_attn, stack)(**layers), **wrapper)
+    load_from_x_transformers(ours, theirs)
+    return ours.eval(), theirs.eval()

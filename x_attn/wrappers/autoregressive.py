@@ -15,8 +15,12 @@ Generation semantics:
     * a model whose parts cannot be cached (a submodule's ``uncacheable_reason``) falls back
       to the uncached path with a one-time warning.
 
+The decoding loop (cached or not) is :class:`x_attn.wrappers.stepper.LogitStepper`; beam
+search lives in :mod:`x_attn.wrappers.beam`, the 2021 ``generate`` keywords in
+:mod:`x_attn.wrappers.legacy_generate`, training aids in :mod:`x_attn.wrappers.training_aids`.
+
 Shape legend: b batch, n sequence, p prompt length, t generated tokens, v vocabulary,
-m memory tokens.
+m memory tokens, k beams.
 """
 
 from __future__ import annotations
@@ -30,18 +34,22 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from x_attn.compat import drop_unsupported
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
-from x_attn.utils import check_positive_int, exists
+from x_attn.utils import check_positive_int, check_probability, exists
+from x_attn.wrappers import beam
 from x_attn.wrappers.decoding import (
     PromptBatch,
-    TokenSampler,
     check_passthrough,
     check_token_tensor,
     inference,
     make_sampler,
     prepare_prompts,
 )
+from x_attn.wrappers.legacy_generate import translate
+from x_attn.wrappers.stepper import LogitStepper
+from x_attn.wrappers.training_aids import forgetful_key_mask, lens_mask
 
 __all__ = ["AutoregressiveWrapper"]
 
@@ -70,10 +78,14 @@ class AutoregressiveWrapper(nn.Module):
         net: the model; called as ``net(tokens, **kwargs) -> logits (b, n, v)``.
         ignore_index: target id excluded from the loss.
         pad_value: token id of left padding and of positions after ``eos_token``.
+        mask_prob: forgetful causal masking while training: this fraction of the input
+            positions is hidden as keys (:mod:`x_attn.wrappers.training_aids`).
     """
 
     @checked_keywords
-    def __init__(self, net: nn.Module, ignore_index: int = -100, pad_value: int = 0) -> None:
+    def __init__(
+        self, net: nn.Module, ignore_index: int = -100, pad_value: int = 0, mask_prob: float = 0.0
+    ) -> None:
         super().__init__()
         owner = type(self).__name__
         if not isinstance(net, nn.Module) or not hasattr(net, "max_seq_len"):
@@ -89,7 +101,14 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(
                 f"{owner}: 'pad_value' must be a token id in [0, {vocab}), got {pad_value}"
             )
+        check_probability("mask_prob", mask_prob, owner)
+        if getattr(net, "pools", False):
+            raise ValueError(
+                f"{owner}: 'net' pools its output (average_pool_embed / use_cls_token), so it "
+                "has no per-token logits to predict the next token from"
+            )
         self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
+        self.mask_prob = float(mask_prob)
         self._warned = False
 
     @property
@@ -106,28 +125,51 @@ class AutoregressiveWrapper(nn.Module):
         """True when generation can decode with the KV cache."""
         return self.uncacheable_reason is None
 
-    def forward(self, x: Tensor, **kwargs: Any) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        return_outputs: bool = False,
+        prepend_embeds: Tensor | None = None,
+        lens: Tensor | None = None,
+        **kwargs: Any,
+    ):
         """Mean next-token cross-entropy of ``x`` (b, n), n >= 2; kwargs go to ``net``.
 
-        A (b, n) ``mask`` is cut to the n - 1 inputs.
+        A (b, n) ``mask`` is cut to the n - 1 inputs. ``lens`` (b,): positions from a row's
+        length on are padding (not predicted). ``prepend_embeds`` (b, p, e) (with
+        ``prepend_mask``) go before the tokens; their outputs are not predictions.
+        ``return_outputs``: also return ``(logits, intermediates)``.
         """
         owner = f"{type(self).__name__}.forward"
         check_token_tensor("x", x, owner)
         if x.ndim != 2 or x.shape[1] < 2:
             raise ValueError(f"{owner}: 'x' must have shape (batch, n >= 2), got {tuple(x.shape)}")
         inp, target = x[:, :-1], x[:, 1:]
+        if lens is not None:
+            real = lens_mask(lens, x.shape[1], owner)
+            inp = inp.masked_fill(~real[:, :-1], self.pad_value)
+            target = target.masked_fill(~real[:, 1:], self.ignore_index)
         mask = kwargs.get("mask")
         if isinstance(mask, Tensor) and mask.ndim == 2 and mask.shape[1] == x.shape[1]:
-            kwargs["mask"] = mask[:, :-1]
-        logits = self.net(inp, **kwargs)
-        return F.cross_entropy(
+            kwargs["mask"] = mask = mask[:, :-1]
+        if self.mask_prob > 0 and self.training:
+            keep = forgetful_key_mask(*inp.shape, self.mask_prob, inp.device)
+            kwargs["mask"] = keep if mask is None else mask & keep
+        if prepend_embeds is not None:
+            kwargs.update(prepend_embeds=prepend_embeds, excise_prepend_embeds=True)
+        if return_outputs:
+            kwargs["return_intermediates"] = True
+        out = self.net(inp, **kwargs)
+        logits = out[0] if return_outputs else out
+        loss = F.cross_entropy(
             rearrange(logits, "b n v -> b v n"), target, ignore_index=self.ignore_index
         )
+        return (loss, out) if return_outputs else loss
 
     def generate(
         self,
-        prompts: Tensor | Sequence[Tensor],
-        seq_len: int,
+        prompts: Tensor | Sequence[Tensor] | None = None,
+        seq_len: int | None = None,
         eos_token: int | None = None,
         temperature: float = 1.0,
         filter_logits_fn: str | Callable | None = "top_k",
@@ -136,6 +178,13 @@ class AutoregressiveWrapper(nn.Module):
         cache_kv: bool = True,
         prompt_lens: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        restrict_to_max_seq_len: bool = True,
+        return_prime: bool = False,
+        start_tokens: Tensor | None = None,
+        filter_thres: float | None = None,
+        min_p_pow: float | None = None,
+        min_p_ratio: float | None = None,
         **kwargs: Any,
     ) -> Tensor:
         """Sample ``seq_len`` tokens after each prompt.
@@ -152,31 +201,123 @@ class AutoregressiveWrapper(nn.Module):
             cache_kv: decode with the KV cache (same tokens as without, faster).
             prompt_lens: (b,) real lengths when a (b, p) tensor holds right-padded prompts.
             generator: torch random generator for reproducible sampling.
-            **kwargs: model inputs such as ``context`` / ``context_mask`` (cross-attention).
+            restrict_to_max_seq_len: past ``max_seq_len`` (relative positions), attend to the
+                newest ``max_seq_len`` positions only; False attends to everything.
+            return_prime: return the (left-padded) prompts followed by the new tokens.
+            start_tokens, filter_thres, min_p_pow, min_p_ratio, mask: the 2021 signature
+                (:mod:`x_attn.wrappers.legacy_generate`).
+            **kwargs: model inputs such as ``context`` / ``context_mask`` (cross-attention) or
+                ``prepend_embeds`` / ``prepend_mask``.
 
         Returns:
             (b, t) generated tokens (prompts excluded), t <= seq_len; (t,) for a 1-D prompt.
         """
         owner = f"{type(self).__name__}.generate"
-        batch = prepare_prompts(prompts, prompt_lens, self.pad_value, owner)
-        check_positive_int("seq_len", seq_len, owner)
+        legacy = dict(filter_thres=filter_thres, min_p_pow=min_p_pow, min_p_ratio=min_p_ratio)
+        opts = translate(
+            owner,
+            prompts,
+            start_tokens,
+            filter_logits_fn,
+            filter_kwargs,
+            entmax_alpha,
+            {**legacy, "mask": kwargs.pop("mask", None)},
+        )
+        batch = self._prepare(opts.prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs)
         sampler = make_sampler(
             self.net,
             self.pad_value,
             owner,
             temperature=temperature,
-            filter_logits_fn=filter_logits_fn,
-            filter_kwargs=filter_kwargs,
-            entmax_alpha=entmax_alpha,
+            filter_logits_fn=opts.filter_logits_fn,
+            filter_kwargs=opts.filter_kwargs,
+            entmax_alpha=opts.entmax_alpha,
             eos_token=eos_token,
             generator=generator,
         )
+        cached = cache_kv and self._cache_usable()
+        with inference(self.net):
+            stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
+            logits, generated = stepper.first(), []
+            for step in range(seq_len):
+                generated.append(sampler(logits))
+                if sampler.finished or step == seq_len - 1:
+                    break
+                logits = stepper.step(generated[-1])
+        out = torch.stack(generated, dim=1)
+        if return_prime:
+            out = torch.cat((batch.tokens, out), dim=1)
+        return out[0] if batch.squeeze else out
+
+    def beam_search(
+        self,
+        prompts: Tensor | Sequence[Tensor],
+        seq_len: int,
+        beams: int = 4,
+        return_beams_and_scores: bool = False,
+        eos_token: int | None = None,
+        temperature: float = 1.0,
+        stochastic: bool = False,
+        prompt_lens: Tensor | None = None,
+        filter_logits_fn: str | Callable | None = None,
+        restrict_to_max_seq_len: bool = True,
+        filter_kwargs: dict | None = None,
+        cache_kv: bool = True,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ):
+        """The ``beams`` most likely continuations of ``seq_len`` tokens (:mod:`.beam`).
+
+        Scores are summed log-probabilities of the generated tokens. ``stochastic=True``
+        proposes candidates by Gumbel-top-k sampling from the tempered (and filtered) logits.
+        Prompts, ``prompt_lens``, ``cache_kv``, ``restrict_to_max_seq_len`` and model inputs
+        as in :meth:`generate`.
+
+        Returns:
+            The best sequence (b, t); with ``return_beams_and_scores``, all beams (k, b, t),
+            best first, and their scores (k, b). Without a batch axis in the prompt: (t,),
+            or (k, t) and (k,).
+        """
+        owner = f"{type(self).__name__}.beam_search"
+        batch = self._prepare(prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs)
+        beam.check_eos(eos_token, getattr(self.net, "num_tokens", None), owner)
+        proposer = beam.make_proposer(
+            beams, temperature, stochastic, filter_logits_fn, filter_kwargs, generator
+        )
+        cached = cache_kv and self._cache_usable()
+        with inference(self.net):
+            stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
+            out, scores = beam.search(stepper, seq_len, beams, proposer, eos_token, self.pad_value)
+        out, scores = rearrange(out, "b k t -> k b t"), rearrange(scores, "b k -> k b")
+        if batch.squeeze:
+            out, scores = out[:, 0], scores[:, 0]
+        return (out, scores) if return_beams_and_scores else out[0]
+
+    def _prepare(
+        self, prompts: Any, prompt_lens: Any, seq_len: Any, restrict: bool, kwargs: dict
+    ) -> PromptBatch:
+        """Checked prompts and model inputs shared by generate and beam_search."""
+        owner = f"{type(self).__name__}.generate"
+        batch = prepare_prompts(prompts, prompt_lens, self.pad_value, owner)
+        if seq_len is None:
+            raise TypeError(f"{owner}: missing the number of tokens to generate, 'seq_len'")
+        check_positive_int("seq_len", seq_len, owner)
+        if not isinstance(restrict, bool):
+            raise TypeError(f"{owner}: 'restrict_to_max_seq_len' must be True or False")
+        drop_unsupported("AutoregressiveWrapper", "generate", kwargs, set())
         check_passthrough(kwargs, owner)
         self._check_length(batch.tokens.shape[1], seq_len, owner)
-        decode = self._decode_cached if cache_kv and self._cache_usable() else self._decode_full
-        with inference(self.net):
-            out = decode(batch, seq_len, sampler, kwargs)
-        return out[0] if batch.squeeze else out
+        prepend = kwargs.get("prepend_embeds")
+        if restrict and isinstance(prepend, Tensor) and prepend.ndim == 3:
+            lead = prepend.shape[1] + batch.tokens.shape[1] + seq_len - 1
+            if lead + getattr(self.net, "num_memory_tokens", 0) > self._window:
+                raise ValueError(
+                    f"{owner}: prepend_embeds ({prepend.shape[1]}) + prompt + seq_len exceed "
+                    f"max_seq_len={self.max_seq_len}; past it the window would slide over the "
+                    "prepended embeddings. Raise max_seq_len or pass "
+                    "restrict_to_max_seq_len=False"
+                )
+        return batch
 
     def _check_length(self, p: int, seq_len: int, owner: str) -> None:
         """Learned absolute positions cap the positions fed to the model at max_seq_len."""
@@ -226,48 +367,3 @@ class AutoregressiveWrapper(nn.Module):
         """Cache entry indices of the self-attention layers (cross entries never slide)."""
         kinds = [t for t in self.net.attn_layers.types if t in "ac"]
         return [i for i, t in enumerate(kinds) if t == "a"]
-
-    def _decode_full(
-        self, batch: PromptBatch, seq_len: int, sampler: TokenSampler, kwargs: dict
-    ) -> Tensor:
-        """Reference path: one full forward over the whole sequence per new token."""
-        out, mask, p = batch.tokens, batch.mask, batch.tokens.shape[1]
-        extra = {} if batch.start is None else {"seq_start_pos": batch.start}
-        for _ in range(seq_len):
-            logits = self.net(
-                out, mask=mask, attn_mask=self._band(out.shape[1], out.device), **extra, **kwargs
-            )
-            token = sampler(logits[:, -1])
-            out = torch.cat((out, token.unsqueeze(-1)), dim=1)
-            if mask is not None:
-                mask = torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)
-            if sampler.finished:
-                break
-        return out[:, p:]
-
-    def _decode_cached(
-        self, batch: PromptBatch, seq_len: int, sampler: TokenSampler, kwargs: dict
-    ) -> Tensor:
-        """Prefill the prompt once, then feed one token per step against the KV cache."""
-        tokens, p = batch.tokens, batch.tokens.shape[1]
-        extra = {} if batch.start is None else {"seq_start_pos": batch.start}
-        logits, cache = self.net(
-            tokens,
-            mask=batch.mask,
-            attn_mask=self._band(p, tokens.device),
-            return_cache=True,
-            **extra,
-            **kwargs,
-        )
-        self_layers, keep = self._self_attention_entries(), self._window - 1
-        generated = []
-        for step in range(seq_len):
-            token = sampler(logits[:, -1])
-            generated.append(token)
-            if sampler.finished or step == seq_len - 1:
-                break
-            cache.slide(keep, self_layers)
-            logits, cache = self.net(
-                token.unsqueeze(-1), cache=cache, return_cache=True, **extra, **kwargs
-            )
-        return torch.stack(generated, dim=1)
