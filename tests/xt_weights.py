@@ -39,7 +39,8 @@ def _rename(key: str) -> str:
 
 def _bias_only_here(name: str) -> bool:
     """Biases x_attn has and x-transformers does not (its norms and heads are bias-free)."""
-    return name.endswith(".bias") and name.rsplit(".", 2)[-2].endswith(("norm", "to_logits"))
+    heads = ("norm", "to_logits", "project_in", "project_out")
+    return name.endswith(".bias") and name.rsplit(".", 2)[-2].endswith(heads)
 
 
 def load_from_x_transformers(ours: nn.Module, theirs: nn.Module) -> None:
@@ -63,12 +64,14 @@ def load_from_x_transformers(ours: nn.Module, theirs: nn.Module) -> None:
     ours.load_state_dict(mapped)
 
 
-def token_pair(stack: str, jitter: float = 0.1, **wrapper) -> tuple[nn.Module, nn.Module]:
-    """(x_attn, x-transformers) TransformerWrappers with the same weights, both in eval mode.
+def token_pair(
+    stack: str, jitter: float = 0.1, cls: str = "TransformerWrapper", **wrapper
+) -> tuple[nn.Module, nn.Module]:
+    """(x_attn, x-transformers) wrappers with the same weights, both in eval mode.
 
-    ``stack`` is "Encoder" or "Decoder"; ``wrapper`` holds ``num_tokens``, ``max_seq_len``,
-    ``layers`` (the stack's flags) and wrapper flags. x-transformers' weights are jittered
-    by ``jitter`` so that zero-initialised parts are active.
+    ``stack`` is "Encoder" or "Decoder"; ``cls`` the wrapper class name; ``wrapper`` holds
+    ``layers`` (the stack's flags) and the wrapper's arguments. x-transformers' weights are
+    jittered by ``jitter`` so that zero-initialised parts are active.
     """
     import x_transformers as xt
 
@@ -76,10 +79,10 @@ def token_pair(stack: str, jitter: float = 0.1, **wrapper) -> tuple[nn.Module, n
 
     layers = wrapper.pop("layers")
     torch.manual_seed(0)
-    theirs = xt.TransformerWrapper(attn_layers=getattr(xt, stack)(**layers), **wrapper)
+    theirs = getattr(xt, cls)(attn_layers=getattr(xt, stack)(**layers), **wrapper)
     with torch.no_grad():
         for p in theirs.parameters():
             p.add_(jitter * torch.randn_like(p))
-    ours = x_attn.TransformerWrapper(attn_layers=getattr(x_attn, stack)(**layers), **wrapper)
+    ours = getattr(x_attn, cls)(attn_layers=getattr(x_attn, stack)(**layers), **wrapper)
     load_from_x_transformers(ours, theirs)
     return ours.eval(), theirs.eval()

@@ -7,6 +7,7 @@ from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
 from x_attn.serialization import from_config, to_config
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
+from x_attn.wrappers.continuous_autoregressive import ContinuousAutoregressiveWrapper
 from x_attn.wrappers.pooling import AttentionPool
 from x_attn.wrappers.token import TransformerWrapper
 from x_attn.wrappers.token_io import LinearNoBias
@@ -19,6 +20,7 @@ __all__ = [
     "AttentionLayers",
     "AttentionPool",
     "AutoregressiveWrapper",
+    "ContinuousAutoregressiveWrapper",
     "ContinuousTransformerWrapper",
     "CrossAttender",
     "Decoder",
