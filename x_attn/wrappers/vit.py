@@ -10,8 +10,13 @@ convolution). A learned class token is prepended (the paper's ``x_class``), lear
 embeddings are added, and the stack's output at the class token, normalised by the stack's
 final norm, is the image representation fed to a linear head.
 
+Register tokens (``num_register_tokens``): learned tokens appended after the patches, attended
+to like patches but without positions and dropped from the output (Darcet et al., "Vision
+Transformers Need Registers", arXiv 2309.16588). ``post_emb_norm``: a LayerNorm after the patch
+and position embeddings.
+
 Shape legend: b batch, c channels, x image height, y image width, p1 p2 patch height/width,
-gh gw patch grid, n patches (+1 with the class token), d model dim, k classes.
+gh gw patch grid, n patches (+1 with the class token), r registers, d model dim, k classes.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class ViTransformerWrapper(nn.Module):
         channels: input channels (3 for RGB).
         dropout: dropout on the pooled representation, before the head.
         emb_dropout: dropout after adding the position embeddings (as in the paper).
+        post_emb_norm: LayerNorm (gain, no bias) after the patch + position embeddings.
+        num_register_tokens: learned register tokens appended after the patches.
     """
 
     @checked_keywords
@@ -61,6 +68,8 @@ class ViTransformerWrapper(nn.Module):
         channels: int = 3,
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
+        post_emb_norm: bool = False,
+        num_register_tokens: int = 0,
     ) -> None:
         super().__init__()
         owner = "ViTransformerWrapper"
@@ -87,6 +96,14 @@ class ViTransformerWrapper(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(dim) * 0.02)
         self.pos_embedding = nn.Parameter(torch.randn(self.num_patches + 1, dim) * 0.02)
         self.emb_dropout = nn.Dropout(emb_dropout)
+        self.post_emb_norm = nn.LayerNorm(dim, bias=False) if post_emb_norm else None
+        if isinstance(num_register_tokens, bool) or not isinstance(num_register_tokens, int):
+            raise TypeError(f"{owner}: 'num_register_tokens' must be an int >= 0")
+        if num_register_tokens < 0:
+            raise ValueError(f"{owner}: 'num_register_tokens' must be >= 0")
+        self.register_tokens = None
+        if num_register_tokens:
+            self.register_tokens = nn.Parameter(torch.randn(num_register_tokens, dim) * 0.02)
         self.attn_layers = attn_layers
         self.dropout = nn.Dropout(dropout)
         self.mlp_head = nn.Linear(dim, num_classes) if num_classes is not None else None
@@ -97,15 +114,21 @@ class ViTransformerWrapper(nn.Module):
         return rearrange(img, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=p, p2=p)
 
     @checked_keywords
-    def forward(self, img: Tensor, return_embeddings: bool = False) -> Tensor:
+    def forward(
+        self,
+        img: Tensor,
+        return_embeddings: bool = False,
+        return_logits_and_embeddings: bool = False,
+    ):
         """Classify images, or return their token embeddings.
 
         Args:
             img: (b, channels, image_size, image_size) float images.
             return_embeddings: return every output vector instead of the head's result.
+            return_logits_and_embeddings: return both, as a pair.
 
         Returns:
-            (b, num_patches + 1, d) embeddings (class token first) with
+            (b, num_patches + 1, d) embeddings (class token first, registers dropped) with
             ``return_embeddings``; else (b, num_classes) logits, or the (b, d) pooled
             representation when the model has no head.
         """
@@ -113,11 +136,19 @@ class ViTransformerWrapper(nn.Module):
         tokens = self.patch_to_embedding(self.patchify(img))
         cls = repeat(self.cls_token, "d -> b 1 d", b=img.shape[0]).to(tokens.dtype)
         h = torch.cat((cls, tokens), dim=1) + self.pos_embedding.to(tokens.dtype)
-        out = self.attn_layers(self.emb_dropout(h))
+        if self.post_emb_norm is not None:
+            h = self.post_emb_norm(h)
+        h = self.emb_dropout(h)
+        n = h.shape[1]
+        if self.register_tokens is not None:
+            registers = repeat(self.register_tokens, "r d -> b r d", b=img.shape[0])
+            h = torch.cat((h, registers.to(h.dtype)), dim=1)
+        out = self.attn_layers(h)[:, :n]
         if return_embeddings:
             return out
         pooled = self.dropout(out[:, 0])
-        return pooled if self.mlp_head is None else self.mlp_head(pooled)
+        logits = pooled if self.mlp_head is None else self.mlp_head(pooled)
+        return (logits, out) if return_logits_and_embeddings else logits
 
     def _check_image(self, img: Tensor) -> None:
         owner = "ViTransformerWrapper"

@@ -10,7 +10,12 @@ Every keyword starting with ``enc_`` configures the encoder, every keyword start
 flag (``depth``, ``heads``, ``rotary_pos_emb``, ``attn_dim_head``, ``ff_glu``,
 ``cross_residual_attn``, ...). ``dim`` is shared.
 
-Shape legend: b batch, i source length, j target length, d model dim.
+``return_tgt_loss`` (the 2021 option; default True as in x-transformers 2.31): the forward returns
+the decoder's next-token loss, or with False its logits for every target position.
+``cross_attn_tokens_dropout``: while training, the decoder cross-attends to a random subset of
+the encoder's outputs (keeping a ``1 - p`` fraction of each row's real tokens).
+
+Shape legend: b batch, i source length, j target length, d model dim, p prepended, k kept.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from x_attn.compat_flags import FLAGS
 from x_attn.layers.stack import Decoder, Encoder
 from x_attn.routing import checked_keywords, known_layer_arguments, unknown_argument
 from x_attn.serialization import records_config
-from x_attn.utils import check_positive_int
+from x_attn.utils import check_positive_int, check_probability
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.token import TransformerWrapper
 
@@ -68,6 +75,10 @@ def split_prefixed(kwargs: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]
                 "the encoder is bidirectional and returns embeddings, the decoder is causal "
                 "and cross-attends); remove it"
             )
+        part = _x_transformers_part(name) if prefix is not None else None
+        if part is not None:  # the stack / wrapper drops it at its default or refuses it
+            out[prefix][part][name] = value
+            continue
         if prefix is None or key not in _known(prefix):
             error = unknown_argument(OWNER, key, _known("enc_") | _known("dec_"))
             hint = "" if prefix else "; per-stack arguments start with enc_ or dec_"
@@ -80,6 +91,15 @@ def split_prefixed(kwargs: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]
     return out
 
 
+def _x_transformers_part(name: str) -> str | None:
+    """Where an x-transformers flag x_attn lacks goes ("layers" / "wrapper"), else None."""
+    if name in known_layer_arguments() or name in _wrapper_arguments():
+        return None
+    if name in FLAGS["AttentionLayers.__init__"]:
+        return "layers"
+    return "wrapper" if name in FLAGS["TransformerWrapper.__init__"] else None
+
+
 @records_config
 class XTransformer(nn.Module):
     """Encoder-decoder transformer; ``forward`` returns the decoder's next-token loss.
@@ -90,6 +110,9 @@ class XTransformer(nn.Module):
             needs ``enc_num_tokens == dec_num_tokens``.
         ignore_index: target id ignored by the loss.
         pad_value: id used to pad generated sequences.
+        return_tgt_loss: forward returns the loss (True) or the decoder's logits (False).
+        cross_attn_tokens_dropout: fraction of encoder outputs hidden from the decoder while
+            training.
         **kwargs: ``enc_*`` and ``dec_*`` arguments (see the module docstring).
 
     Attributes:
@@ -105,10 +128,17 @@ class XTransformer(nn.Module):
         tie_token_emb: bool = False,
         ignore_index: int = -100,
         pad_value: int = 0,
+        return_tgt_loss: bool = True,
+        cross_attn_tokens_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         check_positive_int("dim", dim, OWNER)
+        check_probability("cross_attn_tokens_dropout", cross_attn_tokens_dropout, OWNER)
+        if not isinstance(return_tgt_loss, bool):
+            raise TypeError(f"{OWNER}: 'return_tgt_loss' must be True or False")
+        self.return_tgt_loss = return_tgt_loss
+        self.cross_attn_tokens_dropout = float(cross_attn_tokens_dropout)
         parts = split_prefixed(kwargs)
         enc, dec = parts["enc_"], parts["dec_"]
         if tie_token_emb and enc["wrapper"]["num_tokens"] != dec["wrapper"]["num_tokens"]:
@@ -128,10 +158,25 @@ class XTransformer(nn.Module):
         self.decoder = AutoregressiveWrapper(net, ignore_index=ignore_index, pad_value=pad_value)
 
     def encode(
-        self, src: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None
-    ) -> Tensor:
-        """Encoder output (b, i, d) of source tokens ``src`` (b, i)."""
-        return self.encoder(src, mask=mask, attn_mask=attn_mask, return_embeddings=True)
+        self,
+        src: Tensor,
+        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        prepend_embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Encoder output (b, p + i, d) of ``src`` (b, i) after ``prepend_embeds`` (b, p, d),
+        and the matching (b, p + i) mask (None when ``mask`` is None)."""
+        enc = self.encoder(
+            src,
+            mask=mask,
+            attn_mask=attn_mask,
+            prepend_embeds=prepend_embeds,
+            return_embeddings=True,
+        )
+        if prepend_embeds is not None and mask is not None:
+            ones = mask.new_ones(mask.shape[0], prepend_embeds.shape[1])
+            mask = torch.cat((ones, mask), dim=1)
+        return enc, mask
 
     @checked_keywords
     def forward(
@@ -140,26 +185,33 @@ class XTransformer(nn.Module):
         tgt: Tensor,
         mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
+        src_prepend_embeds: Tensor | None = None,
         src_mask: Tensor | None = None,
         tgt_mask: Tensor | None = None,
     ) -> Tensor:
-        """Next-token cross-entropy of ``tgt`` (b, j) given ``src`` (b, i).
+        """Next-token cross-entropy of ``tgt`` (b, j) given ``src`` (b, i), or its logits.
 
         Args:
             src: (b, i) source token ids.
             tgt: (b, j) target token ids; position t is predicted from positions < t.
             mask: (b, i) source padding mask, True = real token (current spelling).
             attn_mask: attention mask of the encoder's self-attention.
+            src_prepend_embeds: (b, p, d) embeddings placed before the source (encoder).
             src_mask: the 2021 spelling of ``mask``; give one of the two.
             tgt_mask: (b, j) target padding mask (keys the decoder may attend to); the loss
                 skips targets equal to ``ignore_index``, so pad targets with it.
 
         Returns:
-            Scalar loss.
+            Scalar loss; with ``return_tgt_loss=False`` the logits (b, j, v) of every target
+            position.
         """
         src_mask = _source_mask(mask, src_mask)
-        context = self.encode(src, mask=src_mask, attn_mask=attn_mask)
+        context, src_mask = self.encode(src, src_mask, attn_mask, src_prepend_embeds)
+        if self.training and self.cross_attn_tokens_dropout > 0:
+            context, src_mask = dropout_tokens(context, src_mask, self.cross_attn_tokens_dropout)
         extra = {} if tgt_mask is None else {"mask": tgt_mask}
+        if not self.return_tgt_loss:
+            return self.decoder.net(tgt, context=context, context_mask=src_mask, **extra)
         return self.decoder(tgt, context=context, context_mask=src_mask, **extra)
 
     def generate(
@@ -186,7 +238,7 @@ class XTransformer(nn.Module):
             (b, seq_len) generated token ids.
         """
         src_mask = _source_mask(mask, src_mask)
-        context = self.encode(seq_in, mask=src_mask, attn_mask=attn_mask)
+        context, _ = self.encode(seq_in, src_mask, attn_mask)
         return self.decoder.generate(
             seq_out_start, seq_len, context=context, context_mask=src_mask, **kwargs
         )
@@ -199,3 +251,26 @@ def _source_mask(mask: Tensor | None, src_mask: Tensor | None) -> Tensor | None:
             "pass only one"
         )
     return mask if mask is not None else src_mask
+
+
+def dropout_tokens(
+    context: Tensor, mask: Tensor | None, prob: float
+) -> tuple[Tensor, Tensor | None]:
+    """A random ``1 - prob`` of the tokens of ``context`` (b, i, d) -> (b, k, d) and mask.
+
+    ``k = max(1, int((1 - prob) * i))`` slots per row; a row with r real tokens keeps
+    ``ceil((1 - prob) * r)`` of them, chosen uniformly, and its other slots are masked.
+    """
+    b, i = context.shape[:2]
+    keep_prob = 1.0 - prob
+    k = max(1, int(keep_prob * i))
+    scores = torch.rand(b, i, device=context.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -1.0)  # padding sorts last
+    index = scores.topk(k, dim=-1).indices
+    kept = context.gather(1, index.unsqueeze(-1).expand(-1, -1, context.shape[-1]))
+    if mask is None:
+        return kept, None
+    real = torch.ceil(mask.sum(-1) * keep_prob).long()
+    kept_mask = mask.gather(1, index) & (torch.arange(k, device=mask.device) < real.unsqueeze(-1))
+    return kept, kept_mask
