@@ -8,6 +8,7 @@ from x_attn.serialization import from_config, to_config
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
 from x_attn.wrappers.continuous_autoregressive import ContinuousAutoregressiveWrapper
+from x_attn.wrappers.nonautoregressive import NonAutoregressiveWrapper
 from x_attn.wrappers.pooling import AttentionPool
 from x_attn.wrappers.token import TransformerWrapper
 from x_attn.wrappers.token_io import LinearNoBias
@@ -29,6 +30,7 @@ __all__ = [
     "KVCache",
     "KVEntry",
     "LinearNoBias",
+    "NonAutoregressiveWrapper",
     "TransformerWrapper",
     "ViTransformerWrapper",
     "XLAutoregressiveWrapper",

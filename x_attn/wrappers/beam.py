@@ -24,17 +24,10 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 from x_attn.utils import check_positive_int
-from x_attn.wrappers.sampling import resolve_filter
+from x_attn.wrappers.sampling import gumbel_noise, resolve_filter
 from x_attn.wrappers.stepper import LogitStepper
 
 NEG_INF = float("-inf")
-
-
-def gumbel_noise(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard Gumbel samples -log(-log(u)), u ~ U(0, 1)."""
-    u = torch.rand(shape, device=like.device, dtype=like.dtype, generator=generator)
-    tiny = torch.finfo(like.dtype).tiny
-    return -torch.log((-torch.log(u.clamp(min=tiny))).clamp(min=tiny))
 
 
 class BeamProposer:

@@ -31,6 +31,7 @@ from x_attn.utils import check_positive_int, exists
 
 __all__ = [
     "FILTERS",
+    "gumbel_noise",
     "min_p",
     "resolve_filter",
     "sample_next",
@@ -325,3 +326,15 @@ def sample_next(
             )
     probs = _distribution(scores, entmax_alpha)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def gumbel_noise(
+    shape: torch.Size, like: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    """Standard Gumbel samples ``-log(-log(u))``, u ~ U(0, 1), in ``like``'s dtype and device.
+
+    ``argmax(logits / T + noise)`` is a draw from ``softmax(logits / T)`` (Gumbel-max).
+    """
+    u = torch.rand(shape, device=like.device, dtype=like.dtype, generator=generator)
+    tiny = torch.finfo(like.dtype).tiny
+    return -torch.log((-torch.log(u.clamp(min=tiny))).clamp(min=tiny))
