@@ -204,10 +204,8 @@ class AutoregressiveWrapper(nn.Module):
             restrict_to_max_seq_len: past ``max_seq_len`` (relative positions), attend to the
                 newest ``max_seq_len`` positions only; False attends to everything.
             return_prime: return the (left-padded) prompts followed by the new tokens.
-            start_tokens, filter_thres, min_p_pow, min_p_ratio, mask: the 2021 signature
-                (:mod:`x_attn.wrappers.legacy_generate`).
-            **kwargs: model inputs such as ``context`` / ``context_mask`` (cross-attention) or
-                ``prepend_embeds`` / ``prepend_mask``.
+            start_tokens, filter_thres, min_p_pow, min_p_ratio, mask: the 2021 signature.
+            **kwargs: model inputs (``context``, ``context_mask``, ``prepend_embeds``, ...).
 
         Returns:
             (b, t) generated tokens (prompts excluded), t <= seq_len; (t,) for a 1-D prompt.
@@ -238,13 +236,7 @@ class AutoregressiveWrapper(nn.Module):
         cached = cache_kv and self._cache_usable()
         with inference(self.net):
             stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
-            logits, generated = stepper.first(), []
-            for step in range(seq_len):
-                generated.append(sampler(logits))
-                if sampler.finished or step == seq_len - 1:
-                    break
-                logits = stepper.step(generated[-1])
-        out = torch.stack(generated, dim=1)
+            out = _sample(stepper, sampler, seq_len)
         if return_prime:
             out = torch.cat((batch.tokens, out), dim=1)
         return out[0] if batch.squeeze else out
@@ -367,3 +359,14 @@ class AutoregressiveWrapper(nn.Module):
         """Cache entry indices of the self-attention layers (cross entries never slide)."""
         kinds = [t for t in self.net.attn_layers.types if t in "ac"]
         return [i for i, t in enumerate(kinds) if t == "a"]
+
+
+def _sample(stepper: LogitStepper, sampler: Any, seq_len: int) -> Tensor:
+    """Up to ``seq_len`` sampled tokens (b, t); stops early once every row emitted eos."""
+    logits, generated = stepper.first(), []
+    for step in range(seq_len):
+        generated.append(sampler(logits))
+        if sampler.finished or step == seq_len - 1:
+            break
+        logits = stepper.step(generated[-1])
+    return torch.stack(generated, dim=1)

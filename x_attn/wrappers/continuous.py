@@ -128,9 +128,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             mask: (b, n) bool padding mask, True = real position.
             mems: Transformer-XL memories returned by a previous call with ``return_mems``.
             cache: a :class:`KVCache` for incremental decoding, updated in place.
-            lens: (b,) real lengths, instead of ``mask``.
-            prepend_embeds / prepend_mask: (b, p, d) / (b, p) placed before the inputs.
-            sum_embeds: (b, n, d) added to the projected inputs.
+            lens / prepend_embeds / prepend_mask / sum_embeds: as in TransformerWrapper.
             **kwargs: context, context_mask, attn_mask, seq_start_pos, passed to the stack.
 
         Returns:

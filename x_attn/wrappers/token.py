@@ -113,6 +113,8 @@ class TransformerWrapper(SequenceWrapper):
         )
         owner = "TransformerWrapper"
         check_positive_int("num_tokens", num_tokens, owner)
+        pools = (average_pool_embed, use_cls_token, num_cls_tokens, attn_pool)
+        check_pooling(owner, attn_layers, *pools)
         dim, emb_dim = attn_layers.dim, emb_dim or attn_layers.dim
         self.num_tokens, self.emb_dim = num_tokens, emb_dim
         self.token_emb = build_token_embedding(num_tokens, emb_dim, token_emb, l2norm_embed, owner)
@@ -123,46 +125,16 @@ class TransformerWrapper(SequenceWrapper):
             dim, num_tokens, logits_dim, tie_embedding, to_logits, owner
         )
         self.squeeze_out_last_dim = squeeze_out_last_dim
-        self._init_pooling(
-            use_cls_token, num_cls_tokens, attn_pool, num_pooled_tokens, attn_pool_depth
+        self._init_pooling(use_cls_token, num_cls_tokens)
+        self.attn_pool = _attention_pool(
+            attn_layers, attn_pool, num_pooled_tokens, attn_pool_depth, dim_pooled_tokens
         )
-        if attn_pool:
-            cfg = attn_layers.config
-            self.attn_pool = AttentionPool(
-                dim_pooled_tokens or dim,
-                dim,
-                num_pooled_tokens,
-                attn_pool_depth,
-                cfg.heads,
-                cfg.attn.dim_head,
-            )
 
-    def _init_pooling(
-        self,
-        use_cls_token: bool,
-        num_cls_tokens: int,
-        attn_pool: bool,
-        num_pooled_tokens: int,
-        attn_pool_depth: int,
-    ) -> None:
-        check_pooling(
-            "TransformerWrapper",
-            self.attn_layers,
-            self.average_pool_embed,
-            use_cls_token,
-            num_cls_tokens,
-            attn_pool,
-        )
-        if not attn_pool and (num_pooled_tokens != 1 or attn_pool_depth != 1):
-            raise ValueError(
-                "TransformerWrapper: num_pooled_tokens / attn_pool_depth configure attn_pool; "
-                "set attn_pool=True or drop them"
-            )
+    def _init_pooling(self, use_cls_token: bool, num_cls_tokens: int) -> None:
         if use_cls_token:
             self.cls_token = nn.Parameter(torch.randn(num_cls_tokens, self.attn_layers.dim) * 0.02)
         elif num_cls_tokens != 1:
             raise ValueError("TransformerWrapper: num_cls_tokens needs use_cls_token=True")
-        self.attn_pool: AttentionPool | None = None
 
     def forward(
         self,
@@ -194,11 +166,10 @@ class TransformerWrapper(SequenceWrapper):
         absolute positions of left-padded rows; other keywords (context, context_mask,
         attn_mask) go to the stack.
 
-        ``prepend_embeds`` (b, p, e) with ``prepend_mask`` (b, p) open the sequence (their
-        outputs are kept unless ``excise_prepend_embeds``); ``embed_ids`` feed the
-        ``embed_num_tokens`` tables; ``sum_embeds`` (b, n, e) is added to the input embeddings.
-        With pooling the output is one vector (or k class / pooled tokens) per row;
-        ``return_logits_and_embeddings`` returns both.
+        ``prepend_embeds`` (b, p, e) / ``prepend_mask`` (b, p) open the sequence (outputs kept
+        unless ``excise_prepend_embeds``); ``embed_ids`` feed the ``embed_num_tokens`` tables;
+        ``sum_embeds`` (b, n, e) is added to the embeddings. Pooling gives one vector (or k
+        tokens) per row.
         """
         drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
         self._check_tokens(x, mask)
@@ -295,3 +266,24 @@ class TransformerWrapper(SequenceWrapper):
                 f"min {int(x.min())}, max {int(x.max())}"
             )
         check_bool_mask("mask", mask, tuple(x.shape), "batch x sequence, True = real token")
+
+
+def _attention_pool(
+    attn_layers: AttentionLayers,
+    attn_pool: bool,
+    num_pooled_tokens: int,
+    depth: int,
+    dim_pooled_tokens: int | None,
+) -> AttentionPool | None:
+    """The attention pooler of ``attn_pool`` (heads and head size of the stack), or None."""
+    if not attn_pool:
+        if num_pooled_tokens != 1 or depth != 1 or dim_pooled_tokens is not None:
+            raise ValueError(
+                "TransformerWrapper: num_pooled_tokens / attn_pool_depth / dim_pooled_tokens "
+                "configure attn_pool; set attn_pool=True or drop them"
+            )
+        return None
+    dim, cfg = attn_layers.dim, attn_layers.config
+    return AttentionPool(
+        dim_pooled_tokens or dim, dim, num_pooled_tokens, depth, cfg.heads, cfg.attn.dim_head
+    )
