@@ -84,3 +84,39 @@ def test_refusals():
         from_config({"type": "Nope", "kwargs": {}})
     with pytest.raises(ValueError, match="exactly the keys 'type' and 'kwargs'"):
         from_config({"type": "Decoder"})
+
+
+def test_new_wrapper_options_round_trip():
+    """Wrapper options added for x-transformers compatibility survive to_config / from_config."""
+    torch.manual_seed(0)
+    x, seg = torch.randint(0, 20, (2, 5)), torch.randint(0, 3, (2, 5))
+    pooled = TransformerWrapper(
+        num_tokens=20,
+        max_seq_len=8,
+        attn_pool=True,
+        num_pooled_tokens=2,
+        attn_layers=Encoder(dim=16, depth=1, heads=2),
+    )
+    same_outputs(pooled, json_round_trip(pooled), x)
+    segments = TransformerWrapper(
+        num_tokens=20,
+        max_seq_len=8,
+        embed_num_tokens={"segment": 3},
+        attn_layers=Encoder(dim=16, depth=1, heads=2),
+    ).eval()
+    rebuilt = json_round_trip(segments).eval()
+    rebuilt.load_state_dict(segments.state_dict())
+    ids = {"segment": seg}
+    torch.testing.assert_close(segments(x, embed_ids=ids), rebuilt(x, embed_ids=ids))
+    prob = ContinuousTransformerWrapper(
+        max_seq_len=8, dim_in=3, dim_out=2, probabilistic=True, attn_layers=Encoder(dim=16, depth=1)
+    )
+    same_outputs(prob, json_round_trip(prob), torch.randn(2, 4, 3))
+    vit = ViTransformerWrapper(
+        image_size=8,
+        patch_size=4,
+        num_register_tokens=2,
+        post_emb_norm=True,
+        attn_layers=Encoder(dim=16, depth=1, heads=2),
+    )
+    same_outputs(vit, json_round_trip(vit), torch.randn(1, 3, 8, 8))
