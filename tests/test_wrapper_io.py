@@ -368,3 +368,19 @@ def test_module_kwargs_for_built_in_modules_are_refused() -> None:
         model(tokens(), token_emb_kwargs={"y": 1})
     with pytest.raises(ValueError, match="to_logits_kwargs"):
         model(tokens(), to_logits_kwargs={"y": 1})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"l2norm_embed": "yes"}, "'l2norm_embed' must be bool, got str"),
+        ({"post_emb_norm": 1}, "'post_emb_norm' must be bool, got int"),
+        ({"emb_frac_gradient": "0.5"}, "'emb_frac_gradient' must be int or float"),
+        ({"num_cls_tokens": 1.5}, "'num_cls_tokens' must be int, got float"),
+        ({"emb_dim": True}, "'emb_dim' must be int or None, got bool"),
+        ({"tie_embedding_scale": "x"}, "'tie_embedding_scale' must be int or float or None"),
+    ],
+)
+def test_wrapper_flags_are_type_checked(kwargs, match) -> None:
+    with pytest.raises(TypeError, match=match):
+        ours(**kwargs)

@@ -18,7 +18,7 @@ from typing import Any
 
 from x_attn.compat import is_unsupported_noop
 from x_attn.config import AttentionConfig, FeedForwardConfig, LayersConfig
-from x_attn.validation import check_field_types, validate_layers
+from x_attn.validation import check_field_types, check_value_type, validate_layers
 
 ATTN_FIELDS = {f.name for f in fields(AttentionConfig)}
 FF_FIELDS = {f.name for f in fields(FeedForwardConfig)}
@@ -123,21 +123,24 @@ def checked_keywords(func: Callable) -> Callable:
 
     For constructors and forwards with an explicit signature: Python's own error names the
     keyword but suggests nothing. x-transformers flags the function lacks are dropped at their
-    off value and refused otherwise (:func:`x_attn.compat.is_unsupported_noop`).
+    off value and refused otherwise (:func:`x_attn.compat.is_unsupported_noop`). Keyword values
+    with a scalar annotation (bool, int, float, str, optionally ``| None``) are type-checked.
     """
     params = inspect.signature(func).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         raise AssertionError(f"{func.__qualname__} takes **kwargs; check them where they land")
     known = {name for name in params if name != "self"}
+    annotations = {name: str(p.annotation) for name, p in params.items()}
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for key in [k for k in kwargs if k not in known]:
-            owner = type(args[0]).__name__ if args else func.__qualname__
-            if is_unsupported_noop(owner, func.__name__, key, kwargs.pop(key)):
-                continue
-            suffix = "" if func.__name__ == "__init__" else f".{func.__name__}"
-            raise unknown_argument(owner + suffix, key, known)
+        owner = type(args[0]).__name__ if args else func.__qualname__
+        suffix = "" if func.__name__ == "__init__" else f".{func.__name__}"
+        for key in list(kwargs):
+            if key in known:
+                check_value_type(key, kwargs[key], annotations[key], owner + suffix)
+            elif not is_unsupported_noop(owner, func.__name__, key, kwargs.pop(key)):
+                raise unknown_argument(owner + suffix, key, known)
         return func(*args, **kwargs)
 
     return wrapper

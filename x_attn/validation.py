@@ -43,6 +43,20 @@ def check_field_types(config: Any, owner: str, prefix: str) -> None:
             )
 
 
+def check_value_type(name: str, value: Any, annotation: str, owner: str) -> None:
+    """TypeError naming ``name`` when ``value`` does not fit a scalar ``annotation``.
+
+    Annotations other than the scalars of ``_SCALARS`` (optionally ``| None``) are not checked.
+    """
+    optional = annotation.endswith(" | None")
+    accepted = _SCALARS.get(annotation.removesuffix(" | None"))
+    if accepted is None or (optional and value is None):
+        return
+    if (isinstance(value, bool) and bool not in accepted) or not isinstance(value, accepted):
+        wanted = " or ".join(t.__name__ for t in accepted) + (" or None" if optional else "")
+        raise TypeError(f"{owner}: '{name}' must be {wanted}, got {type(value).__name__} {value!r}")
+
+
 def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> None:
     """Refuse flag combinations that cannot work; ``explicit`` = keywords the user passed."""
     for name in ("dim", "depth", "heads"):
