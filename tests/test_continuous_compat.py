@@ -244,3 +244,16 @@ def test_generation_equals_x_transformers() -> None:
 def test_bad_input(build, match) -> None:
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_no_max_seq_len_means_no_absolute_positions() -> None:
+    from x_attn import Encoder
+
+    torch.manual_seed(0)
+    model = ContinuousTransformerWrapper(dim_in=D_IN, attn_layers=Encoder(**LAYERS)).eval()
+    assert model.pos_emb is None and model.max_seq_len is None
+    x = data().float()
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(x[:, perm]), model(x)[:, perm])  # order carries nothing
+    with pytest.raises(TypeError, match="'max_seq_len' must be int or None"):
+        ContinuousTransformerWrapper(dim_in=D_IN, max_seq_len="8", attn_layers=Encoder(**LAYERS))

@@ -38,7 +38,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
     """Sequence model on continuous inputs (b, n, di) around an :class:`AttentionLayers` stack.
 
     Args:
-        max_seq_len: longest sequence absolute positions cover.
+        max_seq_len: longest sequence absolute positions cover; None: no absolute positions.
         attn_layers: the stack (Encoder / Decoder / AttentionLayers).
         dim_in: input feature size; None feeds (b, n, d) straight into the stack.
         dim_out: output feature size; None returns the stack's (b, n, d).
@@ -62,8 +62,8 @@ class ContinuousTransformerWrapper(SequenceWrapper):
     def __init__(
         self,
         *,
-        max_seq_len: int,
         attn_layers: AttentionLayers,
+        max_seq_len: int | None = None,
         dim_in: int | None = None,
         dim_out: int | None = None,
         emb_dropout: float = 0.0,

@@ -35,7 +35,8 @@ class SequenceWrapper(nn.Module):
     """Shared core of the sequence wrappers: (b, n, d) embeddings in, stack output out.
 
     Args:
-        max_seq_len: longest sequence absolute positions cover.
+        max_seq_len: longest sequence absolute positions cover; None (continuous wrapper
+            only) means no absolute positions.
         attn_layers: the stack (Encoder / Decoder / AttentionLayers).
         emb_dropout: dropout after the embeddings.
         use_abs_pos_emb: absolute positions; turned off automatically when the stack
@@ -55,7 +56,7 @@ class SequenceWrapper(nn.Module):
     def __init__(
         self,
         *,
-        max_seq_len: int,
+        max_seq_len: int | None,
         attn_layers: AttentionLayers,
         emb_dropout: float = 0.0,
         use_abs_pos_emb: bool = True,
@@ -75,7 +76,8 @@ class SequenceWrapper(nn.Module):
                 f"{owner}: 'attn_layers' must be an Encoder, Decoder or "
                 f"AttentionLayers, got {type(attn_layers).__name__}"
             )
-        check_positive_int("max_seq_len", max_seq_len, owner)
+        if max_seq_len is not None:
+            check_positive_int("max_seq_len", max_seq_len, owner)
         check_probability("emb_dropout", emb_dropout, owner)
         if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
             raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
@@ -91,7 +93,7 @@ class SequenceWrapper(nn.Module):
         self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
         self.attn_layers = attn_layers
         self.pos_emb: nn.Module | None = None
-        if use_abs_pos_emb and not attn_layers.positions.is_relative:
+        if use_abs_pos_emb and max_seq_len is not None and not attn_layers.positions.is_relative:
             self.pos_emb = (
                 ScaledSinusoidalEmbedding(emb_dim)
                 if scaled_sinu_pos_emb
