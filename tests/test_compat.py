@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from x_attn import Attention, Decoder, Encoder, FeedForward, TransformerWrapper
+from x_attn import (
+    Attention,
+    Decoder,
+    Encoder,
+    FeedForward,
+    TransformerWrapper,
+    from_config,
+    to_config,
+)
 from x_attn.compat import UnsupportedFlagError, is_unsupported_noop, markdown, unsupported_flags
 from x_attn.compat_flags import FLAGS, NO_DEFAULT
 from x_attn.routing import known_layer_arguments
@@ -108,6 +116,8 @@ def test_wrapper_constructor_and_forward_flags() -> None:
     )
     x = torch.randint(0, 16, (1, 5))
     torch.testing.assert_close(model(x, return_logit_entropies=False, detach_mems=True), model(x))
+    assert "recycling" not in to_config(model)["kwargs"]  # dropped flags are not recorded
+    from_config(to_config(model))
     with pytest.raises(UnsupportedFlagError, match="TransformerWrapper: x-transformers flag"):
         TransformerWrapper(num_tokens=16, max_seq_len=8, attn_layers=layers, recycling=True)
     with pytest.raises(UnsupportedFlagError, match=r"TransformerWrapper\.forward: x-transformers"):
