@@ -50,7 +50,9 @@ def manual_attention(
     """softmax(q k^T * scale + bias, masked) v, computed explicitly; returns (out, maps).
 
     Softmax runs in float32 for half-precision inputs. Masked logits are set to
-    ``-finfo.max`` and query rows with no allowed key get all-zero weights (never NaN).
+    ``-finfo.max`` and query rows with no allowed key get all-zero weights (never NaN), both
+    before and after ``on_probs``: a feature that mixes rows across heads (post-softmax
+    talking heads) must never see the uniform row a fully masked softmax returns.
     """
     hooks = hooks or ScoreHooks()
     q = inputs.q
@@ -67,9 +69,14 @@ def manual_attention(
     if mask is not None:
         sim = sim.masked_fill(~mask, -torch.finfo(compute).max)
     sim = hooks.on_masked(sim, mask)
-    attn = hooks.on_probs(hooks.normalize(sim))
-    if mask is not None:
-        attn = attn.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    dead = None if mask is None else ~mask.any(dim=-1, keepdim=True)  # rows with no key
+    attn = _zero_rows(hooks.normalize(sim), dead)  # before on_probs mixes rows across heads
+    attn = _zero_rows(hooks.on_probs(attn), dead)
     dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
     out = einsum(dropped.to(v.dtype), v, "b h i j, b h j d -> b h i d")
     return out, AttnMaps(logits=logits, probs=attn)
+
+
+def _zero_rows(attn: Tensor, dead: Tensor | None) -> Tensor:
+    """Weights of query rows with no allowed key set to 0 (their softmax is a uniform row)."""
+    return attn if dead is None else attn.masked_fill(dead, 0.0)
