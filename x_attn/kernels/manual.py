@@ -13,6 +13,7 @@ from einops import einsum
 from torch import Tensor
 
 from x_attn.kernels.inputs import AttnInputs, expand_kv_heads, merged_mask
+from x_attn.utils import compute_dtype
 
 
 class ScoreHooks:
@@ -49,18 +50,19 @@ def manual_attention(
 ) -> tuple[Tensor, AttnMaps]:
     """softmax(q k^T * scale + bias, masked) v, computed explicitly; returns (out, maps).
 
-    Softmax runs in float32 for half-precision inputs. Masked logits are set to
-    ``-finfo.max`` and query rows with no allowed key get all-zero weights (never NaN), both
-    before and after ``on_probs``: a feature that mixes rows across heads (post-softmax
-    talking heads) must never see the uniform row a fully masked softmax returns.
+    Scores (q k^T, scale, bias, softmax) are formed in float32 for half-precision inputs.
+    Masked logits are set to ``-finfo.max``; query rows with no allowed key get all-zero
+    weights (never NaN), both before and after ``on_probs``: a feature that mixes rows
+    across heads (post-softmax talking heads) must never see the uniform row a fully
+    masked softmax returns.
     """
     hooks = hooks or ScoreHooks()
     q = inputs.q
     heads = q.shape[1]
     k = expand_kv_heads(inputs.k, heads)
     v = expand_kv_heads(inputs.v, heads)
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    sim = einsum(q, k, "b h i d, b h j d -> b h i j").to(compute) * inputs.scale
+    compute = compute_dtype(q.dtype)  # q.k^T of float16 inputs overflows before the scale
+    sim = einsum(q.to(compute), k.to(compute), "b h i d, b h j d -> b h i j") * inputs.scale
     if inputs.bias is not None:
         sim = sim + inputs.bias.to(compute)
     sim = hooks.on_logits(sim)
