@@ -16,6 +16,7 @@ import torch
 from reference import reference_attention, reference_probs
 from torch import Tensor
 
+from x_attn import Decoder
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import manual_attention
 from x_attn.kernels.sdpa import sdpa_attention
@@ -65,3 +66,62 @@ def test_manual_and_fused_match_float64_reference_in_every_dtype(dtype, case):
     close(manual, expected, dtype)
     close(fused, expected, dtype)
     close(maps.probs, reference_probs(inputs.q, inputs.k, inputs.v, **ref_args), dtype)
+
+
+SCORE_FLAGS = [
+    {"attn_flash": False},
+    {"attn_talking_heads": True},
+    {"attn_pre_talking_heads": True},
+    {"attn_post_talking_heads": True},
+    {"attn_sparse_topk": 2},
+    {"attn_use_entmax15": True},
+    {"residual_attn": True},
+]
+
+
+def twin_stacks(flags: dict, seed: int = 0) -> tuple[Decoder, Decoder]:
+    """The same weights twice: on its default kernel (``flags``) and with the manual kernel."""
+    torch.manual_seed(seed)
+    base = Decoder(dim=16, depth=2, heads=2, attn_dim_head=8, **flags)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    manual = Decoder(dim=16, depth=2, heads=2, attn_dim_head=8, **{"attn_flash": False, **flags})
+    manual.load_state_dict(base.state_dict())
+    return base, manual
+
+
+def run(stack: Decoder, x: Tensor, mask: Tensor, autocast: torch.dtype | None, **kw):
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        out = stack(x, mask=mask, **kw)
+    out.float().square().sum().backward()
+    return out, x.grad
+
+
+@pytest.mark.parametrize("autocast", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("flags", SCORE_FLAGS, ids=lambda f: next(iter(f)))
+def test_score_features_run_under_autocast_and_match_float32(flags, autocast):
+    stack, _ = twin_stacks(flags)
+    x = torch.randn(2, 6, 16)
+    mask = torch.tensor([[True] * 6, [False, False] + [True] * 4])
+    out, grad = run(stack, x, mask, autocast)
+    ref_out, ref_grad = run(stack, x, mask, None)
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    torch.testing.assert_close(out.float(), ref_out, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(grad, ref_grad, atol=0.2, rtol=0.1)
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16, torch.float16])
+def test_fused_and_manual_agree_under_autocast(autocast):
+    fused, manual = twin_stacks({})
+    x = torch.randn(2, 6, 16)
+    mask = torch.tensor([[True] * 6, [False, False] + [True] * 4])
+    out_f, grad_f = run(fused, x, mask, autocast)
+    out_m, grad_m = run(manual, x, mask, autocast)
+    out_a, grad_a = run(fused, x, mask, autocast, return_attn=True)  # manual via return_attn
+    assert out_f.dtype == out_m.dtype == out_a.dtype
+    tol = 1e-5 if autocast is None else 3e-2
+    for out, grad in ((out_m, grad_m), (out_a, grad_a)):
+        torch.testing.assert_close(out.float(), out_f.float(), atol=tol, rtol=tol)
+        torch.testing.assert_close(grad, grad_f, atol=4 * tol, rtol=4 * tol)

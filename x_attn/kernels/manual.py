@@ -50,17 +50,28 @@ def manual_attention(
 ) -> tuple[Tensor, AttnMaps]:
     """softmax(q k^T * scale + bias, masked) v, computed explicitly; returns (out, maps).
 
-    Scores (q k^T, scale, bias, softmax) are formed in float32 for half-precision inputs.
+    Scores (q k^T, scale, bias, softmax) are formed in float32 for half-precision inputs,
+    with autocast off.
     Masked logits are set to ``-finfo.max``; query rows with no allowed key get all-zero
     weights (never NaN), both before and after ``on_probs``: a feature that mixes rows
     across heads (post-softmax talking heads) must never see the uniform row a fully
     masked softmax returns.
     """
     hooks = hooks or ScoreHooks()
+    v = expand_kv_heads(inputs.v, inputs.q.shape[1])
+    # autocast would run the score products (q k^T, talking heads' mixing) in its low dtype,
+    # below the float32 in which the masking constants and the softmax are meant to work
+    with torch.autocast(inputs.q.device.type, enabled=False):
+        logits, attn = _weights(inputs, hooks)
+    dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
+    out = einsum(dropped.to(v.dtype), v, "b h i j, b h j d -> b h i d")
+    return out, AttnMaps(logits=logits, probs=attn)
+
+
+def _weights(inputs: AttnInputs, hooks: ScoreHooks) -> tuple[Tensor, Tensor]:
+    """(logits before masking, attention weights), both (b, h, i, j) in the compute dtype."""
     q = inputs.q
-    heads = q.shape[1]
-    k = expand_kv_heads(inputs.k, heads)
-    v = expand_kv_heads(inputs.v, heads)
+    k = expand_kv_heads(inputs.k, q.shape[1])
     compute = compute_dtype(q.dtype)  # q.k^T of float16 inputs overflows before the scale
     sim = einsum(q.to(compute), k.to(compute), "b h i d, b h j d -> b h i j") * inputs.scale
     if inputs.bias is not None:
@@ -73,10 +84,7 @@ def manual_attention(
     sim = hooks.on_masked(sim, mask)
     dead = None if mask is None else ~mask.any(dim=-1, keepdim=True)  # rows with no key
     attn = _zero_rows(hooks.normalize(sim), dead)  # before on_probs mixes rows across heads
-    attn = _zero_rows(hooks.on_probs(attn), dead)
-    dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
-    out = einsum(dropped.to(v.dtype), v, "b h i j, b h j d -> b h i d")
-    return out, AttnMaps(logits=logits, probs=attn)
+    return logits, _zero_rows(hooks.on_probs(attn), dead)
 
 
 def _zero_rows(attn: Tensor, dead: Tensor | None) -> Tensor:
