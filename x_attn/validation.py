@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from x_attn.config import LayersConfig
+from x_attn.layers.pattern import layer_types
 from x_attn.utils import check_positive_int
 
 # annotation (as written in x_attn.config) -> accepted Python types; None allowed if "| None"
@@ -58,6 +59,7 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
             f"got {config.alibi_num_heads}"
         )
     _validate_rotary(config, owner)
+    _validate_layer_types(config, owner)
     _validate_residual_rules(config, owner, explicit)
     if config.reversible:
         _validate_reversible(config, owner)
@@ -78,6 +80,36 @@ def _validate_rotary(config: LayersConfig, owner: str) -> None:
         raise ValueError(f"{owner}: rotary_emb_dim must be an even number >= 2, got {r}")
     if config.rotary_interpolation_factor < 1:
         raise ValueError(f"{owner}: rotary_interpolation_factor must be >= 1")
+
+
+def stack_layer_types(config: LayersConfig) -> tuple[str, ...]:
+    """The layer letters of the stack ``config`` describes (see x_attn.layers.pattern)."""
+    return layer_types(
+        config.depth,
+        cross_attend=config.cross_attend,
+        only_cross=config.only_cross,
+        macaron=config.macaron,
+        sandwich_coef=config.sandwich_coef,
+        custom_layers=config.custom_layers,
+    )
+
+
+def _validate_layer_types(config: LayersConfig, owner: str) -> None:
+    """A 'c' layer is cross-attention: the cross flags and custom_layers must agree."""
+    types = stack_layer_types(config)
+    if config.custom_layers is None:
+        return
+    if (config.cross_attend or config.only_cross) and "c" not in types:
+        flag = "only_cross" if config.only_cross else "cross_attend"
+        raise ValueError(
+            f"{owner}: {flag}=True but custom_layers {types} has no 'c' (cross-attention) "
+            f"layer, so the context would never be read; add 'c' or drop {flag}"
+        )
+    if config.only_cross and "a" in types:
+        raise ValueError(
+            f"{owner}: only_cross=True but custom_layers {types} has an 'a' "
+            "(self-attention) layer; drop only_cross (a 'c' layer cross-attends by itself)"
+        )
 
 
 def _validate_residual_rules(config: LayersConfig, owner: str, explicit: set[str]) -> None:

