@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from x_attn import (
+    AttentionLayers,
+    CrossAttender,
     Decoder,
     Encoder,
+    TransformerWrapper,
 )
 
 D = 16
@@ -64,3 +67,48 @@ def test_custom_cross_layer_is_the_cross_attention_of_cross_attend():
 def test_custom_layers_contradicting_cross_flags_refused(flags, pattern):
     with pytest.raises(ValueError, match=pattern):
         Encoder(depth=1, **flags, **DIMS)
+
+
+# --- item 8: stacks without self-attention ---------------------------------------------------
+
+SELF_ONLY = ["rotary_pos_emb", "rel_pos_bias", "alibi_pos_bias", "position_infused_attn"]
+
+
+@pytest.mark.parametrize("flag", [*SELF_ONLY, "residual_attn", "causal"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda **kw: CrossAttender(depth=1, **DIMS, **kw),
+        lambda **kw: AttentionLayers(depth=1, only_cross=True, **DIMS, **kw),
+        lambda **kw: AttentionLayers(
+            depth=1, cross_attend=True, custom_layers=("c", "f"), **DIMS, **kw
+        ),
+    ],
+    ids=["CrossAttender", "only_cross", "custom_c_f"],
+)
+def test_self_attention_flags_refused_without_self_attention(flag, build):
+    with pytest.raises(ValueError, match=rf"{flag}.*no self-attention layer"):
+        build(**{flag: True})
+
+
+def test_decoder_only_cross_refused():
+    with pytest.raises(ValueError, match="causal.*no self-attention layer"):
+        Decoder(depth=1, only_cross=True, **DIMS)
+
+
+def test_cross_attender_wrapper_keeps_absolute_positions():
+    model = jittered(
+        TransformerWrapper(num_tokens=10, max_seq_len=8, attn_layers=CrossAttender(depth=1, **DIMS))
+    )
+    assert model.pos_emb is not None
+    x, context = torch.tensor([[1, 2, 3, 4]]), torch.randn(1, 3, D).double()
+    out = model(x, context=context)
+    swapped = model(x[:, [1, 0, 2, 3]], context=context)
+    # position-blind cross-attention would only swap the first two outputs
+    assert not torch.allclose(swapped[:, [1, 0]], out[:, :2])
+
+
+@pytest.mark.parametrize("flag", SELF_ONLY)
+def test_relative_positions_with_self_attention_drop_absolute_ones(flag):
+    layers = Decoder(depth=1, cross_attend=True, **{flag: True}, **DIMS)
+    assert TransformerWrapper(num_tokens=10, max_seq_len=8, attn_layers=layers).pos_emb is None

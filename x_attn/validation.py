@@ -97,6 +97,8 @@ def stack_layer_types(config: LayersConfig) -> tuple[str, ...]:
 def _validate_layer_types(config: LayersConfig, owner: str) -> None:
     """A 'c' layer is cross-attention: the cross flags and custom_layers must agree."""
     types = stack_layer_types(config)
+    if "a" not in types:
+        _refuse_self_attention_flags(config, types, owner)
     if config.custom_layers is None:
         return
     if (config.cross_attend or config.only_cross) and "c" not in types:
@@ -110,6 +112,28 @@ def _validate_layer_types(config: LayersConfig, owner: str) -> None:
             f"{owner}: only_cross=True but custom_layers {types} has an 'a' "
             "(self-attention) layer; drop only_cross (a 'c' layer cross-attends by itself)"
         )
+
+
+def _refuse_self_attention_flags(config: LayersConfig, types: tuple[str, ...], owner: str):
+    """Flags that act only on self-attention, in a stack that has none."""
+    acting = {
+        "rotary_pos_emb": "rotates self-attention queries/keys",
+        "rel_pos_bias": "biases self-attention scores by distance",
+        "alibi_pos_bias": "biases self-attention scores by distance",
+        "position_infused_attn": "adds positions to self-attention queries/keys",
+        "residual_attn": "chains self-attention logits (use cross_residual_attn)",
+        "causal": "masks the future in self-attention",
+    }
+    for flag, what in acting.items():
+        if getattr(config, flag):
+            fix = f"drop {flag}"
+            if flag == "causal":
+                fix += " (a Decoder is always causal: use CrossAttender for cross-attention only)"
+            raise ValueError(
+                f"{owner}: {flag}=True {what}, but the layers {types} have no self-attention "
+                f"layer, so it would have no effect (and a wrapper would drop its absolute "
+                f"positions, leaving a position-blind model); {fix}"
+            )
 
 
 def _validate_residual_rules(config: LayersConfig, owner: str, explicit: set[str]) -> None:

@@ -24,6 +24,15 @@ from x_attn.utils import check_positive_int, check_probability
 from x_attn.validation import check_bool_mask
 
 
+def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
+    """True when a relative scheme (rotary, T5, ALiBi, infused) reaches a self-attention layer.
+
+    Only then do the absolute positions of a wrapper become redundant; cross-attention never
+    sees the stack's relative positions.
+    """
+    return attn_layers.positions.is_relative and "a" in attn_layers.types
+
+
 class SequenceWrapper(nn.Module):
     """Shared core of the sequence wrappers: (b, n, d) embeddings in, stack output out.
 
@@ -70,7 +79,7 @@ class SequenceWrapper(nn.Module):
         self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
         self.attn_layers = attn_layers
         self.pos_emb: nn.Module | None = None
-        if use_abs_pos_emb and not attn_layers.positions.is_relative:
+        if use_abs_pos_emb and not relative_positions_in_self_attention(attn_layers):
             self.pos_emb = (
                 ScaledSinusoidalEmbedding(dim)
                 if scaled_sinu_pos_emb
