@@ -15,10 +15,12 @@ import torch
 
 from x_attn import (
     AttentionLayers,
+    AutoregressiveWrapper,
     CrossAttender,
     Decoder,
     Encoder,
     TransformerWrapper,
+    XLAutoregressiveWrapper,
 )
 
 D = 16
@@ -112,3 +114,29 @@ def test_cross_attender_wrapper_keeps_absolute_positions():
 def test_relative_positions_with_self_attention_drop_absolute_ones(flag):
     layers = Decoder(depth=1, cross_attend=True, **{flag: True}, **DIMS)
     assert TransformerWrapper(num_tokens=10, max_seq_len=8, attn_layers=layers).pos_emb is None
+
+
+# --- item 11: a non-causal stack cannot be trained autoregressively --------------------------
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: Encoder(depth=1, **DIMS),
+        lambda: AttentionLayers(depth=1, **DIMS),
+        lambda: Encoder(depth=1, cross_attend=True, **DIMS),
+    ],
+    ids=["Encoder", "AttentionLayers", "Encoder+cross"],
+)
+@pytest.mark.parametrize("wrapper", [AutoregressiveWrapper, XLAutoregressiveWrapper])
+def test_autoregressive_wrappers_refuse_non_causal_self_attention(layers, wrapper):
+    net = TransformerWrapper(num_tokens=10, max_seq_len=8, max_mem_len=4, attn_layers=layers())
+    with pytest.raises(ValueError, match=f"{wrapper.__name__}.*not causal.*Decoder"):
+        wrapper(net)
+
+
+def test_autoregressive_wrappers_accept_causal_stacks():
+    for layers in (Decoder(depth=1, **DIMS), AttentionLayers(depth=1, causal=True, **DIMS)):
+        net = TransformerWrapper(num_tokens=10, max_seq_len=8, max_mem_len=4, attn_layers=layers)
+        AutoregressiveWrapper(net)
+        XLAutoregressiveWrapper(net)

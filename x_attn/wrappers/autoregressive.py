@@ -36,6 +36,7 @@ from x_attn.utils import check_positive_int, exists
 from x_attn.wrappers.decoding import (
     PromptBatch,
     TokenSampler,
+    check_causal_net,
     check_passthrough,
     check_token_tensor,
     inference,
@@ -89,6 +90,7 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(
                 f"{owner}: 'pad_value' must be a token id in [0, {vocab}), got {pad_value}"
             )
+        check_causal_net(net, owner)
         self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
         self._warned = False
 

@@ -41,6 +41,18 @@ class PromptBatch:
     squeeze: bool = False
 
 
+def check_causal_net(net: nn.Module, owner: str) -> None:
+    """Next-token training needs self-attention that cannot see later tokens."""
+    layers = getattr(net, "attn_layers", None)
+    if layers is None or "a" not in getattr(layers, "types", ()) or layers.causal:
+        return
+    raise ValueError(
+        f"{owner}: the {type(layers).__name__} of 'net' is not causal, so every position "
+        "would see the tokens it is trained to predict (the loss falls by peeking at the "
+        "future); build the net with a Decoder (or AttentionLayers(causal=True))"
+    )
+
+
 def check_token_tensor(name: str, t: Any, owner: str) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{owner}: '{name}' must be a tensor of token ids, got {type(t).__name__}")

@@ -25,6 +25,7 @@ from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int
 from x_attn.wrappers.decoding import (
     TokenSampler,
+    check_causal_net,
     check_passthrough,
     inference,
     make_sampler,
@@ -58,6 +59,7 @@ class XLAutoregressiveWrapper(nn.Module):
         for name, value in (("ignore_index", ignore_index), ("pad_value", pad_value)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{owner}: '{name}' must be an int, got {value!r}")
+        check_causal_net(net, owner)
         self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
 
     @property
