@@ -90,7 +90,8 @@ class ContinuousTransformerWrapper(SequenceWrapper):
 
         Args:
             x: (b, n, dim_in) float inputs.
-            mask: (b, n) bool padding mask, True = real position.
+            mask: (b, n) bool padding mask, True = real position; masked inputs have no
+                effect at all (whatever they hold, NaN included).
             mems: Transformer-XL memories returned by a previous call with ``return_mems``.
             cache: a :class:`KVCache` for incremental decoding, updated in place.
             **kwargs: context, context_mask, attn_mask, passed to the stack.
@@ -102,6 +103,8 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         """
         check_float_input("x", x, self.dim_in, "ContinuousTransformerWrapper")
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
+        if mask is not None:  # before project_in: a NaN there would reach its weight gradient
+            x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         out, inter = self._run_stack(
             self.project_in(x),
             mask,

@@ -115,10 +115,13 @@ class SequenceWrapper(nn.Module):
         ``seq_start_pos`` (b,): per-sample index of the first real token of left-padded rows;
         absolute positions count from there (relative schemes are shift-invariant already).
         Memory tokens open the stream: they are prepended when neither a cache nor mems hold
-        them yet. Returns the stack output (b, n, d) with memory tokens stripped, and its
-        intermediates.
+        them yet. Masked positions enter as zeros, so what they hold (a NaN in a padded
+        continuous input) has no effect at all. Returns the stack output (b, n, d) with memory
+        tokens stripped, and its intermediates.
         """
         n = h.shape[1]
+        if mask is not None:  # else 0 * NaN in the attention weights reaches every output
+            h = h.masked_fill(~mask.unsqueeze(-1), 0.0)
         # a cache holds the memory tokens after its first call; an empty one holds nothing
         past = max(cache.length - self.num_memory_tokens, 0) if cache is not None else 0
         if self.pos_emb is not None:
