@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from x_attn.validation import cache_batch, check_batch_index
+
 
 @dataclass
 class KVEntry:
@@ -96,6 +98,7 @@ class KVCache:
 
     def select(self, index: Tensor) -> KVCache:
         """A cache restricted to the batch rows in ``index`` (for beam or batch pruning)."""
+        check_batch_index(index, cache_batch(self), "KVCache.select")
         entries = [
             KVEntry(None if e.k is None else e.k[index], None if e.v is None else e.v[index])
             for e in self.entries

@@ -213,3 +213,114 @@ def check_float_input(name: str, x: Tensor, dim: int, owner: str) -> None:
         raise ValueError(
             f"{owner}: '{name}' must have shape (batch, seq, {dim}), got {tuple(x.shape)}"
         )
+
+
+def check_cache(cache: Any, num_layers: int, b: int, owner: str) -> None:
+    """A KV cache must be a KVCache of this stack (one entry per attention layer), same batch."""
+    from x_attn.cache import KVCache
+
+    if cache is None:
+        return
+    if not isinstance(cache, KVCache):
+        raise TypeError(
+            f"{owner}: 'cache' must be a KVCache (the one return_cache=True returned), got "
+            f"{type(cache).__name__}"
+        )
+    if len(cache.entries) != num_layers:
+        raise ValueError(
+            f"{owner}: 'cache' holds {len(cache.entries)} attention layers, but this stack has "
+            f"{num_layers}; pass a cache made by this model"
+        )
+    held = cache_batch(cache)
+    if held is not None and held != b:
+        raise ValueError(
+            f"{owner}: 'cache' holds batch {held}, but the input has batch {b}; use "
+            "cache.select(index) to keep some rows, or a new cache"
+        )
+
+
+def cache_batch(cache: Any) -> int | None:
+    """Batch size of what a KVCache holds, or None while it holds nothing."""
+    for entry in cache.entries:
+        if entry.k is not None:
+            return entry.k.shape[0]
+    return None if cache.key_mask is None else cache.key_mask.shape[0]
+
+
+def check_batch_index(index: Any, b: int | None, owner: str) -> None:
+    """Rows to keep: a (b,) bool tensor or integer indices in [-b, b)."""
+    if not isinstance(index, Tensor) or index.is_floating_point() or index.is_complex():
+        got = index.dtype if isinstance(index, Tensor) else type(index).__name__
+        raise TypeError(f"{owner}: 'index' must be an integer or bool tensor of rows, got {got}")
+    if b is None:
+        return
+    if index.dtype == torch.bool:
+        if tuple(index.shape) != (b,):
+            raise ValueError(
+                f"{owner}: a bool 'index' must have shape (batch={b},), got {tuple(index.shape)}"
+            )
+        return
+    if index.numel() and (int(index.min()) < -b or int(index.max()) >= b):
+        raise ValueError(
+            f"{owner}: 'index' must lie in [{-b}, {b}) (the cache holds batch {b}), got "
+            f"{index.tolist()}"
+        )
+
+
+def check_seq_start_pos(seq_start_pos: Any, b: int, length: int, owner: str) -> None:
+    """(b,) integer index of each row's first real token, in [0, length)."""
+    if seq_start_pos is None:
+        return
+    if (
+        not isinstance(seq_start_pos, Tensor)
+        or seq_start_pos.is_floating_point()
+        or seq_start_pos.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"{owner}: 'seq_start_pos' must be a (batch,) integer tensor (the index of each "
+            f"row's first real token), got {getattr(seq_start_pos, 'dtype', type(seq_start_pos))}"
+        )
+    if tuple(seq_start_pos.shape) != (b,):
+        raise ValueError(
+            f"{owner}: 'seq_start_pos' must have shape (batch={b},), got "
+            f"{tuple(seq_start_pos.shape)}"
+        )
+    if bool(((seq_start_pos < 0) | (seq_start_pos >= length)).any()):
+        raise ValueError(
+            f"{owner}: 'seq_start_pos' must lie in [0, {length}) (a row needs one real token "
+            f"among the {length} positions so far), got {seq_start_pos.tolist()}"
+        )
+
+
+def check_mems(mems: Any, layers: int, b: int, dim: int, dtype: torch.dtype) -> int:
+    """Transformer-XL memories: ``layers`` (b, m, dim) tensors of one m and the input's dtype.
+
+    Returns m.
+    """
+    if not isinstance(mems, (list, tuple)) or len(mems) != layers:
+        got = f"{len(mems)} items" if isinstance(mems, (list, tuple)) else type(mems).__name__
+        raise ValueError(
+            f"'mems' must be a list of {layers} tensors (one per self-attention layer), got "
+            f"{got}; pass the mems this model returned"
+        )
+    bad = [type(m).__name__ for m in mems if not isinstance(m, Tensor)]
+    if bad:
+        raise TypeError(
+            f"'mems' must be a list of {layers} tensors (one per self-attention layer), got "
+            f"{', '.join(bad)}; pass the mems this model returned"
+        )
+    dtypes = {m.dtype for m in mems}
+    if dtypes != {dtype}:
+        found = ", ".join(sorted(str(d) for d in dtypes))
+        raise TypeError(
+            f"'mems' must hold {dtype} tensors like the input, got {found}; pass the mems "
+            "this model returned (or cast them with .to(dtype))"
+        )
+    m = mems[0].shape[1] if mems[0].ndim == 3 else -1
+    for mem in mems:
+        if mem.ndim != 3 or mem.shape[0] != b or mem.shape[2] != dim or mem.shape[1] != m:
+            raise ValueError(
+                f"each of 'mems' must have shape (batch={b}, mem_len, dim={dim}) with one "
+                f"mem_len, got {tuple(mem.shape)}"
+            )
+    return m

@@ -20,7 +20,14 @@ from x_attn.layers.residual import make_residual
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
-from x_attn.validation import check_attn_mask, check_bool_mask, check_float_input, stack_layer_types
+from x_attn.validation import (
+    check_attn_mask,
+    check_bool_mask,
+    check_cache,
+    check_float_input,
+    check_mems,
+    stack_layer_types,
+)
 
 
 @dataclass
@@ -176,9 +183,10 @@ class AttentionLayers(nn.Module):
         """
         check_float_input("x", x, self.dim, type(self).__name__)
         b, n = x.shape[:2]
+        check_cache(cache, self.num_attention_layers, b, type(self).__name__)
         past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
-        mem_len = self._check_mems(mems, b)
+        mem_len = self._check_mems(mems, b, x.dtype)
         self._check_inputs(x, context, mask, context_mask, attn_mask, kept + mem_len + n)
         positions = self.positions(n, past + mem_len + n, x.device, x.dtype)
         if kept < past and positions.bias is not None:  # bias columns of the held keys only
@@ -291,24 +299,10 @@ class AttentionLayers(nn.Module):
         )
         return torch.cat(parts, dim=1)
 
-    def _check_mems(self, mems: list[Tensor] | None, b: int) -> int:
+    def _check_mems(self, mems: list[Tensor] | None, b: int, dtype: torch.dtype) -> int:
         if mems is None:
             return 0
-        expected = self.num_self_attention_layers
-        if not isinstance(mems, (list, tuple)) or len(mems) != expected:
-            got = len(mems) if isinstance(mems, (list, tuple)) else type(mems).__name__
-            raise ValueError(
-                f"'mems' must be a list of {expected} tensors (one per "
-                f"self-attention layer), got {got}; pass the mems this model returned"
-            )
-        m = mems[0].shape[1] if mems[0].ndim == 3 else -1
-        for mem in mems:
-            if mem.ndim != 3 or mem.shape[0] != b or mem.shape[2] != self.dim or mem.shape[1] != m:
-                raise ValueError(
-                    f"each of 'mems' must have shape (batch={b}, mem_len, dim="
-                    f"{self.dim}) with one mem_len, got {tuple(mem.shape)}"
-                )
-        return m
+        return check_mems(mems, self.num_self_attention_layers, b, self.dim, dtype)
 
     def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> None:
         b, n = x.shape[:2]
@@ -325,12 +319,7 @@ class AttentionLayers(nn.Module):
             raise ValueError("'context_mask' given to a stack that does not cross-attend")
         check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
         if context is not None:
-            check_float_input(
-                "context",
-                context,
-                context.shape[-1] if context.ndim == 3 else -1,
-                type(self).__name__,
-            )
+            check_float_input("context", context, self.dim, type(self).__name__)
             if context.shape[0] != b:
                 raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
             check_bool_mask(

@@ -173,7 +173,7 @@ class AutoregressiveWrapper(nn.Module):
             eos_token=eos_token,
             generator=generator,
         )
-        check_passthrough(kwargs, owner)
+        check_passthrough(kwargs, owner, self.net, self.generate)
         self._check_length(batch.tokens.shape[1], seq_len, owner)
         decode = self._decode_cached if cache_kv and self._cache_usable() else self._decode_full
         with inference(self.net):

@@ -5,6 +5,7 @@ Shape legend: b batch, p prompt length, v vocabulary.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,9 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from x_attn.routing import unknown_argument
 from x_attn.utils import exists
 from x_attn.wrappers.sampling import resolve_filter, sample_next
 
+# model inputs a sequence wrapper (TransformerWrapper, ...) passes on to its stack
+SEQUENCE_INPUTS = frozenset({"context", "context_mask"})
 # keywords the wrappers set themselves; a caller passing them would silently fight the loop
 RESERVED_KWARGS = frozenset(
     "mask cache mems attn_mask seq_start_pos return_cache return_mems return_intermediates "
@@ -204,8 +208,17 @@ class TokenSampler:
         return self.done is not None and bool(self.done.all())
 
 
-def check_passthrough(kwargs: dict, owner: str) -> None:
-    """Refuse keywords that the wrapper sets itself."""
+def check_passthrough(
+    kwargs: dict, owner: str, net: nn.Module | None = None, own: Callable | None = None
+) -> None:
+    """Refuse keywords that the wrapper sets itself, and keywords ``net`` does not take.
+
+    Args:
+        kwargs: the extra keywords of the wrapper's method, passed on to ``net``.
+        owner: the method, named in errors (e.g. ``AutoregressiveWrapper.generate``).
+        net: the model they go to; None skips the unknown-keyword check.
+        own: the wrapper's method, whose own keywords are suggested for a typo.
+    """
     bad = sorted(set(kwargs) & RESERVED_KWARGS)
     if bad:
         raise TypeError(
@@ -213,6 +226,32 @@ def check_passthrough(kwargs: dict, owner: str) -> None:
             "model inputs such as context / context_mask (prompts of different lengths: give "
             "a list or prompt_lens)"
         )
+    accepted = None if net is None else model_inputs(net)
+    if accepted is None:
+        return
+    for key in kwargs:
+        if key not in accepted:
+            known = accepted | (set() if own is None else keyword_names(own))
+            raise unknown_argument(owner, key, known)
+
+
+def model_inputs(net: nn.Module) -> set[str] | None:
+    """Keywords ``net`` takes as model inputs during decoding; None when it cannot be told."""
+    from x_attn.wrappers.token import SequenceWrapper
+
+    if isinstance(net, SequenceWrapper):
+        return set(SEQUENCE_INPUTS)
+    params = inspect.signature(net.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return keyword_names(net.forward) - RESERVED_KWARGS
+
+
+def keyword_names(func: Callable) -> set[str]:
+    """Names ``func`` accepts as keywords (not self, *args or **kwargs)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(func).parameters.values()
+    return {p.name for p in params if p.kind in kinds and p.name != "self"}
 
 
 def make_sampler(net: nn.Module, pad_value: int, owner: str, **options: Any) -> TokenSampler:

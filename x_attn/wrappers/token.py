@@ -21,7 +21,7 @@ from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinuso
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability
-from x_attn.validation import check_bool_mask
+from x_attn.validation import check_bool_mask, check_cache, check_seq_start_pos
 
 
 def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
@@ -31,6 +31,36 @@ def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
     sees the stack's relative positions.
     """
     return attn_layers.positions.is_relative and "a" in attn_layers.types
+
+
+def _check_memory_args(
+    owner: str, attn_layers: AttentionLayers, max_mem_len: Any, num_memory_tokens: Any
+) -> None:
+    """Transformer-XL memory length and memory-token count: ints >= 0 the stack can use."""
+    if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
+        raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
+    if max_mem_len and attn_layers.reversible is not None:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
+            "which a reversible=True stack does not keep; drop one of the two"
+        )
+    if max_mem_len and attn_layers.num_self_attention_layers == 0:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) needs self-attention layers to "
+            f"carry them, but the layers {attn_layers.types} have none; drop max_mem_len"
+        )
+    if num_memory_tokens is None:
+        return
+    if isinstance(num_memory_tokens, bool) or not isinstance(num_memory_tokens, int):
+        raise TypeError(
+            f"{owner}: 'num_memory_tokens' must be an int, got "
+            f"{type(num_memory_tokens).__name__} {num_memory_tokens!r}"
+        )
+    if num_memory_tokens < 0:
+        raise ValueError(
+            f"{owner}: 'num_memory_tokens' must be >= 0 (0 or None: no memory tokens), got "
+            f"{num_memory_tokens}"
+        )
 
 
 class SequenceWrapper(nn.Module):
@@ -68,13 +98,7 @@ class SequenceWrapper(nn.Module):
             )
         check_positive_int("max_seq_len", max_seq_len, owner)
         check_probability("emb_dropout", emb_dropout, owner)
-        if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
-            raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
-        if max_mem_len and attn_layers.reversible is not None:
-            raise ValueError(
-                f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
-                "which a reversible=True stack does not keep; drop one of the two"
-            )
+        _check_memory_args(owner, attn_layers, max_mem_len, num_memory_tokens)
         dim = attn_layers.dim
         self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
         self.attn_layers = attn_layers
@@ -122,8 +146,11 @@ class SequenceWrapper(nn.Module):
         n = h.shape[1]
         if mask is not None:  # else 0 * NaN in the attention weights reaches every output
             h = h.masked_fill(~mask.unsqueeze(-1), 0.0)
+        owner = type(self).__name__
+        check_cache(cache, self.attn_layers.num_attention_layers, h.shape[0], owner)
         # a cache holds the memory tokens after its first call; an empty one holds nothing
         past = max(cache.length - self.num_memory_tokens, 0) if cache is not None else 0
+        check_seq_start_pos(seq_start_pos, h.shape[0], past + n, owner)
         if self.pos_emb is not None:
             h = h + self._positions(past, n, h.device, seq_start_pos).to(h.dtype)
         h = self.emb_dropout(h)
@@ -174,15 +201,6 @@ class SequenceWrapper(nn.Module):
         positions = torch.arange(past, past + n, device=device)
         if seq_start_pos is None:
             return self.pos_emb(positions)
-        if (
-            not isinstance(seq_start_pos, Tensor)
-            or seq_start_pos.ndim != 1
-            or seq_start_pos.is_floating_point()
-        ):
-            raise ValueError(
-                "'seq_start_pos' must be a (batch,) integer tensor: the index of "
-                "each row's first real token"
-            )
         positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)  # (b, n)
         return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
 
@@ -271,6 +289,8 @@ class TransformerWrapper(SequenceWrapper):
             max_mem_len=max_mem_len,
         )
         check_positive_int("num_tokens", num_tokens, "TransformerWrapper")
+        if logits_dim is not None:
+            check_positive_int("logits_dim", logits_dim, "TransformerWrapper")
         if tie_embedding and logits_dim is not None and logits_dim != num_tokens:
             raise ValueError(
                 "TransformerWrapper: tie_embedding=True needs logits_dim == num_tokens"

@@ -92,7 +92,7 @@ class XLAutoregressiveWrapper(nn.Module):
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{owner}: 'x' must be a (batch, n >= 2) token tensor, got {got}")
-        check_passthrough(kwargs, owner)
+        check_passthrough(kwargs, owner, self.net, self.forward)
         inp, target = x[:, :-1], x[:, 1:]
         total, count = 0.0, 0
         for seg_in, seg_target in zip(self._segments(inp), self._segments(target)):
@@ -152,7 +152,7 @@ class XLAutoregressiveWrapper(nn.Module):
             eos_token=eos_token,
             generator=generator,
         )
-        check_passthrough(kwargs, owner)
+        check_passthrough(kwargs, owner, self.net, self.generate)
         with inference(self.net):
             out = self._decode(batch.tokens, seq_len, sampler, mems, kwargs)
         return out[0] if batch.squeeze else out
