@@ -189,15 +189,45 @@ def check_bool_mask(name: str, mask: Tensor | None, shape: tuple[int, ...], hint
         )
 
 
-def check_attn_mask(attn_mask: Tensor | None, b: int, h: int, i: int, j: int) -> None:
-    """User attention mask: (i, j), (b, i, j) or (b, h, i, j), bool."""
+def normalize_attn_mask(attn_mask: Tensor | None, b: int, h: int, i: int, j: int) -> Tensor | None:
+    """The user's attention mask as a bool (b|1, h|1, i, j) tensor, True = may attend.
+
+    Accepted, as in x-transformers: (i, j); (h, i, j) per head (a 3-D mask is never per
+    sample); (b, h, i, j) with b and / or h given as 1 to broadcast. Checked once, at the
+    stack's boundary, so the attention layers only ever see the 4-D form.
+    """
     if attn_mask is None:
-        return
-    allowed = {2: (i, j), 3: (b, i, j), 4: (b, h, i, j)}
-    shape = allowed.get(attn_mask.ndim if isinstance(attn_mask, Tensor) else -1, (i, j))
-    check_bool_mask(
-        "attn_mask", attn_mask, shape, "queries x keys, optionally with batch and heads in front"
-    )
+        return None
+    check_bool_mask("attn_mask", attn_mask, tuple(getattr(attn_mask, "shape", ())), "")  # type
+    lead = {2: (1, 1), 3: (1,), 4: ()}.get(attn_mask.ndim)
+    shape = None if lead is None else (*lead, *attn_mask.shape)
+    if shape is None or shape[0] not in (1, b) or shape[1] not in (1, h) or shape[2:] != (i, j):
+        raise ValueError(
+            f"'attn_mask' must have shape ({i}, {j}), (heads={h} or 1, {i}, {j}) or "
+            f"(batch={b} or 1, heads={h} or 1, {i}, {j}) (queries x keys, True = may attend; "
+            "a 3-D mask is per head, as in x-transformers: one mask per sample is "
+            f"(batch, 1, {i}, {j})), got {tuple(attn_mask.shape)}"
+        )
+    return attn_mask.reshape(shape)
+
+
+def token_ids(name: str, x: Any, owner: str, hint: str = "") -> Tensor:
+    """``x`` as token ids: integer tensors as they are, float tensors of integral values cast
+    to long (x-transformers casts token ids with ``.long()``); anything else is refused."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{owner}: '{name}' must be a tensor of integer token ids, got {type(x).__name__}"
+        )
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{owner}: '{name}' must hold integer token ids, got {x.dtype}{hint}")
+    if not x.is_floating_point():
+        return x
+    if not bool((torch.isfinite(x) & (x == x.round())).all()):
+        raise TypeError(
+            f"{owner}: '{name}' must hold integer token ids, got {x.dtype} with non-integral "
+            f"values{hint}"
+        )
+    return x.long()
 
 
 def check_float_input(name: str, x: Tensor, dim: int, owner: str) -> None:

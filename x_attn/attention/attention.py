@@ -122,7 +122,7 @@ class Attention(nn.Module):
         Args:
             mask: (b, j) key padding mask over the positional keys (self-attention).
             context_mask: (b, j) padding mask of the context (cross-attention).
-            attn_mask: (i, j), (b, i, j) or (b, h, i, j) bool mask, True = may attend.
+            attn_mask: (i, j), (h, i, j) or (b|1, h|1, i, j) bool mask, True = may attend.
             positions: positional tables of this forward (see PositionContext).
             prev_logits: previous layer's logits for residual attention.
             mem: (b, m, d) Transformer-XL memory prepended to the keys/values.
@@ -194,7 +194,7 @@ def _make_projection(dim: int, heads: int, config: AttentionConfig, dim_context:
 def _combine_masks(
     key_mask: Tensor | None, attn_mask: Tensor | None, b: int, i: int, j: int
 ) -> Tensor | None:
-    """Key padding (b, j) and user mask ((i, j) / (b, i, j) / (b, h, i, j)) -> (b|1, h|1, i, j)."""
+    """Key padding (b, j) and user mask ((i, j) / (h, i, j) / (b, h, i, j)) -> (b|1, h|1, i, j)."""
     mask = None
     if key_mask is not None:
         mask = rearrange(key_mask, "b j -> b 1 1 j")
@@ -202,6 +202,6 @@ def _combine_masks(
         if attn_mask.ndim == 2:
             attn_mask = rearrange(attn_mask, "i j -> 1 1 i j")
         elif attn_mask.ndim == 3:
-            attn_mask = rearrange(attn_mask, "b i j -> b 1 i j")
+            attn_mask = rearrange(attn_mask, "h i j -> 1 h i j")
         mask = attn_mask if mask is None else mask & attn_mask
     return mask

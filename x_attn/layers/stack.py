@@ -21,11 +21,11 @@ from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
 from x_attn.validation import (
-    check_attn_mask,
     check_bool_mask,
     check_cache,
     check_float_input,
     check_mems,
+    normalize_attn_mask,
     stack_layer_types,
 )
 
@@ -175,7 +175,9 @@ class AttentionLayers(nn.Module):
             context: (b, j, d) for cross-attending stacks.
             mask: (b, n) key padding mask, True = real token.
             context_mask: (b, j) padding mask of ``context``.
-            attn_mask: (n, k) / (b, n, k) / (b, h, n, k) bool mask, k = keys with positions.
+            attn_mask: bool mask, True = may attend, k = keys with positions: (n, k),
+                (h, n, k) per head (as in x-transformers) or (b, h, n, k), where b and h may
+                be 1 to broadcast.
             mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer.
             cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
             return_hiddens: also return a :class:`LayerIntermediates`.
@@ -187,7 +189,9 @@ class AttentionLayers(nn.Module):
         past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         mem_len = self._check_mems(mems, b, x.dtype)
-        self._check_inputs(x, context, mask, context_mask, attn_mask, kept + mem_len + n)
+        attn_mask = self._check_inputs(
+            x, context, mask, context_mask, attn_mask, kept + mem_len + n
+        )
         positions = self.positions(n, past + mem_len + n, x.device, x.dtype)
         if kept < past and positions.bias is not None:  # bias columns of the held keys only
             positions.bias = positions.bias[..., -(kept + mem_len + n) :]
@@ -304,7 +308,8 @@ class AttentionLayers(nn.Module):
             return 0
         return check_mems(mems, self.num_self_attention_layers, b, self.dim, dtype)
 
-    def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> None:
+    def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> Tensor | None:
+        """Check the forward's inputs; returns attn_mask as (b|1, h|1, n, k_len) or None."""
         b, n = x.shape[:2]
         if self.cross_attend and context is None:
             raise ValueError(
@@ -325,7 +330,7 @@ class AttentionLayers(nn.Module):
             check_bool_mask(
                 "context_mask", context_mask, tuple(context.shape[:2]), "batch x context length"
             )
-        check_attn_mask(attn_mask, b, self.config.heads, n, k_len)
+        return normalize_attn_mask(attn_mask, b, self.config.heads, n, k_len)
 
 
 @records_config

@@ -33,12 +33,12 @@ from torch import Tensor, nn
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, exists
+from x_attn.validation import token_ids
 from x_attn.wrappers.decoding import (
     PromptBatch,
     TokenSampler,
     check_causal_net,
     check_passthrough,
-    check_token_tensor,
     inference,
     make_sampler,
     prepare_prompts,
@@ -114,7 +114,7 @@ class AutoregressiveWrapper(nn.Module):
         A (b, n) ``mask`` is cut to the n - 1 inputs.
         """
         owner = f"{type(self).__name__}.forward"
-        check_token_tensor("x", x, owner)
+        x = token_ids("x", x, owner)
         if x.ndim != 2 or x.shape[1] < 2:
             raise ValueError(f"{owner}: 'x' must have shape (batch, n >= 2), got {tuple(x.shape)}")
         inp, target = x[:, :-1], x[:, 1:]

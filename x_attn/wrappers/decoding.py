@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from x_attn.routing import unknown_argument
 from x_attn.utils import exists
+from x_attn.validation import token_ids
 from x_attn.wrappers.sampling import resolve_filter, sample_next
 
 # model inputs a sequence wrapper (TransformerWrapper, ...) passes on to its stack
@@ -57,19 +58,12 @@ def check_causal_net(net: nn.Module, owner: str) -> None:
     )
 
 
-def check_token_tensor(name: str, t: Any, owner: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{owner}: '{name}' must be a tensor of token ids, got {type(t).__name__}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{owner}: '{name}' must hold integer token ids, got {t.dtype}")
-
-
 def _from_list(prompts: Sequence[Tensor], owner: str) -> tuple[Tensor, Tensor]:
     """List of 1-D prompts -> (b, n) right-padded tokens and (b,) lengths."""
     if len(prompts) == 0:
         raise ValueError(f"{owner}: 'prompts' is an empty list; pass at least one prompt")
+    prompts = [token_ids(f"prompts[{i}]", p, owner) for i, p in enumerate(prompts)]
     for i, p in enumerate(prompts):
-        check_token_tensor(f"prompts[{i}]", p, owner)
         if p.ndim != 1 or p.numel() == 0:
             raise ValueError(
                 f"{owner}: 'prompts[{i}]' must be a non-empty 1-D tensor, got shape "
@@ -81,7 +75,7 @@ def _from_list(prompts: Sequence[Tensor], owner: str) -> tuple[Tensor, Tensor]:
 
 
 def _check_lens(prompt_lens: Any, b: int, n: int, owner: str) -> Tensor:
-    check_token_tensor("prompt_lens", prompt_lens, owner)
+    prompt_lens = token_ids("prompt_lens", prompt_lens, owner)
     if prompt_lens.shape != (b,):
         raise ValueError(
             f"{owner}: 'prompt_lens' must have shape (batch={b},), got {tuple(prompt_lens.shape)}"
@@ -111,7 +105,7 @@ def prepare_prompts(
             raise ValueError(f"{owner}: give 'prompt_lens' only with a (batch, n) tensor")
         tokens, lens = _from_list(prompts, owner)
     else:
-        check_token_tensor("prompts", prompts, owner)
+        prompts = token_ids("prompts", prompts, owner)
         if prompts.ndim == 1:
             prompts, squeeze = prompts.unsqueeze(0), True
         if prompts.ndim != 2 or prompts.shape[0] == 0 or prompts.shape[1] == 0:

@@ -21,7 +21,7 @@ from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinuso
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability
-from x_attn.validation import check_bool_mask, check_cache, check_seq_start_pos
+from x_attn.validation import check_bool_mask, check_cache, check_seq_start_pos, token_ids
 
 
 def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
@@ -322,7 +322,7 @@ class TransformerWrapper(SequenceWrapper):
         absolute positions of left-padded rows; other keywords (context, context_mask,
         attn_mask) go to the stack.
         """
-        self._check_tokens(x, mask)
+        x = self._check_tokens(x, mask)
         out, inter = self._run_stack(
             self.token_emb(x),
             mask,
@@ -343,14 +343,11 @@ class TransformerWrapper(SequenceWrapper):
             return h @ self.token_emb.weight.t()
         return self.to_logits(h)
 
-    def _check_tokens(self, x: Tensor, mask: Tensor | None) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"'x' must be a LongTensor of token ids, got {type(x).__name__}")
-        if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
-            raise TypeError(
-                f"'x' must hold integer token ids (torch.long), got {x.dtype}; for "
-                "continuous inputs use ContinuousTransformerWrapper"
-            )
+    def _check_tokens(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Token ids (b, n) in range, as an integer tensor; float ids of integral values cast."""
+        x = token_ids(
+            "x", x, type(self).__name__, "; for continuous inputs use ContinuousTransformerWrapper"
+        )
         if x.ndim != 2:
             raise ValueError(f"'x' must have shape (batch, seq), got {tuple(x.shape)}")
         if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_tokens):
@@ -359,3 +356,4 @@ class TransformerWrapper(SequenceWrapper):
                 f"min {int(x.min())}, max {int(x.max())}"
             )
         check_bool_mask("mask", mask, tuple(x.shape), "batch x sequence, True = real token")
+        return x
