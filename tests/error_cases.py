@@ -1,14 +1,13 @@
-"""One trigger per user-facing error row of docs/errors.md (issue 7).
+"""One trigger per row of docs/errors.md: the user-facing errors of issue 7.
 
-Each case builds a tiny model, makes the mistake the row describes and returns nothing; the
-tests check that it raises the row's exception type with the row's message. Keep the ids in
-step with the first column of docs/errors.md (a test checks both directions).
+Each trigger builds a tiny model and makes the mistake its row describes; tests/test_errors_doc.py
+checks that it raises the row's exception with the row's message. The keys are the first
+column of docs/errors.md (the test checks both directions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -16,18 +15,13 @@ from x_attn import (
     AutoregressiveWrapper,
     CrossAttender,
     Decoder,
+    Encoder,
     TransformerWrapper,
     XLAutoregressiveWrapper,
 )
 from x_attn.cache import KVCache
 
 DIMS = dict(dim=16, heads=2, attn_dim_head=8)
-
-
-@dataclass(frozen=True)
-class ErrorCase:
-    trigger: Callable[[], object]
-    error: type[Exception]
 
 
 def lm(depth: int = 2, **layer_flags) -> TransformerWrapper:
@@ -81,35 +75,49 @@ def _cache_layers():
     model(ids(2, 1), cache=cached(lm(depth=1)))
 
 
-CASES: dict[str, ErrorCase] = {
-    "context-width": ErrorCase(
-        lambda: lm(cross_attend=True)(ids(), context=torch.randn(2, 3, 12)), ValueError
+CASES: dict[str, Callable[[], object]] = {
+    "context-width": lambda: lm(cross_attend=True)(ids(), context=torch.randn(2, 3, 12)),
+    "cache-type": lambda: lm()(ids(), cache={"k": None}),
+    "cache-batch": _cache_batch,
+    "cache-layers": _cache_layers,
+    "mems-dtype": _mems_dtype,
+    "mems-not-tensors": _mems_not_tensors,
+    "num-memory-tokens-negative": lambda: small(num_memory_tokens=-1),
+    "num-memory-tokens-float": lambda: small(num_memory_tokens=1.5),
+    "seq-start-pos-batch": lambda: lm()(ids(), seq_start_pos=torch.tensor([0, 1, 2])),
+    "seq-start-pos-negative": lambda: lm()(ids(), seq_start_pos=torch.tensor([0, -1])),
+    "seq-start-pos-past-end": lambda: lm()(ids(), seq_start_pos=torch.tensor([0, 4])),
+    "cache-select-range": lambda: cached(lm()).select(torch.tensor([0, 2])),
+    "logits-dim-zero": lambda: small(logits_dim=0),
+    "only-cross-mems": lambda: small(max_mem_len=4, attn_layers=CrossAttender(depth=1, **DIMS)),
+    "xl-generate-unknown-keyword": lambda: XLAutoregressiveWrapper(xl_model()).generate(
+        ids(), 2, filter_kwarg={}
     ),
-    "cache-type": ErrorCase(lambda: lm()(ids(), cache={"k": None}), TypeError),
-    "cache-batch": ErrorCase(_cache_batch, ValueError),
-    "cache-layers": ErrorCase(_cache_layers, ValueError),
-    "mems-dtype": ErrorCase(_mems_dtype, TypeError),
-    "mems-not-tensors": ErrorCase(_mems_not_tensors, TypeError),
-    "num-memory-tokens-negative": ErrorCase(lambda: small(num_memory_tokens=-1), ValueError),
-    "num-memory-tokens-float": ErrorCase(lambda: small(num_memory_tokens=1.5), TypeError),
-    "seq-start-pos-batch": ErrorCase(
-        lambda: lm()(ids(), seq_start_pos=torch.tensor([0, 1, 2])), ValueError
+    "generate-unknown-keyword": lambda: AutoregressiveWrapper(lm()).generate(
+        ids(), 2, temprature=1.0
     ),
-    "seq-start-pos-negative": ErrorCase(
-        lambda: lm()(ids(), seq_start_pos=torch.tensor([0, -1])), ValueError
+    # issue 7.7: a 'c' layer is cross-attention
+    "custom-cross-no-context": lambda: Decoder(depth=1, custom_layers=("a", "c", "f"), **DIMS)(
+        torch.randn(1, 4, 16)
     ),
-    "seq-start-pos-past-end": ErrorCase(
-        lambda: lm()(ids(), seq_start_pos=torch.tensor([0, 4])), ValueError
+    "custom-layers-without-c": lambda: Encoder(
+        depth=1, cross_attend=True, custom_layers=("a", "f"), **DIMS
     ),
-    "cache-select-range": ErrorCase(lambda: cached(lm()).select(torch.tensor([0, 2])), ValueError),
-    "logits-dim-zero": ErrorCase(lambda: small(logits_dim=0), ValueError),
-    "only-cross-mems": ErrorCase(
-        lambda: small(max_mem_len=4, attn_layers=CrossAttender(depth=1, **DIMS)), ValueError
+    "only-cross-with-a": lambda: Encoder(
+        depth=1, only_cross=True, custom_layers=("a", "c", "f"), **DIMS
     ),
-    "xl-generate-unknown-keyword": ErrorCase(
-        lambda: XLAutoregressiveWrapper(xl_model()).generate(ids(), 2, filter_kwarg={}), TypeError
+    # issue 7.8: flags acting on self-attention, in a stack without one
+    "no-self-attention-rotary": lambda: CrossAttender(depth=1, rotary_pos_emb=True, **DIMS),
+    "no-self-attention-t5": lambda: CrossAttender(depth=1, rel_pos_bias=True, **DIMS),
+    "no-self-attention-alibi": lambda: CrossAttender(depth=1, alibi_pos_bias=True, **DIMS),
+    "no-self-attention-infused": lambda: CrossAttender(depth=1, position_infused_attn=True, **DIMS),
+    "no-self-attention-residual": lambda: CrossAttender(depth=1, residual_attn=True, **DIMS),
+    "no-self-attention-causal": lambda: Decoder(depth=1, only_cross=True, **DIMS),
+    # issue 7.11
+    "autoregressive-non-causal": lambda: AutoregressiveWrapper(
+        small(attn_layers=Encoder(depth=1, **DIMS))
     ),
-    "generate-unknown-keyword": ErrorCase(
-        lambda: AutoregressiveWrapper(lm()).generate(ids(), 2, temprature=1.0), TypeError
-    ),
+    # x-transformers input conventions
+    "token-ids-non-integral": lambda: lm()(ids().double() + 0.5),
+    "attn-mask-shape": lambda: lm()(ids(), attn_mask=torch.ones(3, 4, 4, dtype=torch.bool)),
 }

@@ -116,24 +116,29 @@ def _validate_layer_types(config: LayersConfig, owner: str) -> None:
 
 def _refuse_self_attention_flags(config: LayersConfig, types: tuple[str, ...], owner: str):
     """Flags that act only on self-attention, in a stack that has none."""
-    acting = {
+    positional = {
         "rotary_pos_emb": "rotates self-attention queries/keys",
         "rel_pos_bias": "biases self-attention scores by distance",
         "alibi_pos_bias": "biases self-attention scores by distance",
         "position_infused_attn": "adds positions to self-attention queries/keys",
+    }
+    other = {
         "residual_attn": "chains self-attention logits (use cross_residual_attn)",
         "causal": "masks the future in self-attention",
     }
-    for flag, what in acting.items():
-        if getattr(config, flag):
-            fix = f"drop {flag}"
-            if flag == "causal":
-                fix += " (a Decoder is always causal: use CrossAttender for cross-attention only)"
-            raise ValueError(
-                f"{owner}: {flag}=True {what}, but the layers {types} have no self-attention "
-                f"layer, so it would have no effect (and a wrapper would drop its absolute "
-                f"positions, leaving a position-blind model); {fix}"
-            )
+    for flag, what in {**positional, **other}.items():
+        if not getattr(config, flag):
+            continue
+        why = "so it would have no effect"
+        if flag in positional:
+            why += " (and a wrapper would drop its absolute positions: a position-blind model)"
+        fix = f"drop {flag}"
+        if flag == "causal":
+            fix += " (a Decoder is always causal: use CrossAttender for cross-attention only)"
+        raise ValueError(
+            f"{owner}: {flag}=True {what}, but the layers {types} have no self-attention "
+            f"layer, {why}; {fix}"
+        )
 
 
 def _validate_residual_rules(config: LayersConfig, owner: str, explicit: set[str]) -> None:
