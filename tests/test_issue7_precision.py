@@ -16,7 +16,7 @@ import torch
 from reference import reference_attention, reference_probs
 from torch import Tensor
 
-from x_attn import Decoder
+from x_attn import Attention, Decoder
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import manual_attention
 from x_attn.kernels.sdpa import sdpa_attention
@@ -125,3 +125,30 @@ def test_fused_and_manual_agree_under_autocast(autocast):
     for out, grad in ((out_m, grad_m), (out_a, grad_a)):
         torch.testing.assert_close(out.float(), out_f.float(), atol=tol, rtol=tol)
         torch.testing.assert_close(grad, grad_f, atol=4 * tol, rtol=4 * tol)
+
+
+@pytest.mark.parametrize(
+    "flags", [{}, {"attn_talking_heads": True}, {"attn_sparse_topk": 3}], ids=str
+)
+def test_half_model_with_overflowing_scores_agrees_with_float64(flags):
+    """A .half() stack whose q.k^T exceeds float16 range before the scale: every kernel path
+    stays finite and matches the same weights in float64 (fused, attn_flash=False,
+    return_attn). Queries and keys share one large projection and the positions one input,
+    so q.k^T ~ 1.5e5 while the attended values barely differ."""
+    fused, manual = twin_stacks(flags)
+    with torch.no_grad():
+        for stack in (fused, manual):
+            for block in (m for m in stack.modules() if isinstance(m, Attention)):
+                block.proj.to_k.weight.copy_(100 * block.proj.to_q.weight)
+                block.proj.to_q.weight.copy_(block.proj.to_k.weight)
+    x = torch.randn(1, 1, 16) + 1e-3 * torch.randn(2, 6, 16)
+    expected = fused.double()(x.double())
+    fused, manual = fused.half(), manual.half()
+    runs = {
+        "default": fused(x.half()),
+        "attn_flash=False": manual(x.half()),
+        "return_attn": fused(x.half(), return_attn=True),
+    }
+    for name, out in runs.items():
+        assert torch.isfinite(out).all(), name
+        torch.testing.assert_close(out.double(), expected, atol=0.05, rtol=0.05, msg=name)
