@@ -26,6 +26,8 @@ from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps, manual_attention
 from x_attn.kernels.sdpa import sdpa_attention
 from x_attn.kernels.select import KernelChoice, choose_kernel
+from x_attn.masks.causal import CAUSAL
+from x_attn.masks.spec import AttnMask, Span
 from x_attn.positional.context import PositionContext
 from x_attn.routing import build_config
 from x_attn.utils import check_positive_int
@@ -79,6 +81,7 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
+        self.rules = (CAUSAL,) if causal else ()  # mask rules of self-attention calls
         self.scale = config.dim_head**-0.5
         self.proj = _make_projection(dim, heads, config, dim_context)
         self.memory_kv = None
@@ -134,18 +137,19 @@ class Attention(nn.Module):
         """
         q, k, v, key_mask = self._project(x, context, mask, context_mask, positions, mem, cache)
         bias = positions.bias if (positions is not None and context is None) else None
-        full_mask = _combine_masks(key_mask, attn_mask, x.shape[0], q.shape[-2], k.shape[-2])
+        i, j = q.shape[-2], k.shape[-2]
+        rules = self.rules if context is None else ()
+        mask_spec = AttnMask(Span(j - i, j), Span(0, j), rules, key_mask, attn_mask)
         for extension in self.kv_extensions:
-            k, v, full_mask, bias = extension(k, v, full_mask, bias)
+            k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         inputs = AttnInputs(
             q,
             k,
             v,
-            mask=full_mask,
             bias=bias,
-            causal=self.causal and context is None,
             scale=self.scale,
             dropout=self.config.dropout if self.training else 0.0,
+            spec=mask_spec,
         )
         if self.kernel.name == "manual" or return_attn:
             out, maps = manual_attention(inputs, self.scores.bind(prev_logits))
@@ -189,19 +193,3 @@ def _make_projection(dim: int, heads: int, config: AttentionConfig, dim_context:
             dim, heads, config.dim_head, config.collab_compression, dim_context
         )
     return MultiHeadProjection(dim, heads, config.dim_head, dim_context)
-
-
-def _combine_masks(
-    key_mask: Tensor | None, attn_mask: Tensor | None, b: int, i: int, j: int
-) -> Tensor | None:
-    """Key padding (b, j) and user mask ((i, j) / (h, i, j) / (b, h, i, j)) -> (b|1, h|1, i, j)."""
-    mask = None
-    if key_mask is not None:
-        mask = rearrange(key_mask, "b j -> b 1 1 j")
-    if attn_mask is not None:
-        if attn_mask.ndim == 2:
-            attn_mask = rearrange(attn_mask, "i j -> 1 1 i j")
-        elif attn_mask.ndim == 3:
-            attn_mask = rearrange(attn_mask, "h i j -> 1 h i j")
-        mask = attn_mask if mask is None else mask & attn_mask
-    return mask
