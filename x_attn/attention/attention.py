@@ -1,7 +1,7 @@
 """Attention: a fixed pipeline of stages; features attach to one stage each.
 
 project -> transform q/k (positions) -> extend k/v (cache, memory kv) -> mask + bias ->
-kernel (SDPA or manual with score hooks) -> output (merge heads, out projection or AoA).
+kernel (chosen per layer from the kernel registry) -> output (merge heads, out projection or AoA).
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -23,8 +23,7 @@ from x_attn.attention.projections import CollaborativeProjection, MultiHeadProje
 from x_attn.cache import KVEntry
 from x_attn.config import AttentionConfig
 from x_attn.kernels.inputs import AttnInputs
-from x_attn.kernels.manual import AttnMaps, manual_attention
-from x_attn.kernels.sdpa import sdpa_attention
+from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.select import KernelChoice, choose_kernel
 from x_attn.masks.causal import CAUSAL
 from x_attn.masks.spec import AttnMask, Span
@@ -151,13 +150,10 @@ class Attention(nn.Module):
             dropout=self.config.dropout if self.training else 0.0,
             spec=mask_spec,
         )
-        if self.kernel.name == "manual" or return_attn:
-            out, maps = manual_attention(inputs, self.scores.bind(prev_logits))
-            inter = AttnIntermediates("manual", maps)
-        else:
-            out, inter = sdpa_attention(inputs), AttnIntermediates("sdpa")
+        kernel = self.kernel.for_call(return_attn)
+        out, maps = kernel.run(inputs, self.scores.bind(prev_logits), cache)
         out = rearrange(out, "b h n d -> b n (h d)")
-        return self.to_out(out, x), inter
+        return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 
     def _project(self, x, context, mask, context_mask, positions, mem, cache):
         """Project stage + position transforms + cache extension; returns q, k, v, key mask."""
