@@ -27,7 +27,7 @@ from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.select import KernelChoice, choose_kernel
 from x_attn.masks.causal import CAUSAL
 from x_attn.masks.spec import AttnMask, Span
-from x_attn.positional.context import PositionContext
+from x_attn.positional.context import NO_POSITIONS, PositionContext
 from x_attn.routing import build_config
 from x_attn.utils import check_positive_int
 
@@ -86,7 +86,11 @@ class Attention(nn.Module):
         self.memory_kv = None
         if config.num_mem_kv > 0:
             self.memory_kv = MemoryKeyValues(
-                config.num_mem_kv, self.proj.k_heads, self.proj.qk_dim, heads, config.dim_head
+                config.num_mem_kv,
+                self.proj.k_heads,
+                self.proj.qk_dim,
+                self.proj.v_heads,
+                self.proj.v_dim,
             )
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = [m for m in (self.memory_kv,) if m is not None]
@@ -156,28 +160,20 @@ class Attention(nn.Module):
         return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 
     def _project(self, x, context, mask, context_mask, positions, mem, cache):
-        """Project stage + position transforms + cache extension; returns q, k, v, key mask."""
-        q_in = x
+        """Project stage + cache extension; returns q, k, v, key mask."""
         if context is not None:
-            q = self.proj.queries(q_in)
+            q = self.proj.queries(x, NO_POSITIONS)
             if cache is not None and cache.k is not None:
                 return q, cache.k, cache.v, context_mask
-            k, v = self.proj.keys_values(context, context)
+            k, v = self.proj.expand(self.proj.keys(context, NO_POSITIONS))
             if cache is not None:
                 cache.k, cache.v = k, v
             return q, k, v, context_mask
         kv_in = x if mem is None else torch.cat((mem, x), dim=1)
-        k_in = kv_in
-        if positions is not None and positions.infused is not None:
-            q_in = x + positions.infused[-x.shape[1] :].to(x.dtype)
-            k_in = kv_in + positions.infused[-kv_in.shape[1] :].to(x.dtype)
-        q = self.proj.queries(q_in)
-        k, v = self.proj.keys_values(k_in, kv_in)
-        if positions is not None and positions.rotary is not None:
-            from x_attn.positional.rotary import apply_rotary
-
-            q = apply_rotary(q, positions.rotary[-q.shape[-2] :])
-            k = apply_rotary(k, positions.rotary[-k.shape[-2] :])
+        positions = positions or PositionContext(x.shape[1], kv_in.shape[1])
+        q = self.proj.queries(x, positions.rows(positions.queries))
+        new_keys = Span(positions.stop - kv_in.shape[1], positions.stop)
+        k, v = self.proj.expand(self.proj.keys(kv_in, positions.rows(new_keys)))
         if cache is not None:
             k, v = cache.append(k, v)
         return q, k, v, mask

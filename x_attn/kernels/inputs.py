@@ -1,6 +1,6 @@
 """What every attention kernel receives: q, k, v, a mask description, one float bias.
 
-Shape legend: b batch, h query heads, hk key/value heads (1 or h), i queries, j keys,
+Shape legend: b batch, h query heads, hk key/value heads (a divisor of h), i queries, j keys,
 dh query/key head dim, dv value head dim.
 """
 
@@ -20,7 +20,7 @@ class AttnInputs:
 
     Attributes:
         q: (b, h, i, dh) queries.
-        k: (b, hk, j, dh) keys, hk in {1, h}.
+        k: (b, hk, j, dh) keys, hk a divisor of h.
         v: (b, hk, j, dv) values.
         mask: shorthand for a dense mask: bool, broadcastable to (b, h, i, j); True = may
             attend. None = all allowed. Only used when ``spec`` is not given.
@@ -68,9 +68,15 @@ def merged_mask(inputs: AttnInputs) -> Tensor | None:
 
 
 def expand_kv_heads(t: Tensor, heads: int) -> Tensor:
-    """(b, hk, j, d) -> (b, heads, j, d) without copying when hk == 1."""
-    if t.shape[1] == heads:
+    """(b, hk, j, d) -> (b, heads, j, d); query head t uses key/value head t // (heads / hk).
+
+    No copy when hk is 1 or ``heads``; other divisors repeat each key/value head (a copy).
+    """
+    hk = t.shape[1]
+    if hk == heads:
         return t
-    if t.shape[1] != 1:
-        raise AssertionError(f"key/value heads {t.shape[1]} cannot broadcast to {heads}")
-    return t.expand(-1, heads, -1, -1)
+    if hk == 1:
+        return t.expand(-1, heads, -1, -1)
+    if heads % hk:
+        raise AssertionError(f"key/value heads {hk} cannot serve {heads} query heads")
+    return t.repeat_interleave(heads // hk, dim=1)
