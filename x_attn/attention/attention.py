@@ -16,10 +16,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from x_attn.attention.features import build_score_pipeline
-from x_attn.attention.features.attn_on_attn import AttentionOnAttention, LinearOutput
-from x_attn.attention.features.memory_kv import MemoryKeyValues
-from x_attn.attention.projections import CollaborativeProjection, MultiHeadProjection
+from x_attn.attention.features.catalog import assemble
+from x_attn.attention.features.spec import FeatureContext
+from x_attn.attention.projections import Projection
 from x_attn.cache import KVEntry
 from x_attn.config import AttentionConfig
 from x_attn.kernels.inputs import AttnInputs
@@ -82,23 +81,16 @@ class Attention(nn.Module):
         self.config, self.heads, self.causal = config, heads, causal
         self.rules = (CAUSAL,) if causal else ()  # mask rules of self-attention calls
         self.scale = config.dim_head**-0.5
-        self.proj = _make_projection(dim, heads, config, dim_context)
-        self.memory_kv = None
-        if config.num_mem_kv > 0:
-            self.memory_kv = MemoryKeyValues(
-                config.num_mem_kv,
-                self.proj.k_heads,
-                self.proj.qk_dim,
-                self.proj.v_heads,
-                self.proj.v_dim,
-            )
+        ctx = FeatureContext(dim, heads, dim_context, config, flag_prefix, residual_attn)
+        parts = assemble(ctx)
+        self.proj: Projection = parts.projection
+        for attr, module in parts.extensions:  # registered under their own names (or None)
+            setattr(self, attr, module)
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
-        self.kv_extensions = [m for m in (self.memory_kv,) if m is not None]
-        self.scores = build_score_pipeline(config, heads, residual_attn, flag_prefix)
-        self.kernel: KernelChoice = choose_kernel(config.flash, self.scores.flags, "Attention")
-        inner = heads * config.dim_head
-        output = AttentionOnAttention if config.on_attn else LinearOutput
-        self.to_out: nn.Module = output(inner, dim)
+        self.kv_extensions = [module for _, module in parts.extensions if module is not None]
+        self.scores = parts.scores
+        self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
+        self.to_out: nn.Module = parts.output
 
     @property
     def qk_dim(self) -> int:
@@ -177,11 +169,3 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)
         return q, k, v, mask
-
-
-def _make_projection(dim: int, heads: int, config: AttentionConfig, dim_context: int | None):
-    if config.collab_heads:
-        return CollaborativeProjection(
-            dim, heads, config.dim_head, config.collab_compression, dim_context
-        )
-    return MultiHeadProjection(dim, heads, config.dim_head, dim_context)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
 
+from x_attn.attention.features.spec import FeatureContext, FeatureSpec
 from x_attn.masks.spec import AttnMask
 
 
@@ -44,3 +45,20 @@ class MemoryKeyValues(nn.Module):
     def pad_bias(self, bias: Tensor | None) -> Tensor | None:
         """Key axis (last) gets ``num`` zero-bias columns in front."""
         return None if bias is None else F.pad(bias, (self.num, 0), value=0.0)
+
+
+def _build(ctx: FeatureContext) -> MemoryKeyValues:
+    proj = ctx.projection
+    return MemoryKeyValues(
+        ctx.config.num_mem_kv, proj.k_heads, proj.qk_dim, proj.v_heads, proj.v_dim
+    )
+
+
+MEMORY_KV_SPEC = FeatureSpec(
+    "num_mem_kv",
+    "1907.01470",
+    "extend",
+    enabled=lambda ctx: ctx.config.num_mem_kv > 0,
+    build=_build,
+    attr="memory_kv",
+)

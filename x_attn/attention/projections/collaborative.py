@@ -15,6 +15,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from x_attn.attention.features.spec import FeatureSpec
 from x_attn.attention.projections.base import Projection
 from x_attn.positional.context import RowPositions
 
@@ -50,3 +51,15 @@ class CollaborativeProjection(Projection):
         k = rearrange(self.to_k(pos.infuse(x)), "b j dk -> b 1 j dk")
         v = rearrange(self.to_v(x), "b j (h d) -> b h j d", h=self.heads)
         return pos.rotate(k), v
+
+
+COLLAB_HEADS_SPEC = FeatureSpec(
+    "collab_heads",
+    "2006.16362",
+    "project",
+    enabled=lambda ctx: ctx.config.collab_heads,
+    build=lambda ctx: CollaborativeProjection(
+        ctx.dim, ctx.heads, ctx.config.dim_head, ctx.config.collab_compression, ctx.dim_context
+    ),
+    slot="projection",
+)
