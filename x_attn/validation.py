@@ -266,20 +266,12 @@ def check_cache(cache: Any, num_layers: int, b: int, owner: str) -> None:
             f"{owner}: 'cache' holds {len(cache.entries)} attention layers, but this stack has "
             f"{num_layers}; pass a cache made by this model"
         )
-    held = cache_batch(cache)
+    held = cache.batch
     if held is not None and held != b:
         raise ValueError(
             f"{owner}: 'cache' holds batch {held}, but the input has batch {b}; use "
             "cache.select(index) to keep some rows, or a new cache"
         )
-
-
-def cache_batch(cache: Any) -> int | None:
-    """Batch size of what a KVCache holds, or None while it holds nothing."""
-    for entry in cache.entries:
-        if entry.k is not None:
-            return entry.k.shape[0]
-    return None if cache.key_mask is None else cache.key_mask.shape[0]
 
 
 def check_batch_index(index: Any, b: int | None, owner: str) -> None:

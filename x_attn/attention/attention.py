@@ -1,7 +1,10 @@
 """Attention: a fixed pipeline of stages; features attach to one stage each.
 
-project -> transform q/k (positions) -> extend k/v (cache, memory kv) -> mask + bias ->
-kernel (chosen per layer from the kernel registry) -> output (merge heads, out projection or AoA).
+resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
+the projection applies positions) -> cache entry (takes the new key rows, returns every key
+held, with positions and padding) -> mask description + bias of (queries, held keys) ->
+extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> output (merge
+heads, out projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -12,21 +15,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from x_attn.attention.calls import cross_call, self_call
 from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.projections import Projection
-from x_attn.cache import KVEntry
+from x_attn.cache import CacheEntry, ContextEntry
 from x_attn.config import AttentionConfig
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.select import KernelChoice, choose_kernel
 from x_attn.masks.causal import CAUSAL
-from x_attn.masks.spec import AttnMask, Span
-from x_attn.positional.context import NO_POSITIONS, PositionContext
+from x_attn.masks.spec import AttnMask
+from x_attn.positional.context import PositionContext
 from x_attn.routing import build_config
 from x_attn.utils import check_positive_int
 
@@ -79,7 +82,6 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
-        self.rules = (CAUSAL,) if causal else ()  # mask rules of self-attention calls
         self.scale = config.dim_head**-0.5
         ctx = FeatureContext(dim, heads, dim_context, config, flag_prefix, residual_attn)
         parts = assemble(ctx)
@@ -91,6 +93,9 @@ class Attention(nn.Module):
         self.scores = parts.scores
         self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
         self.to_out: nn.Module = parts.output
+        self.new_entry = parts.new_entry
+        # mask rules of self-attention calls
+        self.rules = ((CAUSAL,) if causal else ()) + parts.rules
 
     @property
     def qk_dim(self) -> int:
@@ -100,6 +105,14 @@ class Attention(nn.Module):
     def explain(self) -> str:
         """Which kernel this layer uses by default and why."""
         return f"{self.kernel.name}: {self.kernel.reason}"
+
+    def new_cache_entry(self) -> CacheEntry:
+        """A cache entry for this layer's self-attention keys."""
+        return self.new_entry()
+
+    def new_context_entry(self) -> CacheEntry:
+        """A cache entry for a cross-attention context (projected once)."""
+        return ContextEntry()
 
     def forward(
         self,
@@ -112,60 +125,44 @@ class Attention(nn.Module):
         positions: PositionContext | None = None,
         prev_logits: Tensor | None = None,
         mem: Tensor | None = None,
-        cache: KVEntry | None = None,
+        cache: CacheEntry | None = None,
         return_attn: bool = False,
     ) -> tuple[Tensor, AttnIntermediates]:
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
         Args:
-            mask: (b, j) key padding mask over the positional keys (self-attention).
+            mask: (b, n) key padding of ``x`` (self-attention; memories are always real).
             context_mask: (b, j) padding mask of the context (cross-attention).
-            attn_mask: (i, j), (h, i, j) or (b|1, h|1, i, j) bool mask, True = may attend.
+            attn_mask: (i, k), (h, i, k) or (b|1, h|1, i, k) bool mask, True = may attend,
+                over the positional keys held (right-aligned: the last column is the newest key).
             positions: positional tables of this forward (see PositionContext).
             prev_logits: previous layer's logits for residual attention.
             mem: (b, m, d) Transformer-XL memory prepended to the keys/values.
-            cache: this layer's KV cache entry; updated in place.
-            return_attn: run the manual kernel and return the attention maps.
+            cache: this layer's cache entry (see :meth:`new_cache_entry`); updated in place.
+            return_attn: run a kernel that forms the scores and return the attention maps.
 
         Returns:
             (out (b, n, d), intermediates).
         """
-        q, k, v, key_mask = self._project(x, context, mask, context_mask, positions, mem, cache)
-        bias = positions.bias if (positions is not None and context is None) else None
-        i, j = q.shape[-2], k.shape[-2]
-        rules = self.rules if context is None else ()
-        mask_spec = AttnMask(Span(j - i, j), Span(0, j), rules, key_mask, attn_mask)
+        call = self._call(x, context, mask, context_mask, attn_mask, positions, mem, cache)
+        q = self.proj.queries(x, call.query_rows)
+        held = call.entry.update(call.keys, self.proj.keys)
+        k, v = self.proj.expand(held.payload)
+        mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
+        bias = call.positions.bias_for(call.queries, held.span)
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
-        inputs = AttnInputs(
-            q,
-            k,
-            v,
-            bias=bias,
-            scale=self.scale,
-            dropout=self.config.dropout if self.training else 0.0,
-            spec=mask_spec,
-        )
+        dropout = self.config.dropout if self.training else 0.0
+        inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
-        out, maps = kernel.run(inputs, self.scores.bind(prev_logits), cache)
+        out, maps = kernel.run(inputs, self.scores.bind(prev_logits), call.entry)
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 
-    def _project(self, x, context, mask, context_mask, positions, mem, cache):
-        """Project stage + cache extension; returns q, k, v, key mask."""
-        if context is not None:
-            q = self.proj.queries(x, NO_POSITIONS)
-            if cache is not None and cache.k is not None:
-                return q, cache.k, cache.v, context_mask
-            k, v = self.proj.expand(self.proj.keys(context, NO_POSITIONS))
-            if cache is not None:
-                cache.k, cache.v = k, v
-            return q, k, v, context_mask
-        kv_in = x if mem is None else torch.cat((mem, x), dim=1)
-        positions = positions or PositionContext(x.shape[1], kv_in.shape[1])
-        q = self.proj.queries(x, positions.rows(positions.queries))
-        new_keys = Span(positions.stop - kv_in.shape[1], positions.stop)
-        k, v = self.proj.expand(self.proj.keys(kv_in, positions.rows(new_keys)))
-        if cache is not None:
-            k, v = cache.append(k, v)
-        return q, k, v, mask
+    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache):
+        """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
+        if context is None:
+            entry = cache if cache is not None else self.new_cache_entry()
+            return self_call(x, mem, mask, attn_mask, positions, entry, self.rules)
+        entry = cache if cache is not None else self.new_context_entry()
+        return cross_call(x, context, context_mask, attn_mask, entry)

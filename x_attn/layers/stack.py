@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
-from x_attn.cache import KVCache
+from x_attn.cache import CacheEntry, KVCache
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
@@ -192,17 +192,16 @@ class AttentionLayers(nn.Module):
         attn_mask = self._check_inputs(
             x, context, mask, context_mask, attn_mask, kept + mem_len + n
         )
-        positions = self.positions(n, past + mem_len + n, x.device, x.dtype)
-        if kept < past and positions.bias is not None:  # bias columns of the held keys only
-            positions.bias = positions.bias[..., -(kept + mem_len + n) :]
-        key_mask = self._key_mask(mask, cache, mem_len, b, n, x.device)
+        # tables once per forward, from the oldest position a layer holds to the newest query
+        start = cache.first_position if cache is not None else 0
+        positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
                 raise ValueError(
                     "reversible=True stacks run without mems, cache or return_attn "
                     "(the two-stream update has no per-layer hidden state to keep)"
                 )
-            out, inter = self._run_reversible(x, key_mask, attn_mask, positions)
+            out, inter = self._run_reversible(x, mask, attn_mask, positions)
             return (out, inter) if return_hiddens else out
         inter = LayerIntermediates(cache=cache)
         state = dict(
@@ -210,25 +209,24 @@ class AttentionLayers(nn.Module):
             context_mask=context_mask,
             attn_mask=attn_mask,
             positions=positions,
-            key_mask=key_mask,
+            mask=mask,
             mems=mems,
-            cache=cache,
+            entries=self._cache_entries(cache),
             return_attn=return_attn,
         )
         x = self._run_layers(x, state, inter)
         if cache is not None:
             cache.length = past + mem_len + n
-            cache.key_mask = key_mask
         out = self.final_norm(x)
         return (out, inter) if return_hiddens else out
 
-    def _run_reversible(self, x, key_mask, attn_mask, positions):
+    def _run_reversible(self, x, mask, attn_mask, positions):
         """The reversible two-stream stack (Reformer) on x (b, n, d)."""
         from x_attn.layers.reversible_stack import run_reversible
 
         # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
         self.reversible.training = self.training
-        out = self.final_norm(run_reversible(self.reversible, x, key_mask, attn_mask, positions))
+        out = self.final_norm(run_reversible(self.reversible, x, mask, attn_mask, positions))
         # each reversible branch runs its layer's default kernel (no return_attn here)
         kernels = [blk.kernel.name for blk in self._attention_blocks()]
         return out, LayerIntermediates(kernels=kernels)
@@ -243,13 +241,13 @@ class AttentionLayers(nn.Module):
             if kind == "f":
                 out = layer["block"](h)
             else:
-                entry = state["cache"].entries[attn_index] if state["cache"] is not None else None
+                entry = state["entries"][attn_index]
                 if kind == "a":
                     inter.hiddens.append(x)
                     mem = self._layer_mem(state["mems"], self_index, layer)
                     out, ai = layer["block"](
                         h,
-                        mask=state["key_mask"],
+                        mask=state["mask"],
                         attn_mask=state["attn_mask"],
                         positions=state["positions"],
                         prev_logits=prev["a"],
@@ -283,25 +281,24 @@ class AttentionLayers(nn.Module):
         mem = mems[index]
         return layer["norm"](mem) if self.config.pre_norm else mem
 
-    def _key_mask(self, mask, cache, mem_len, b, n, device) -> Tensor | None:
-        """(b, kept + mem_len + n) padding mask over all positional keys held, or None."""
-        past_mask = cache.key_mask if cache is not None else None
-        past = cache.kept if cache is not None else 0
-        if mask is None and past_mask is None:
-            return None
-        parts = []
-        if past:
-            parts.append(
-                past_mask
-                if past_mask is not None
-                else torch.ones(b, past, dtype=torch.bool, device=device)
-            )
-        if mem_len:
-            parts.append(torch.ones(b, mem_len, dtype=torch.bool, device=device))
-        parts.append(
-            mask if mask is not None else torch.ones(b, n, dtype=torch.bool, device=device)
-        )
-        return torch.cat(parts, dim=1)
+    def new_cache(self) -> KVCache:
+        """An empty cache with the entry each attention layer creates for itself."""
+        return KVCache(entries=[create() for create in self._entry_factories()])
+
+    def _entry_factories(self) -> list:
+        """The cache-entry factory of every attention layer, in layer order."""
+        return [
+            layer["block"].new_cache_entry if kind == "a" else layer["block"].new_context_entry
+            for kind, layer in zip(self.types, self.layers)
+            if kind in "ac"
+        ]
+
+    def _cache_entries(self, cache: KVCache | None) -> list[CacheEntry | None]:
+        """Each attention layer's entry of ``cache`` (created on first use), or Nones."""
+        factories = self._entry_factories()
+        if cache is None:
+            return [None] * len(factories)
+        return [cache.entry(i, create) for i, create in enumerate(factories)]  # fits: checked
 
     def _check_mems(self, mems: list[Tensor] | None, b: int, dtype: torch.dtype) -> int:
         if mems is None:

@@ -179,7 +179,7 @@ class SequenceWrapper(nn.Module):
             return cache
         reason = self.attn_layers.uncacheable_reason
         if reason is None:
-            return KVCache.empty(self.attn_layers.num_attention_layers)
+            return self.attn_layers.new_cache()
         if return_cache:
             raise ValueError(f"return_cache=True: this model cannot use a KV cache: {reason}")
         return None  # intermediates without a cache

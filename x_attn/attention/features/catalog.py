@@ -7,7 +7,8 @@ and a :class:`x_attn.registry.FlagCase` so every invariant runs on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -21,7 +22,9 @@ from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, Feature
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
+from x_attn.cache import CacheEntry, KVEntry
 from x_attn.kernels.registry import Need
+from x_attn.masks.spec import MaskRule
 
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
@@ -37,13 +40,25 @@ FEATURES: tuple[FeatureSpec, ...] = (
 
 @dataclass
 class AttentionParts:
-    """The modules of one attention layer, by stage, and what its kernel must support."""
+    """The parts of one attention layer, by stage, and what its kernel must support.
+
+    Attributes:
+        projection: the project stage.
+        extensions: (attribute, module or None) of every extend-stage feature.
+        scores: the score features and the normalizer.
+        output: the output stage.
+        rules: mask rules of self-attention calls (besides causality).
+        new_entry: factory of the layer's self-attention cache entries.
+        needs: what the layer's kernel must support, each with the flag that asks.
+    """
 
     projection: Projection
     extensions: list[tuple[str, nn.Module | None]]
     scores: ScorePipeline
     output: nn.Module
-    needs: list[Need]
+    rules: tuple[MaskRule, ...] = ()
+    new_entry: Callable[[], CacheEntry] = KVEntry
+    needs: list[Need] = field(default_factory=list)
 
 
 def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
@@ -52,16 +67,30 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     _check_slots(active, ctx, owner)
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
     ctx = replace(ctx, projection=projection)
-    built = [(spec, spec.build(ctx)) for spec in active if spec.slot != "projection"]
+    built = [(s, s.build(ctx)) for s in active if s.slot != "projection" and s.build is not None]
     scores = [m for s, m in built if s.stage in SCORE_STAGES]
     output = next((m for s, m in built if s.slot == "output"), None)
+    rules = tuple(rule for s in active if s.rules is not None for rule in s.rules(ctx))
+    entry = next((s.cache_entry(ctx) for s in active if s.cache_entry is not None), KVEntry)
     return AttentionParts(
         projection=projection,
         extensions=_extensions(built),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
-        needs=[Need(spec.flag(ctx), "scores") for spec in active if spec.needs_scores],
+        rules=rules,
+        new_entry=entry,
+        needs=_needs(active, ctx),
     )
+
+
+def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
+    """Kernel capabilities the active features need, each with its flag."""
+    needs = []
+    for spec in active:
+        capabilities = [*(["scores"] if spec.needs_scores else []), *spec.needs]
+        capabilities += [f"rule:{rule.kind}" for rule in (spec.rules(ctx) if spec.rules else ())]
+        needs += [Need(spec.flag(ctx), capability) for capability in capabilities]
+    return needs
 
 
 def _extensions(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, nn.Module | None]]:
@@ -75,7 +104,7 @@ def _default_projection(ctx: FeatureContext) -> Projection:
 
 
 def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> nn.Module | None:
-    return next((spec.build(ctx) for spec in active if spec.slot == slot), None)
+    return next((spec.build(ctx) for spec in active if spec.slot == slot and spec.build), None)
 
 
 def _check_slots(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> None:
