@@ -145,9 +145,10 @@ class Attention(nn.Module):
             (out (b, n, d), intermediates).
         """
         call = self._call(x, context, mask, context_mask, attn_mask, positions, mem, cache)
-        q = self.proj.queries(x, call.query_rows)
-        held = call.entry.update(call.keys, self.proj.keys)
-        k, v = self.proj.expand(held.payload)
+        proj = self.proj
+        q = proj.queries(x, call.query_rows)
+        held = call.entry.update(call.keys, proj.keys)
+        k, v = proj.expand(held.payload)
         mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
         bias = call.positions.bias_for(call.queries, held.span)
         for extension in self.kv_extensions:

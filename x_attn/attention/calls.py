@@ -58,9 +58,11 @@ def self_call(
     n, j = x.shape[1], rows.shape[1]
     if positions is None:  # a layer called on its own: continue after what its entry holds
         positions = PositionContext(n, j, start=entry.next_position())
-    new = Span(positions.stop - j, positions.stop)
-    keys = KeyRows(rows, new, _memory_is_real(mask, j - n), positions.rows(new))
-    queries = positions.queries
+    stop = positions.start + positions.k_len
+    new, queries = Span(stop - j, stop), Span(stop - n, stop)
+    if mask is not None and j > n:  # memory rows are always real
+        mask = torch.cat((mask.new_ones(mask.shape[0], j - n), mask), dim=1)
+    keys = KeyRows(rows, new, mask, positions.rows(new))
     return AttendCall(keys, entry, queries, positions.rows(queries), rules, attn_mask, positions)
 
 
@@ -75,10 +77,3 @@ def cross_call(
     keys = KeyRows(context, Span(0, context.shape[1]), context_mask, NO_POSITIONS)
     queries = Span(0, x.shape[1])
     return AttendCall(keys, entry, queries, NO_POSITIONS, (), attn_mask, _NO_TABLES)
-
-
-def _memory_is_real(mask: Tensor | None, m: int) -> Tensor | None:
-    """(b, n) padding of x -> (b, m + n) with the m memory rows in front, always real."""
-    if mask is None or m == 0:
-        return mask
-    return torch.cat((mask.new_ones(mask.shape[0], m), mask), dim=1)

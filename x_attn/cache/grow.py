@@ -16,10 +16,12 @@ def grow(buffer: Tensor | None, old: Tensor, new: Tensor, dim: int) -> tuple[Ten
     """
     n_old = old.shape[dim]
     n = n_old + new.shape[dim]
+    d = dim % old.ndim
     reusable = (
         buffer is not None
         and buffer.shape[dim] >= n
-        and _other_dims(buffer, dim) == _other_dims(old, dim)
+        and buffer.shape[:d] == old.shape[:d]
+        and buffer.shape[d + 1 :] == old.shape[d + 1 :]
         and buffer.dtype == old.dtype
         and buffer.data_ptr() == old.data_ptr()
         and buffer.stride() == old.stride()
@@ -31,9 +33,3 @@ def grow(buffer: Tensor | None, old: Tensor, new: Tensor, dim: int) -> tuple[Ten
         buffer.narrow(dim, 0, n_old).copy_(old)
     buffer.narrow(dim, n_old, n - n_old).copy_(new)
     return buffer.narrow(dim, 0, n), buffer
-
-
-def _other_dims(t: Tensor, dim: int) -> tuple[int, ...]:
-    shape = list(t.shape)
-    del shape[dim]
-    return tuple(shape)

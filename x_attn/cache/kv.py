@@ -51,6 +51,9 @@ class KVEntry(CacheEntry):
     def key_mask(self) -> Tensor | None:
         return self.mask
 
+    def next_position(self) -> int:
+        return 0 if self.start is None else self.start + self.k.shape[-2]
+
     @property
     def batch(self) -> int | None:
         return None if self.k is None else self.k.shape[0]

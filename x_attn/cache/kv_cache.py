@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor
 
 from x_attn.cache.entry import CacheEntry
+from x_attn.masks.spec import Span
 from x_attn.validation import check_batch_index
 
 
@@ -60,11 +61,15 @@ class KVCache:
     def _positional(self) -> list[CacheEntry]:
         return [e for e in self.entries if e is not None and e.positional and e.held is not None]
 
+    def _spans(self) -> list[Span]:
+        """The positions held by each entry whose keys carry positions."""
+        spans = [e.held for e in self.entries if e is not None and e.positional]
+        return [span for span in spans if span is not None]
+
     @property
     def kept(self) -> int:
         """Positions still held by the layer that holds the most (``length`` before a slide)."""
-        held = [len(e.held) for e in self._positional()]
-        return max(held) if held else self.length
+        return max((len(span) for span in self._spans()), default=self.length)
 
     @property
     def dropped(self) -> int:
@@ -74,7 +79,7 @@ class KVCache:
     @property
     def first_position(self) -> int:
         """The oldest absolute position any layer still holds (``length`` when none)."""
-        return min((e.held.start for e in self._positional()), default=self.length)
+        return min((span.start for span in self._spans()), default=self.length)
 
     @property
     def key_mask(self) -> Tensor | None:

@@ -295,10 +295,12 @@ class AttentionLayers(nn.Module):
 
     def _cache_entries(self, cache: KVCache | None) -> list[CacheEntry | None]:
         """Each attention layer's entry of ``cache`` (created on first use), or Nones."""
-        factories = self._entry_factories()
         if cache is None:
-            return [None] * len(factories)
-        return [cache.entry(i, create) for i, create in enumerate(factories)]  # fits: checked
+            return [None] * self.num_attention_layers
+        if any(entry is None for entry in cache.entries):  # its length is checked already
+            for i, create in enumerate(self._entry_factories()):
+                cache.entry(i, create)
+        return cache.entries
 
     def _check_mems(self, mems: list[Tensor] | None, b: int, dtype: torch.dtype) -> int:
         if mems is None:

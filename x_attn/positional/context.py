@@ -77,6 +77,8 @@ class PositionContext:
 
     def rows(self, span: Span) -> RowPositions:
         """The rotary / infused rows of the absolute positions ``span``."""
+        if self.rotary is None and self.infused is None:
+            return NO_POSITIONS
         a, b = span.start - self.start, span.stop - self.start
         rotary = None if self.rotary is None else self.rotary[a:b]
         infused = None if self.infused is None else self.infused[a:b]

@@ -73,4 +73,9 @@ class ScorePipeline(nn.Module):
         return found
 
     def bind(self, prev_logits: Tensor | None = None) -> ScoreHooks:
+        if not self.features and self.normalizer is None:
+            return _PLAIN  # plain softmax: nothing to bind
         return _BoundHooks(list(self.features), self.normalizer, prev_logits)
+
+
+_PLAIN = ScoreHooks()
