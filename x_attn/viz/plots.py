@@ -118,7 +118,7 @@ def plot_lines(
     ax.add_collection(lines)
     for x, names, align in ((-0.05, queries, "right"), (1.05, keys, "left")):
         for k, name in enumerate(names):
-            ax.text(x, -k, name, ha=align, va="center", fontsize=9)
+            ax.text(x, -k, _show(name), ha=align, va="center", fontsize=9)
     ax.set_xlim(-0.6, 1.6)
     ax.set_ylim(-max(len(queries), len(keys)) + 0.5, 0.5)
     ax.axis("off")
