@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 
 from x_attn import Decoder, TransformerWrapper
-from x_attn.registry import FlagCase
+from x_attn.registry import FLAGS, FlagCase
 
 VOCAB, DIM = 24, 16
 DIMS = dict(dim=DIM, depth=2, heads=2, attn_dim_head=8)
-RELATIVE = ("rotary_pos_emb", "rel_pos_bias", "alibi_pos_bias", "position_infused_attn")
+RELATIVE = tuple(case.name for case in FLAGS if case.relative)  # each is a stack flag
 
 
 def build(

@@ -246,6 +246,16 @@ def test_bad_input(build, match) -> None:
         build()
 
 
+def test_generate_names_itself_for_a_wrong_keyword() -> None:
+    wrapper = ContinuousAutoregressiveWrapper(net())
+    with pytest.raises(
+        TypeError, match=r"ContinuousAutoregressiveWrapper\.generate.*'temperature'"
+    ):
+        wrapper.generate(data(n=3), 2, temprature=1.0)
+    with pytest.raises(TypeError, match="the wrapper sets them itself"):
+        wrapper.generate(data(n=3), 2, cache=None)
+
+
 def test_no_max_seq_len_means_no_absolute_positions() -> None:
     from x_attn import Encoder
 

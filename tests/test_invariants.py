@@ -28,19 +28,14 @@ DIMS = dict(dim=32, depth=2, heads=4, attn_dim_head=8)
 VOCAB, SEQ, BATCH, HEADS = 32, 10, 2, 4
 ATOL = 1e-10
 NAMES = [case.name for case in FLAGS]
-# Flags whose features need the raw scores (independent of the library's own bookkeeping).
-SCORE_FLAGS = {
-    "attn_sparse_topk": "attn_sparse_topk",
-    "attn_use_entmax15": "attn_use_entmax15",
-    "attn_talking_heads": "attn_talking_heads",
-    "attn_pre_talking_heads": "attn_pre_talking_heads",
-    "attn_post_talking_heads": "attn_post_talking_heads",
-    "residual_attn": "residual_attn",
-}
-MANUAL_FLAGS = set(SCORE_FLAGS) | {"attn_flash=False"}
+# Flags whose features need the raw scores (hand-written registry properties, independent of
+# the library's own bookkeeping), and the flag each one's refusal must name.
+SCORE_FLAGS = {case.name: case.name for case in FLAGS if case.needs_scores}
+MANUAL_FLAGS = {case.name for case in FLAGS if case.kernel == "manual"}
 # post-softmax head mixing: rows sum to the mixing weights, not 1
-MIXED_PROBS = {"attn_talking_heads", "attn_post_talking_heads"}
-SPARSE_PROBS = {"attn_sparse_topk", "attn_use_entmax15"}  # exact zeros among visible keys
+MIXED_PROBS = {case.name for case in FLAGS if case.probs == "mixed"}
+# exact zeros among visible keys
+SPARSE_PROBS = {case.name for case in FLAGS if case.probs == "sparse"}
 SDPA_NAMES = [name for name in NAMES if name not in MANUAL_FLAGS]
 
 

@@ -350,6 +350,8 @@ def test_reversible_gradients_equal_plain_autograd(monkeypatch, stack_cls, flags
 
     def by_hand() -> Tensor:
         h = model.token_emb.weight[tokens]
+        if mask is not None:  # masked positions enter the stack as zeros (issue 7.12)
+            h = h.masked_fill(~mask.unsqueeze(-1), 0.0)
         h = h if model.pos_emb is None else h + model.pos_emb.emb.weight[:N]
         bias = None
         if "rel_pos_bias" in flags:
@@ -406,7 +408,8 @@ def test_memory_tokens_are_prepended_always_visible_and_stripped():
     mask = torch.tensor([[True] * N, [False, False] + [True] * (N - 2)])
     out = model(tokens, mask=mask, return_embeddings=True)
     assert out.shape == (B, N, D)
-    h = model.token_emb.weight[tokens] + model.pos_emb.emb.weight[:N]
+    h = model.token_emb.weight[tokens].masked_fill(~mask.unsqueeze(-1), 0.0)  # issue 7.12
+    h = h + model.pos_emb.emb.weight[:N]
     full = torch.cat((model.memory_tokens.expand(B, -1, -1), h), dim=1)
     full_mask = torch.cat((torch.ones(B, m, dtype=torch.bool), mask), dim=1)
     expected = hand_stack(model.attn_layers, full, mask=full_mask)[0][:, m:]

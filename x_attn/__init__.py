@@ -1,7 +1,10 @@
 """x_attn: transformers composed from keyword flags, on fused attention by default."""
 
+__version__ = "0.1.0"
+
 from x_attn.attention.attention import Attention
 from x_attn.cache import KVCache, KVEntry
+from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
 from x_attn.serialization import from_config, to_config
@@ -35,6 +38,8 @@ __all__ = [
     "ViTransformerWrapper",
     "XLAutoregressiveWrapper",
     "XTransformer",
+    "__version__",
     "from_config",
+    "load",
     "to_config",
 ]

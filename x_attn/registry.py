@@ -13,7 +13,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class FlagCase:
-    """One flag: ``layers`` goes to the stack, ``wrapper`` to TransformerWrapper."""
+    """One flag: ``layers`` goes to the stack, ``wrapper`` to TransformerWrapper.
+
+    The properties below are written by hand from the papers, not read from the library, so
+    that the tests that use them check the library against an independent expectation.
+    """
 
     name: str
     summary: str
@@ -21,30 +25,43 @@ class FlagCase:
     layers: dict[str, Any] = field(default_factory=dict)
     wrapper: dict[str, Any] = field(default_factory=dict)
     causal_ok: bool = True  # meaningful on a Decoder
+    needs_scores: bool = False  # its feature needs the raw scores, which fused kernels hide
+    kernel: str = "sdpa"  # the kernel a layer with this flag alone runs by default
+    probs: str = "softmax"  # "sparse": exact zeros among seen keys; "mixed": rows need not sum to 1
+    cacheable: bool = True  # decodes with a KV cache (else generation falls back, with a warning)
+    exact: bool = True  # exact attention (an approximation is compared with a tolerance)
+    relative: bool = False  # a relative position scheme (absolute positions are switched off)
 
 
 FLAGS: tuple[FlagCase, ...] = (
     FlagCase("default", "pre-norm softmax attention on SDPA"),
     FlagCase(
-        "rotary_pos_emb", "rotary position embedding on q/k", "2104.09864", {"rotary_pos_emb": True}
+        "rotary_pos_emb",
+        "rotary position embedding on q/k",
+        "2104.09864",
+        {"rotary_pos_emb": True},
+        relative=True,
     ),
     FlagCase(
         "rel_pos_bias",
         "T5 bucketed relative position bias, shared by all layers",
         "1910.10683",
         {"rel_pos_bias": True},
+        relative=True,
     ),
     FlagCase(
         "alibi_pos_bias",
         "ALiBi linear distance penalty per head",
         "2108.12409",
         {"alibi_pos_bias": True},
+        relative=True,
     ),
     FlagCase(
         "position_infused_attn",
         "sinusoids added to q/k inputs of every layer, not v",
         "2012.15832",
         {"position_infused_attn": True},
+        relative=True,
     ),
     FlagCase(
         "attn_num_mem_kv",
@@ -53,31 +70,48 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_num_mem_kv": 2},
     ),
     FlagCase(
-        "attn_sparse_topk", "keep the top-k logits per query", "1912.11637", {"attn_sparse_topk": 3}
+        "attn_sparse_topk",
+        "keep the top-k logits per query",
+        "1912.11637",
+        {"attn_sparse_topk": 3},
+        needs_scores=True,
+        kernel="manual",
+        probs="sparse",
     ),
     FlagCase(
         "attn_use_entmax15",
         "entmax-1.5 instead of softmax",
         "1909.00015",
         {"attn_use_entmax15": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="sparse",
     ),
     FlagCase(
         "attn_talking_heads",
         "mix heads before and after softmax",
         "2003.02436",
         {"attn_talking_heads": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="mixed",
     ),
     FlagCase(
         "attn_pre_talking_heads",
         "mix heads before softmax",
         "2003.02436",
         {"attn_pre_talking_heads": True},
+        needs_scores=True,
+        kernel="manual",
     ),
     FlagCase(
         "attn_post_talking_heads",
         "mix heads after softmax",
         "2003.02436",
         {"attn_post_talking_heads": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="mixed",
     ),
     FlagCase(
         "attn_collab_heads",
@@ -88,7 +122,13 @@ FLAGS: tuple[FlagCase, ...] = (
     FlagCase(
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
-    FlagCase("attn_flash=False", "force the manual softmax kernel", "", {"attn_flash": False}),
+    FlagCase(
+        "attn_flash=False",
+        "force the manual softmax kernel",
+        "",
+        {"attn_flash": False},
+        kernel="manual",
+    ),
     FlagCase("ff_glu", "GEGLU feed-forward", "2002.05202", {"ff_glu": True}),
     FlagCase("ff_swish", "SiLU feed-forward activation", "", {"ff_swish": True}),
     FlagCase("ff_no_bias", "feed-forward without biases", "", {"ff_no_bias": True}),
@@ -108,6 +148,8 @@ FLAGS: tuple[FlagCase, ...] = (
         "add previous layer's attention logits",
         "2012.11747",
         {"residual_attn": True},
+        needs_scores=True,
+        kernel="manual",
     ),
     FlagCase(
         "gate_residual", "GRU-gated residual connections", "1910.06764", {"gate_residual": True}
@@ -129,6 +171,7 @@ FLAGS: tuple[FlagCase, ...] = (
         "reversible residual stack, activations recomputed",
         "2001.04451",
         {"reversible": True},
+        cacheable=False,
     ),
     FlagCase(
         "num_memory_tokens",

@@ -3,7 +3,8 @@
 Every public model class records the keyword arguments it was built with.
 ``to_config(model)`` returns them as nested dicts (sub-models such as ``attn_layers``
 included), and ``from_config(config)`` builds the same architecture again. A checkpoint is then
-``{"config": to_config(model), "state_dict": model.state_dict()}``.
+``{"config": to_config(model), "state_dict": model.state_dict()}``; every such class also gets
+``model.save(path)`` (:mod:`x_attn.checkpoint`), which stores exactly that without pickle.
 """
 
 from __future__ import annotations
@@ -36,8 +37,20 @@ def records_config(cls: type) -> type:
         self._config_kwargs = recorded  # the outermost decorated class records last
 
     cls.__init__ = wrapper
+    if "save" not in cls.__dict__ and not hasattr(cls, "save"):
+        cls.save = _save_method
     _REGISTRY[cls.__name__] = cls
     return cls
+
+
+def _save_method(self: nn.Module, path: Any, metadata: dict[str, Any] | None = None) -> Any:
+    """Write this model to the folder ``path``: safetensors weights + JSON config.
+
+    Reload it with ``x_attn.load(path)``; see :mod:`x_attn.checkpoint`.
+    """
+    from x_attn.checkpoint import save
+
+    return save(self, path, metadata)
 
 
 def to_config(model: nn.Module) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import torch
+
 T = TypeVar("T")
 
 
@@ -31,3 +33,12 @@ def check_probability(name: str, value: Any, owner: str) -> None:
         raise TypeError(f"{owner}: '{name}' must be a float, got {type(value).__name__}")
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{owner}: '{name}' must be in [0, 1), got {value}")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to reduce in: float32 for float16 / bfloat16 inputs, else ``dtype`` itself.
+
+    Sums of squares and softmax normalisers overflow float16 past ~256 and lose bfloat16's
+    few mantissa bits; the result is cast back to the input's dtype by the caller.
+    """
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from x_attn.config import LayersConfig
+from x_attn.layers.pattern import layer_types
 from x_attn.utils import check_positive_int
 
 # annotation (as written in x_attn.config) -> accepted Python types; None allowed if "| None"
@@ -72,6 +73,7 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
             f"got {config.alibi_num_heads}"
         )
     _validate_rotary(config, owner)
+    _validate_layer_types(config, owner)
     _validate_residual_rules(config, owner, explicit)
     if config.reversible:
         _validate_reversible(config, owner)
@@ -92,6 +94,65 @@ def _validate_rotary(config: LayersConfig, owner: str) -> None:
         raise ValueError(f"{owner}: rotary_emb_dim must be an even number >= 2, got {r}")
     if config.rotary_interpolation_factor < 1:
         raise ValueError(f"{owner}: rotary_interpolation_factor must be >= 1")
+
+
+def stack_layer_types(config: LayersConfig) -> tuple[str, ...]:
+    """The layer letters of the stack ``config`` describes (see x_attn.layers.pattern)."""
+    return layer_types(
+        config.depth,
+        cross_attend=config.cross_attend,
+        only_cross=config.only_cross,
+        macaron=config.macaron,
+        sandwich_coef=config.sandwich_coef,
+        custom_layers=config.custom_layers,
+    )
+
+
+def _validate_layer_types(config: LayersConfig, owner: str) -> None:
+    """A 'c' layer is cross-attention: the cross flags and custom_layers must agree."""
+    types = stack_layer_types(config)
+    if "a" not in types:
+        _refuse_self_attention_flags(config, types, owner)
+    if config.custom_layers is None:
+        return
+    if (config.cross_attend or config.only_cross) and "c" not in types:
+        flag = "only_cross" if config.only_cross else "cross_attend"
+        raise ValueError(
+            f"{owner}: {flag}=True but custom_layers {types} has no 'c' (cross-attention) "
+            f"layer, so the context would never be read; add 'c' or drop {flag}"
+        )
+    if config.only_cross and "a" in types:
+        raise ValueError(
+            f"{owner}: only_cross=True but custom_layers {types} has an 'a' "
+            "(self-attention) layer; drop only_cross (a 'c' layer cross-attends by itself)"
+        )
+
+
+def _refuse_self_attention_flags(config: LayersConfig, types: tuple[str, ...], owner: str):
+    """Flags that act only on self-attention, in a stack that has none."""
+    positional = {
+        "rotary_pos_emb": "rotates self-attention queries/keys",
+        "rel_pos_bias": "biases self-attention scores by distance",
+        "alibi_pos_bias": "biases self-attention scores by distance",
+        "position_infused_attn": "adds positions to self-attention queries/keys",
+    }
+    other = {
+        "residual_attn": "chains self-attention logits (use cross_residual_attn)",
+        "causal": "masks the future in self-attention",
+    }
+    for flag, what in {**positional, **other}.items():
+        if not getattr(config, flag):
+            continue
+        why = "so it would have no effect"
+        if flag in positional:
+            why += " (and a wrapper would drop its absolute positions: a position-blind model)"
+        fix = f"drop {flag}"
+        if flag == "causal":
+            fix += " (a Decoder is always causal: use CrossAttender for cross-attention only)"
+        raise ValueError(
+            f"{owner}: {flag}=True {what}, but the layers {types} have no self-attention "
+            f"layer, {why}; {fix}"
+        )
 
 
 def _validate_residual_rules(config: LayersConfig, owner: str, explicit: set[str]) -> None:
@@ -147,15 +208,45 @@ def check_bool_mask(name: str, mask: Tensor | None, shape: tuple[int, ...], hint
         )
 
 
-def check_attn_mask(attn_mask: Tensor | None, b: int, h: int, i: int, j: int) -> None:
-    """User attention mask: (i, j), (b, i, j) or (b, h, i, j), bool."""
+def normalize_attn_mask(attn_mask: Tensor | None, b: int, h: int, i: int, j: int) -> Tensor | None:
+    """The user's attention mask as a bool (b|1, h|1, i, j) tensor, True = may attend.
+
+    Accepted, as in x-transformers: (i, j); (h, i, j) per head (a 3-D mask is never per
+    sample); (b, h, i, j) with b and / or h given as 1 to broadcast. Checked once, at the
+    stack's boundary, so the attention layers only ever see the 4-D form.
+    """
     if attn_mask is None:
-        return
-    allowed = {2: (i, j), 3: (b, i, j), 4: (b, h, i, j)}
-    shape = allowed.get(attn_mask.ndim if isinstance(attn_mask, Tensor) else -1, (i, j))
-    check_bool_mask(
-        "attn_mask", attn_mask, shape, "queries x keys, optionally with batch and heads in front"
-    )
+        return None
+    check_bool_mask("attn_mask", attn_mask, tuple(getattr(attn_mask, "shape", ())), "")  # type
+    lead = {2: (1, 1), 3: (1,), 4: ()}.get(attn_mask.ndim)
+    shape = None if lead is None else (*lead, *attn_mask.shape)
+    if shape is None or shape[0] not in (1, b) or shape[1] not in (1, h) or shape[2:] != (i, j):
+        raise ValueError(
+            f"'attn_mask' must have shape ({i}, {j}), (heads={h} or 1, {i}, {j}) or "
+            f"(batch={b} or 1, heads={h} or 1, {i}, {j}) (queries x keys, True = may attend; "
+            "a 3-D mask is per head, as in x-transformers: one mask per sample is "
+            f"(batch, 1, {i}, {j})), got {tuple(attn_mask.shape)}"
+        )
+    return attn_mask.reshape(shape)
+
+
+def token_ids(name: str, x: Any, owner: str, hint: str = "") -> Tensor:
+    """``x`` as token ids: integer tensors as they are, float tensors of integral values cast
+    to long (x-transformers casts token ids with ``.long()``); anything else is refused."""
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{owner}: '{name}' must be a tensor of integer token ids, got {type(x).__name__}"
+        )
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{owner}: '{name}' must hold integer token ids, got {x.dtype}{hint}")
+    if not x.is_floating_point():
+        return x
+    if not bool((torch.isfinite(x) & (x == x.round())).all()):
+        raise TypeError(
+            f"{owner}: '{name}' must hold integer token ids, got {x.dtype} with non-integral "
+            f"values{hint}"
+        )
+    return x.long()
 
 
 def check_float_input(name: str, x: Tensor, dim: int, owner: str) -> None:
@@ -171,3 +262,106 @@ def check_float_input(name: str, x: Tensor, dim: int, owner: str) -> None:
         raise ValueError(
             f"{owner}: '{name}' must have shape (batch, seq, {dim}), got {tuple(x.shape)}"
         )
+
+
+def check_cache(cache: Any, num_layers: int, b: int, owner: str) -> None:
+    """A KV cache must be a KVCache of this stack (one entry per attention layer), same batch."""
+    from x_attn.cache import KVCache
+
+    if cache is None:
+        return
+    if not isinstance(cache, KVCache):
+        raise TypeError(
+            f"{owner}: 'cache' must be a KVCache (the one return_cache=True returned), got "
+            f"{type(cache).__name__}"
+        )
+    if len(cache.entries) != num_layers:
+        raise ValueError(
+            f"{owner}: 'cache' holds {len(cache.entries)} attention layers, but this stack has "
+            f"{num_layers}; pass a cache made by this model"
+        )
+    held = cache.batch
+    if held is not None and held != b:
+        raise ValueError(
+            f"{owner}: 'cache' holds batch {held}, but the input has batch {b}; use "
+            "cache.select(index) to keep some rows, or a new cache"
+        )
+
+
+def check_batch_index(index: Any, b: int | None, owner: str) -> None:
+    """Rows to keep: a (b,) bool tensor or integer indices in [-b, b)."""
+    if not isinstance(index, Tensor) or index.is_floating_point() or index.is_complex():
+        got = index.dtype if isinstance(index, Tensor) else type(index).__name__
+        raise TypeError(f"{owner}: 'index' must be an integer or bool tensor of rows, got {got}")
+    if b is None:
+        return
+    if index.dtype == torch.bool:
+        if tuple(index.shape) != (b,):
+            raise ValueError(
+                f"{owner}: a bool 'index' must have shape (batch={b},), got {tuple(index.shape)}"
+            )
+        return
+    if index.numel() and (int(index.min()) < -b or int(index.max()) >= b):
+        raise ValueError(
+            f"{owner}: 'index' must lie in [{-b}, {b}) (the cache holds batch {b}), got "
+            f"{index.tolist()}"
+        )
+
+
+def check_seq_start_pos(seq_start_pos: Any, b: int, length: int, owner: str) -> None:
+    """(b,) integer index of each row's first real token, in [0, length)."""
+    if seq_start_pos is None:
+        return
+    if (
+        not isinstance(seq_start_pos, Tensor)
+        or seq_start_pos.is_floating_point()
+        or seq_start_pos.dtype == torch.bool
+    ):
+        raise TypeError(
+            f"{owner}: 'seq_start_pos' must be a (batch,) integer tensor (the index of each "
+            f"row's first real token), got {getattr(seq_start_pos, 'dtype', type(seq_start_pos))}"
+        )
+    if tuple(seq_start_pos.shape) != (b,):
+        raise ValueError(
+            f"{owner}: 'seq_start_pos' must have shape (batch={b},), got "
+            f"{tuple(seq_start_pos.shape)}"
+        )
+    if bool(((seq_start_pos < 0) | (seq_start_pos >= length)).any()):
+        raise ValueError(
+            f"{owner}: 'seq_start_pos' must lie in [0, {length}) (a row needs one real token "
+            f"among the {length} positions so far), got {seq_start_pos.tolist()}"
+        )
+
+
+def check_mems(mems: Any, layers: int, b: int, dim: int, dtype: torch.dtype) -> int:
+    """Transformer-XL memories: ``layers`` (b, m, dim) tensors of one m and the input's dtype.
+
+    Returns m.
+    """
+    if not isinstance(mems, (list, tuple)) or len(mems) != layers:
+        got = f"{len(mems)} items" if isinstance(mems, (list, tuple)) else type(mems).__name__
+        raise ValueError(
+            f"'mems' must be a list of {layers} tensors (one per self-attention layer), got "
+            f"{got}; pass the mems this model returned"
+        )
+    bad = [type(m).__name__ for m in mems if not isinstance(m, Tensor)]
+    if bad:
+        raise TypeError(
+            f"'mems' must be a list of {layers} tensors (one per self-attention layer), got "
+            f"{', '.join(bad)}; pass the mems this model returned"
+        )
+    dtypes = {m.dtype for m in mems}
+    if dtypes != {dtype}:
+        found = ", ".join(sorted(str(d) for d in dtypes))
+        raise TypeError(
+            f"'mems' must hold {dtype} tensors like the input, got {found}; pass the mems "
+            "this model returned (or cast them with .to(dtype))"
+        )
+    m = mems[0].shape[1] if mems[0].ndim == 3 else -1
+    for mem in mems:
+        if mem.ndim != 3 or mem.shape[0] != b or mem.shape[2] != dim or mem.shape[1] != m:
+            raise ValueError(
+                f"each of 'mems' must have shape (batch={b}, mem_len, dim={dim}) with one "
+                f"mem_len, got {tuple(mem.shape)}"
+            )
+    return m

@@ -1,7 +1,10 @@
 """Attention: a fixed pipeline of stages; features attach to one stage each.
 
-project -> transform q/k (positions) -> extend k/v (cache, memory kv) -> mask + bias ->
-kernel (SDPA or manual with score hooks) -> output (merge heads, out projection or AoA).
+resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
+the projection applies positions) -> cache entry (takes the new key rows, returns every key
+held, with positions and padding) -> mask description + bias of (queries, held keys) ->
+extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> output (merge
+heads, out projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -12,20 +15,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from x_attn.attention.features import build_score_pipeline
-from x_attn.attention.features.attn_on_attn import AttentionOnAttention, LinearOutput
-from x_attn.attention.features.memory_kv import MemoryKeyValues
-from x_attn.attention.projections import CollaborativeProjection, MultiHeadProjection
-from x_attn.cache import KVEntry
+from x_attn.attention.calls import cross_call, self_call
+from x_attn.attention.features.catalog import assemble
+from x_attn.attention.features.spec import FeatureContext
+from x_attn.attention.projections import Projection
+from x_attn.cache import CacheEntry, ContextEntry
 from x_attn.config import AttentionConfig
 from x_attn.kernels.inputs import AttnInputs
-from x_attn.kernels.manual import AttnMaps, manual_attention
-from x_attn.kernels.sdpa import sdpa_attention
+from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.select import KernelChoice, choose_kernel
+from x_attn.masks.causal import CAUSAL
+from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
 from x_attn.routing import build_config
 from x_attn.utils import check_positive_int
@@ -80,19 +83,19 @@ class Attention(nn.Module):
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
         self.scale = config.dim_head**-0.5
-        self.proj = _make_projection(dim, heads, config, dim_context)
-        self.memory_kv = None
-        if config.num_mem_kv > 0:
-            self.memory_kv = MemoryKeyValues(
-                config.num_mem_kv, self.proj.k_heads, self.proj.qk_dim, heads, config.dim_head
-            )
+        ctx = FeatureContext(dim, heads, dim_context, config, flag_prefix, residual_attn)
+        parts = assemble(ctx)
+        self.proj: Projection = parts.projection
+        for attr, module in parts.extensions:  # registered under their own names (or None)
+            setattr(self, attr, module)
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
-        self.kv_extensions = [m for m in (self.memory_kv,) if m is not None]
-        self.scores = build_score_pipeline(config, heads, residual_attn, flag_prefix)
-        self.kernel: KernelChoice = choose_kernel(config.flash, self.scores.flags, "Attention")
-        inner = heads * config.dim_head
-        output = AttentionOnAttention if config.on_attn else LinearOutput
-        self.to_out: nn.Module = output(inner, dim)
+        self.kv_extensions = [module for _, module in parts.extensions if module is not None]
+        self.scores = parts.scores
+        self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
+        self.to_out: nn.Module = parts.output
+        self.new_entry = parts.new_entry
+        # mask rules of self-attention calls
+        self.rules = ((CAUSAL,) if causal else ()) + parts.rules
 
     @property
     def qk_dim(self) -> int:
@@ -102,6 +105,14 @@ class Attention(nn.Module):
     def explain(self) -> str:
         """Which kernel this layer uses by default and why."""
         return f"{self.kernel.name}: {self.kernel.reason}"
+
+    def new_cache_entry(self) -> CacheEntry:
+        """A cache entry for this layer's self-attention keys."""
+        return self.new_entry()
+
+    def new_context_entry(self) -> CacheEntry:
+        """A cache entry for a cross-attention context (projected once)."""
+        return ContextEntry()
 
     def forward(
         self,
@@ -114,94 +125,45 @@ class Attention(nn.Module):
         positions: PositionContext | None = None,
         prev_logits: Tensor | None = None,
         mem: Tensor | None = None,
-        cache: KVEntry | None = None,
+        cache: CacheEntry | None = None,
         return_attn: bool = False,
     ) -> tuple[Tensor, AttnIntermediates]:
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
         Args:
-            mask: (b, j) key padding mask over the positional keys (self-attention).
+            mask: (b, n) key padding of ``x`` (self-attention; memories are always real).
             context_mask: (b, j) padding mask of the context (cross-attention).
-            attn_mask: (i, j), (b, i, j) or (b, h, i, j) bool mask, True = may attend.
+            attn_mask: (i, k), (h, i, k) or (b|1, h|1, i, k) bool mask, True = may attend,
+                over the positional keys held (right-aligned: the last column is the newest key).
             positions: positional tables of this forward (see PositionContext).
             prev_logits: previous layer's logits for residual attention.
             mem: (b, m, d) Transformer-XL memory prepended to the keys/values.
-            cache: this layer's KV cache entry; updated in place.
-            return_attn: run the manual kernel and return the attention maps.
+            cache: this layer's cache entry (see :meth:`new_cache_entry`); updated in place.
+            return_attn: run a kernel that forms the scores and return the attention maps.
 
         Returns:
             (out (b, n, d), intermediates).
         """
-        q, k, v, key_mask = self._project(x, context, mask, context_mask, positions, mem, cache)
-        bias = positions.bias if (positions is not None and context is None) else None
-        full_mask = _combine_masks(key_mask, attn_mask, x.shape[0], q.shape[-2], k.shape[-2])
+        call = self._call(x, context, mask, context_mask, attn_mask, positions, mem, cache)
+        proj = self.proj
+        q = proj.queries(x, call.query_rows)
+        held = call.entry.update(call.keys, proj.keys)
+        k, v = proj.expand(held.payload)
+        mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
+        bias = call.positions.bias_for(call.queries, held.span)
         for extension in self.kv_extensions:
-            k, v, full_mask, bias = extension(k, v, full_mask, bias)
-        inputs = AttnInputs(
-            q,
-            k,
-            v,
-            mask=full_mask,
-            bias=bias,
-            causal=self.causal and context is None,
-            scale=self.scale,
-            dropout=self.config.dropout if self.training else 0.0,
-        )
-        if self.kernel.name == "manual" or return_attn:
-            out, maps = manual_attention(inputs, self.scores.bind(prev_logits))
-            inter = AttnIntermediates("manual", maps)
-        else:
-            out, inter = sdpa_attention(inputs), AttnIntermediates("sdpa")
+            k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
+        dropout = self.config.dropout if self.training else 0.0
+        inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
+        kernel = self.kernel.for_call(return_attn)
+        out, maps = kernel.run(inputs, self.scores.bind(prev_logits), call.entry)
         out = rearrange(out, "b h n d -> b n (h d)")
-        return self.to_out(out, x), inter
+        return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 
-    def _project(self, x, context, mask, context_mask, positions, mem, cache):
-        """Project stage + position transforms + cache extension; returns q, k, v, key mask."""
-        q_in = x
-        if context is not None:
-            q = self.proj.queries(q_in)
-            if cache is not None and cache.k is not None:
-                return q, cache.k, cache.v, context_mask
-            k, v = self.proj.keys_values(context, context)
-            if cache is not None:
-                cache.k, cache.v = k, v
-            return q, k, v, context_mask
-        kv_in = x if mem is None else torch.cat((mem, x), dim=1)
-        k_in = kv_in
-        if positions is not None and positions.infused is not None:
-            q_in = x + positions.infused[-x.shape[1] :].to(x.dtype)
-            k_in = kv_in + positions.infused[-kv_in.shape[1] :].to(x.dtype)
-        q = self.proj.queries(q_in)
-        k, v = self.proj.keys_values(k_in, kv_in)
-        if positions is not None and positions.rotary is not None:
-            from x_attn.positional.rotary import apply_rotary
-
-            q = apply_rotary(q, positions.rotary[-q.shape[-2] :])
-            k = apply_rotary(k, positions.rotary[-k.shape[-2] :])
-        if cache is not None:
-            k, v = cache.append(k, v)
-        return q, k, v, mask
-
-
-def _make_projection(dim: int, heads: int, config: AttentionConfig, dim_context: int | None):
-    if config.collab_heads:
-        return CollaborativeProjection(
-            dim, heads, config.dim_head, config.collab_compression, dim_context
-        )
-    return MultiHeadProjection(dim, heads, config.dim_head, dim_context)
-
-
-def _combine_masks(
-    key_mask: Tensor | None, attn_mask: Tensor | None, b: int, i: int, j: int
-) -> Tensor | None:
-    """Key padding (b, j) and user mask ((i, j) / (b, i, j) / (b, h, i, j)) -> (b|1, h|1, i, j)."""
-    mask = None
-    if key_mask is not None:
-        mask = rearrange(key_mask, "b j -> b 1 1 j")
-    if attn_mask is not None:
-        if attn_mask.ndim == 2:
-            attn_mask = rearrange(attn_mask, "i j -> 1 1 i j")
-        elif attn_mask.ndim == 3:
-            attn_mask = rearrange(attn_mask, "b i j -> b 1 i j")
-        mask = attn_mask if mask is None else mask & attn_mask
-    return mask
+    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache):
+        """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
+        if context is None:
+            entry = cache if cache is not None else self.new_cache_entry()
+            return self_call(x, mem, mask, attn_mask, positions, entry, self.rules)
+        entry = cache if cache is not None else self.new_context_entry()
+        return cross_call(x, context, context_mask, attn_mask, entry)

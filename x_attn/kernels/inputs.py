@@ -1,6 +1,6 @@
-"""What every attention kernel receives: one bool mask, one float bias, a causal flag.
+"""What every attention kernel receives: q, k, v, a mask description, one float bias.
 
-Shape legend: b batch, h query heads, hk key/value heads (1 or h), i queries, j keys,
+Shape legend: b batch, h query heads, hk key/value heads (a divisor of h), i queries, j keys,
 dh query/key head dim, dv value head dim.
 """
 
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
+
+from x_attn.masks.causal import CAUSAL
+from x_attn.masks.spec import AttnMask, Span
 
 
 @dataclass
@@ -18,15 +20,19 @@ class AttnInputs:
 
     Attributes:
         q: (b, h, i, dh) queries.
-        k: (b, hk, j, dh) keys, hk in {1, h}.
+        k: (b, hk, j, dh) keys, hk a divisor of h.
         v: (b, hk, j, dv) values.
-        mask: bool, broadcastable to (b, h, i, j); True = may attend. None = all allowed.
+        mask: shorthand for a dense mask: bool, broadcastable to (b, h, i, j); True = may
+            attend. None = all allowed. Only used when ``spec`` is not given.
         bias: float, broadcastable to (b, h, i, j), added to the scaled logits.
-        causal: bottom-right aligned causal masking on top of ``mask``: query t may see
-            key s iff s <= t + (j - i). Keys prepended before the queries' own block (memory
-            key/values, a KV cache, Transformer-XL memories) are therefore visible.
+        causal: shorthand, with ``mask``: bottom-right aligned causal masking on top of
+            ``mask``: query t may see key s iff s <= t + (j - i). Keys prepended before the
+            queries' own block (memory key/values, a KV cache, Transformer-XL memories) are
+            therefore visible.
         scale: logit scale.
         dropout: dropout probability on the attention weights (0 in eval).
+        spec: the mask as a description over absolute positions (see
+            :class:`x_attn.masks.AttnMask`); built from ``mask`` and ``causal`` when None.
     """
 
     q: Tensor
@@ -37,6 +43,15 @@ class AttnInputs:
     causal: bool = False
     scale: float = 1.0
     dropout: float = 0.0
+    spec: AttnMask | None = None
+
+    def __post_init__(self) -> None:
+        if self.spec is None:  # the dense shorthand: queries are the last i of j positions
+            i, j = self.q_len, self.k_len
+            rules = (CAUSAL,) if self.causal else ()
+            self.spec = AttnMask(Span(j - i, j), Span(0, j), rules, user=self.mask)
+        elif self.mask is not None or self.causal:
+            raise AssertionError("AttnInputs: give either spec or the mask/causal shorthand")
 
     @property
     def q_len(self) -> int:
@@ -47,25 +62,21 @@ class AttnInputs:
         return self.k.shape[-2]
 
 
-def causal_mask(i: int, j: int, device: torch.device | None = None) -> Tensor:
-    """(i, j) bool mask, True = may attend, bottom-right aligned: key s <= query t + (j - i)."""
-    rows = torch.arange(i, device=device).unsqueeze(-1) + (j - i)
-    return torch.arange(j, device=device) <= rows
-
-
 def merged_mask(inputs: AttnInputs) -> Tensor | None:
-    """The padding / user mask and the causal mask folded into one bool mask (or None)."""
-    mask = inputs.mask
-    if inputs.causal and inputs.q_len > 1:  # one query sits last: it may see every key
-        causal = causal_mask(inputs.q_len, inputs.k_len, inputs.q.device)
-        mask = causal if mask is None else mask & causal
-    return mask
+    """The dense bool mask of ``inputs`` (or None): :meth:`AttnMask.dense` on the query device."""
+    return inputs.spec.dense(inputs.q.device)
 
 
 def expand_kv_heads(t: Tensor, heads: int) -> Tensor:
-    """(b, hk, j, d) -> (b, heads, j, d) without copying when hk == 1."""
-    if t.shape[1] == heads:
+    """(b, hk, j, d) -> (b, heads, j, d); query head t uses key/value head t // (heads / hk).
+
+    No copy when hk is 1 or ``heads``; other divisors repeat each key/value head (a copy).
+    """
+    hk = t.shape[1]
+    if hk == heads:
         return t
-    if t.shape[1] != 1:
-        raise AssertionError(f"key/value heads {t.shape[1]} cannot broadcast to {heads}")
-    return t.expand(-1, heads, -1, -1)
+    if hk == 1:
+        return t.expand(-1, heads, -1, -1)
+    if heads % hk:
+        raise AssertionError(f"key/value heads {hk} cannot serve {heads} query heads")
+    return t.repeat_interleave(heads // hk, dim=1)

@@ -13,6 +13,7 @@ from einops import einsum
 from torch import Tensor
 
 from x_attn.kernels.inputs import AttnInputs, expand_kv_heads, merged_mask
+from x_attn.utils import compute_dtype
 
 
 class ScoreHooks:
@@ -49,16 +50,30 @@ def manual_attention(
 ) -> tuple[Tensor, AttnMaps]:
     """softmax(q k^T * scale + bias, masked) v, computed explicitly; returns (out, maps).
 
-    Softmax runs in float32 for half-precision inputs. Masked logits are set to
-    ``-finfo.max`` and query rows with no allowed key get all-zero weights (never NaN).
+    Scores (q k^T, scale, bias, softmax) are formed in float32 for half-precision inputs,
+    with autocast off.
+    Masked logits are set to ``-finfo.max``; query rows with no allowed key get all-zero
+    weights (never NaN), both before and after ``on_probs``: a feature that mixes rows
+    across heads (post-softmax talking heads) must never see the uniform row a fully
+    masked softmax returns.
     """
     hooks = hooks or ScoreHooks()
+    v = expand_kv_heads(inputs.v, inputs.q.shape[1])
+    # autocast would run the score products (q k^T, talking heads' mixing) in its low dtype,
+    # below the float32 in which the masking constants and the softmax are meant to work
+    with torch.autocast(inputs.q.device.type, enabled=False):
+        logits, attn = _weights(inputs, hooks)
+    dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
+    out = einsum(dropped.to(v.dtype), v, "b h i j, b h j d -> b h i d")
+    return out, AttnMaps(logits=logits, probs=attn)
+
+
+def _weights(inputs: AttnInputs, hooks: ScoreHooks) -> tuple[Tensor, Tensor]:
+    """(logits before masking, attention weights), both (b, h, i, j) in the compute dtype."""
     q = inputs.q
-    heads = q.shape[1]
-    k = expand_kv_heads(inputs.k, heads)
-    v = expand_kv_heads(inputs.v, heads)
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    sim = einsum(q, k, "b h i d, b h j d -> b h i j").to(compute) * inputs.scale
+    k = expand_kv_heads(inputs.k, q.shape[1])
+    compute = compute_dtype(q.dtype)  # q.k^T of float16 inputs overflows before the scale
+    sim = einsum(q.to(compute), k.to(compute), "b h i d, b h j d -> b h i j") * inputs.scale
     if inputs.bias is not None:
         sim = sim + inputs.bias.to(compute)
     sim = hooks.on_logits(sim)
@@ -67,9 +82,11 @@ def manual_attention(
     if mask is not None:
         sim = sim.masked_fill(~mask, -torch.finfo(compute).max)
     sim = hooks.on_masked(sim, mask)
-    attn = hooks.on_probs(hooks.normalize(sim))
-    if mask is not None:
-        attn = attn.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
-    dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
-    out = einsum(dropped.to(v.dtype), v, "b h i j, b h j d -> b h i d")
-    return out, AttnMaps(logits=logits, probs=attn)
+    dead = None if mask is None else ~mask.any(dim=-1, keepdim=True)  # rows with no key
+    attn = _zero_rows(hooks.normalize(sim), dead)  # before on_probs mixes rows across heads
+    return logits, _zero_rows(hooks.on_probs(attn), dead)
+
+
+def _zero_rows(attn: Tensor, dead: Tensor | None) -> Tensor:
+    """Weights of query rows with no allowed key set to 0 (their softmax is a uniform row)."""
+    return attn if dead is None else attn.masked_fill(dead, 0.0)

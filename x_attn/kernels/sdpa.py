@@ -15,8 +15,9 @@ from x_attn.kernels.inputs import AttnInputs, expand_kv_heads, merged_mask
 def sdpa_attention(inputs: AttnInputs) -> Tensor:
     """Fused attention; returns (b, h, i, dv).
 
-    Uses ``is_causal=True`` only when nothing else constrains the keys and i == j (SDPA's
-    causal flag is top-left aligned), otherwise one explicit mask. A bias becomes a float
+    Uses ``is_causal=True`` only when the mask is causal over identical query and key positions
+    and nothing else constrains the keys (SDPA's causal flag is top-left aligned), otherwise
+    one explicit mask. A bias becomes a float
     mask with masked entries at a large finite negative value. Query rows with no allowed key
     return zeros.
     """
@@ -24,13 +25,7 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
     heads = q.shape[1]
     k = expand_kv_heads(inputs.k, heads)
     v = expand_kv_heads(inputs.v, heads)
-    fast_causal = (
-        inputs.causal
-        and inputs.q_len > 1
-        and inputs.mask is None
-        and inputs.bias is None
-        and inputs.q_len == inputs.k_len
-    )
+    fast_causal = inputs.spec.square_causal() and inputs.bias is None
     mask = None if fast_causal else merged_mask(inputs)
     attn_mask = mask
     if inputs.bias is not None:

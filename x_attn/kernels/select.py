@@ -1,42 +1,98 @@
-"""Choose the attention kernel from what the active features need, and say why."""
+"""Choose each layer's attention kernel from what its features need, and say why.
+
+The candidates are the registered kernels (:data:`x_attn.kernels.registry.KERNELS`, in order of
+preference); ``attn_flash=True`` keeps only fused ones, ``attn_flash=False`` only the others.
+The first candidate that supports every need wins. A request no candidate can serve is refused
+at construction, naming every flag involved.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+
+from x_attn.kernels.registry import KERNELS, Kernel, Need, describe
 
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """The kernel an attention layer uses by default and the reason for it."""
+    """The kernel an attention layer uses by default, the reason, and its attention-map kernel.
 
-    name: Literal["sdpa", "manual"]
+    ``maps_kernel`` runs the calls that ask for attention maps (``return_attn=True``); it is
+    None when no kernel could form the scores for this layer.
+    """
+
+    name: str
     reason: str
+    kernel: Kernel | None = None
+    maps_kernel: Kernel | None = None
+
+    def for_call(self, return_attn: bool) -> Kernel:
+        """The kernel of one call: the default one, or the scores-forming one for maps."""
+        chosen = self.maps_kernel if return_attn else self.kernel
+        if chosen is None:
+            raise ValueError("return_attn=True: no attention kernel can form this layer's scores")
+        return chosen
 
 
 def choose_kernel(
-    flash: bool | None, needs_scores: list[str], owner: str = "Attention"
+    flash: bool | None,
+    needs_scores: Sequence[str],
+    owner: str = "Attention",
+    needs: Sequence[Need] = (),
 ) -> KernelChoice:
-    """Pick ``sdpa`` unless a feature needs the raw scores or ``flash=False`` forces manual.
+    """Pick the first registered kernel that supports what the layer needs.
 
     Args:
         flash: the ``attn_flash`` flag: None = automatic, True = fused required,
-            False = manual path forced.
+            False = fused excluded (the manual path).
         needs_scores: flag names of active features that need logits or probabilities.
+        needs: further requirements (mask rules, cache kinds), each with its flag.
 
     Raises:
-        ValueError: ``flash=True`` together with a feature that needs the scores.
+        ValueError: no allowed kernel supports every need; the message names every flag.
     """
+    wanted = [Need(flag, "scores") for flag in needs_scores] + list(needs)
+    maps = _first(KERNELS, [*wanted, Need("return_attn", "scores")])
+    pool = [k for k in KERNELS if flash is None or k.fused == flash]
+    kernel = _first(pool, wanted)
+    if kernel is None:
+        raise ValueError(_refusal(flash, wanted, pool, owner))
     if flash is False:
-        return KernelChoice("manual", "attn_flash=False forces the manual softmax path")
-    if needs_scores:
-        names = ", ".join(needs_scores)
-        if flash:
-            raise ValueError(
-                f"{owner}: attn_flash=True requires the fused SDPA kernel, but {names} "
-                "need(s) the raw attention scores, which SDPA never exposes; remove "
-                "attn_flash=True (the manual path is then chosen automatically) or drop "
-                f"{names}"
-            )
-        return KernelChoice("manual", f"{names} need(s) the raw attention scores")
-    return KernelChoice("sdpa", "no active feature needs the attention scores")
+        return KernelChoice(
+            kernel.name, "attn_flash=False forces the manual softmax path", kernel, maps
+        )
+    skipped = KERNELS[: KERNELS.index(kernel)]
+    blockers = [n for n in wanted if any(not k.can(n.capability) for k in skipped)]
+    reason = _needs_text(blockers) if blockers else kernel.default_reason
+    return KernelChoice(kernel.name, reason, kernel, maps)
+
+
+def _first(kernels: Sequence[Kernel], wanted: Sequence[Need]) -> Kernel | None:
+    return next((k for k in kernels if all(k.can(n.capability) for n in wanted)), None)
+
+
+def _needs_text(needs: Sequence[Need]) -> str:
+    """'a, b need(s) the raw attention scores; c need(s) ...' grouped by capability."""
+    groups: dict[str, list[str]] = {}
+    for need in needs:
+        groups.setdefault(need.capability, []).append(need.flag)
+    parts = [f"{', '.join(dict.fromkeys(f))} need(s) {describe(c)}" for c, f in groups.items()]
+    return "; ".join(parts)
+
+
+def _refusal(flash: bool | None, wanted: list[Need], pool: list[Kernel], owner: str) -> str:
+    blockers = [n for n in wanted if not any(k.can(n.capability) for k in pool)] or wanted
+    names = ", ".join(dict.fromkeys(n.flag for n in blockers))
+    if flash:
+        return (
+            f"{owner}: attn_flash=True requires a fused kernel (SDPA), but "
+            f"{_needs_text(blockers)}, which no fused kernel provides; remove attn_flash=True "
+            f"(the manual path is then chosen automatically) or drop {names}"
+        )
+    every = ", ".join(dict.fromkeys(n.flag for n in wanted))
+    forced = "attn_flash=False excludes the fused kernels, and " if flash is False else ""
+    return (
+        f"{owner}: {forced}no attention kernel supports {every} together "
+        f"({_needs_text(wanted)}); drop one of {names}"
+    )

@@ -5,7 +5,9 @@
 - ScaleNorm: Nguyen & Salazar, "Transformers without Tears", arXiv 1910.05895.
   ``y = g * x / max(||x||_2, eps)`` with one learned scalar ``g`` (init ``sqrt(dim)``).
 
-Both normalize the last axis, so any leading shape works.
+Both normalize the last axis, so any leading shape works. Half-precision inputs are
+normalized in float32 (``eps`` underflows float16 and ``x ** 2`` overflows it past 256) and
+cast back before the gain.
 Shape legend: b batch, n sequence, d model dim.
 """
 
@@ -16,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from x_attn.utils import check_positive_int
+from x_attn.utils import check_positive_int, compute_dtype
 
 NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm")
 
@@ -53,8 +55,9 @@ class RMSNorm(nn.Module):
         Returns:
             Tensor of the same shape.
         """
-        mean_square = x.pow(2).mean(dim=-1, keepdim=True)
-        return x * torch.rsqrt(mean_square + self.eps) * self.g
+        xf = x.to(compute_dtype(x.dtype))
+        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.g
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
@@ -85,8 +88,9 @@ class ScaleNorm(nn.Module):
         Returns:
             Tensor of the same shape.
         """
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=self.eps)
-        return self.g * x / norm
+        xf = x.to(compute_dtype(x.dtype))
+        norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).clamp(min=self.eps)
+        return self.g * (xf / norm).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"

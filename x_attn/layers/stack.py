@@ -12,15 +12,22 @@ import torch
 from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
-from x_attn.cache import KVCache
+from x_attn.cache import CacheEntry, KVCache
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.norms import make_norm
-from x_attn.layers.pattern import layer_types, macaron_ff_scale
+from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
-from x_attn.validation import check_attn_mask, check_bool_mask, check_float_input
+from x_attn.validation import (
+    check_bool_mask,
+    check_cache,
+    check_float_input,
+    check_mems,
+    normalize_attn_mask,
+    stack_layer_types,
+)
 
 
 @dataclass
@@ -78,15 +85,8 @@ class AttentionLayers(nn.Module):
         self.config = route_layer_kwargs(owner, flags)
         cfg = self.config
         self.dim, self.causal = cfg.dim, cfg.causal
-        self.cross_attend = cfg.cross_attend or cfg.only_cross
-        self.types = layer_types(
-            cfg.depth,
-            cross_attend=cfg.cross_attend,
-            only_cross=cfg.only_cross,
-            macaron=cfg.macaron,
-            sandwich_coef=cfg.sandwich_coef,
-            custom_layers=cfg.custom_layers,
-        )
+        self.types = stack_layer_types(cfg)
+        self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         scales = macaron_ff_scale(self.types, cfg.macaron)
         self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
         qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
@@ -175,7 +175,9 @@ class AttentionLayers(nn.Module):
             context: (b, j, d) for cross-attending stacks.
             mask: (b, n) key padding mask, True = real token.
             context_mask: (b, j) padding mask of ``context``.
-            attn_mask: (n, k) / (b, n, k) / (b, h, n, k) bool mask, k = keys with positions.
+            attn_mask: bool mask, True = may attend, k = keys with positions: (n, k),
+                (h, n, k) per head (as in x-transformers) or (b, h, n, k), where b and h may
+                be 1 to broadcast.
             mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer.
             cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
             return_hiddens: also return a :class:`LayerIntermediates`.
@@ -183,21 +185,23 @@ class AttentionLayers(nn.Module):
         """
         check_float_input("x", x, self.dim, type(self).__name__)
         b, n = x.shape[:2]
+        check_cache(cache, self.num_attention_layers, b, type(self).__name__)
         past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
-        mem_len = self._check_mems(mems, b)
-        self._check_inputs(x, context, mask, context_mask, attn_mask, kept + mem_len + n)
-        positions = self.positions(n, past + mem_len + n, x.device, x.dtype)
-        if kept < past and positions.bias is not None:  # bias columns of the held keys only
-            positions.bias = positions.bias[..., -(kept + mem_len + n) :]
-        key_mask = self._key_mask(mask, cache, mem_len, b, n, x.device)
+        mem_len = self._check_mems(mems, b, x.dtype)
+        attn_mask = self._check_inputs(
+            x, context, mask, context_mask, attn_mask, kept + mem_len + n
+        )
+        # tables once per forward, from the oldest position a layer holds to the newest query
+        start = cache.first_position if cache is not None else 0
+        positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
                 raise ValueError(
                     "reversible=True stacks run without mems, cache or return_attn "
                     "(the two-stream update has no per-layer hidden state to keep)"
                 )
-            out, inter = self._run_reversible(x, key_mask, attn_mask, positions)
+            out, inter = self._run_reversible(x, mask, attn_mask, positions)
             return (out, inter) if return_hiddens else out
         inter = LayerIntermediates(cache=cache)
         state = dict(
@@ -205,25 +209,24 @@ class AttentionLayers(nn.Module):
             context_mask=context_mask,
             attn_mask=attn_mask,
             positions=positions,
-            key_mask=key_mask,
+            mask=mask,
             mems=mems,
-            cache=cache,
+            entries=self._cache_entries(cache),
             return_attn=return_attn,
         )
         x = self._run_layers(x, state, inter)
         if cache is not None:
             cache.length = past + mem_len + n
-            cache.key_mask = key_mask
         out = self.final_norm(x)
         return (out, inter) if return_hiddens else out
 
-    def _run_reversible(self, x, key_mask, attn_mask, positions):
+    def _run_reversible(self, x, mask, attn_mask, positions):
         """The reversible two-stream stack (Reformer) on x (b, n, d)."""
         from x_attn.layers.reversible_stack import run_reversible
 
         # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
         self.reversible.training = self.training
-        out = self.final_norm(run_reversible(self.reversible, x, key_mask, attn_mask, positions))
+        out = self.final_norm(run_reversible(self.reversible, x, mask, attn_mask, positions))
         # each reversible branch runs its layer's default kernel (no return_attn here)
         kernels = [blk.kernel.name for blk in self._attention_blocks()]
         return out, LayerIntermediates(kernels=kernels)
@@ -238,13 +241,13 @@ class AttentionLayers(nn.Module):
             if kind == "f":
                 out = layer["block"](h)
             else:
-                entry = state["cache"].entries[attn_index] if state["cache"] is not None else None
+                entry = state["entries"][attn_index]
                 if kind == "a":
                     inter.hiddens.append(x)
                     mem = self._layer_mem(state["mems"], self_index, layer)
                     out, ai = layer["block"](
                         h,
-                        mask=state["key_mask"],
+                        mask=state["mask"],
                         attn_mask=state["attn_mask"],
                         positions=state["positions"],
                         prev_logits=prev["a"],
@@ -278,46 +281,34 @@ class AttentionLayers(nn.Module):
         mem = mems[index]
         return layer["norm"](mem) if self.config.pre_norm else mem
 
-    def _key_mask(self, mask, cache, mem_len, b, n, device) -> Tensor | None:
-        """(b, kept + mem_len + n) padding mask over all positional keys held, or None."""
-        past_mask = cache.key_mask if cache is not None else None
-        past = cache.kept if cache is not None else 0
-        if mask is None and past_mask is None:
-            return None
-        parts = []
-        if past:
-            parts.append(
-                past_mask
-                if past_mask is not None
-                else torch.ones(b, past, dtype=torch.bool, device=device)
-            )
-        if mem_len:
-            parts.append(torch.ones(b, mem_len, dtype=torch.bool, device=device))
-        parts.append(
-            mask if mask is not None else torch.ones(b, n, dtype=torch.bool, device=device)
-        )
-        return torch.cat(parts, dim=1)
+    def new_cache(self) -> KVCache:
+        """An empty cache with the entry each attention layer creates for itself."""
+        return KVCache(entries=[create() for create in self._entry_factories()])
 
-    def _check_mems(self, mems: list[Tensor] | None, b: int) -> int:
+    def _entry_factories(self) -> list:
+        """The cache-entry factory of every attention layer, in layer order."""
+        return [
+            layer["block"].new_cache_entry if kind == "a" else layer["block"].new_context_entry
+            for kind, layer in zip(self.types, self.layers)
+            if kind in "ac"
+        ]
+
+    def _cache_entries(self, cache: KVCache | None) -> list[CacheEntry | None]:
+        """Each attention layer's entry of ``cache`` (created on first use), or Nones."""
+        if cache is None:
+            return [None] * self.num_attention_layers
+        if any(entry is None for entry in cache.entries):  # its length is checked already
+            for i, create in enumerate(self._entry_factories()):
+                cache.entry(i, create)
+        return cache.entries
+
+    def _check_mems(self, mems: list[Tensor] | None, b: int, dtype: torch.dtype) -> int:
         if mems is None:
             return 0
-        expected = self.num_self_attention_layers
-        if not isinstance(mems, (list, tuple)) or len(mems) != expected:
-            got = len(mems) if isinstance(mems, (list, tuple)) else type(mems).__name__
-            raise ValueError(
-                f"'mems' must be a list of {expected} tensors (one per "
-                f"self-attention layer), got {got}; pass the mems this model returned"
-            )
-        m = mems[0].shape[1] if mems[0].ndim == 3 else -1
-        for mem in mems:
-            if mem.ndim != 3 or mem.shape[0] != b or mem.shape[2] != self.dim or mem.shape[1] != m:
-                raise ValueError(
-                    f"each of 'mems' must have shape (batch={b}, mem_len, dim="
-                    f"{self.dim}) with one mem_len, got {tuple(mem.shape)}"
-                )
-        return m
+        return check_mems(mems, self.num_self_attention_layers, b, self.dim, dtype)
 
-    def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> None:
+    def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> Tensor | None:
+        """Check the forward's inputs; returns attn_mask as (b|1, h|1, n, k_len) or None."""
         b, n = x.shape[:2]
         if self.cross_attend and context is None:
             raise ValueError(
@@ -332,18 +323,13 @@ class AttentionLayers(nn.Module):
             raise ValueError("'context_mask' given to a stack that does not cross-attend")
         check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
         if context is not None:
-            check_float_input(
-                "context",
-                context,
-                context.shape[-1] if context.ndim == 3 else -1,
-                type(self).__name__,
-            )
+            check_float_input("context", context, self.dim, type(self).__name__)
             if context.shape[0] != b:
                 raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
             check_bool_mask(
                 "context_mask", context_mask, tuple(context.shape[:2]), "batch x context length"
             )
-        check_attn_mask(attn_mask, b, self.config.heads, n, k_len)
+        return normalize_attn_mask(attn_mask, b, self.config.heads, n, k_len)
 
 
 @records_config

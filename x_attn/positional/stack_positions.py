@@ -58,13 +58,13 @@ class StackPositions(nn.Module):
         return any(x is not None for x in (self.rotary, self.rel_pos, self.infused_dim))
 
     def forward(
-        self, q_len: int, k_len: int, device: torch.device, dtype: torch.dtype
+        self, q_len: int, k_len: int, device: torch.device, dtype: torch.dtype, start: int = 0
     ) -> PositionContext:
-        """Tables for queries at absolute positions k_len - q_len ... k_len - 1."""
-        context = PositionContext(q_len=q_len, k_len=k_len)
+        """Tables for positions start ... start + k_len - 1, the last q_len being the queries."""
+        context = PositionContext(q_len=q_len, k_len=k_len, start=start)
         if not self.is_relative:
             return context
-        k_pos = torch.arange(k_len, device=device)
+        k_pos = torch.arange(start, start + k_len, device=device)
         q_pos = k_pos[k_len - q_len :]
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         if self.rotary is not None:

@@ -38,17 +38,18 @@ from x_attn.compat import drop_unsupported
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability, exists
+from x_attn.validation import token_ids
 from x_attn.wrappers import beam
 from x_attn.wrappers.decoding import (
     PromptBatch,
+    check_causal_net,
     check_passthrough,
-    check_token_tensor,
     inference,
     make_sampler,
     prepare_prompts,
 )
 from x_attn.wrappers.legacy_generate import translate
-from x_attn.wrappers.stepper import LogitStepper
+from x_attn.wrappers.stepper import PREPEND_INPUTS, LogitStepper
 from x_attn.wrappers.training_aids import forgetful_key_mask, lens_mask
 
 __all__ = ["AutoregressiveWrapper"]
@@ -107,6 +108,7 @@ class AutoregressiveWrapper(nn.Module):
                 f"{owner}: 'net' pools its output (average_pool_embed / use_cls_token), so it "
                 "has no per-token logits to predict the next token from"
             )
+        check_causal_net(net, owner)
         self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
         self.mask_prob = float(mask_prob)
         self._warned = False
@@ -141,7 +143,7 @@ class AutoregressiveWrapper(nn.Module):
         ``return_outputs``: also return ``(logits, intermediates)``.
         """
         owner = f"{type(self).__name__}.forward"
-        check_token_tensor("x", x, owner)
+        x = token_ids("x", x, owner)
         if x.ndim != 2 or x.shape[1] < 2:
             raise ValueError(f"{owner}: 'x' must have shape (batch, n >= 2), got {tuple(x.shape)}")
         inp, target = x[:, :-1], x[:, 1:]
@@ -221,7 +223,9 @@ class AutoregressiveWrapper(nn.Module):
             entmax_alpha,
             {**legacy, "mask": kwargs.pop("mask", None)},
         )
-        batch = self._prepare(opts.prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs)
+        batch = self._prepare(
+            opts.prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs, self.generate
+        )
         sampler = make_sampler(
             self.net,
             self.pad_value,
@@ -271,7 +275,9 @@ class AutoregressiveWrapper(nn.Module):
             or (k, t) and (k,).
         """
         owner = f"{type(self).__name__}.beam_search"
-        batch = self._prepare(prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs)
+        batch = self._prepare(
+            prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs, self.beam_search
+        )
         beam.check_eos(eos_token, getattr(self.net, "num_tokens", None), owner)
         proposer = beam.make_proposer(
             beams, temperature, stochastic, filter_logits_fn, filter_kwargs, generator
@@ -286,10 +292,16 @@ class AutoregressiveWrapper(nn.Module):
         return (out, scores) if return_beams_and_scores else out[0]
 
     def _prepare(
-        self, prompts: Any, prompt_lens: Any, seq_len: Any, restrict: bool, kwargs: dict
+        self,
+        prompts: Any,
+        prompt_lens: Any,
+        seq_len: Any,
+        restrict: bool,
+        kwargs: dict,
+        own: Callable,
     ) -> PromptBatch:
-        """Checked prompts and model inputs shared by generate and beam_search."""
-        owner = f"{type(self).__name__}.generate"
+        """Checked prompts and model inputs shared by generate and beam_search (``own``)."""
+        owner = f"{type(self).__name__}.{own.__name__}"
         batch = prepare_prompts(prompts, prompt_lens, self.pad_value, owner)
         if seq_len is None:
             raise TypeError(f"{owner}: missing the number of tokens to generate, 'seq_len'")
@@ -297,7 +309,7 @@ class AutoregressiveWrapper(nn.Module):
         if not isinstance(restrict, bool):
             raise TypeError(f"{owner}: 'restrict_to_max_seq_len' must be True or False")
         drop_unsupported("AutoregressiveWrapper", "generate", kwargs, set())
-        check_passthrough(kwargs, owner)
+        check_passthrough(kwargs, owner, self.net, own, PREPEND_INPUTS)
         self._check_length(batch.tokens.shape[1], seq_len, owner)
         prepend = kwargs.get("prepend_embeds")
         if restrict and isinstance(prepend, Tensor) and prepend.ndim == 3:

@@ -2,7 +2,7 @@
 
 The same positions, memory tokens, Transformer-XL mems, masks, attention maps and KV cache as
 :class:`x_attn.wrappers.token.TransformerWrapper` (both are a
-:class:`x_attn.wrappers.token.SequenceWrapper`); only the input embedding (a linear map from
+:class:`x_attn.wrappers.sequence.SequenceWrapper`); only the input embedding (a linear map from
 ``dim_in``) and the output projection (a linear map to ``dim_out``) differ.
 
 With ``probabilistic=True`` the output is a Gaussian per position: ``project_out`` maps to
@@ -28,7 +28,7 @@ from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, check_float_input
-from x_attn.wrappers.embedding import stream_mask
+from x_attn.wrappers.embedding import stream_mask, zero_masked
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.training_aids import lens_mask
 
@@ -125,7 +125,8 @@ class ContinuousTransformerWrapper(SequenceWrapper):
 
         Args:
             x: (b, n, dim_in) float inputs.
-            mask: (b, n) bool padding mask, True = real position.
+            mask: (b, n) bool padding mask, True = real position; masked inputs have no
+                effect at all (whatever they hold, NaN included).
             mems: Transformer-XL memories returned by a previous call with ``return_mems``.
             cache: a :class:`KVCache` for incremental decoding, updated in place.
             lens / prepend_embeds / prepend_mask / sum_embeds: as in TransformerWrapper.
@@ -145,8 +146,9 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             mask = lens_mask(lens, x.shape[1], owner)
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
         self._check_whole_sequence(cache, mems, return_cache)
+        # zeroed before project_in: a NaN there would reach its weight gradient
         out, inter = self._run_stack(
-            self.project_in(x),
+            self.project_in(zero_masked(x, mask)),
             mask,
             mems,
             cache,

@@ -34,7 +34,7 @@ from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int
 from x_attn.validation import check_float_input
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
-from x_attn.wrappers.decoding import inference
+from x_attn.wrappers.decoding import check_passthrough, inference
 from x_attn.wrappers.training_aids import lens_mask
 
 __all__ = ["ContinuousAutoregressiveWrapper"]
@@ -177,6 +177,7 @@ class ContinuousAutoregressiveWrapper(nn.Module):
             raise TypeError(f"{owner}: 'temperature' must be a float, got {temperature!r}")
         if temperature < 0:
             raise ValueError(f"{owner}: 'temperature' must be >= 0, got {temperature}")
+        check_passthrough(kwargs, owner, self.net, self.generate)
         self._check_length(x.shape[1] + seq_len - 1, owner)
         cached = cache_kv and self.net.attn_layers.uncacheable_reason is None
         with inference(self.net):

@@ -5,6 +5,7 @@ Shape legend: b batch, p prompt length, v vocabulary.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -14,9 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from x_attn.routing import unknown_argument
 from x_attn.utils import exists
+from x_attn.validation import token_ids
 from x_attn.wrappers.sampling import resolve_filter, sample_next
 
+# model inputs a sequence wrapper (TransformerWrapper, ...) passes on to its stack
+SEQUENCE_INPUTS = frozenset({"context", "context_mask"})
 # keywords the wrappers set themselves; a caller passing them would silently fight the loop
 RESERVED_KWARGS = frozenset(
     "mask cache mems attn_mask seq_start_pos return_cache return_mems return_intermediates "
@@ -41,19 +46,24 @@ class PromptBatch:
     squeeze: bool = False
 
 
-def check_token_tensor(name: str, t: Any, owner: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{owner}: '{name}' must be a tensor of token ids, got {type(t).__name__}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{owner}: '{name}' must hold integer token ids, got {t.dtype}")
+def check_causal_net(net: nn.Module, owner: str) -> None:
+    """Next-token training needs self-attention that cannot see later tokens."""
+    layers = getattr(net, "attn_layers", None)
+    if layers is None or "a" not in getattr(layers, "types", ()) or layers.causal:
+        return
+    raise ValueError(
+        f"{owner}: the {type(layers).__name__} of 'net' is not causal, so every position "
+        "would see the tokens it is trained to predict (the loss falls by peeking at the "
+        "future); build the net with a Decoder (or AttentionLayers(causal=True))"
+    )
 
 
 def _from_list(prompts: Sequence[Tensor], owner: str) -> tuple[Tensor, Tensor]:
     """List of 1-D prompts -> (b, n) right-padded tokens and (b,) lengths."""
     if len(prompts) == 0:
         raise ValueError(f"{owner}: 'prompts' is an empty list; pass at least one prompt")
+    prompts = [token_ids(f"prompts[{i}]", p, owner) for i, p in enumerate(prompts)]
     for i, p in enumerate(prompts):
-        check_token_tensor(f"prompts[{i}]", p, owner)
         if p.ndim != 1 or p.numel() == 0:
             raise ValueError(
                 f"{owner}: 'prompts[{i}]' must be a non-empty 1-D tensor, got shape "
@@ -65,7 +75,7 @@ def _from_list(prompts: Sequence[Tensor], owner: str) -> tuple[Tensor, Tensor]:
 
 
 def _check_lens(prompt_lens: Any, b: int, n: int, owner: str) -> Tensor:
-    check_token_tensor("prompt_lens", prompt_lens, owner)
+    prompt_lens = token_ids("prompt_lens", prompt_lens, owner)
     if prompt_lens.shape != (b,):
         raise ValueError(
             f"{owner}: 'prompt_lens' must have shape (batch={b},), got {tuple(prompt_lens.shape)}"
@@ -95,7 +105,7 @@ def prepare_prompts(
             raise ValueError(f"{owner}: give 'prompt_lens' only with a (batch, n) tensor")
         tokens, lens = _from_list(prompts, owner)
     else:
-        check_token_tensor("prompts", prompts, owner)
+        prompts = token_ids("prompts", prompts, owner)
         if prompts.ndim == 1:
             prompts, squeeze = prompts.unsqueeze(0), True
         if prompts.ndim != 2 or prompts.shape[0] == 0 or prompts.shape[1] == 0:
@@ -192,8 +202,23 @@ class TokenSampler:
         return self.done is not None and bool(self.done.all())
 
 
-def check_passthrough(kwargs: dict, owner: str) -> None:
-    """Refuse keywords that the wrapper sets itself."""
+def check_passthrough(
+    kwargs: dict,
+    owner: str,
+    net: nn.Module | None = None,
+    own: Callable | None = None,
+    extra: frozenset[str] = frozenset(),
+) -> None:
+    """Refuse keywords that the wrapper sets itself, and keywords ``net`` does not take.
+
+    Args:
+        kwargs: the extra keywords of the wrapper's method, passed on to ``net``.
+        owner: the method, named in errors (e.g. ``AutoregressiveWrapper.generate``).
+        net: the model they go to; None skips the unknown-keyword check.
+        own: the wrapper's method, whose own keywords are suggested for a typo.
+        extra: further inputs the wrapper's loop can feed a sequence wrapper (e.g. the
+            prepended embeddings the autoregressive decoder handles).
+    """
     bad = sorted(set(kwargs) & RESERVED_KWARGS)
     if bad:
         raise TypeError(
@@ -201,6 +226,36 @@ def check_passthrough(kwargs: dict, owner: str) -> None:
             "model inputs such as context / context_mask (prompts of different lengths: give "
             "a list or prompt_lens)"
         )
+    accepted = None if net is None else model_inputs(net, extra)
+    if accepted is None:
+        return
+    for key in kwargs:
+        if key not in accepted:
+            known = accepted | (set() if own is None else keyword_names(own))
+            raise unknown_argument(owner, key, known)
+
+
+def model_inputs(net: nn.Module, extra: frozenset[str] = frozenset()) -> set[str] | None:
+    """Keywords ``net`` takes as model inputs during decoding; None when it cannot be told.
+
+    A sequence wrapper takes ``context`` / ``context_mask``, plus the ``extra`` inputs the
+    calling loop knows how to feed it step by step.
+    """
+    from x_attn.wrappers.sequence import SequenceWrapper
+
+    if isinstance(net, SequenceWrapper):
+        return set(SEQUENCE_INPUTS | extra)
+    params = inspect.signature(net.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return keyword_names(net.forward) - RESERVED_KWARGS
+
+
+def keyword_names(func: Callable) -> set[str]:
+    """Names ``func`` accepts as keywords (not self, *args or **kwargs)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(func).parameters.values()
+    return {p.name for p in params if p.kind in kinds and p.name != "self"}
 
 
 def make_sampler(net: nn.Module, pad_value: int, owner: str, **options: Any) -> TokenSampler:

@@ -27,6 +27,16 @@ def l2norm(t: Tensor) -> Tensor:
     return F.normalize(t, p=2, dim=-1)
 
 
+def zero_masked(t: Tensor, mask: Tensor | None) -> Tensor:
+    """``t`` (b, n, d) with the positions ``mask`` (b, n) marks False set to zero.
+
+    Padding then has no effect whatever it holds: a NaN left there would otherwise reach
+    every output through 0 * NaN in the attention weights (and the gradients of the layers
+    it passes through).
+    """
+    return t if mask is None else t.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
 def frac_gradient(t: Tensor, frac: float) -> Tensor:
     """``t`` in the forward pass; ``frac`` times its gradient in the backward pass."""
     if frac >= 1.0:

@@ -21,14 +21,55 @@ from x_attn.cache import KVCache
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
 from x_attn.utils import check_positive_int, check_probability
+from x_attn.validation import check_cache, check_seq_start_pos
 from x_attn.wrappers.embedding import (
     check_frac,
     check_prepend,
     frac_gradient,
     l2norm,
     stream_mask,
+    zero_masked,
 )
 from x_attn.wrappers.pooling import masked_mean
+
+
+def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
+    """True when a relative scheme (rotary, T5, ALiBi, infused) reaches a self-attention layer.
+
+    Only then do the absolute positions of a wrapper become redundant; cross-attention never
+    sees the stack's relative positions.
+    """
+    return attn_layers.positions.is_relative and "a" in attn_layers.types
+
+
+def _check_memory_args(
+    owner: str, attn_layers: AttentionLayers, max_mem_len: Any, num_memory_tokens: Any
+) -> None:
+    """Transformer-XL memory length and memory-token count: ints >= 0 the stack can use."""
+    if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
+        raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
+    if max_mem_len and attn_layers.reversible is not None:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
+            "which a reversible=True stack does not keep; drop one of the two"
+        )
+    if max_mem_len and attn_layers.num_self_attention_layers == 0:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) needs self-attention layers to "
+            f"carry them, but the layers {attn_layers.types} have none; drop max_mem_len"
+        )
+    if num_memory_tokens is None:
+        return
+    if isinstance(num_memory_tokens, bool) or not isinstance(num_memory_tokens, int):
+        raise TypeError(
+            f"{owner}: 'num_memory_tokens' must be an int, got "
+            f"{type(num_memory_tokens).__name__} {num_memory_tokens!r}"
+        )
+    if num_memory_tokens < 0:
+        raise ValueError(
+            f"{owner}: 'num_memory_tokens' must be >= 0 (0 or None: no memory tokens), got "
+            f"{num_memory_tokens}"
+        )
 
 
 class SequenceWrapper(nn.Module):
@@ -79,13 +120,7 @@ class SequenceWrapper(nn.Module):
         if max_seq_len is not None:
             check_positive_int("max_seq_len", max_seq_len, owner)
         check_probability("emb_dropout", emb_dropout, owner)
-        if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
-            raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
-        if max_mem_len and attn_layers.reversible is not None:
-            raise ValueError(
-                f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
-                "which a reversible=True stack does not keep; drop one of the two"
-            )
+        _check_memory_args(owner, attn_layers, max_mem_len, num_memory_tokens)
         dim = attn_layers.dim
         emb_dim = dim if emb_dim is None else emb_dim
         check_positive_int("emb_dim", emb_dim, owner)
@@ -93,7 +128,8 @@ class SequenceWrapper(nn.Module):
         self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
         self.attn_layers = attn_layers
         self.pos_emb: nn.Module | None = None
-        if use_abs_pos_emb and max_seq_len is not None and not attn_layers.positions.is_relative:
+        relative = relative_positions_in_self_attention(attn_layers)
+        if use_abs_pos_emb and max_seq_len is not None and not relative:
             self.pos_emb = (
                 ScaledSinusoidalEmbedding(emb_dim)
                 if scaled_sinu_pos_emb
@@ -149,17 +185,23 @@ class SequenceWrapper(nn.Module):
         absolute positions count from there (relative schemes are shift-invariant already).
         Memory tokens, class tokens and ``prepend_embeds`` (b, p, e) open the stream on the
         first call; a cache holds them afterwards (pass the same ``prepend_embeds`` with the
-        cache: their length places the tokens). Returns the stack output (b, k + p + n, d) with
-        memory tokens stripped, and its intermediates.
+        cache: their length places the tokens). Masked positions (``mask``, ``prepend_mask``)
+        enter as zeros, so what they hold (a NaN in a padded continuous input) has no effect at
+        all. Returns the stack output (b, k + p + n, d) with memory tokens stripped, and its
+        intermediates.
         """
+        owner = type(self).__name__
         n, p = h.shape[1], 0 if prepend_embeds is None else prepend_embeds.shape[1]
-        check_prepend(prepend_embeds, prepend_mask, h.shape[0], h.shape[-1], type(self).__name__)
+        check_prepend(prepend_embeds, prepend_mask, h.shape[0], h.shape[-1], owner)
+        check_cache(cache, self.attn_layers.num_attention_layers, h.shape[0], owner)
         lead = self.num_memory_tokens + self.num_cls_tokens + p
         # a cache holds the lead after its first call; an empty one holds nothing
         past = max(cache.length - lead, 0) if cache is not None else 0
         first = cache is None or cache.length == 0
-        h = self._embed(h, past, seq_start_pos, sum_embeds)
+        check_seq_start_pos(seq_start_pos, h.shape[0], past + n, owner)
+        h = self._embed(zero_masked(h, mask), past, seq_start_pos, sum_embeds)
         if prepend_embeds is not None and first:
+            prepend_embeds = zero_masked(prepend_embeds, prepend_mask)
             h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
             mask = stream_mask(mask, n, prepend_mask, p, h.shape[0], h.device)
         h = self.emb_dropout(frac_gradient(h, self.emb_frac_gradient))
@@ -226,7 +268,7 @@ class SequenceWrapper(nn.Module):
             return cache
         reason = self.attn_layers.uncacheable_reason
         if reason is None:
-            return KVCache.empty(self.attn_layers.num_attention_layers)
+            return self.attn_layers.new_cache()
         if return_cache:
             raise ValueError(f"return_cache=True: this model cannot use a KV cache: {reason}")
         return None  # intermediates without a cache
@@ -248,15 +290,6 @@ class SequenceWrapper(nn.Module):
         positions = torch.arange(past, past + n, device=device)
         if seq_start_pos is None:
             return self.pos_emb(positions)
-        if (
-            not isinstance(seq_start_pos, Tensor)
-            or seq_start_pos.ndim != 1
-            or seq_start_pos.is_floating_point()
-        ):
-            raise ValueError(
-                "'seq_start_pos' must be a (batch,) integer tensor: the index of "
-                "each row's first real token"
-            )
         positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)  # (b, n)
         return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
 

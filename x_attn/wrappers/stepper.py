@@ -23,8 +23,10 @@ from torch import Tensor
 
 from x_attn.wrappers.decoding import PromptBatch
 
+# embeddings before the prompt: a sequence wrapper places them once, the cache then holds them
+PREPEND_INPUTS = frozenset({"prepend_embeds", "prepend_mask"})
 # model inputs with one row per sequence
-PER_ROW = frozenset({"context", "context_mask", "prepend_embeds", "prepend_mask", "seq_start_pos"})
+PER_ROW = frozenset({"context", "context_mask", "seq_start_pos"}) | PREPEND_INPUTS
 
 
 class LogitStepper:

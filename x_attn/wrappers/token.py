@@ -22,7 +22,7 @@ from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int
-from x_attn.validation import check_bool_mask
+from x_attn.validation import check_bool_mask, token_ids
 from x_attn.wrappers.embedding import stream_mask
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
 from x_attn.wrappers.sequence import SequenceWrapper
@@ -172,7 +172,7 @@ class TransformerWrapper(SequenceWrapper):
         tokens) per row.
         """
         drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
-        self._check_tokens(x, mask)
+        x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
         h = embed_tokens(self.token_emb, x, self.l2norm_embed, token_emb_kwargs)
         h = add_extra_embeds(h, self.embeds, embed_ids)
@@ -250,14 +250,11 @@ class TransformerWrapper(SequenceWrapper):
             logits = logits.squeeze(-1)
         return logits
 
-    def _check_tokens(self, x: Tensor, mask: Tensor | None) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"'x' must be a LongTensor of token ids, got {type(x).__name__}")
-        if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
-            raise TypeError(
-                f"'x' must hold integer token ids (torch.long), got {x.dtype}; for "
-                "continuous inputs use ContinuousTransformerWrapper"
-            )
+    def _check_tokens(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Token ids (b, n) in range, as an integer tensor; float ids of integral values cast."""
+        x = token_ids(
+            "x", x, type(self).__name__, "; for continuous inputs use ContinuousTransformerWrapper"
+        )
         if x.ndim != 2:
             raise ValueError(f"'x' must have shape (batch, seq), got {tuple(x.shape)}")
         if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_tokens):
@@ -266,6 +263,7 @@ class TransformerWrapper(SequenceWrapper):
                 f"min {int(x.min())}, max {int(x.max())}"
             )
         check_bool_mask("mask", mask, tuple(x.shape), "batch x sequence, True = real token")
+        return x
 
 
 def _attention_pool(

@@ -105,6 +105,8 @@ def build_logits_head(
     owner: str,
 ) -> nn.Module | None:
     """The output head: a custom module, a Linear(dim, logits_dim), or None when tied."""
+    if logits_dim is not None:
+        check_positive_int("logits_dim", logits_dim, owner)
     if to_logits is not None:
         if not isinstance(to_logits, nn.Module):
             raise TypeError(f"{owner}: 'to_logits' must be an nn.Module")

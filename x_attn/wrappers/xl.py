@@ -25,6 +25,7 @@ from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int
 from x_attn.wrappers.decoding import (
     TokenSampler,
+    check_causal_net,
     check_passthrough,
     inference,
     make_sampler,
@@ -58,6 +59,7 @@ class XLAutoregressiveWrapper(nn.Module):
         for name, value in (("ignore_index", ignore_index), ("pad_value", pad_value)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{owner}: '{name}' must be an int, got {value!r}")
+        check_causal_net(net, owner)
         self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
 
     @property
@@ -90,7 +92,7 @@ class XLAutoregressiveWrapper(nn.Module):
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{owner}: 'x' must be a (batch, n >= 2) token tensor, got {got}")
-        check_passthrough(kwargs, owner)
+        check_passthrough(kwargs, owner, self.net, self.forward)
         inp, target = x[:, :-1], x[:, 1:]
         total, count = 0.0, 0
         for seg_in, seg_target in zip(self._segments(inp), self._segments(target)):
@@ -150,7 +152,7 @@ class XLAutoregressiveWrapper(nn.Module):
             eos_token=eos_token,
             generator=generator,
         )
-        check_passthrough(kwargs, owner)
+        check_passthrough(kwargs, owner, self.net, self.generate)
         with inference(self.net):
             out = self._decode(batch.tokens, seq_len, sampler, mems, kwargs)
         return out[0] if batch.squeeze else out

@@ -2,14 +2,16 @@
 
 Each feature names the flag that turns it on (``flag``) and acts on one or more stages of
 :class:`x_attn.kernels.manual.ScoreHooks`. Any score feature needs the raw scores, so its
-presence sends the layer to the manual kernel (see :mod:`x_attn.kernels.select`).
+presence sends the layer to a kernel that forms them (see :mod:`x_attn.kernels.select`).
+Every feature of the attention pipeline (score features and the others) declares itself once
+with a :class:`x_attn.attention.features.spec.FeatureSpec` in its own file; the catalog
+(:mod:`x_attn.attention.features.catalog`) lists them.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from x_attn.config import AttentionConfig
 from x_attn.kernels.manual import ScoreHooks
 
 
@@ -71,31 +73,9 @@ class ScorePipeline(nn.Module):
         return found
 
     def bind(self, prev_logits: Tensor | None = None) -> ScoreHooks:
+        if not self.features and self.normalizer is None:
+            return _PLAIN  # plain softmax: nothing to bind
         return _BoundHooks(list(self.features), self.normalizer, prev_logits)
 
 
-def build_score_pipeline(
-    config: AttentionConfig, heads: int, residual_attn: bool, prefix: str = "attn_"
-) -> ScorePipeline:
-    """The score features that ``config`` turns on, in the order the stages apply them."""
-    from x_attn.attention.features.entmax import Entmax15
-    from x_attn.attention.features.residual_attn import ResidualAttention
-    from x_attn.attention.features.sparse_topk import SparseTopK
-    from x_attn.attention.features.talking_heads import TalkingHeads
-
-    features: list[ScoreFeature] = []
-    if residual_attn:
-        cross = prefix == "cross_attn_"
-        features.append(ResidualAttention("cross_residual_attn" if cross else "residual_attn"))
-    if config.uses_pre_talking_heads:
-        features.append(TalkingHeads(heads, "pre", flag=_talking_flag(config, "pre", prefix)))
-    if config.sparse_topk is not None:
-        features.append(SparseTopK(config.sparse_topk, flag=f"{prefix}sparse_topk"))
-    if config.uses_post_talking_heads:
-        features.append(TalkingHeads(heads, "post", flag=_talking_flag(config, "post", prefix)))
-    normalizer = Entmax15(flag=f"{prefix}use_entmax15") if config.use_entmax15 else None
-    return ScorePipeline(features, normalizer)
-
-
-def _talking_flag(config: AttentionConfig, stage: str, prefix: str) -> str:
-    return f"{prefix}talking_heads" if config.talking_heads else f"{prefix}{stage}_talking_heads"
+_PLAIN = ScoreHooks()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from x_attn.attention.features.spec import FeatureSpec
+
 
 class LinearOutput(nn.Linear):
     """The usual output stage: merged heads -> model dim (the query input is not used)."""
@@ -35,3 +37,13 @@ class AttentionOnAttention(nn.Module):
         """attended (b n e), query_input (b n d) -> (b n d)."""
         both = torch.cat((attended, query_input), dim=-1)
         return self.to_gate(both).sigmoid() * self.to_info(both)
+
+
+AOA_SPEC = FeatureSpec(
+    "on_attn",
+    "1908.06954",
+    "output",
+    enabled=lambda ctx: ctx.config.on_attn,
+    build=lambda ctx: AttentionOnAttention(ctx.projection.heads * ctx.projection.v_dim, ctx.dim),
+    slot="output",
+)

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
 
+from x_attn.attention.features.spec import FeatureContext, FeatureSpec
+from x_attn.masks.spec import AttnMask
+
 
 class MemoryKeyValues(nn.Module):
     """Prepends ``num`` learned keys and values (per key head) to k and v."""
@@ -31,17 +34,31 @@ class MemoryKeyValues(nn.Module):
         mem_v = repeat(self.mem_v, "h m d -> b h m d", b=b).to(v.dtype)
         return torch.cat((mem_k, k), dim=-2), torch.cat((mem_v, v), dim=-2)
 
-    def pad_mask(self, mask: Tensor | None) -> Tensor | None:
-        """Key axis (last) gets ``num`` always-visible columns in front."""
-        return None if mask is None else F.pad(mask, (self.num, 0), value=True)
-
     def forward(
-        self, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """Extend-k/v stage: memory slots in front of k, v, the mask and the bias."""
+        self, k: Tensor, v: Tensor, mask: AttnMask, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor, AttnMask, Tensor | None]:
+        """Extend-k/v stage: memory slots in front of k, v, the mask (always visible, no
+        position) and the bias."""
         k, v = self.extend(k, v)
-        return k, v, self.pad_mask(mask), self.pad_bias(bias)
+        return k, v, mask.with_free(self.num), self.pad_bias(bias)
 
     def pad_bias(self, bias: Tensor | None) -> Tensor | None:
         """Key axis (last) gets ``num`` zero-bias columns in front."""
         return None if bias is None else F.pad(bias, (self.num, 0), value=0.0)
+
+
+def _build(ctx: FeatureContext) -> MemoryKeyValues:
+    proj = ctx.projection
+    return MemoryKeyValues(
+        ctx.config.num_mem_kv, proj.k_heads, proj.qk_dim, proj.v_heads, proj.v_dim
+    )
+
+
+MEMORY_KV_SPEC = FeatureSpec(
+    "num_mem_kv",
+    "1907.01470",
+    "extend",
+    enabled=lambda ctx: ctx.config.num_mem_kv > 0,
+    build=_build,
+    attr="memory_kv",
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from x_attn.attention.features import ScoreFeature
+from x_attn.attention.features.spec import FeatureContext, FeatureSpec
 
 
 class ResidualAttention(ScoreFeature):
@@ -32,3 +33,18 @@ class ResidualAttention(ScoreFeature):
                 f"this layer's {tuple(sim.shape)}; every layer of the stack must see the same keys"
             )
         return sim + prev_logits
+
+
+def _flag(ctx: FeatureContext) -> str:
+    return "cross_residual_attn" if ctx.prefix == "cross_attn_" else "residual_attn"
+
+
+RESIDUAL_ATTN_SPEC = FeatureSpec(
+    "residual_attn",
+    "2012.11747",
+    "logits",
+    enabled=lambda ctx: ctx.residual_attn,
+    build=lambda ctx: ResidualAttention(_flag(ctx)),
+    needs_scores=True,
+    flag_of=_flag,
+)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from x_attn.attention.features import ScoreFeature
+from x_attn.attention.features.spec import FeatureSpec
 
 
 class SparseTopK(ScoreFeature):
@@ -26,3 +27,13 @@ class SparseTopK(ScoreFeature):
         if mask is not None:
             keep = keep & mask
         return sim.masked_fill(~keep, -torch.finfo(sim.dtype).max)
+
+
+SPARSE_TOPK_SPEC = FeatureSpec(
+    "sparse_topk",
+    "1912.11637",
+    "masked",
+    enabled=lambda ctx: ctx.config.sparse_topk is not None,
+    build=lambda ctx: SparseTopK(ctx.config.sparse_topk, flag=ctx.flag("sparse_topk")),
+    needs_scores=True,
+)

@@ -15,6 +15,7 @@ from einops import einsum
 from torch import Tensor, nn
 
 from x_attn.attention.features import ScoreFeature
+from x_attn.attention.features.spec import FeatureContext, FeatureSpec
 
 
 class TalkingHeads(ScoreFeature):
@@ -33,3 +34,22 @@ class TalkingHeads(ScoreFeature):
 
     def on_probs(self, attn: Tensor) -> Tensor:
         return self._mix(attn) if self.stage == "post" else attn
+
+
+def _flag(ctx: FeatureContext, stage: str) -> str:
+    return ctx.flag("talking_heads" if ctx.config.talking_heads else f"{stage}_talking_heads")
+
+
+def _spec(stage: Literal["pre", "post"]) -> FeatureSpec:
+    return FeatureSpec(
+        f"{stage}_talking_heads",
+        "2003.02436",
+        "logits" if stage == "pre" else "probs",
+        enabled=lambda ctx: getattr(ctx.config, f"uses_{stage}_talking_heads"),
+        build=lambda ctx: TalkingHeads(ctx.heads, stage, flag=_flag(ctx, stage)),
+        needs_scores=True,
+        flag_of=lambda ctx: _flag(ctx, stage),
+    )
+
+
+PRE_TALKING_SPEC, POST_TALKING_SPEC = _spec("pre"), _spec("post")

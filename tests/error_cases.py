@@ -1,0 +1,123 @@
+"""One trigger per row of docs/errors.md: the user-facing errors of issue 7.
+
+Each trigger builds a tiny model and makes the mistake its row describes; tests/test_errors_doc.py
+checks that it raises the row's exception with the row's message. The keys are the first
+column of docs/errors.md (the test checks both directions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from x_attn import (
+    AutoregressiveWrapper,
+    CrossAttender,
+    Decoder,
+    Encoder,
+    TransformerWrapper,
+    XLAutoregressiveWrapper,
+)
+from x_attn.cache import KVCache
+
+DIMS = dict(dim=16, heads=2, attn_dim_head=8)
+
+
+def lm(depth: int = 2, **layer_flags) -> TransformerWrapper:
+    layers = Decoder(depth=depth, **DIMS, **layer_flags)
+    return TransformerWrapper(num_tokens=10, max_seq_len=16, attn_layers=layers).eval()
+
+
+def small(**wrapper_kwargs) -> TransformerWrapper:
+    """A TransformerWrapper around a one-layer Decoder, with ``wrapper_kwargs``."""
+    layers = wrapper_kwargs.pop("attn_layers", None) or Decoder(depth=1, **DIMS)
+    return TransformerWrapper(num_tokens=10, max_seq_len=8, attn_layers=layers, **wrapper_kwargs)
+
+
+def ids(b: int = 2, n: int = 4) -> torch.Tensor:
+    return torch.randint(0, 10, (b, n), generator=torch.Generator().manual_seed(0))
+
+
+def cached(model: TransformerWrapper, b: int = 2) -> KVCache:
+    _, cache = model(ids(b), return_cache=True)
+    return cache
+
+
+def xl_model() -> TransformerWrapper:
+    layers = Decoder(depth=2, **DIMS)
+    return TransformerWrapper(num_tokens=10, max_seq_len=16, max_mem_len=4, attn_layers=layers)
+
+
+def xl_mems() -> tuple[TransformerWrapper, list[torch.Tensor]]:
+    model = xl_model()
+    _, mems = model(ids(), return_mems=True)
+    return model, mems
+
+
+def _mems_dtype():
+    model, mems = xl_mems()
+    model(ids(), mems=[m.double() for m in mems])
+
+
+def _mems_not_tensors():
+    model, _ = xl_mems()
+    model(ids(), mems=[1, 2])
+
+
+def _cache_batch():
+    model = lm()
+    model(ids(3, 1), cache=cached(model, b=2))
+
+
+def _cache_layers():
+    model = lm()
+    model(ids(2, 1), cache=cached(lm(depth=1)))
+
+
+CASES: dict[str, Callable[[], object]] = {
+    "context-width": lambda: lm(cross_attend=True)(ids(), context=torch.randn(2, 3, 12)),
+    "cache-type": lambda: lm()(ids(), cache={"k": None}),
+    "cache-batch": _cache_batch,
+    "cache-layers": _cache_layers,
+    "mems-dtype": _mems_dtype,
+    "mems-not-tensors": _mems_not_tensors,
+    "num-memory-tokens-negative": lambda: small(num_memory_tokens=-1),
+    "num-memory-tokens-float": lambda: small(num_memory_tokens=1.5),
+    "seq-start-pos-batch": lambda: lm()(ids(), seq_start_pos=torch.tensor([0, 1, 2])),
+    "seq-start-pos-negative": lambda: lm()(ids(), seq_start_pos=torch.tensor([0, -1])),
+    "seq-start-pos-past-end": lambda: lm()(ids(), seq_start_pos=torch.tensor([0, 4])),
+    "cache-select-range": lambda: cached(lm()).select(torch.tensor([0, 2])),
+    "logits-dim-zero": lambda: small(logits_dim=0),
+    "only-cross-mems": lambda: small(max_mem_len=4, attn_layers=CrossAttender(depth=1, **DIMS)),
+    "xl-generate-unknown-keyword": lambda: XLAutoregressiveWrapper(xl_model()).generate(
+        ids(), 2, filter_kwarg={}
+    ),
+    "generate-unknown-keyword": lambda: AutoregressiveWrapper(lm()).generate(
+        ids(), 2, temprature=1.0
+    ),
+    # issue 7.7: a 'c' layer is cross-attention
+    "custom-cross-no-context": lambda: Decoder(depth=1, custom_layers=("a", "c", "f"), **DIMS)(
+        torch.randn(1, 4, 16)
+    ),
+    "custom-layers-without-c": lambda: Encoder(
+        depth=1, cross_attend=True, custom_layers=("a", "f"), **DIMS
+    ),
+    "only-cross-with-a": lambda: Encoder(
+        depth=1, only_cross=True, custom_layers=("a", "c", "f"), **DIMS
+    ),
+    # issue 7.8: flags acting on self-attention, in a stack without one
+    "no-self-attention-rotary": lambda: CrossAttender(depth=1, rotary_pos_emb=True, **DIMS),
+    "no-self-attention-t5": lambda: CrossAttender(depth=1, rel_pos_bias=True, **DIMS),
+    "no-self-attention-alibi": lambda: CrossAttender(depth=1, alibi_pos_bias=True, **DIMS),
+    "no-self-attention-infused": lambda: CrossAttender(depth=1, position_infused_attn=True, **DIMS),
+    "no-self-attention-residual": lambda: CrossAttender(depth=1, residual_attn=True, **DIMS),
+    "no-self-attention-causal": lambda: Decoder(depth=1, only_cross=True, **DIMS),
+    # issue 7.11
+    "autoregressive-non-causal": lambda: AutoregressiveWrapper(
+        small(attn_layers=Encoder(depth=1, **DIMS))
+    ),
+    # x-transformers input conventions
+    "token-ids-non-integral": lambda: lm()(ids().double() + 0.5),
+    "attn-mask-shape": lambda: lm()(ids(), attn_mask=torch.ones(3, 4, 4, dtype=torch.bool)),
+}

@@ -1,0 +1,79 @@
+"""What one attention call attends with: the new key rows, the entry that holds keys, the queries.
+
+Self-attention and cross-attention differ only here: self-attention keys are the layer's input
+(after any Transformer-XL memory) at absolute positions, with the layer's mask rules and the
+stack's positional tables; a cross-attention context has no positions, no rules and no bias.
+
+Shape legend: b batch, n queries, m memory rows, j context length, d model dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from x_attn.cache.entry import CacheEntry, KeyRows
+from x_attn.masks.spec import MaskRule, Span
+from x_attn.positional.context import NO_POSITIONS, PositionContext, RowPositions
+
+_NO_TABLES = PositionContext(0, 0)
+
+
+@dataclass(slots=True)
+class AttendCall:
+    """The inputs of one attention call, resolved.
+
+    Attributes:
+        keys: the new key/value rows, for the layer's cache entry.
+        entry: the entry that holds this layer's keys (a fresh one without a cache).
+        queries: absolute positions of the queries.
+        query_rows: positional tables of the queries, for the projection.
+        rules: mask rules over (query, key) positions.
+        user_mask: the caller's bool mask (right-aligned on the keys), or None.
+        positions: where the bias of (queries, held keys) comes from.
+    """
+
+    keys: KeyRows
+    entry: CacheEntry
+    queries: Span
+    query_rows: RowPositions
+    rules: tuple[MaskRule, ...]
+    user_mask: Tensor | None
+    positions: PositionContext
+
+
+def self_call(
+    x: Tensor,
+    mem: Tensor | None,
+    mask: Tensor | None,
+    attn_mask: Tensor | None,
+    positions: PositionContext | None,
+    entry: CacheEntry,
+    rules: tuple[MaskRule, ...],
+) -> AttendCall:
+    """Self-attention: keys from [mem; x] at the newest positions, queries from x."""
+    rows = x if mem is None else torch.cat((mem, x), dim=1)
+    n, j = x.shape[1], rows.shape[1]
+    if positions is None:  # a layer called on its own: continue after what its entry holds
+        positions = PositionContext(n, j, start=entry.next_position())
+    stop = positions.start + positions.k_len
+    new, queries = Span(stop - j, stop), Span(stop - n, stop)
+    if mask is not None and j > n:  # memory rows are always real
+        mask = torch.cat((mask.new_ones(mask.shape[0], j - n), mask), dim=1)
+    keys = KeyRows(rows, new, mask, positions.rows(new))
+    return AttendCall(keys, entry, queries, positions.rows(queries), rules, attn_mask, positions)
+
+
+def cross_call(
+    x: Tensor,
+    context: Tensor,
+    context_mask: Tensor | None,
+    attn_mask: Tensor | None,
+    entry: CacheEntry,
+) -> AttendCall:
+    """Cross-attention: keys from the context (no positions, no rules, no bias)."""
+    keys = KeyRows(context, Span(0, context.shape[1]), context_mask, NO_POSITIONS)
+    queries = Span(0, x.shape[1])
+    return AttendCall(keys, entry, queries, NO_POSITIONS, (), attn_mask, _NO_TABLES)

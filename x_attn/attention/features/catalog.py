@@ -1,0 +1,121 @@
+"""The feature catalog: every attention feature's spec, and the parts of a layer built from it.
+
+Adding a feature: its own file with the module and a :class:`FeatureSpec`, one line in
+``FEATURES`` (the order is the order within a stage), the option in :class:`AttentionConfig`,
+and a :class:`x_attn.registry.FlagCase` so every invariant runs on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from torch import nn
+
+from x_attn.attention.features import ScorePipeline
+from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
+from x_attn.attention.features.entmax import ENTMAX15_SPEC
+from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
+from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
+from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
+from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
+from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
+from x_attn.attention.projections import MultiHeadProjection, Projection
+from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
+from x_attn.cache import CacheEntry, KVEntry
+from x_attn.kernels.registry import Need
+from x_attn.masks.spec import MaskRule
+
+FEATURES: tuple[FeatureSpec, ...] = (
+    COLLAB_HEADS_SPEC,
+    MEMORY_KV_SPEC,
+    RESIDUAL_ATTN_SPEC,
+    PRE_TALKING_SPEC,
+    SPARSE_TOPK_SPEC,
+    POST_TALKING_SPEC,
+    ENTMAX15_SPEC,
+    AOA_SPEC,
+)
+
+
+@dataclass
+class AttentionParts:
+    """The parts of one attention layer, by stage, and what its kernel must support.
+
+    Attributes:
+        projection: the project stage.
+        extensions: (attribute, module or None) of every extend-stage feature.
+        scores: the score features and the normalizer.
+        output: the output stage.
+        rules: mask rules of self-attention calls (besides causality).
+        new_entry: factory of the layer's self-attention cache entries.
+        needs: what the layer's kernel must support, each with the flag that asks.
+    """
+
+    projection: Projection
+    extensions: list[tuple[str, nn.Module | None]]
+    scores: ScorePipeline
+    output: nn.Module
+    rules: tuple[MaskRule, ...] = ()
+    new_entry: Callable[[], CacheEntry] = KVEntry
+    needs: list[Need] = field(default_factory=list)
+
+
+def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
+    """Build the parts of a layer from the features its context turns on."""
+    active = [spec for spec in FEATURES if spec.enabled(ctx)]
+    _check_slots(active, ctx, owner)
+    projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
+    ctx = replace(ctx, projection=projection)
+    built = [(s, s.build(ctx)) for s in active if s.slot != "projection" and s.build is not None]
+    scores = [m for s, m in built if s.stage in SCORE_STAGES]
+    output = next((m for s, m in built if s.slot == "output"), None)
+    rules = tuple(rule for s in active if s.rules is not None for rule in s.rules(ctx))
+    entry = next((s.cache_entry(ctx) for s in active if s.cache_entry is not None), KVEntry)
+    return AttentionParts(
+        projection=projection,
+        extensions=_extensions(built),
+        scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
+        output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
+        rules=rules,
+        new_entry=entry,
+        needs=_needs(active, ctx),
+    )
+
+
+def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
+    """Kernel capabilities the active features need, each with its flag."""
+    needs = []
+    for spec in active:
+        capabilities = [*(["scores"] if spec.needs_scores else []), *spec.needs]
+        capabilities += [f"rule:{rule.kind}" for rule in (spec.rules(ctx) if spec.rules else ())]
+        needs += [Need(spec.flag(ctx), capability) for capability in capabilities]
+    return needs
+
+
+def _extensions(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, nn.Module | None]]:
+    """(attribute, module or None) for every extend-stage feature of the catalog, in order."""
+    on = {spec.name: module for spec, module in built}
+    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == "extend"]
+
+
+def _default_projection(ctx: FeatureContext) -> Projection:
+    return MultiHeadProjection(ctx.dim, ctx.heads, ctx.config.dim_head, ctx.dim_context)
+
+
+def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> nn.Module | None:
+    return next((spec.build(ctx) for spec in active if spec.slot == slot and spec.build), None)
+
+
+def _check_slots(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> None:
+    """At most one active feature per exclusive slot; a clash names both flags."""
+    taken: dict[str, FeatureSpec] = {}
+    for spec in active:
+        if spec.slot is None:
+            continue
+        other = taken.setdefault(spec.slot, spec)
+        if other is not spec:
+            raise ValueError(
+                f"{owner}: {other.flag(ctx)} and {spec.flag(ctx)} both replace the layer's "
+                f"{spec.slot}; choose one"
+            )

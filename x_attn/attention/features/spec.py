@@ -1,0 +1,94 @@
+"""How an attention feature declares itself: one :class:`FeatureSpec` in the feature's own file.
+
+A spec names the flag, the paper, the pipeline stage the feature attaches to, whether it needs
+the raw scores (then only kernels with the ``"scores"`` capability can run the layer), and an
+exclusive slot when the feature replaces a part that exists once per layer ("projection",
+"normalizer", "output", "cache"). Besides a module, a feature may contribute mask rules for
+self-attention calls (a window, global tokens, ...), the self-attention cache entry of its
+layers (slot "cache": a ring buffer, a latent, a running state) and further kernel
+capabilities it needs. :mod:`x_attn.attention.features.catalog` lists the specs and builds a
+layer's parts from them; Attention never tests a flag itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from x_attn.config import AttentionConfig
+from x_attn.masks.spec import MaskRule
+
+if TYPE_CHECKING:
+    from x_attn.attention.projections.base import Projection
+    from x_attn.cache.entry import CacheEntry
+
+Stage = Literal[
+    "project", "extend", "mask", "cache", "logits", "masked", "normalize", "probs", "output"
+]
+SCORE_STAGES: tuple[Stage, ...] = ("logits", "masked", "probs")
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    """What a feature may read when it is built for one attention layer.
+
+    Attributes:
+        dim: model dim of the queries' input.
+        heads: query heads.
+        dim_context: context dim of cross-attention (None = ``dim``).
+        config: the layer's :class:`AttentionConfig`.
+        prefix: flag prefix of the layer ("attn_" or "cross_attn_"), for messages.
+        residual_attn: the stack's residual-attention flag for this kind of layer.
+        projection: the layer's projection, once the project stage is built.
+    """
+
+    dim: int
+    heads: int
+    dim_context: int | None
+    config: AttentionConfig
+    prefix: str = "attn_"
+    residual_attn: bool = False
+    projection: Projection | None = None
+
+    def flag(self, name: str) -> str:
+        """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""
+        return f"{self.prefix}{name}"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature of the attention pipeline, declared once.
+
+    Attributes:
+        name: the option's name (the config field, e.g. "sparse_topk").
+        paper: arXiv id of the paper it implements ("" for none).
+        stage: where it attaches: "project", "extend" (more keys/values), "mask", "cache",
+            "logits", "masked", "normalize", "probs" (score stages) or "output".
+        enabled: whether a layer's context turns it on.
+        build: the module for a layer that turns it on (None: the feature has no module).
+        needs_scores: only kernels that form the scores can run it.
+        slot: exclusive part it replaces ("projection", "normalizer", "output", "cache").
+        attr: attribute name on the Attention module (its state-dict prefix) for "extend"
+            modules.
+        flag_of: the user-facing flag for messages (default: prefix + name).
+        rules: mask rules it adds to self-attention calls (kernels then need "rule:<kind>").
+        cache_entry: factory of its layers' self-attention cache entries (slot "cache").
+        needs: further kernel capabilities it needs (e.g. "cache:state").
+    """
+
+    name: str
+    paper: str
+    stage: Stage
+    enabled: Callable[[FeatureContext], bool]
+    build: Callable[[FeatureContext], Any] | None = None
+    needs_scores: bool = False
+    slot: str | None = None
+    attr: str | None = None
+    flag_of: Callable[[FeatureContext], str] | None = None
+    rules: Callable[[FeatureContext], tuple[MaskRule, ...]] | None = None
+    cache_entry: Callable[[FeatureContext], Callable[[], CacheEntry]] | None = None
+    needs: tuple[str, ...] = ()
+
+    def flag(self, ctx: FeatureContext) -> str:
+        return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)

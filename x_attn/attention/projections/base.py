@@ -1,0 +1,61 @@
+"""The projection protocol: queries and a key payload, positions applied to the dims owned.
+
+A projection turns the query input (b, i, d) into queries (b, h, i, dq) and the key/value input
+(b, j, dc) into a *payload*: what a cache entry stores per key. For multi-head attention the
+payload is (k, v); a latent projection (MLA) would store a latent and a rotary key instead.
+:meth:`Projection.expand` turns a payload (cached or new) into keys (b, hk, j, dq) and values
+(b, hk, j, dv) for the kernel. Positional transforms (rotary angles, position-infused
+sinusoids) arrive as :class:`RowPositions` of exactly the rows projected, and the projection
+applies them to the dims it owns (rotary: the first r dims of its query/key head dim).
+
+Adding a head layout: one file with a :class:`Projection` subclass and its feature declaration
+(slot "projection"), one line in the feature catalog.
+
+Shape legend: b batch, i queries, j keys, d / dc query / context input dim, h query heads,
+hk / hv key / value heads (divisors of h; query head t uses key head t // (h / hk)), dq
+query/key head dim, dv value head dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from x_attn.positional.context import RowPositions
+
+
+class Projection(nn.Module):
+    """Base class of the project stage.
+
+    Attributes:
+        heads: query heads h.
+        k_heads: key heads (divides h).
+        v_heads: value heads (divides h).
+        qk_dim: per-head query/key dim (where rotary acts).
+        v_dim: per-head value dim.
+    """
+
+    heads: int
+    k_heads: int
+    v_heads: int
+    qk_dim: int
+    v_dim: int
+
+    def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
+        """(b, i, d) -> (b, h, i, dq) with the positions of these rows applied."""
+        raise NotImplementedError
+
+    def keys(self, x: Tensor, pos: RowPositions) -> Any:
+        """(b, j, dc) -> the payload of these keys (what a cache entry holds)."""
+        raise NotImplementedError
+
+    def expand(self, payload: Any) -> tuple[Tensor, Tensor]:
+        """Payload -> keys (b, hk, j, dq), values (b, hv, j, dv); (k, v) payloads pass through."""
+        return payload
+
+    def project(
+        self, x: Tensor, kv_input: Tensor, q_pos: RowPositions, k_pos: RowPositions
+    ) -> tuple[Tensor, Any]:
+        """Queries of ``x`` and the payload of ``kv_input`` in one call."""
+        return self.queries(x, q_pos), self.keys(kv_input, k_pos)

@@ -1,0 +1,53 @@
+"""Multi-head projections (Vaswani et al., arXiv 1706.03762), with key/value heads.
+
+``kv_heads`` key/value heads serve ``heads`` query heads: hk == h is multi-head attention,
+hk == 1 shares one key/value head, any divisor groups the query heads (query head t uses kv
+head t // (h / hk)).
+
+Shape legend: b batch, i / j sequence, h query heads, hk key/value heads, d model dim,
+dh head dim.
+"""
+
+from __future__ import annotations
+
+from einops import rearrange
+from torch import Tensor, nn
+
+from x_attn.attention.projections.base import Projection
+from x_attn.positional.context import RowPositions
+
+
+class MultiHeadProjection(Projection):
+    """q (b h i dh), payload (k, v) with k and v (b hk j dh)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        dim_context: int | None = None,
+        kv_heads: int | None = None,
+    ) -> None:
+        super().__init__()
+        dim_context = dim_context or dim
+        kv_heads = kv_heads or heads
+        if heads % kv_heads:
+            raise ValueError(
+                f"MultiHeadProjection: kv_heads={kv_heads} must divide heads={heads} "
+                "(each key/value head serves a group of query heads)"
+            )
+        self.heads, self.qk_dim, self.v_dim = heads, dim_head, dim_head
+        self.k_heads = self.v_heads = kv_heads
+        self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
+        self.to_k = nn.Linear(dim_context, kv_heads * dim_head, bias=False)
+        self.to_v = nn.Linear(dim_context, kv_heads * dim_head, bias=False)
+
+    def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
+        q = rearrange(self.to_q(pos.infuse(x)), "b i (h d) -> b h i d", h=self.heads)
+        return pos.rotate(q)
+
+    def keys(self, x: Tensor, pos: RowPositions) -> tuple[Tensor, Tensor]:
+        split = "b j (h d) -> b h j d"
+        k = rearrange(self.to_k(pos.infuse(x)), split, h=self.k_heads)
+        v = rearrange(self.to_v(x), split, h=self.v_heads)
+        return pos.rotate(k), v

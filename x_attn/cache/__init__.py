@@ -1,0 +1,13 @@
+"""Caches for incremental decoding (DESIGN.md sections 5 and 8).
+
+A :class:`KVCache` holds one :class:`CacheEntry` per attention layer of a stack, created by the
+layer: :class:`KVEntry` (self-attention keys and values, stored after rotary rotation) or
+:class:`ContextEntry` (a cross-attention context projected once).
+"""
+
+from x_attn.cache.context import ContextEntry
+from x_attn.cache.entry import CacheEntry, HeldKeys, KeyRows
+from x_attn.cache.kv import KVEntry
+from x_attn.cache.kv_cache import KVCache
+
+__all__ = ["CacheEntry", "ContextEntry", "HeldKeys", "KVCache", "KVEntry", "KeyRows"]

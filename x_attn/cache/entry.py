@@ -1,0 +1,107 @@
+"""The per-layer cache protocol: what an attention layer keeps between decoding calls.
+
+Each attention layer creates its own entry (``Attention.new_cache_entry()`` for
+self-attention, ``new_context_entry()`` for cross-attention), so layers of one stack may keep
+different things: keys and values (:class:`x_attn.cache.kv.KVEntry`), a context projected once
+(:class:`x_attn.cache.context.ContextEntry`), and later a ring buffer of the last w positions, a
+latent, a running state, or the last query rows a convolution needs. An entry knows the
+absolute positions and the padding of what it holds; the stack only counts positions.
+
+Per call, the layer hands the entry the new key rows (:class:`KeyRows`) and its projection's
+``keys`` function; the entry projects what it needs, stores it and returns every key the layer
+attends to now (:class:`HeldKeys`). Adding a cache kind: one file with a :class:`CacheEntry`
+subclass, chosen by the feature that needs it.
+
+Shape legend: b batch, j keys, d input dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from x_attn.masks.spec import Span
+from x_attn.positional.context import RowPositions
+
+Project = Callable[[Tensor, RowPositions], Any]
+
+
+@dataclass(slots=True)
+class KeyRows:
+    """The key/value input of one attention call, before projection.
+
+    Attributes:
+        x: (b, j, d) rows (Transformer-XL memories + the new tokens, or a context).
+        span: their absolute positions (a context's rows count from 0).
+        mask: (b, j) padding, True = real, or None.
+        positions: positional tables of these rows, for the projection.
+    """
+
+    x: Tensor
+    span: Span
+    mask: Tensor | None
+    positions: RowPositions
+
+
+@dataclass(slots=True)
+class HeldKeys:
+    """Every key a layer attends to in this call.
+
+    Attributes:
+        payload: what the projection made of them (for multi-head attention: (k, v)).
+        span: their absolute positions.
+        mask: (b, j) padding, True = real, or None.
+    """
+
+    payload: Any
+    span: Span
+    mask: Tensor | None
+
+
+class CacheEntry:
+    """One attention layer's keys between calls.
+
+    Attributes:
+        kind: the entry family ("kv", "context", ...), for kernels that read entries.
+        positional: its keys carry positions (they slide with a window; a context does not).
+    """
+
+    kind: ClassVar[str] = ""
+    positional: ClassVar[bool] = True
+
+    def update(self, new: KeyRows, project: Project) -> HeldKeys:
+        """Take this call's key rows (projecting what is needed) and return all held keys."""
+        raise NotImplementedError
+
+    @property
+    def held(self) -> Span | None:
+        """Absolute positions of the keys held, or None while empty."""
+        raise NotImplementedError
+
+    @property
+    def key_mask(self) -> Tensor | None:
+        """(b, j) padding of the keys held, or None when all are real."""
+        raise NotImplementedError
+
+    @property
+    def batch(self) -> int | None:
+        """Batch size of what the entry holds, or None while empty."""
+        raise NotImplementedError
+
+    def next_position(self) -> int:
+        """Where the next new keys start (0 for an empty entry)."""
+        held = self.held
+        return 0 if held is None else held.stop
+
+    def select(self, index: Tensor) -> CacheEntry:
+        """A copy restricted to the batch rows ``index``."""
+        raise NotImplementedError
+
+    def keep_newest(self, keep: int) -> None:
+        """Drop all but the newest ``keep`` positions (no-op for non-positional entries)."""
+
+    def adopt(self, start: int, key_mask: Tensor | None) -> None:
+        """Place keys given as raw tensors at positions from ``start`` (see KVCache)."""

@@ -1,0 +1,115 @@
+"""The cache of a whole stack: one entry per attention layer and the positions processed.
+
+Shape legend: b batch, j keys held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import Tensor
+
+from x_attn.cache.entry import CacheEntry
+from x_attn.masks.spec import Span
+from x_attn.validation import check_batch_index
+
+
+class KVCache:
+    """One :class:`CacheEntry` per attention layer (self and cross), in layer order.
+
+    Each layer creates its own entry on first use (``KVCache.empty`` leaves the slots empty),
+    so layers may keep different things. Entries know the absolute positions and padding of
+    what they hold; the cache counts the positions processed.
+
+    Args:
+        entries: the entries (or None for slots the layers fill).
+        length: positions already processed (keys carrying a position), counted from 0; the
+            next token sits at absolute position ``length``.
+        key_mask: for entries given as raw tensors: the (b, j) padding of their keys.
+        dropped: for entries given as raw tensors: the absolute position of their first key.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[CacheEntry | None] | None = None,
+        length: int = 0,
+        key_mask: Tensor | None = None,
+        dropped: int = 0,
+    ) -> None:
+        self.entries: list[CacheEntry | None] = list(entries) if entries is not None else []
+        self.length = length
+        for entry in self.entries:
+            if entry is not None:
+                entry.adopt(dropped, key_mask)
+
+    def __repr__(self) -> str:
+        kinds = ", ".join("empty" if e is None else type(e).__name__ for e in self.entries)
+        return f"KVCache(length={self.length}, kept={self.kept}, entries=[{kinds}])"
+
+    @classmethod
+    def empty(cls, num_layers: int) -> KVCache:
+        """A cache whose ``num_layers`` entries each attention layer creates on first use."""
+        return cls(entries=[None] * num_layers)
+
+    def entry(self, index: int, create: Callable[[], CacheEntry]) -> CacheEntry:
+        """Entry ``index``, created by ``create`` (the layer's factory) if still empty."""
+        found = self.entries[index]
+        if found is None:
+            found = self.entries[index] = create()
+        return found
+
+    def _positional(self) -> list[CacheEntry]:
+        return [e for e in self.entries if e is not None and e.positional and e.held is not None]
+
+    def _spans(self) -> list[Span]:
+        """The positions held by each entry whose keys carry positions."""
+        spans = [e.held for e in self.entries if e is not None and e.positional]
+        return [span for span in spans if span is not None]
+
+    @property
+    def kept(self) -> int:
+        """Positions still held by the layer that holds the most (``length`` before a slide)."""
+        return max((len(span) for span in self._spans()), default=self.length)
+
+    @property
+    def dropped(self) -> int:
+        """Oldest positions no layer holds any more (evicted by :meth:`slide`)."""
+        return self.length - self.kept
+
+    @property
+    def first_position(self) -> int:
+        """The oldest absolute position any layer still holds (``length`` when none)."""
+        return min((span.start for span in self._spans()), default=self.length)
+
+    @property
+    def key_mask(self) -> Tensor | None:
+        """(b, kept) padding of the positions held by the layer that holds the most, or None."""
+        entries = self._positional()
+        if not entries:
+            return None
+        return max(entries, key=lambda e: len(e.held)).key_mask
+
+    @property
+    def batch(self) -> int | None:
+        """Batch size of what the entries hold, or None while they hold nothing."""
+        return next((e.batch for e in self.entries if e is not None and e.batch), None)
+
+    def select(self, index: Tensor) -> KVCache:
+        """A cache restricted to the batch rows in ``index`` (for beam or batch pruning)."""
+        check_batch_index(index, self.batch, "KVCache.select")
+        entries = [None if e is None else e.select(index) for e in self.entries]
+        return KVCache(entries=entries, length=self.length)
+
+    def slide(self, keep: int, layers: Sequence[int] | None = None) -> None:
+        """Keep only the newest ``keep`` positions in the self-attention entries ``layers``.
+
+        Absolute positions are unchanged (``length`` still counts every processed token), so
+        the next query is positioned correctly; it just sees fewer keys (a sliding window).
+        ``layers`` defaults to every entry whose keys carry positions (cross-attention entries
+        never slide).
+        """
+        indices = range(len(self.entries)) if layers is None else layers
+        for index in indices:
+            entry = self.entries[index]
+            if entry is not None and entry.positional:
+                entry.keep_newest(keep)

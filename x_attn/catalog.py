@@ -1,0 +1,177 @@
+"""Named attention mechanisms: one table entry each (name -> stack flags).
+
+The training command (``--attention NAME``), the comparison study and the docs read this one
+table. A mechanism whose flags this version of x_attn does not know yet is listed as not
+available, with the reason, and is never replaced by a stand-in: when its flags land, the entry
+becomes available without any other change. Adding a mechanism is one line in ``CATALOG``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from x_attn.routing import known_layer_arguments
+
+__all__ = ["CATALOG", "Mechanism", "causal_mechanisms", "mechanism"]
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """One attention mechanism: the flags that select it on a Decoder, and its paper.
+
+    ``flags`` is None while the flag names are not settled (the mechanism is not built yet);
+    ``causal`` is False for mechanisms that cannot run in a decoder at all.
+    """
+
+    name: str
+    summary: str
+    flags: dict[str, Any] | None = field(default_factory=dict)
+    paper: str = ""
+    causal: bool = True
+    note: str = ""
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why this mechanism cannot be trained as a causal language model here, or None."""
+        if not self.causal:
+            return f"not causal: {self.note or 'it mixes future positions into every output'}"
+        if self.flags is None:
+            return f"not available in this version of x_attn{'; ' + self.note if self.note else ''}"
+        missing = sorted(set(self.flags) - known_layer_arguments())
+        if missing:
+            return f"not available in this version of x_attn (unknown flags: {', '.join(missing)})"
+        return None
+
+    @property
+    def available(self) -> bool:
+        return self.unavailable_reason is None
+
+
+CATALOG: tuple[Mechanism, ...] = (
+    Mechanism("mha", "multi-head softmax attention, fused SDPA kernel", {}, "1706.03762"),
+    Mechanism(
+        "mha-manual",
+        "the same attention on the readable manual kernel",
+        {"attn_flash": False},
+        "1706.03762",
+    ),
+    Mechanism(
+        "mqa", "multi-query attention: one key/value head", {"attn_one_kv_head": True}, "1911.02150"
+    ),
+    Mechanism(
+        "gqa", "grouped-query attention: 2 key/value heads", {"attn_kv_heads": 2}, "2305.13245"
+    ),
+    Mechanism(
+        "mla",
+        "multi-head latent attention: a low-rank key/value latent is cached",
+        {"attn_use_latent_kv": True, "attn_dim_latent_kv": 32},
+        "2405.04434",
+    ),
+    Mechanism(
+        "mta",
+        "multi-token attention: convolution over the attention logits",
+        None,
+        "2504.00927",
+        note="its flags are not settled yet",
+    ),
+    Mechanism(
+        "linear",
+        "linear attention (elu + 1 feature map)",
+        None,
+        "2006.16236",
+        note="its flags are not settled yet",
+    ),
+    Mechanism(
+        "performer",
+        "Performer FAVOR+ random features",
+        None,
+        "2009.14794",
+        note="its flags are not settled yet",
+    ),
+    Mechanism(
+        "sliding-window",
+        "causal sliding-window attention",
+        None,
+        "2004.05150",
+        note="its flags are not settled yet",
+    ),
+    Mechanism(
+        "sparse-transformer",
+        "strided / fixed sparse patterns",
+        None,
+        "1904.10509",
+        note="its flags are not settled yet",
+    ),
+    Mechanism(
+        "lsh",
+        "Reformer locality-sensitive hashing attention",
+        None,
+        "2001.04451",
+        note="its flags are not settled yet",
+    ),
+    Mechanism(
+        "linformer",
+        "keys and values projected along the sequence",
+        None,
+        "2006.04768",
+        causal=False,
+        note="its sequence projection mixes future keys into every one",
+    ),
+    Mechanism(
+        "bigbird",
+        "window + global + random blocks",
+        None,
+        "2007.14062",
+        causal=False,
+        note="its global tokens attend to, and are attended by, every position",
+    ),
+    Mechanism(
+        "talking-heads",
+        "heads mixed before and after the softmax",
+        {"attn_talking_heads": True},
+        "2003.02436",
+    ),
+    Mechanism(
+        "topk", "only the 8 largest logits of each query", {"attn_sparse_topk": 8}, "1912.11637"
+    ),
+    Mechanism(
+        "entmax15", "entmax-1.5 instead of softmax", {"attn_use_entmax15": True}, "1909.00015"
+    ),
+    Mechanism("memory-kv", "4 learned memory key/values", {"attn_num_mem_kv": 4}, "1907.01470"),
+    Mechanism(
+        "collab-heads",
+        "collaborative heads (shared q/k projection)",
+        {"attn_collab_heads": True, "attn_collab_compression": 0.5},
+        "2006.16362",
+    ),
+    Mechanism(
+        "attn-on-attn",
+        "attention on attention (output gated by its query)",
+        {"attn_on_attn": True},
+        "1908.06954",
+    ),
+    Mechanism(
+        "residual-attn",
+        "RealFormer: previous layer's logits added",
+        {"residual_attn": True},
+        "2012.11747",
+    ),
+)
+
+
+def mechanism(name: str) -> Mechanism:
+    """The catalog entry ``name``; a ValueError with the closest names when unknown."""
+    for entry in CATALOG:
+        if entry.name == name:
+            return entry
+    names = [m.name for m in CATALOG]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ValueError(f"unknown attention mechanism '{name}'; {hint}known: {', '.join(names)}")
+
+
+def causal_mechanisms() -> list[Mechanism]:
+    """The entries that can be trained as a causal language model in this version."""
+    return [m for m in CATALOG if m.available]

@@ -1,0 +1,112 @@
+"""The attention kernels x_attn can run, each with one signature and declared capabilities.
+
+Every kernel is called as ``run(inputs, hooks, entry) -> (out, maps or None)``:
+``inputs`` (:class:`AttnInputs`: q, k, v, the mask description, a bias), ``hooks`` (the
+layer's score features bound to this call; a kernel without the ``"scores"`` capability may
+ignore them because :func:`x_attn.kernels.select.choose_kernel` never gives it a layer that
+has any), ``entry`` (the layer's cache entry, for kernels that keep a state there) ->
+``out`` (b, h, i, dv) and the attention maps when the kernel forms them.
+
+Capabilities (what a layer may need, see :class:`Need`):
+    "scores"      forms the (b, h, i, j) scores: runs score hooks, returns maps;
+    "bias"        adds a float bias to the logits;
+    "dense_mask"  applies a dense bool mask, hence every mask rule ("rule:<kind>");
+    "rule:<kind>" understands that mask rule without a dense mask (e.g. "rule:window");
+    "cache:<kind>" reads a cache entry whose payload is not keys/values (e.g. "cache:state").
+
+Adding a kernel: one file with the computation, one line in ``KERNELS`` (order = preference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from x_attn.kernels.inputs import AttnInputs
+from x_attn.kernels.manual import AttnMaps, ScoreHooks, manual_attention
+from x_attn.kernels.sdpa import sdpa_attention
+
+KernelFn = Callable[[AttnInputs, ScoreHooks, object], tuple[Tensor, AttnMaps | None]]
+
+CAPABILITIES = {
+    "scores": "the raw attention scores",
+    "bias": "an additive logit bias",
+    "dense_mask": "a dense attention mask",
+}
+
+
+def describe(capability: str) -> str:
+    """Words for a capability in error messages and ``explain()``."""
+    kind, _, name = capability.partition(":")
+    if name:
+        return f"the {name} {'mask' if kind == 'rule' else 'cache entry'}"
+    return CAPABILITIES.get(capability, capability)
+
+
+@dataclass(frozen=True)
+class Need:
+    """One requirement of one layer: ``flag`` (named in messages) needs ``capability``."""
+
+    flag: str
+    capability: str
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """An attention kernel and what it supports.
+
+    Attributes:
+        name: reported by ``explain()`` and ``LayerIntermediates.kernels``.
+        run: ``(inputs, hooks, entry) -> (out, maps or None)``.
+        fused: a fused kernel (what ``attn_flash=True`` requires; ``False`` excludes it).
+        supports: capabilities (see the module docstring).
+        default_reason: ``explain()`` text when it is chosen with nothing asking for more.
+    """
+
+    name: str
+    run: KernelFn
+    fused: bool
+    supports: frozenset[str]
+    default_reason: str = ""
+
+    def can(self, capability: str) -> bool:
+        if capability in self.supports:
+            return True
+        return capability.startswith("rule:") and "dense_mask" in self.supports
+
+
+def _sdpa(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, None]:
+    return sdpa_attention(inputs), None
+
+
+def _manual(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, AttnMaps]:
+    return manual_attention(inputs, hooks)
+
+
+KERNELS: tuple[Kernel, ...] = (
+    Kernel(
+        "sdpa",
+        _sdpa,
+        fused=True,
+        supports=frozenset({"bias", "dense_mask"}),
+        default_reason="no active feature needs the attention scores",
+    ),
+    Kernel(
+        "manual",
+        _manual,
+        fused=False,
+        supports=frozenset({"scores", "bias", "dense_mask"}),
+        default_reason="the reference softmax path",
+    ),
+)
+
+
+def kernel_named(name: str) -> Kernel:
+    """The registered kernel called ``name``."""
+    for kernel in KERNELS:
+        if kernel.name == name:
+            return kernel
+    known = ", ".join(k.name for k in KERNELS)
+    raise KeyError(f"no attention kernel named {name!r}; registered: {known}")
