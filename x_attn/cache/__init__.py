@@ -6,8 +6,16 @@ layer: :class:`KVEntry` (self-attention keys and values, stored after rotary rot
 """
 
 from x_attn.cache.context import ContextEntry
-from x_attn.cache.entry import CacheEntry, HeldKeys, KeyRows
+from x_attn.cache.entry import CacheEntry, EntryWrapper, HeldKeys, KeyRows
 from x_attn.cache.kv import KVEntry
 from x_attn.cache.kv_cache import KVCache
 
-__all__ = ["CacheEntry", "ContextEntry", "HeldKeys", "KVCache", "KVEntry", "KeyRows"]
+__all__ = [
+    "CacheEntry",
+    "ContextEntry",
+    "EntryWrapper",
+    "HeldKeys",
+    "KVCache",
+    "KVEntry",
+    "KeyRows",
+]
