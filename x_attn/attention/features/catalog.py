@@ -16,6 +16,7 @@ from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
+from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
@@ -31,9 +32,11 @@ FEATURES: tuple[FeatureSpec, ...] = (
     MEMORY_KV_SPEC,
     RESIDUAL_ATTN_SPEC,
     PRE_TALKING_SPEC,
+    MTA_SPEC,
     SPARSE_TOPK_SPEC,
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
+    MTA_HEAD_NORM_SPEC,
     AOA_SPEC,
 )
 
