@@ -71,8 +71,14 @@ def test_one_beam_is_greedy_decoding() -> None:
     assert torch.equal(wrapper.beam_search(prompts, 8, beams=1), greedy)
 
 
-@pytest.mark.parametrize("layers", [{}, {"rotary_pos_emb": True}], ids=["absolute", "rotary"])
+MTA = {"rotary_pos_emb": True, "attn_mta": True, "attn_mta_kernel_q": 3, "attn_mta_kernel_k": 3}
+
+
+@pytest.mark.parametrize(
+    "layers", [{}, {"rotary_pos_emb": True}, MTA], ids=["absolute", "rotary", "multi-token"]
+)
 def test_cached_equals_uncached(layers) -> None:
+    """The cache follows the re-chosen rows, whatever its entries hold (MTA: query rows too)."""
     wrapper = model(vocab=16, **layers)
     prompts = [torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6])]
     a = wrapper.beam_search(prompts, 6, beams=3, return_beams_and_scores=True)
