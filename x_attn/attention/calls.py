@@ -56,6 +56,7 @@ def real_rows(rows: Tensor, mask: Tensor | None) -> Tensor:
 def self_call(
     x: Tensor,
     mem: Tensor | None,
+    mem_mask: Tensor | None,
     mask: Tensor | None,
     attn_mask: Tensor | None,
     positions: PositionContext | None,
@@ -69,8 +70,12 @@ def self_call(
         positions = PositionContext(n, j, start=entry.next_position())
     stop = positions.start + positions.k_len
     new, queries = Span(stop - j, stop), Span(stop - n, stop)
-    if mask is not None and j > n:  # memory rows are always real
-        mask = torch.cat((mask.new_ones(mask.shape[0], j - n), mask), dim=1)
+    if j > n and (mask is not None or mem_mask is not None):  # the padding of [mem; x]
+        mem_mask = (
+            mem_mask if mem_mask is not None else x.new_ones(x.shape[0], j - n, dtype=torch.bool)
+        )
+        mask = mask if mask is not None else x.new_ones(x.shape[0], n, dtype=torch.bool)
+        mask = torch.cat((mem_mask, mask), dim=1)
     keys = KeyRows(real_rows(rows, mask), new, mask, positions.rows(new))
     return AttendCall(keys, entry, queries, positions.rows(queries), rules, attn_mask, positions)
 
