@@ -189,7 +189,8 @@ class AttentionLayers(nn.Module):
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
         start = cache.first_position if cache is not None else 0
-        held_mask, held_real = (None, None) if cache is None else (cache.key_mask, cache.real)
+        held_real = None if cache is None else cache.real  # None: nothing padded so far
+        held_mask = None if held_real is None else cache.key_mask
         new_mask = rows_mask(mem_mask, mask, mem_len, x)
         span = (start, past, past + mem_len + n)
         rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)

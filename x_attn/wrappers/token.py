@@ -24,7 +24,7 @@ from x_attn.positional.row_positions import counted_positions, left_padding
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability, default
-from x_attn.validation import check_bool_mask, check_cache, check_seq_start_pos, token_ids
+from x_attn.validation import check_bool_mask, check_seq_start_pos, token_ids
 from x_attn.wrappers.cache_input import new_inputs
 
 
@@ -152,7 +152,6 @@ class SequenceWrapper(nn.Module):
         """
         b, n = h.shape[:2]
         owner = type(self).__name__
-        check_cache(cache, self.attn_layers.num_attention_layers, b, owner)
         seen = cache.inputs if cache is not None else SeenInputs()
         streaming = cache is not None or return_intermediates or return_cache
         check_seq_start_pos(seq_start_pos, b, None if streaming else seen.count + n, owner)
