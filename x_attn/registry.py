@@ -31,6 +31,9 @@ class FlagCase:
     cacheable: bool = True  # decodes with a KV cache (else generation falls back, with a warning)
     exact: bool = True  # exact attention (an approximation is compared with a tolerance)
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
+    row_conv: bool = (
+        False  # convolves over neighbouring positions: padding between real ones refused
+    )
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -121,6 +124,53 @@ FLAGS: tuple[FlagCase, ...] = (
     ),
     FlagCase(
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
+    ),
+    FlagCase(
+        "attn_mta",
+        "Multi-Token Attention: key-query convolution of the logits (query past, key both ways)",
+        "2504.00927",
+        {"attn_mta": True, "attn_mta_kernel_q": 3, "attn_mta_kernel_k": 3},
+        needs_scores=True,
+        kernel="manual",
+        row_conv=True,
+    ),
+    FlagCase(
+        "attn_mta_post_conv",
+        "Multi-Token Attention: key-query convolution of the weights after the softmax",
+        "2504.00927",
+        {
+            "attn_mta": True,
+            "attn_mta_pre_conv": False,
+            "attn_mta_post_conv": True,
+            "attn_mta_kernel_q": 2,
+            "attn_mta_kernel_k": 3,
+        },
+        needs_scores=True,
+        kernel="manual",
+        probs="mixed",
+        row_conv=True,
+    ),
+    FlagCase(
+        "attn_mta_post_head_mix",
+        "Multi-Token Attention with every part: both convolutions, head mixing in groups, "
+        "group norm with depth scaling and gate",
+        "2504.00927",
+        {
+            "attn_mta": True,
+            "attn_mta_kernel_q": 3,
+            "attn_mta_kernel_k": 3,
+            "attn_mta_post_conv": True,
+            "attn_mta_head_kernel": 2,
+            "attn_mta_pre_head_mix": True,
+            "attn_mta_post_head_mix": True,
+            "attn_mta_group_norm": True,
+            "attn_mta_depth_scale": True,
+            "attn_mta_gate": True,
+        },
+        needs_scores=True,
+        kernel="manual",
+        probs="mixed",
+        row_conv=True,
     ),
     FlagCase(
         "attn_flash=False",

@@ -48,6 +48,11 @@ def _check_memory_args(
             f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
             "which a reversible=True stack does not keep; drop one of the two"
         )
+    if max_mem_len and attn_layers.config.attn.mta:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) gives keys without their query "
+            "rows, which the query convolution of attn_mta reads; drop one of the two"
+        )
     if max_mem_len and attn_layers.num_self_attention_layers == 0:
         raise ValueError(
             f"{owner}: max_mem_len (Transformer-XL memories) needs self-attention layers to "
@@ -223,11 +228,24 @@ class SequenceWrapper(nn.Module):
         return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
 
     def _prepend_memory(self, h: Tensor, mask: Tensor | None):
+        if mask is not None and not bool(mask[:, 0].all()):
+            self._refuse_gap()
         mem = repeat(self.memory_tokens, "m d -> b m d", b=h.shape[0]).to(h.dtype)
         if mask is not None:
             ones = torch.ones(h.shape[0], mem.shape[1], dtype=torch.bool, device=h.device)
             mask = torch.cat((ones, mask), dim=1)
         return torch.cat((mem, h), dim=1), mask
+
+    def _refuse_gap(self) -> None:
+        """Memory tokens in front of left padding leave a gap that convolutions would read."""
+        flags = {f for m in self.attn_layers.modules() for f in getattr(m, "neighbour_flags", ())}
+        if flags:
+            raise ValueError(
+                f"{type(self).__name__}: num_memory_tokens with a left-padded mask puts padding "
+                f"between the memory tokens and the row, and {sorted(flags)} mix neighbouring "
+                "positions, so a padded row would not compute what it computes alone; pad on "
+                "the right, or drop num_memory_tokens"
+            )
 
     def _package(
         self,
