@@ -127,10 +127,10 @@ def test_wrapper_constructor_and_forward_flags() -> None:
 
 
 def test_noop_value_overrides_the_x_transformers_default() -> None:
-    # x_attn's cache takes only the new tokens: x-transformers' input_not_include_cache=True
-    assert is_unsupported_noop("TransformerWrapper", "__init__", "input_not_include_cache", True)
+    # the stack with a cache takes only the new rows: x-transformers' input_not_include_cache=True
+    assert is_unsupported_noop("Decoder", "forward", "input_not_include_cache", True)
     with pytest.raises(UnsupportedFlagError):
-        is_unsupported_noop("TransformerWrapper", "__init__", "input_not_include_cache", False)
+        is_unsupported_noop("Decoder", "forward", "input_not_include_cache", False)
 
 
 def test_docs_list_is_current() -> None:

@@ -65,10 +65,11 @@ def tokens(n: int = N, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (B, n), generator=torch.Generator().manual_seed(seed))
 
 
-def padding(n: int = N) -> torch.Tensor:
+def padding(n: int = N, inner: bool = True) -> torch.Tensor:
+    """Right padding in row 0; row 1 padded inside (``inner``) or at its end."""
     mask = torch.ones(B, n, dtype=torch.bool)
     mask[0, -2:] = False
-    mask[1, 1] = False
+    mask[1, 1 if inner else -1] = False
     return mask
 
 
@@ -101,9 +102,12 @@ CASES = {
 
 
 def _inputs(options: dict, emb_dim: int = DIM) -> dict:
+    """Inputs for both libraries. Padding on the right only: x_attn gives padding no position
+    (each row numbers its real tokens), x-transformers numbers every index, so padding before
+    a real token would shift its absolute position in one library only."""
     kwargs = {}
     if options.get("mask"):
-        kwargs["mask"] = padding()
+        kwargs["mask"] = padding(inner=False)
     if options.get("segment"):
         gen = torch.Generator().manual_seed(3)
         kwargs["embed_ids"] = {"segment": torch.randint(0, 3, (B, N), generator=gen)}
@@ -111,7 +115,7 @@ def _inputs(options: dict, emb_dim: int = DIM) -> dict:
         gen = torch.Generator().manual_seed(4)
         kwargs["prepend_embeds"] = torch.randn(B, 3, emb_dim, generator=gen)
         kwargs["prepend_mask"] = torch.tensor([[True, False, True], [True, True, True]])
-        kwargs["mask"] = padding()
+        kwargs["mask"] = padding(inner=False)
     return kwargs
 
 

@@ -43,11 +43,31 @@ def _bias_only_here(name: str) -> bool:
     return name.endswith(".bias") and name.rsplit(".", 2)[-2].endswith(heads)
 
 
-def load_from_x_transformers(ours: nn.Module, theirs: nn.Module) -> None:
-    """Copy ``theirs`` (x-transformers TransformerWrapper) into ``ours`` (x_attn), exactly."""
+def half_split_order(heads: int, dim_head: int, rotary: int) -> torch.Tensor:
+    """Rows of x-transformers' q/k weights in x_attn's rotary layout.
+
+    x-transformers rotates interleaved pairs (2i, 2i + 1), x_attn half-split pairs
+    (i, i + r/2), both at frequency i; permuting the q and k rows of every head alike leaves
+    every score unchanged.
+    """
+    half = rotary // 2
+    within = [2 * j if j < half else 2 * (j - half) + 1 for j in range(rotary)]
+    within += list(range(rotary, dim_head))
+    return torch.tensor([h * dim_head + j for h in range(heads) for j in within])
+
+
+def load_from_x_transformers(
+    ours: nn.Module, theirs: nn.Module, order: torch.Tensor | None = None
+) -> None:
+    """Copy ``theirs`` (x-transformers TransformerWrapper) into ``ours`` (x_attn), exactly.
+
+    ``order`` (:func:`half_split_order`) permutes the q / k rows of a rotary model.
+    """
     target = ours.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for key, value in theirs.state_dict().items():
+        if key.endswith("inv_freq"):
+            continue  # rotary frequencies: a buffer both compute the same way
         name = _rename(key)
         if name not in target:
             raise KeyError(f"no x_attn parameter for x-transformers' {key} (tried {name})")
@@ -55,6 +75,8 @@ def load_from_x_transformers(ours: nn.Module, theirs: nn.Module) -> None:
             value = value + 1.0  # unit offset
         if name == "pos_emb.emb.weight" and not getattr(theirs, "l2norm_embed", False):
             value = value * theirs.pos_emb.scale
+        if order is not None and re.search(r"proj\.to_[qk]\.weight$", name):
+            value = value[order]
         mapped[name] = value
     for name, value in target.items():
         if name not in mapped:

@@ -23,12 +23,13 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.cache import KVCache
-from x_attn.layers.stack import AttentionLayers
+from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, check_float_input
-from x_attn.wrappers.embedding import stream_mask, zero_masked
+from x_attn.wrappers.cache_input import new_inputs
+from x_attn.wrappers.embedding import zero_masked
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.training_aids import lens_mask
 
@@ -111,9 +112,10 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         return_mems: bool = False,
         return_attn: bool = False,
         mems: list[Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
         return_intermediates: bool = False,
         return_cache: bool = False,
+        input_not_include_cache: bool | None = None,
         *,
         lens: Tensor | None = None,
         prepend_embeds: Tensor | None = None,
@@ -128,7 +130,10 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             mask: (b, n) bool padding mask, True = real position; masked inputs have no
                 effect at all (whatever they hold, NaN included).
             mems: Transformer-XL memories returned by a previous call with ``return_mems``.
-            cache: a :class:`KVCache` for incremental decoding, updated in place.
+            cache: a :class:`KVCache` (``x`` = the new inputs) or the intermediates of an
+                earlier call (``x`` = the whole sequence so far, as in x-transformers); only
+                the inputs the cache has not seen run. The cache passed is left as it was.
+            input_not_include_cache: with a cache, whether ``x`` holds only new inputs.
             lens / prepend_embeds / prepend_mask / sum_embeds: as in TransformerWrapper.
             **kwargs: context, context_mask, attn_mask, seq_start_pos, passed to the stack.
 
@@ -146,8 +151,13 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             mask = lens_mask(lens, x.shape[1], owner)
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
         self._check_whole_sequence(cache, mems, return_cache)
+        layers = self.attn_layers.num_attention_layers
+        returns_cache = return_cache or return_intermediates
+        cache, x, mask = new_inputs(
+            owner, cache, x, mask, input_not_include_cache, layers, returns_cache
+        )
         # zeroed before project_in: a NaN there would reach its weight gradient
-        out, inter = self._run_stack(
+        out, inter, seq_mask = self._run_stack(
             self.project_in(zero_masked(x, mask)),
             mask,
             mems,
@@ -160,8 +170,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             prepend_mask=prepend_mask,
             **kwargs,
         )
-        p = out.shape[1] - x.shape[1]
-        out = self._pool(out, stream_mask(mask, x.shape[1], prepend_mask, p, x.shape[0], x.device))
+        out = self._pool(out, seq_mask)
         result = out if return_embeddings else self._output(out)
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache

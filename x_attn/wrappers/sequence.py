@@ -17,9 +17,12 @@ import torch
 from einops import repeat
 from torch import Tensor, nn
 
-from x_attn.cache import KVCache
+from x_attn.cache import KVCache, Mems
+from x_attn.cache.inputs import SeenInputs
+from x_attn.cache.mems import next_mems
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
+from x_attn.positional.row_positions import counted_positions, left_padding
 from x_attn.utils import check_positive_int, check_probability
 from x_attn.validation import check_cache, check_seq_start_pos
 from x_attn.wrappers.embedding import (
@@ -179,36 +182,42 @@ class SequenceWrapper(nn.Module):
         return_intermediates: bool,
         seq_start_pos: Tensor | None = None,
         return_cache: bool = False,
+        tokens: Tensor | None = None,
         sum_embeds: Tensor | None = None,
         prepend_embeds: Tensor | None = None,
         prepend_mask: Tensor | None = None,
         **kwargs: Any,
-    ) -> tuple[Tensor, LayerIntermediates]:
+    ) -> tuple[Tensor, LayerIntermediates, Tensor | None]:
         """Positions, embedding options, lead tokens, then the stack on embeddings ``h`` (b, n, e).
 
-        ``seq_start_pos`` (b,): per-sample index of the first real token of left-padded rows;
-        absolute positions count from there (relative schemes are shift-invariant already).
-        Memory tokens, class tokens and ``prepend_embeds`` (b, p, e) open the stream on the
-        first call; a cache holds them afterwards (pass the same ``prepend_embeds`` with the
-        cache: their length places the tokens). Masked positions (``mask``, ``prepend_mask``)
-        enter as zeros, so what they hold (a NaN in a padded continuous input) has no effect at
-        all. Returns the stack output (b, k + p + n, d) with memory tokens stripped, and its
-        intermediates.
+        ``h`` holds only inputs the cache has not seen (see :mod:`x_attn.wrappers.cache_input`);
+        ``tokens`` are their ids, kept in the cache. ``seq_start_pos`` (b,): index of each
+        row's first real input in the whole sequence; the positions before it are padding,
+        masked as in x-transformers. Padding takes no position: absolute positions count each
+        row's real inputs. Memory tokens, class tokens and ``prepend_embeds`` (b, p, e) open the
+        stream on the first call; a cache holds them afterwards (``prepend_embeds`` passed again
+        with a non-empty cache, as a decoding loop repeating its inputs does, change nothing).
+        Masked positions (``mask``, ``prepend_mask``) enter as zeros, so what they hold (a NaN
+        in a padded continuous input) has no effect at all. Returns the stack output
+        (b, k + p + n, d) with memory tokens stripped, its intermediates, and the padding of
+        its last p + n positions (left padding of ``seq_start_pos`` included), or None.
         """
         owner = type(self).__name__
-        n, p = h.shape[1], 0 if prepend_embeds is None else prepend_embeds.shape[1]
-        check_prepend(prepend_embeds, prepend_mask, h.shape[0], h.shape[-1], owner)
-        check_cache(cache, self.attn_layers.num_attention_layers, h.shape[0], owner)
-        lead = self.num_memory_tokens + self.num_cls_tokens + p
-        # a cache holds the lead after its first call; an empty one holds nothing
-        past = max(cache.length - lead, 0) if cache is not None else 0
+        (b, n), p = h.shape[:2], 0 if prepend_embeds is None else prepend_embeds.shape[1]
+        check_prepend(prepend_embeds, prepend_mask, b, h.shape[-1], owner)
+        check_cache(cache, self.attn_layers.num_attention_layers, b, owner)
+        seen = cache.inputs if cache is not None else SeenInputs()
+        streaming = cache is not None or return_intermediates or return_cache
+        check_seq_start_pos(seq_start_pos, b, None if streaming else seen.count + n, owner)
+        mask = left_padding(mask, seq_start_pos, seen.count, n)
         first = cache is None or cache.length == 0
-        check_seq_start_pos(seq_start_pos, h.shape[0], past + n, owner)
-        h = self._embed(zero_masked(h, mask), past, seq_start_pos, sum_embeds)
+        h = self._embed(zero_masked(h, mask), seen.real_before(), mask, sum_embeds)
+        inputs_mask = mask
         if prepend_embeds is not None and first:
             prepend_embeds = zero_masked(prepend_embeds, prepend_mask)
             h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
-            mask = stream_mask(mask, n, prepend_mask, p, h.shape[0], h.device)
+            mask = stream_mask(mask, n, prepend_mask, p, b, h.device)
+        out_mask = mask
         h = self.emb_dropout(frac_gradient(h, self.emb_frac_gradient))
         if self.project_emb is not None:
             h = self.project_emb(h)
@@ -226,16 +235,18 @@ class SequenceWrapper(nn.Module):
             return_attn=return_attn,
             **kwargs,
         )
+        if inter.cache is not None:
+            inter.cache.record_inputs(seen.extend(tokens, inputs_mask, n))
         if prepend:
             out = out[:, self.num_memory_tokens :]
-        return out, inter
+        return out, inter, out_mask
 
     def _embed(
-        self, h: Tensor, past: int, seq_start_pos: Tensor | None, sum_embeds: Tensor | None
+        self, h: Tensor, real_before: Tensor | int, mask: Tensor | None, sum_embeds: Tensor | None
     ) -> Tensor:
         """Absolute positions (L2-normalised with l2norm_embed), ``sum_embeds``, post_emb_norm."""
         if self.pos_emb is not None:
-            pos = self._positions(past, h.shape[1], h.device, seq_start_pos)
+            pos = self._positions(real_before, h.shape[1], mask, h.device)
             h = h + (l2norm(pos) if self.l2norm_embed and self.has_abs_positions else pos).to(
                 h.dtype
             )
@@ -283,29 +294,49 @@ class SequenceWrapper(nn.Module):
         return self.attn_layers.explain()
 
     def _positions(
-        self, past: int, n: int, device: torch.device, seq_start_pos: Tensor | None = None
+        self, real_before: Tensor | int, n: int, mask: Tensor | None, device: torch.device
     ) -> Tensor:
-        if self.has_abs_positions and past + n > self.max_seq_len:
+        """Absolute position embeddings of ``n`` new inputs: each row counts its real ones."""
+        if mask is None:
+            positions = torch.arange(n, device=device) + (
+                real_before if isinstance(real_before, int) else real_before.unsqueeze(-1)
+            )
+        else:
+            positions = counted_positions(mask, real_before)
+        plain = mask is None and isinstance(real_before, int)
+        top = real_before + n if plain else int(positions.max()) + 1
+        if self.has_abs_positions and top > self.max_seq_len:
             raise ValueError(
-                f"sequence of {past + n} positions exceeds max_seq_len={self.max_seq_len} while "
+                f"sequence of {top} positions exceeds max_seq_len={self.max_seq_len} while "
                 "learned absolute positions are in use; raise max_seq_len, or go longer with a "
                 "relative scheme (rotary_pos_emb=True, rel_pos_bias=True or alibi_pos_bias=True "
                 "on the layers, which turns absolute positions off) or use_abs_pos_emb=False"
             )
-        positions = torch.arange(past, past + n, device=device)
-        if seq_start_pos is None:
+        if positions.ndim == 1:
             return self.pos_emb(positions)
-        positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)  # (b, n)
         return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
 
     def _prepend_memory(self, h: Tensor, mask: Tensor | None):
         """[memory tokens, class tokens] before ``h`` (b, n, d); the mask grows with ones."""
+        if mask is not None and not bool(mask[:, 0].all()):
+            self._refuse_gap()
         lead = [t for t in (self.memory_tokens, self.cls_token) if t is not None]
         mem = repeat(torch.cat(lead), "m d -> b m d", b=h.shape[0]).to(h.dtype)
         if mask is not None:
             ones = torch.ones(h.shape[0], mem.shape[1], dtype=torch.bool, device=h.device)
             mask = torch.cat((ones, mask), dim=1)
         return torch.cat((mem, h), dim=1), mask
+
+    def _refuse_gap(self) -> None:
+        """Lead tokens in front of left padding leave a gap that convolutions would read."""
+        flags = {f for m in self.attn_layers.modules() for f in getattr(m, "neighbour_flags", ())}
+        if flags:
+            raise ValueError(
+                f"{type(self).__name__}: num_memory_tokens (or use_cls_token) with a left-padded "
+                "mask puts padding between those tokens and the row, and "
+                f"{sorted(flags)} mix neighbouring positions, so a padded row would not compute "
+                "what it computes alone; pad on the right, or drop the memory / class tokens"
+            )
 
     def _package(
         self,
@@ -319,7 +350,7 @@ class SequenceWrapper(nn.Module):
     ):
         extras = []
         if return_mems:
-            extras.append(self.next_mems(inter.hiddens, mems))
+            extras.append(self.next_mems(inter.hiddens, mems, inter.mask))
         if return_attn:
             extras.append(inter.attn_maps)
         if return_cache:
@@ -328,14 +359,14 @@ class SequenceWrapper(nn.Module):
             extras.append(inter)
         return (result, *extras) if extras else result
 
-    def next_mems(self, hiddens: list[Tensor], mems: list[Tensor] | None) -> list[Tensor]:
-        """Transformer-XL: old mems + this segment's layer inputs, detached, last max_mem_len."""
+    def next_mems(
+        self, hiddens: list[Tensor], mems: list[Tensor] | None, mask: Tensor | None = None
+    ) -> Mems:
+        """Transformer-XL: old mems + this segment's layer inputs (padding ``mask``), detached,
+        the last max_mem_len (see :func:`x_attn.cache.mems.next_mems`)."""
         if not hiddens:
             raise ValueError(
                 "return_mems=True: this stack keeps no per-layer hidden states "
                 f"({self.attn_layers.uncacheable_reason or 'no self-attention layers'})"
             )
-        if mems is not None:
-            hiddens = [torch.cat((m, h), dim=1) for m, h in zip(mems, hiddens)]
-        keep = self.max_mem_len if self.max_mem_len > 0 else hiddens[0].shape[1]
-        return [h[:, -keep:].detach() for h in hiddens]
+        return next_mems(hiddens, mems, mask, self.max_mem_len)

@@ -21,9 +21,9 @@ from x_attn.compat import drop_unsupported
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
-from x_attn.utils import check_positive_int
+from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, token_ids
-from x_attn.wrappers.embedding import stream_mask
+from x_attn.wrappers.cache_input import new_inputs
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.token_io import (
@@ -64,6 +64,9 @@ class TransformerWrapper(SequenceWrapper):
         average_pool_embed, use_cls_token, num_cls_tokens, attn_pool, num_pooled_tokens,
             attn_pool_depth, dim_pooled_tokens: pooling (:mod:`x_attn.wrappers.pooling`).
         squeeze_out_last_dim: drop a last logits axis of size 1 (``logits_dim=1`` regressors).
+        input_not_include_cache: with a cache, ``x`` holds only the new tokens (True) or the
+            whole sequence so far (False); None: a KVCache takes new tokens, intermediates
+            the whole sequence (see :mod:`x_attn.wrappers.cache_input`).
     """
 
     @checked_keywords
@@ -96,6 +99,7 @@ class TransformerWrapper(SequenceWrapper):
         attn_pool_depth: int = 1,
         dim_pooled_tokens: int | None = None,
         squeeze_out_last_dim: bool = False,
+        input_not_include_cache: bool | None = None,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -125,6 +129,7 @@ class TransformerWrapper(SequenceWrapper):
             dim, num_tokens, logits_dim, tie_embedding, to_logits, owner
         )
         self.squeeze_out_last_dim = squeeze_out_last_dim
+        self.input_not_include_cache = input_not_include_cache
         self._init_pooling(use_cls_token, num_cls_tokens)
         self.attn_pool = _attention_pool(
             attn_layers, attn_pool, num_pooled_tokens, attn_pool_depth, dim_pooled_tokens
@@ -144,9 +149,10 @@ class TransformerWrapper(SequenceWrapper):
         return_mems: bool = False,
         return_attn: bool = False,
         mems: list[Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
         return_intermediates: bool = False,
         return_cache: bool = False,
+        input_not_include_cache: bool | None = None,
         *,
         return_logits_and_embeddings: bool = False,
         prepend_embeds: Tensor | None = None,
@@ -160,11 +166,17 @@ class TransformerWrapper(SequenceWrapper):
     ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
 
-        Extra returns, in this order when asked: mems (``return_mems``), attention maps
-        (``return_attn``), the KV cache (``return_cache``; a new one when ``cache`` is None),
-        intermediates with the cache (``return_intermediates``). ``seq_start_pos`` (b,) shifts
-        absolute positions of left-padded rows; other keywords (context, context_mask,
-        attn_mask) go to the stack.
+        With a cache (a :class:`KVCache`, or the intermediates of an earlier call as in
+        x-transformers), only the tokens the cache has not seen run, and only their logits
+        are returned; ``input_not_include_cache`` says whether ``x`` holds only those (see
+        :mod:`x_attn.wrappers.cache_input`); ``embed_ids`` / ``sum_embeds`` given for the whole
+        sequence are cut the same way. The cache passed is left as it was.
+
+        Extra returns, in this order when asked: mems (``return_mems``, a :class:`Mems` with
+        their padding), attention maps (``return_attn``), the KV cache (``return_cache``),
+        intermediates with the cache (``return_intermediates``). ``seq_start_pos`` (b,) marks
+        the left padding of each row (masked; padding takes no position); other keywords
+        (context, context_mask, attn_mask) go to the stack.
 
         ``prepend_embeds`` (b, p, e) / ``prepend_mask`` (b, p) open the sequence (outputs kept
         unless ``excise_prepend_embeds``); ``embed_ids`` feed the ``embed_num_tokens`` tables;
@@ -174,9 +186,15 @@ class TransformerWrapper(SequenceWrapper):
         drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
+        not_include = default(input_not_include_cache, self.input_not_include_cache)
+        returns_cache = return_cache or return_intermediates
+        cache, x, mask, per_token = self._new_inputs(
+            x, mask, cache, not_include, returns_cache, (embed_ids, sum_embeds)
+        )
+        embed_ids, sum_embeds = per_token
         h = embed_tokens(self.token_emb, x, self.l2norm_embed, token_emb_kwargs)
         h = add_extra_embeds(h, self.embeds, embed_ids)
-        out, inter = self._run_stack(
+        out, inter, seq_mask = self._run_stack(
             h,
             mask,
             mems,
@@ -184,15 +202,13 @@ class TransformerWrapper(SequenceWrapper):
             return_attn,
             return_intermediates,
             return_cache=return_cache,
+            tokens=x,
             sum_embeds=sum_embeds,
             prepend_embeds=prepend_embeds,
             prepend_mask=prepend_mask,
             **kwargs,
         )
         p = out.shape[1] - x.shape[1] - self.num_cls_tokens  # prepended positions in the output
-        seq_mask = stream_mask(
-            mask, x.shape[1], prepend_mask if p else None, p, x.shape[0], x.device
-        )
         result = self._head(
             out,
             seq_mask,
@@ -206,6 +222,28 @@ class TransformerWrapper(SequenceWrapper):
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
         )
+
+    def _new_inputs(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        cache: Any,
+        not_include: bool | None,
+        returns_cache: bool,
+        per_token: tuple[dict[str, Tensor] | None, Tensor | None],
+    ):
+        """The cache, the tokens it has not seen, their mask, and (embed_ids, sum_embeds)
+        cut to those tokens when ``x`` was the whole sequence (:mod:`.cache_input`)."""
+        n_given = x.shape[1]
+        layers = self.attn_layers.num_attention_layers
+        cache, x, mask = new_inputs(
+            type(self).__name__, cache, x, mask, not_include, layers, returns_cache
+        )
+        held = n_given - x.shape[1]  # tokens of a whole sequence the cache already holds
+        embed_ids, sum_embeds = per_token
+        if held and embed_ids:
+            embed_ids = {k: _new_part(v, held, n_given) for k, v in embed_ids.items()}
+        return cache, x, mask, (embed_ids, _new_part(sum_embeds, held, n_given))
 
     def _head(
         self,
@@ -264,6 +302,13 @@ class TransformerWrapper(SequenceWrapper):
             )
         check_bool_mask("mask", mask, tuple(x.shape), "batch x sequence, True = real token")
         return x
+
+
+def _new_part(value: Any, held: int, n_given: int) -> Any:
+    """``value`` (b, n_given, ...) without its first ``held`` positions; else unchanged."""
+    if held and isinstance(value, Tensor) and value.ndim >= 2 and value.shape[1] == n_given:
+        return value[:, held:]
+    return value
 
 
 def _attention_pool(
