@@ -157,7 +157,11 @@ def mems_with_cache(s: Subject, x: Tensor, first: int, every_step: bool) -> None
     """Mems of a first segment, then cached decoding of the rest == one pass (or refused)."""
     full = _full(s, x)
     with torch.no_grad():
-        _, mems = s(x[:, :first], return_mems=True)
+        first_segment = refusable(lambda: s(x[:, :first], return_mems=True), "return_mems")
+        if first_segment is REFUSED:  # a stack without self-attention keeps no mems
+            assert s.net.attn_layers.num_self_attention_layers == 0
+            return
+        _, mems = first_segment
         prefill = first + 1
         result = refusable(
             lambda: s(x[:, first:prefill], mems=mems, return_cache=True), "mems", "cache"

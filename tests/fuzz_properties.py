@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from fuzz_strategies import RELATIVE, Subject, build
+from fuzz_strategies import CTX, RELATIVE, Subject, build
 from torch import Tensor
 
 from x_attn import from_config, to_config
@@ -189,14 +189,18 @@ def flag_effect(s: Subject, x: Tensor) -> None:
         if twin is None or not _same_parameters(s, twin):
             continue
         twin.root.load_state_dict(s.root.state_dict())
-        with torch.no_grad():
-            a, b = s(x), twin(x)
-        assert differs(a, b, 1e-9), f"flag {name} has no effect on the outputs"
+        assert differs(_unmasked(s, x), _unmasked(twin, x), 1e-9), f"flag {name} has no effect"
     if s.case.arch == "crossattender" and s.case.layer_kw.get("causal"):
         twin = build(s.case.with_layers(causal=False))
         twin.root.load_state_dict(s.root.state_dict())
-        with torch.no_grad():
-            assert differs(s(x), twin(x), 1e-9), "causal=True has no effect"
+        assert differs(_unmasked(s, x), _unmasked(twin, x), 1e-9), "causal=True has no effect"
+
+
+def _unmasked(s: Subject, x: Tensor) -> Tensor:
+    """Output with every context position visible (no context_mask)."""
+    context = {k: v for k, v in s.extra().items() if k != "context_mask"}
+    with torch.no_grad():
+        return s.net(x, **context)
 
 
 def _same_parameters(s: Subject, twin: Subject) -> bool:
@@ -207,10 +211,12 @@ def _same_parameters(s: Subject, twin: Subject) -> bool:
 def _effect_exempt(s: Subject, name: str) -> bool:
     """Flags that legitimately leave the function unchanged in this case."""
     case, types = s.case, getattr(s.net.attn_layers, "types", ())
-    keys = case.n + s.net.num_memory_tokens + case.layer_kw.get("attn_num_mem_kv", 0)
+    context = CTX if case.arch in ("cross", "crossattender", "xtransformer") else 0
+    keys = max(case.n + s.net.num_memory_tokens, context) + case.layer_kw.get("attn_num_mem_kv", 0)
     if case.layer_kw.get("attn_sparse_topk") == 1:
         return True  # top-1 attention copies one value: the logits only matter through an argmax
     rules = {
+        "default": True,  # no flag at all
         "attn_flash=False": True,  # by design: the same function on another kernel
         "attn_sparse_topk": case.layer_kw.get("attn_sparse_topk", 0) >= keys,
         "residual_attn": types.count("a") == 1,

@@ -367,7 +367,9 @@ def precision_opts(draw: st.DrawFn, case: Case) -> dict[str, Any]:
         "init": draw(st.sampled_from(("jittered", "default"))),
     }
     if case.arch.startswith("continuous"):
-        opts["scale"] = draw(st.sampled_from((1.0, 300.0)))
+        # activations past the float16 range of x^2 and q.k; bfloat16 has float32's range
+        large = (1.0, 300.0) if opts["dtype"] == "float16" else (1.0,)
+        opts["scale"] = draw(st.sampled_from(large))
         opts["zero_rows"] = draw(st.booleans())
         opts["dim_in"] = None if opts["zero_rows"] else draw(st.sampled_from((None, 5)))
     return opts

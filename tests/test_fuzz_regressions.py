@@ -295,11 +295,15 @@ def test_autoregressive_wrapper_refuses_an_encoder() -> None:
 
 
 @xfail("issue 7 item 12: ContinuousTransformerWrapper spreads a NaN from masked positions")
-@pytest.mark.parametrize("stack", [Encoder, Decoder])
-def test_continuous_nan_in_masked_positions(stack: type) -> None:
+@pytest.mark.parametrize(
+    ("stack", "flags"),
+    [(Encoder, {}), (Decoder, {}), (Encoder, {"attn_use_entmax15": True})],  # entmax: IndexError
+    ids=["encoder", "decoder", "encoder-entmax15"],
+)
+def test_continuous_nan_in_masked_positions(stack: type, flags: dict) -> None:
     torch.manual_seed(0)
     net = ContinuousTransformerWrapper(
-        max_seq_len=8, dim_in=5, attn_layers=stack(dim=DIM, depth=1, heads=2)
+        max_seq_len=8, dim_in=5, attn_layers=stack(dim=DIM, depth=1, heads=2, **flags)
     ).double()
     net = net.eval()
     x = torch.randn(2, 4, 5, dtype=torch.float64)
