@@ -15,16 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from fuzz_strategies import CTX, RELATIVE, Subject, build
-from torch import Tensor
+from fuzz_strategies import CTX, RELATIVE, Case, Subject, build
+from torch import Tensor, nn
 
 from x_attn import from_config, to_config
 
 EXACT = 1e-10
 
 
-def close(a: Tensor, b: Tensor, atol: float = EXACT, msg: str = "") -> None:
-    torch.testing.assert_close(a, b, atol=atol, rtol=0, msg=lambda m: f"{msg}\n{m}")
+def close(a: Tensor, b: Tensor, atol: float = EXACT, msg: str = "", rtol: float = 0.0) -> None:
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}")
 
 
 def finite(t: Tensor, what: str) -> None:
@@ -146,10 +146,11 @@ def fused_equals_manual(s: Subject, x: Tensor, **kw: Any) -> None:
     twin.root.load_state_dict(s.root.state_dict())
     out, grads = _loss_and_grads(s, x, **kw)
     twin_out, twin_grads = _loss_and_grads(twin, x, **kw)
-    close(out, twin_out, msg="SDPA and manual kernels give different outputs")
+    close(out, twin_out, msg="SDPA and manual kernels give different outputs", rtol=1e-9)
     assert grads.keys() == twin_grads.keys()
-    for name, grad in grads.items():
-        close(grad, twin_grads[name], msg=f"SDPA and manual gradients of {name} differ")
+    for name, grad in grads.items():  # gradients reach 1e3: relative 1e-9 as well
+        msg = f"SDPA and manual gradients of {name} differ"
+        close(grad, twin_grads[name], msg=msg, rtol=1e-9)
 
 
 def round_trip(s: Subject, x: Tensor) -> None:
@@ -169,8 +170,8 @@ def position_aware(s: Subject, x: Tensor) -> None:
     case = s.case
     claims = any(case.layer_kw.get(k) for k in RELATIVE)
     claims |= case.wrapper_kw.get("use_abs_pos_emb", True)
-    if case.causal or not claims or x.shape[1] < 2:
-        return
+    if case.causal or not claims or x.shape[1] < 2 or (_top1(case) and case.relative):
+        return  # relative schemes act on logits only, which top-1 attention reads by argmax
     with torch.no_grad():
         rolled = s(x.roll(1, dims=1))
         out = s(x)
@@ -203,6 +204,10 @@ def _unmasked(s: Subject, x: Tensor) -> Tensor:
         return s.net(x, **context)
 
 
+def _top1(case: Case) -> bool:
+    return case.layer_kw.get("attn_sparse_topk") == 1
+
+
 def _same_parameters(s: Subject, twin: Subject) -> bool:
     mine, theirs = s.root.state_dict(), twin.root.state_dict()
     return mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine)
@@ -213,7 +218,7 @@ def _effect_exempt(s: Subject, name: str) -> bool:
     case, types = s.case, getattr(s.net.attn_layers, "types", ())
     context = CTX if case.arch in ("cross", "crossattender", "xtransformer") else 0
     keys = max(case.n + s.net.num_memory_tokens, context) + case.layer_kw.get("attn_num_mem_kv", 0)
-    if case.layer_kw.get("attn_sparse_topk") == 1:
+    if _top1(case):
         return True  # top-1 attention copies one value: the logits only matter through an argmax
     rules = {
         "default": True,  # no flag at all
@@ -237,14 +242,53 @@ def _effect_exempt(s: Subject, name: str) -> bool:
 
 
 # max |low - float64| allowed, relative to 1 + max |float64 output|. Measured over 600 draws:
-# float16 median 7e-4, p99 3e-3, max 1.4e-2; bf16 autocast median 4e-3, p99 1.7e-2, max 2.7e-2;
-# gated residuals at depth 3 reach 2.6e-2 / 1.4e-1. Bugs show as NaN, inf, zeros or O(1).
+# float16 median 7e-4, p99 3e-3; bf16 autocast median 4e-3, p99 1.7e-2. Bugs show as NaN,
+# inf, zeros or O(1) errors. Ill-conditioned models (gated residuals at depth 3) get more:
+# MARGIN x their float32 error x the ratio of unit roundoffs.
 TOLERANCE = {"float16": 5e-2, "bf16-autocast": 2e-1}
+ROUNDOFF_RATIO = {"float16": 2.0**13, "bf16-autocast": 2.0**16}  # vs float32's 2**-24
+MARGIN = 10.0
+
+
+FLOAT16_SAFE = 2.0**14  # a quarter of float16's largest finite value
+
+
+def peak_activation(s: Subject, x: Tensor, **kw: Any) -> float:
+    """Largest |value| entering or leaving any module in a float64 forward."""
+    peaks = [0.0]
+
+    def record(module: nn.Module, args: tuple, out: Any) -> None:
+        for t in (*args, out):
+            if isinstance(t, Tensor) and t.is_floating_point() and t.numel():
+                peaks.append(float(t.abs().max()))
+
+    hooks = [m.register_forward_hook(record) for m in s.root.modules()]
+    try:
+        with torch.no_grad():
+            s(x, **kw)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(peaks)
+
+
+def _tolerance(s: Subject, kind: str, x: Tensor, reference: Tensor, mask, real) -> float:
+    """Absolute tolerance for ``kind``: the dtype's, or more for an ill-conditioned model."""
+    scale = 1 + float(reference[real].abs().max())
+    with torch.no_grad():
+        single = s.to(torch.float32)(x if s.case.tokens else x.float(), mask=mask)
+    conditioning = float((single.double() - reference)[real].abs().max()) / scale
+    return max(TOLERANCE[kind], MARGIN * conditioning * ROUNDOFF_RATIO[kind]) * scale
 
 
 def _low_run(s: Subject, kind: str, x: Tensor, **kw: Any) -> Tensor:
     """Output of a float16 copy, or of a float32 copy under bfloat16 autocast; checks that a
-    train-mode backward gives finite gradients."""
+    train-mode backward gives finite gradients.
+
+    Not with zero input vectors: a zero row gives each LayerNorm its largest gain
+    (1 / sqrt(eps) ~ 316), and a few in a row overflow float16 gradients legitimately (loss
+    scaling's job); the zero rows are there for the forward (RMSNorm's eps underflow).
+    """
     low = s.to(torch.float16 if kind == "float16" else torch.float32)
     x = x if s.case.tokens else x.to(low.dtype)
     low.root.train()
@@ -253,7 +297,7 @@ def _low_run(s: Subject, kind: str, x: Tensor, **kw: Any) -> Tensor:
     g = torch.Generator().manual_seed(5)
     (out.float() * torch.randn(out.shape, generator=g)).mean().backward()
     for name, p in low.root.named_parameters():
-        if p.grad is not None:
+        if p.grad is not None and not s.case.opt("zero_rows"):
             finite(p.grad, f"{kind} gradient of {name}")
     return out.detach()
 
@@ -274,10 +318,12 @@ def low_precision(
     attn_sparse_topk only finiteness is checked.
     """
     x = s.inputs()
+    if kind == "float16" and peak_activation(s, x, mask=mask) > FLOAT16_SAFE:
+        return  # the model's own activations leave float16's range: no kernel can hold them
     with torch.no_grad():
         reference = s(x, mask=mask)
     real = mask if mask is not None else torch.ones(x.shape[:2], dtype=torch.bool)
-    atol = TOLERANCE[kind] * (1 + float(reference[real].abs().max()))
+    atol = _tolerance(s, kind, x, reference, mask, real)
     twin = build(s.case.with_layers(attn_flash=False))
     twin.root.load_state_dict(s.root.state_dict())
     for subject in (s, twin):

@@ -81,9 +81,13 @@ KNOWN_OPEN: tuple[KnownOpen, ...] = (
         "test_mems_with_kv_cache_equal_one_pass",
     ),
     KnownOpen(
-        "4: left padding shifts memory tokens / infused positions away from real tokens",
+        "4: left padding shifts absolute positions against position-less memory",
         frozenset({"padded"}),
-        lambda c: c.has("position_infused_attn") or (c.has("num_memory_tokens") and c.relative),
+        lambda c: (
+            c.has("position_infused_attn")
+            or (c.has("num_memory_tokens") and c.relative)
+            or (c.has("attn_num_mem_kv") and c.has("rotary_pos_emb"))
+        ),
         "test_padded_generation_with_memory_tokens_and_rotary",
     ),
     KnownOpen(
@@ -160,6 +164,16 @@ KNOWN_OPEN: tuple[KnownOpen, ...] = (
         frozenset({"flag_effect"}),
         lambda c: _lacks(c, "f"),
         "test_feedforward_flags_on_a_stack_without_feedforward",
+    ),
+    KnownOpen(
+        "NEW: float16 SDPA with a position bias masks keys at -32752, not -inf",
+        frozenset({"low_precision_default"}),
+        lambda c: (
+            c.opt("dtype") == "float16"
+            and c.opt("scale", 1.0) > 1
+            and c.has("rel_pos_bias", "alibi_pos_bias")
+        ),
+        "test_float16_sdpa_with_a_position_bias_stays_causal",
     ),
     KnownOpen(
         "NEW: rotary on a 1-dim query/key head fails inside RotaryEmbedding, naming no flag",
@@ -367,8 +381,10 @@ def precision_opts(draw: st.DrawFn, case: Case) -> dict[str, Any]:
         "init": draw(st.sampled_from(("jittered", "default"))),
     }
     if case.arch.startswith("continuous"):
-        # activations past the float16 range of x^2 and q.k; bfloat16 has float32's range
-        large = (1.0, 300.0) if opts["dtype"] == "float16" else (1.0,)
+        # activations past the float16 range of x^2 and q.k (bfloat16 has float32's range);
+        # one block only: un-normalised deeper stacks (use_rezero) compound them past what
+        # any float16 kernel can hold
+        large = (1.0, 300.0) if opts["dtype"] == "float16" and case.depth == 1 else (1.0,)
         opts["scale"] = draw(st.sampled_from(large))
         opts["zero_rows"] = draw(st.booleans())
         opts["dim_in"] = None if opts["zero_rows"] else draw(st.sampled_from((None, 5)))
