@@ -190,9 +190,9 @@ def cases(
 def _extra_layer_flags(draw: st.DrawFn, arch: str, layers: dict[str, Any]) -> dict[str, Any]:
     """Flags outside the registry, drawn rarely: custom layer orders and partial schemes."""
     extra: dict[str, Any] = {}
-    # rare, and shrinking (towards 0) removes them
-    if arch in ("decoder", "encoder") and draw(st.integers(0, 5)) == 5:
-        letters = st.sampled_from(("a", "c", "f"))
+    # rare, and shrinking (towards 0) removes them; 'c' only where a context is passed
+    if arch in ("decoder", "encoder", "cross") and draw(st.integers(0, 5)) == 5:
+        letters = st.sampled_from(("a", "c", "f") if arch == "cross" else ("a", "f"))
         extra["custom_layers"] = tuple(draw(st.lists(letters, min_size=2, max_size=5)))
     if arch == "crossattender" and draw(st.integers(0, 3)) == 3:
         extra["causal"] = True

@@ -42,10 +42,6 @@ class KnownOpen:
     regression: str  # the test in tests/test_fuzz_regressions.py that pins it
 
 
-def _c_without_context(c: Case) -> bool:
-    return "c" in c.layer_kw.get("custom_layers", ()) and c.arch not in ("cross", "xtransformer")
-
-
 def _lacks(c: Case, letter: str) -> bool:
     """custom_layers without any layer of kind ``letter`` ('a', 'c' or 'f')."""
     return "custom_layers" in c.layer_kw and letter not in c.layer_kw["custom_layers"]
@@ -57,17 +53,8 @@ def _one_dim_rotary(c: Case) -> bool:
     return bool(c.layer_kw.get("rotary_pos_emb")) and c.has("attn_collab_heads") and small
 
 
-ALL = frozenset({"*"})
 # Open bugs of issue 7 (item numbers as in the issue). Delete an entry when its fix lands.
 KNOWN_OPEN: tuple[KnownOpen, ...] = (
-    KnownOpen(
-        "1: post-softmax talking heads mix a head's emptied row into the others",
-        frozenset({"causal", "masked_keys"}),
-        lambda c: (
-            bool(c.opt("head_mask")) and c.has("attn_talking_heads", "attn_post_talking_heads")
-        ),
-        "test_post_talking_heads_with_an_emptied_head_row",
-    ),
     KnownOpen(
         "2: mems carry no padding mask",
         frozenset({"mems_segments"}),
@@ -88,37 +75,7 @@ KNOWN_OPEN: tuple[KnownOpen, ...] = (
             or (c.has("num_memory_tokens") and c.relative)
             or (c.has("attn_num_mem_kv") and c.has("rotary_pos_emb"))
         ),
-        "test_padded_generation_with_memory_tokens_and_rotary",
-    ),
-    KnownOpen(
-        "5: float16 RMSNorm: eps underflows, x.pow(2) overflows",
-        frozenset({"low_precision_default", "low_precision_manual"}),
-        lambda c: c.opt("dtype") == "float16" and c.has("use_rmsnorm"),
-        "test_float16_rmsnorm_on_large_and_zero_vectors",
-    ),
-    KnownOpen(
-        "6: float16 manual kernel forms q.k^T in float16 and overflows",
-        frozenset({"low_precision_manual"}),
-        lambda c: c.opt("dtype") == "float16" and c.opt("scale", 1.0) > 1,
-        "test_float16_manual_kernel_equals_sdpa_on_large_activations",
-    ),
-    KnownOpen(
-        "7: custom_layers 'c' without cross_attend runs a non-causal self-attention",
-        ALL,
-        _c_without_context,
-        "test_custom_layers_c_without_cross_attend",
-    ),
-    KnownOpen(
-        "8: CrossAttender accepts position flags and causal=True with no effect",
-        frozenset({"position_aware", "flag_effect"}),
-        lambda c: c.arch == "crossattender",
-        "test_cross_attender_refuses_or_uses_positions",
-    ),
-    KnownOpen(
-        "8 (custom_layers variant): flags of attention on a stack with no self-attention",
-        frozenset({"position_aware", "flag_effect"}),
-        lambda c: _lacks(c, "a"),
-        "test_position_flags_on_a_stack_without_attention",
+        "test_padded_generation_with_memory_tokens_and_relative_positions",
     ),
     KnownOpen(
         "9: seq_start_pos shifts positions but does not mask the padding",
@@ -133,31 +90,10 @@ KNOWN_OPEN: tuple[KnownOpen, ...] = (
         "test_kv_cache_reused_for_two_continuations",
     ),
     KnownOpen(
-        "11: AutoregressiveWrapper accepts a non-causal Encoder",
-        frozenset({"ar_causal"}),
-        lambda c: not c.causal,
-        "test_autoregressive_wrapper_refuses_an_encoder",
-    ),
-    KnownOpen(
-        "12: ContinuousTransformerWrapper spreads a NaN from masked positions",
-        frozenset({"masked_keys"}),
-        lambda c: c.arch.startswith("continuous") and c.opt("mask") is not None,
-        "test_continuous_nan_in_masked_positions",
-    ),
-    KnownOpen(
         "protocol: model(x_so_far, cache=intermediates) raises AttributeError",
         frozenset({"cache_protocol", "cache_protocol-branch"}),
         lambda c: True,
         "test_x_transformers_cache_protocol",
-    ),
-    KnownOpen(
-        "crash: talking heads under bfloat16 autocast",
-        frozenset({"low_precision_default", "low_precision_manual"}),
-        lambda c: (
-            c.opt("dtype") == "bf16-autocast"
-            and c.has("attn_talking_heads", "attn_pre_talking_heads")
-        ),
-        "test_talking_heads_under_bf16_autocast",
     ),
     KnownOpen(
         "NEW: ff_* flags on a stack whose custom_layers have no feed-forward are ignored",
@@ -176,6 +112,12 @@ KNOWN_OPEN: tuple[KnownOpen, ...] = (
         "test_float16_sdpa_with_a_position_bias_stays_causal",
     ),
     KnownOpen(
+        "NEW: Decoder(custom_layers without 'a') is refused naming causal=True only",
+        frozenset({"refusal"}),
+        lambda c: _lacks(c, "a") and c.causal,
+        "test_decoder_without_self_attention_refusal_names_custom_layers",
+    ),
+    KnownOpen(
         "NEW: rotary on a 1-dim query/key head fails inside RotaryEmbedding, naming no flag",
         frozenset({"refusal"}),
         _one_dim_rotary,
@@ -186,9 +128,7 @@ KNOWN_OPEN: tuple[KnownOpen, ...] = (
 
 def expected(case: Case, prop: str) -> bool:
     """False when ``prop`` is broken on ``case`` by a bug listed in KNOWN_OPEN."""
-    return not any(
-        (prop in k.properties or k.properties == ALL) and k.applies(case) for k in KNOWN_OPEN
-    )
+    return not any(prop in k.properties and k.applies(case) for k in KNOWN_OPEN)
 
 
 def run_profile(strategy: st.SearchStrategy, check: Callable[[Any], None], profile: str) -> None:
@@ -204,6 +144,17 @@ def run_profile(strategy: st.SearchStrategy, check: Callable[[Any], None], profi
 
 
 PROFILES = ["ci", pytest.param("thorough", marks=pytest.mark.thorough)]
+
+
+def test_known_open_entries_point_at_strict_xfail_regressions() -> None:
+    """Each KNOWN_OPEN entry names a regression test that exists and is still marked open."""
+    import test_fuzz_regressions as regressions
+
+    for entry in KNOWN_OPEN:
+        test = getattr(regressions, entry.regression, None)
+        assert test is not None, f"{entry.bug}: no test named {entry.regression}"
+        marks = [m for m in getattr(test, "pytestmark", []) if m.name == "xfail"]
+        assert marks and marks[0].kwargs.get("strict"), f"{entry.regression} is not xfail(strict)"
 
 
 # ------------------------------------------------------------------------------------------

@@ -72,7 +72,6 @@ def close(a: Tensor, b: Tensor, atol: float = ATOL) -> None:
 # silent wrong results (issue 7 items 1-12)
 
 
-@xfail("issue 7 item 1: post-softmax talking heads mix an emptied head row into other heads")
 @pytest.mark.parametrize("flag", ["attn_talking_heads", "attn_post_talking_heads"])
 def test_post_talking_heads_with_an_emptied_head_row(flag: str) -> None:
     net = tiny(**{flag: True})
@@ -169,19 +168,18 @@ def test_padded_generation_with_memory_key_values_and_rotary() -> None:
     _padded_generation_matches_alone(net, (1, 2))
 
 
-@xfail("issue 7 item 5: float16 RMSNorm: eps underflows, x.pow(2) overflows")
 def test_float16_rmsnorm_on_large_and_zero_vectors() -> None:
     norm = RMSNorm(DIM)
     x = torch.randn(3, DIM, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x[0] = 0.0
     x[1] *= 300.0  # x^2 past the float16 maximum
-    expected = norm.double()(x)
-    got = norm.half()(x.half())
+    with torch.no_grad():
+        expected = norm.double()(x)
+        got = norm.half()(x.half())
     assert torch.isfinite(got).all()
     close(got.double(), expected, atol=1e-2 * (1 + float(expected.abs().max())))
 
 
-@xfail("issue 7 item 5: a float16 model with use_rmsnorm gets inf gradients at step 1")
 def test_float16_rmsnorm_model_gradients_are_finite() -> None:
     net = tiny(use_rmsnorm=True, jitter=0.0).half().train()  # default init: tiny embeddings
     logits = net(toks(2, 6))
@@ -190,7 +188,6 @@ def test_float16_rmsnorm_model_gradients_are_finite() -> None:
         assert torch.isfinite(p.grad).all(), name
 
 
-@xfail("issue 7 item 6: the float16 manual kernel forms q.k^T in float16 and overflows")
 def test_float16_manual_kernel_equals_sdpa_on_large_activations() -> None:
     torch.manual_seed(0)
     outs = {}
@@ -201,22 +198,27 @@ def test_float16_manual_kernel_equals_sdpa_on_large_activations() -> None:
             attn_layers=Decoder(dim=DIM, depth=1, heads=2, pre_norm=False, attn_flash=flash),
         )
         x = 300 * torch.randn(2, 5, DIM, generator=torch.Generator().manual_seed(1))
-        outs[flash] = net.half().eval()(x.half()).double()
+        with torch.no_grad():
+            outs[flash] = net.half().eval()(x.half()).double()
     assert torch.isfinite(outs[True]).all()  # SDPA copes ...
     assert torch.isfinite(outs[False]).all()  # ... the manual kernel must too
     close(outs[False], outs[True], atol=1e-2 * (1 + float(outs[True].abs().max())))
 
 
-@xfail("issue 7 item 7: custom_layers 'c' without cross_attend runs a non-causal self-attention")
 def test_custom_layers_c_without_cross_attend() -> None:
+    """Issue 7 item 7 (fixed): a 'c' layer is cross-attention or refused, never a hidden
+    non-causal self-attention."""
     net = refused(lambda: tiny(custom_layers=("a", "c", "f")), "custom_layers", "cross_attend")
     if net is None:
         return
     x = toks(1, 6)
     y = x.clone()
     y[:, 3:] = (y[:, 3:] + 1) % VOCAB
+    context = torch.randn(1, 5, DIM, dtype=torch.float64)
     with torch.no_grad():
-        close(net(x)[:, :3], net(y)[:, :3])
+        if refused(lambda: net(x), "context") is not None:  # runs without a context ...
+            close(net(x)[:, :3], net(y)[:, :3])  # ... then it must be causal
+        close(net(x, context=context)[:, :3], net(y, context=context)[:, :3])
 
 
 def _blind_to_order(net: nn.Module, context: Tensor) -> bool:
@@ -227,7 +229,6 @@ def _blind_to_order(net: nn.Module, context: Tensor) -> bool:
         )
 
 
-@xfail("issue 7 item 8: CrossAttender accepts position flags with no effect")
 @pytest.mark.parametrize(
     "flag", ["rotary_pos_emb", "rel_pos_bias", "alibi_pos_bias", "position_infused_attn"]
 )
@@ -237,7 +238,6 @@ def test_cross_attender_refuses_or_uses_positions(flag: str) -> None:
         assert not _blind_to_order(net, torch.randn(2, 5, DIM, dtype=torch.float64))
 
 
-@xfail("issue 7 item 8: CrossAttender accepts residual_attn and causal=True with no effect")
 @pytest.mark.parametrize("flag", ["residual_attn", "causal"])
 def test_cross_attender_refuses_or_uses_self_attention_flags(flag: str) -> None:
     net = refused(lambda: tiny(CrossAttender, **{flag: True}), flag, "CrossAttender", "only_cross")
@@ -250,7 +250,6 @@ def test_cross_attender_refuses_or_uses_self_attention_flags(flag: str) -> None:
         assert not torch.allclose(net(x, context=context), plain(x, context=context))
 
 
-@xfail("issue 7 item 8 (custom_layers variant): position flags on a stack with no attention")
 def test_position_flags_on_a_stack_without_attention() -> None:
     build = lambda: tiny(Encoder, custom_layers=("f", "f"), rotary_pos_emb=True)  # noqa: E731
     net = refused(build, "rotary_pos_emb", "custom_layers")
@@ -294,13 +293,11 @@ def test_kv_cache_with_the_whole_sequence() -> None:
             close(out, net(x)[:, -out.shape[1] :])
 
 
-@xfail("issue 7 item 11: AutoregressiveWrapper accepts a non-causal Encoder")
 def test_autoregressive_wrapper_refuses_an_encoder() -> None:
     with pytest.raises((ValueError, TypeError), match="causal|Encoder|Decoder"):
         AutoregressiveWrapper(tiny(Encoder))
 
 
-@xfail("issue 7 item 12: ContinuousTransformerWrapper spreads a NaN from masked positions")
 @pytest.mark.parametrize(
     ("stack", "flags"),
     [(Encoder, {}), (Decoder, {}), (Encoder, {"attn_use_entmax15": True})],  # entmax: IndexError
@@ -339,7 +336,6 @@ def test_x_transformers_cache_protocol() -> None:
         close(logits[:, -1], net(y[:, :5])[:, -1])
 
 
-@xfail("issue 7 crash: talking heads under bfloat16 autocast overflow a bfloat16 fill value")
 @pytest.mark.parametrize("flag", ["attn_talking_heads", "attn_pre_talking_heads"])
 def test_talking_heads_under_bf16_autocast(flag: str) -> None:
     net, x = tiny(**{flag: True}), toks(2, 6)
@@ -380,3 +376,9 @@ def test_rotary_with_a_one_dim_query_key_head_names_the_flags() -> None:
     flags = dict(attn_collab_heads=True, attn_collab_compression=0.25, rotary_pos_emb=True)
     with pytest.raises(ValueError, match="rotary_pos_emb"):
         Decoder(dim=DIM, depth=1, heads=1, attn_dim_head=4, **flags)
+
+
+@xfail("NEW: Decoder(custom_layers without 'a') is refused naming causal=True, not custom_layers")
+def test_decoder_without_self_attention_refusal_names_custom_layers() -> None:
+    with pytest.raises(ValueError, match="custom_layers"):
+        Decoder(dim=DIM, depth=1, custom_layers=("f", "f"))
