@@ -16,7 +16,12 @@ torch.set_num_threads(1)
 _COMMON = dict(
     deadline=None,
     print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # known-open bugs discard whole draws (tests/test_fuzz.py: checkable)
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 settings.register_profile("ci", max_examples=40, derandomize=True, database=None, **_COMMON)
 settings.register_profile("thorough", max_examples=1000, **_COMMON)

@@ -53,6 +53,9 @@ VARIANTS: dict[str, tuple[Any, ...]] = {
     "attn_collab_compression": (0.25, 0.5, 1.0),
     "sandwich_coef": (1, 2),
     "num_memory_tokens": (1, 2, 3),
+    "attn_mta_kernel_q": (1, 2, 3, 4),
+    "attn_mta_kernel_k": (1, 3, 5),
+    "attn_mta_head_kernel": (1, 2),
 }
 # "default" (no flag) comes first, so that shrinking drops flags that play no part
 FLAG_NAMES = tuple(c.name for c in FLAGS)
@@ -127,6 +130,8 @@ def _owned_keys(layers: dict[str, Any]) -> set[str]:
         keys |= {"rotary_emb_dim"}
     if "alibi_pos_bias" in keys:
         keys |= {"alibi_num_heads"}
+    if "attn_mta" in keys:
+        keys |= {"attn_mta_layers"}
     return keys
 
 
@@ -200,6 +205,8 @@ def _extra_layer_flags(draw: st.DrawFn, arch: str, layers: dict[str, Any]) -> di
         extra["rotary_emb_dim"] = draw(st.sampled_from((2, 4)))
     if layers.get("alibi_pos_bias") and draw(st.booleans()):
         extra["alibi_num_heads"] = 1
+    if layers.get("attn_mta") and draw(st.integers(0, 3)) == 3:
+        extra["attn_mta_layers"] = (draw(st.integers(0, 2)),)  # past the stack: refused
     return extra
 
 

@@ -11,7 +11,8 @@ Profiles (tests/conftest.py): ``ci`` (default, derandomized, about 200 draws in 
 
 KNOWN_OPEN below lists the (flags, pattern, property) combinations of bugs that are open, each
 with its regression test in tests/test_fuzz_regressions.py; the fuzzer skips only those
-properties of only those draws. When a fix lands, delete its entry.
+properties of only those draws (a draw left with nothing to check is discarded, so the profile's
+draws all check something). When a fix lands, delete its entry.
 
 Shape legend: b batch, n sequence, h heads.
 """
@@ -19,6 +20,7 @@ Shape legend: b batch, n sequence, h heads.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ import fuzz_properties as props
 import pytest
 import torch
 from fuzz_strategies import CAUSAL_ARCHS, TOKEN_ARCHS, Case, build, cases
-from hypothesis import given, settings
+from hypothesis import assume, given, seed, settings
 from hypothesis import strategies as st
 
 
@@ -51,6 +53,11 @@ def _one_dim_rotary(c: Case) -> bool:
     compression = c.layer_kw.get("attn_collab_compression", 0.3)
     small = round(compression * c.heads * c.dim_head) < 2
     return bool(c.layer_kw.get("rotary_pos_emb")) and c.has("attn_collab_heads") and small
+
+
+def _query_conv(c: Case) -> bool:
+    """Multi-Token Attention with a key-query convolution that reaches earlier queries."""
+    return c.has("attn_mta") and c.layer_kw.get("attn_mta_kernel_q", 6) > 1
 
 
 # Open bugs of issue 7 (item numbers as in the issue). Delete an entry when its fix lands.
@@ -131,6 +138,12 @@ def expected(case: Case, prop: str) -> bool:
     return not any(prop in k.properties and k.applies(case) for k in KNOWN_OPEN)
 
 
+def checkable(case: Case, prop: str) -> None:
+    """Discard a draw whose only property is broken by a known-open bug: hypothesis draws
+    another one, so the profile's budget goes to draws that check something."""
+    assume(expected(case, prop))
+
+
 def run_profile(strategy: st.SearchStrategy, check: Callable[[Any], None], profile: str) -> None:
     """Run ``check`` on draws of ``strategy`` under a hypothesis settings profile."""
     name = os.environ.get("HYPOTHESIS_PROFILE") or profile
@@ -140,6 +153,8 @@ def run_profile(strategy: st.SearchStrategy, check: Callable[[Any], None], profi
     def inner(case: Any) -> None:
         check(case)
 
+    if settings.get_profile(name).derandomize:  # each test its own fixed sequence of draws
+        inner = seed(zlib.crc32(check.__name__.encode()))(inner)
     inner()
 
 
@@ -179,6 +194,8 @@ def check_forward(case: Case) -> None:
         return
     x, mask = s.inputs(), props.padding_mask(s)
     attn_mask, hidden = props.head_mask(s)
+    if _query_conv(case):  # attn_mask hides keys, not queries: MTA's query convolution
+        hidden = torch.zeros_like(hidden)  # reads the hidden token's query row (by design)
     kw = {} if attn_mask is None else {"attn_mask": attn_mask}
     if expected(case, "finite"):
         props.finite_forward_backward(s, x, mask=mask, **kw)
@@ -216,9 +233,10 @@ def cache_opts(draw: st.DrawFn, case: Case) -> dict[str, Any]:
 
 
 def check_cache(case: Case) -> None:
+    checkable(case, f"cache_{case.opt('mode')}")
     s = build(case, check_refusal=expected(case, "refusal"))
     mode = case.opt("mode")
-    if s is None or dec.uncacheable(s) or not expected(case, f"cache_{mode}"):
+    if s is None or dec.uncacheable(s):
         return
     x, p = s.inputs(), case.opt("prefill")
     if mode == "steps":
@@ -260,8 +278,9 @@ def mems_opts(draw: st.DrawFn, case: Case) -> dict[str, Any]:
 def check_mems(case: Case) -> None:
     if not case.relative and case.wrapper_kw.get("use_abs_pos_emb", True):
         case = case.with_layers(rotary_pos_emb=True)  # absolute positions restart per segment
+    checkable(case, f"mems_{case.opt('mode')}")
     s = build(case, check_refusal=expected(case, "refusal"))
-    if s is None or not expected(case, f"mems_{case.opt('mode')}"):
+    if s is None:
         return
     x = s.inputs()
     if case.opt("mode") == "segments":
@@ -294,10 +313,10 @@ def generate_opts(draw: st.DrawFn, case: Case) -> dict[str, Any]:
 
 def check_generate(case: Case) -> None:
     mode = case.opt("mode")
-    if mode == "padded" and case.arch not in CAUSAL_ARCHS:
-        return  # generation needs a causal token model; ar_causal covers the others
+    assume(mode != "padded" or case.causal)  # a causal token model; ar_causal: the others
+    checkable(case, mode)
     s = build(case, check_refusal=expected(case, "refusal"))
-    if s is None or not expected(case, mode):
+    if s is None:
         return
     x = s.inputs()
     if mode == "padded":
