@@ -76,28 +76,28 @@ def cached_equals_full(s: Subject, x: Tensor, mask: Tensor | None, chunks: list[
 
 
 def cache_reuse(s: Subject, x: Tensor, p: int) -> None:
-    """Two continuations from one prefilled cache each equal their full forward (or refused)."""
+    """Caches are values: two continuations from one prefilled cache each equal their full
+    forward, and the cache they started from is left as it was."""
     y = s.changed(x, torch.arange(x.shape[1]) >= p)
     with torch.no_grad():
         _, cache = s(x[:, :p], return_cache=True)
+        length = cache.length
         for seq in (x, y):
-            step = refusable(lambda seq=seq: s(seq[:, p : p + 1], cache=cache), "cache")
-            if step is REFUSED:
-                return
-            close(
-                step[:, 0], _full(s, seq[:, : p + 1])[:, p], ATOL, "continuation of a reused cache"
-            )
+            step, _ = s(seq[:, p : p + 1], cache=cache, return_cache=True)
+            close(step[:, 0], _full(s, seq[:, : p + 1])[:, p], ATOL, "continuing a reused cache")
+    assert cache.length == length, "a forward changed the cache it was given"
 
 
 def whole_sequence_with_cache(s: Subject, x: Tensor, p: int) -> None:
-    """The whole sequence passed with a cache of its first p tokens: right logits or refused."""
+    """The whole sequence with a KVCache of its first p tokens: the new tokens' logits with
+    input_not_include_cache=False; refused without it (token models, which can tell)."""
     with torch.no_grad():
         _, cache = s(x[:, :p], return_cache=True)
-        out = refusable(lambda: s(x, cache=cache), "cache")
-    if out is REFUSED:
-        return
-    w = out.shape[1]
-    close(out, _full(s, x)[:, -w:], ATOL, "whole sequence with a cache")
+        out = s(x, cache=cache, input_not_include_cache=False)
+        close(out, _full(s, x)[:, p:], ATOL, "whole sequence with a cache")
+        if s.case.tokens:
+            again = refusable(lambda: s(x, cache=cache, return_cache=True), "cache")
+            assert again is REFUSED, "the whole sequence was taken as new tokens"
 
 
 # ------------------------------------------------------------------------------------------
@@ -128,9 +128,8 @@ def protocol(s: Subject, x: Tensor, p: int, new_only: bool, branch: bool) -> Non
 # Transformer-XL mems
 
 
-def mems_equal_one_pass(s: Subject, x: Tensor, mask: Tensor | None, sizes: list[int]) -> None:
-    """Segments with mems == one pass with the same mask (or mems + mask refused)."""
-    full = _full(s, x, mask)
+def _segments(s: Subject, x: Tensor, mask: Tensor | None, sizes: list[int]) -> Any:
+    """The outputs of ``x`` run in segments with mems, or REFUSED (naming mems)."""
     outs, mems, start = [], None, 0
     with torch.no_grad():
         for size in sizes:
@@ -140,21 +139,31 @@ def mems_equal_one_pass(s: Subject, x: Tensor, mask: Tensor | None, sizes: list[
                     x[:, start : start + size], mask=seg_mask, mems=mems, return_mems=True
                 ),
                 "mems",
-                "mask",
             )
             if result is REFUSED:
-                no_self_attention = s.net.attn_layers.num_self_attention_layers == 0
-                assert mask is not None or no_self_attention, "mems alone must not be refused"
-                return
+                return REFUSED
             out, mems = result
             outs.append(out)
             start += size
+    return torch.cat(outs, 1)
+
+
+def mems_equal_one_pass(s: Subject, x: Tensor, mask: Tensor | None, sizes: list[int]) -> None:
+    """Segments with mems == one pass with the same mask (or the model refuses mems, with or
+    without a mask: mems carry their padding, so a mask is never the reason)."""
+    full = _full(s, x, mask)
+    out = _segments(s, x, mask, sizes)
+    if out is REFUSED:
+        if mask is not None:
+            assert _segments(s, x, None, sizes) is REFUSED, "mems refused only with a mask"
+        return
     real = _real(mask, x.shape[:2])
-    close(torch.cat(outs, 1)[real], full[real], ATOL, "segments with mems != one pass")
+    close(out[real], full[real], ATOL, "segments with mems != one pass")
 
 
 def mems_with_cache(s: Subject, x: Tensor, first: int, every_step: bool) -> None:
-    """Mems of a first segment, then cached decoding of the rest == one pass (or refused)."""
+    """Mems of a first segment, then cached decoding of the rest == one pass (or the model
+    refuses mems); mems passed again with a filled cache are refused (the cache holds them)."""
     full = _full(s, x)
     with torch.no_grad():
         first_segment = refusable(lambda: s(x[:, :first], return_mems=True), "return_mems")
@@ -163,25 +172,19 @@ def mems_with_cache(s: Subject, x: Tensor, first: int, every_step: bool) -> None
             return
         _, mems = first_segment
         prefill = first + 1
-        result = refusable(
-            lambda: s(x[:, first:prefill], mems=mems, return_cache=True), "mems", "cache"
-        )
+        result = refusable(lambda: s(x[:, first:prefill], mems=mems, return_cache=True), "mems")
         if result is REFUSED:
             return
         out, cache = result
         outs = [out]
         for t in range(prefill, x.shape[1]):
-            extra = {"mems": mems} if every_step else {}
-            result = refusable(
-                lambda t=t, extra=extra, cache=cache: s(
-                    x[:, t : t + 1], cache=cache, return_cache=True, **extra
-                ),
-                "mems",
-                "cache",
-            )
-            if result is REFUSED:
-                return
-            out, cache = result
+            step = x[:, t : t + 1]
+            if every_step:
+                again = refusable(
+                    lambda c=cache, t=step: s(t, mems=mems, cache=c, return_cache=True), "mems"
+                )
+                assert again is REFUSED, "mems passed again with a filled cache were accepted"
+            out, cache = s(step, cache=cache, return_cache=True)
             outs.append(out)
     close(torch.cat(outs, 1), full[:, first:], ATOL, "mems + cache != one pass")
 
@@ -221,14 +224,12 @@ def left_padded_equals_alone(s: Subject, lengths: list[int]) -> None:
     with torch.no_grad():
         result = refusable(
             lambda: s(tokens, mask=mask, seq_start_pos=start, return_cache=True),
-            "seq_start_pos",
-            "mask",
-            "padding",
+            "num_memory_tokens",  # memory tokens before left padding, with a convolution
         )
         if result is REFUSED:
             return
         padded, cache = result
-        step = s(nxt, cache=cache, seq_start_pos=start)
+        step, _ = s(nxt, cache=cache, seq_start_pos=start, return_cache=True)
         for row, prompt in enumerate(prompts):
             alone = s.net(torch.cat((prompt, nxt[row]))[None], **s.extra(slice(row, row + 1)))
             k = len(prompt)
@@ -239,7 +240,7 @@ def left_padded_equals_alone(s: Subject, lengths: list[int]) -> None:
 def padded_generation(s: Subject, lengths: list[int], steps: int) -> None:
     """Greedy generation of a left-padded batch == each prompt alone; cached == uncached."""
     prompts = _prompts(s, lengths)
-    batch = refusable(lambda: _generate(s, prompts, steps), "prompt", "padding", "mask")
+    batch = refusable(lambda: _generate(s, prompts, steps), "num_memory_tokens")
     if batch is REFUSED:
         return
     uncached = _generate(s, prompts, steps, cache_kv=False)

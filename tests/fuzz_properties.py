@@ -55,6 +55,23 @@ def padding_mask(s: Subject, n: int | None = None) -> Tensor | None:
     return mask
 
 
+def usable_mask(s: Subject) -> Tensor | None:
+    """:func:`padding_mask`, or None where the model refuses it by design (the wrapper's
+    ValueError naming num_memory_tokens: memory tokens in front of left padding with a feature
+    that mixes neighbouring positions); the draw's other properties still run."""
+    mask = padding_mask(s)
+    if mask is None or not s.net.num_memory_tokens:
+        return mask
+    try:
+        with torch.no_grad():
+            s(s.inputs(), mask=mask)
+    except ValueError as error:
+        if "num_memory_tokens" not in str(error):
+            raise
+        return None
+    return mask
+
+
 def head_mask(s: Subject) -> tuple[Tensor | None, Tensor]:
     """Per-head attn_mask (b, h, m + n, m + n) and the (b, n) positions hidden from every head.
 

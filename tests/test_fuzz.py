@@ -60,48 +60,8 @@ def _query_conv(c: Case) -> bool:
     return c.has("attn_mta") and c.layer_kw.get("attn_mta_kernel_q", 6) > 1
 
 
-# Open bugs of issue 7 (item numbers as in the issue). Delete an entry when its fix lands.
+# Open bugs the fuzzer found. Delete an entry when its fix lands.
 KNOWN_OPEN: tuple[KnownOpen, ...] = (
-    KnownOpen(
-        "2: mems carry no padding mask",
-        frozenset({"mems_segments"}),
-        lambda c: c.opt("mask") is not None,
-        "test_mems_with_padding_equal_one_pass",
-    ),
-    KnownOpen(
-        "3: mems passed with a KV cache are re-appended at every step",
-        frozenset({"mems_cache"}),
-        lambda c: bool(c.opt("every_step")),
-        "test_mems_with_kv_cache_equal_one_pass",
-    ),
-    KnownOpen(
-        "4: left padding shifts absolute positions against position-less memory",
-        frozenset({"padded"}),
-        lambda c: (
-            c.has("position_infused_attn")
-            or (c.has("num_memory_tokens") and c.relative)
-            or (c.has("attn_num_mem_kv") and c.has("rotary_pos_emb"))
-        ),
-        "test_padded_generation_with_memory_tokens_and_relative_positions",
-    ),
-    KnownOpen(
-        "9: seq_start_pos shifts positions but does not mask the padding",
-        frozenset({"seq_start_pos"}),
-        lambda c: True,
-        "test_seq_start_pos_masks_left_padding",
-    ),
-    KnownOpen(
-        "10: a forward with an explicit KVCache mutates it in place",
-        frozenset({"cache_reuse", "cache_whole"}),
-        lambda c: True,
-        "test_kv_cache_reused_for_two_continuations",
-    ),
-    KnownOpen(
-        "protocol: model(x_so_far, cache=intermediates) raises AttributeError",
-        frozenset({"cache_protocol", "cache_protocol-branch"}),
-        lambda c: True,
-        "test_x_transformers_cache_protocol",
-    ),
     KnownOpen(
         "NEW: ff_* flags on a stack whose custom_layers have no feed-forward are ignored",
         frozenset({"flag_effect"}),
@@ -192,7 +152,7 @@ def check_forward(case: Case) -> None:
     s = build(case, check_refusal=expected(case, "refusal"))
     if s is None:
         return
-    x, mask = s.inputs(), props.padding_mask(s)
+    x, mask = s.inputs(), props.usable_mask(s)
     attn_mask, hidden = props.head_mask(s)
     if _query_conv(case):  # attn_mask hides keys, not queries: MTA's query convolution
         hidden = torch.zeros_like(hidden)  # reads the hidden token's query row (by design)
@@ -242,7 +202,7 @@ def check_cache(case: Case) -> None:
     if mode == "steps":
         rest, chunk = case.n - p, case.opt("chunk")
         chunks = [chunk] * (rest // chunk) + ([rest % chunk] if rest % chunk else [])
-        dec.cached_equals_full(s, x, props.padding_mask(s), chunks)
+        dec.cached_equals_full(s, x, props.usable_mask(s), chunks)
     elif mode == "reuse":
         dec.cache_reuse(s, x, p)
     elif mode == "whole":
@@ -286,7 +246,7 @@ def check_mems(case: Case) -> None:
     if case.opt("mode") == "segments":
         size = case.opt("segment")
         sizes = [size] * (case.n // size) + ([case.n % size] if case.n % size else [])
-        dec.mems_equal_one_pass(s, x, props.padding_mask(s), sizes)
+        dec.mems_equal_one_pass(s, x, props.usable_mask(s), sizes)
     else:
         dec.mems_with_cache(s, x, case.opt("first"), case.opt("every_step"))
 
@@ -365,7 +325,7 @@ def check_precision(case: Case) -> None:
     s = build(case, check_refusal=expected(case, "refusal"))
     if s is not None:
         skip = lambda kernel: not expected(case, f"low_precision_{kernel}")  # noqa: E731
-        props.low_precision(s, case.opt("dtype"), props.padding_mask(s), skip)
+        props.low_precision(s, case.opt("dtype"), props.usable_mask(s), skip)
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -90,7 +90,6 @@ def test_post_talking_heads_with_an_emptied_head_row(flag: str) -> None:
         close(net(hidden, attn_mask=attn_mask)[:, keep], out[:, keep])  # masked key: no effect
 
 
-@xfail("issue 7 item 2: Transformer-XL mems treat padded positions as real keys")
 def test_mems_with_padding_equal_one_pass() -> None:
     net = tiny(rotary_pos_emb=True, max_mem_len=32)
     x, mask = toks(2, 8), torch.ones(2, 8, dtype=torch.bool)
@@ -98,48 +97,33 @@ def test_mems_with_padding_equal_one_pass() -> None:
     mask[1, 5] = False
     with torch.no_grad():
         full = net(x, mask=mask)
-        first = refused(lambda: net(x[:, :4], mask=mask[:, :4], return_mems=True), "mems")
-        if first is None:
-            return
-        out1, mems = first
-        second = refused(lambda: net(x[:, 4:], mask=mask[:, 4:], mems=mems), "mems", "mask")
-    if second is not None:
-        close(torch.cat((out1, second), 1)[mask], full[mask])
+        out1, mems = net(x[:, :4], mask=mask[:, :4], return_mems=True)
+        second = net(x[:, 4:], mask=mask[:, 4:], mems=mems)  # mems carry their padding
+    close(torch.cat((out1, second), 1)[mask], full[mask])
 
 
-@xfail("issue 7 item 3: mems passed with a KV cache are re-appended at every step")
 def test_mems_with_kv_cache_equal_one_pass() -> None:
+    """The prefill takes the mems in, the cache holds them; passing them again is refused."""
     net = tiny(rotary_pos_emb=True, max_mem_len=32)
     x = toks(2, 7)
     with torch.no_grad():
         full = net(x)
         _, mems = net(x[:, :3], return_mems=True)
-        prefill = refused(lambda: net(x[:, 3:5], mems=mems, return_cache=True), "mems", "cache")
-        if prefill is None:
-            return
-        out, cache = prefill
+        out, cache = net(x[:, 3:5], mems=mems, return_cache=True)
         outs = [out]
         for t in (5, 6):
-            step = refused(
-                lambda t=t, c=cache: net(x[:, t : t + 1], mems=mems, cache=c, return_cache=True),
-                "mems",
-                "cache",
-            )
-            if step is None:
-                return
-            out, cache = step
+            with pytest.raises(ValueError, match="mems"):
+                net(x[:, t : t + 1], mems=mems, cache=cache, return_cache=True)
+            out, cache = net(x[:, t : t + 1], cache=cache, return_cache=True)
             outs.append(out)
     close(torch.cat(outs, 1), full[:, 3:])
 
 
 def _padded_generation_matches_alone(net: nn.Module, lengths: tuple[int, ...]) -> None:
-    """Refused by generate(), or each row's tokens and (prefill / step) logits equal the prompt
-    run alone."""
+    """Each row's tokens and prefill logits equal the prompt run alone."""
     prompts = [toks(1, n, seed=n)[0] for n in lengths]
     ar = AutoregressiveWrapper(net)
-    batch = refused(lambda: ar.generate(prompts, 4, temperature=0.0), "padding", "prompt")
-    if batch is None:
-        return
+    batch = ar.generate(prompts, 4, temperature=0.0)
     width = max(lengths)
     start = torch.tensor([width - n for n in lengths])
     padded = torch.stack([torch.cat((p.new_zeros(width - len(p)), p)) for p in prompts])
@@ -151,18 +135,15 @@ def _padded_generation_matches_alone(net: nn.Module, lengths: tuple[int, ...]) -
             assert torch.equal(batch[row], ar.generate(prompt, 4, temperature=0.0))
 
 
-@xfail("issue 7 item 4: left padding moves memory tokens away from the real tokens")
 @pytest.mark.parametrize("relative", ["rotary_pos_emb", "rel_pos_bias", "alibi_pos_bias"])
 def test_padded_generation_with_memory_tokens_and_relative_positions(relative: str) -> None:
     _padded_generation_matches_alone(tiny(num_memory_tokens=2, **{relative: True}), (2, 5))
 
 
-@xfail("issue 7 item 4: position_infused_attn positions count from the padding")
 def test_padded_generation_with_position_infused_attn() -> None:
     _padded_generation_matches_alone(tiny(position_infused_attn=True), (2, 5))
 
 
-@xfail("issue 7 item 4 (variant): rotary queries meet position-less memory key/values")
 def test_padded_generation_with_memory_key_values_and_rotary() -> None:
     net = tiny(attn_num_mem_kv=1, rotary_pos_emb=True)
     _padded_generation_matches_alone(net, (1, 2))
@@ -259,7 +240,6 @@ def test_position_flags_on_a_stack_without_attention() -> None:
             assert not torch.allclose(net(x.roll(1, 1)), net(x).roll(1, 1))
 
 
-@xfail("issue 7 item 9: seq_start_pos shifts positions but does not mask the padding")
 def test_seq_start_pos_masks_left_padding() -> None:
     net = tiny()
     x, start = toks(2, 6), torch.tensor([2, 0])
@@ -269,7 +249,6 @@ def test_seq_start_pos_masks_left_padding() -> None:
         close(net(x, seq_start_pos=start)[0, 2:], net(y, seq_start_pos=start)[0, 2:])
 
 
-@xfail("issue 7 item 10: a forward with an explicit KVCache mutates it in place")
 def test_kv_cache_reused_for_two_continuations() -> None:
     net, x = tiny(), toks(2, 5)
     y = x.clone()
@@ -277,20 +256,18 @@ def test_kv_cache_reused_for_two_continuations() -> None:
     with torch.no_grad():
         _, cache = net(x[:, :4], return_cache=True)
         for seq in (x, y):
-            step = refused(lambda seq=seq: net(seq[:, 4:], cache=cache), "cache")
-            if step is None:
-                return
+            step, _ = net(seq[:, 4:], cache=cache, return_cache=True)  # caches are values
             close(step[:, -1], net(seq)[:, -1])
 
 
-@xfail("issue 7 item 10: the whole sequence passed with a KVCache is appended again")
 def test_kv_cache_with_the_whole_sequence() -> None:
     net, x = tiny(), toks(2, 5)
     with torch.no_grad():
         _, cache = net(x[:, :4], return_cache=True)
-        out = refused(lambda: net(x, cache=cache), "cache")
-        if out is not None:
-            close(out, net(x)[:, -out.shape[1] :])
+        with pytest.raises(ValueError, match="input_not_include_cache"):
+            net(x, cache=cache, return_cache=True)  # a KVCache takes only the new tokens
+        out = net(x, cache=cache, input_not_include_cache=False)
+        close(out, net(x)[:, 4:])
 
 
 def test_autoregressive_wrapper_refuses_an_encoder() -> None:
@@ -320,7 +297,6 @@ def test_continuous_nan_in_masked_positions(stack: type, flags: dict) -> None:
 # the x-transformers cache protocol, crashes, unclear errors
 
 
-@xfail("issue 7 protocol: model(x_so_far, cache=intermediates) raises AttributeError")
 def test_x_transformers_cache_protocol() -> None:
     net, x = tiny(rotary_pos_emb=True), toks(2, 6)
     with torch.no_grad():
