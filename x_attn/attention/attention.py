@@ -31,7 +31,7 @@ from x_attn.masks.causal import CAUSAL
 from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
 from x_attn.routing import build_config
-from x_attn.utils import check_positive_int
+from x_attn.utils import check_positive_int, default
 
 
 @dataclass
@@ -61,6 +61,8 @@ class Attention(nn.Module):
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
+        rotary_dim: the stack's rotary dim, for projections that size their rotary part by it
+            (MLA's decoupled rotary dims); None when the stack has no rotary positions.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Attention(nn.Module):
         config: AttentionConfig | None = None,
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
+        rotary_dim: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -82,10 +85,12 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
-        self.scale = config.dim_head**-0.5
-        ctx = FeatureContext(dim, heads, dim_context, config, flag_prefix, residual_attn)
+        ctx = FeatureContext(
+            dim, heads, dim_context, config, flag_prefix, residual_attn, rotary_dim=rotary_dim
+        )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
+        self.scale = default(self.proj.scale, config.dim_head**-0.5)
         for attr, module in parts.extensions:  # registered under their own names (or None)
             setattr(self, attr, module)
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
@@ -148,7 +153,7 @@ class Attention(nn.Module):
         proj = self.proj
         q = proj.queries(x, call.query_rows)
         held = call.entry.update(call.keys, proj.keys)
-        k, v = proj.expand(held.payload)
+        q, k, v, finish = proj.operands(q, held.payload)
         mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
         bias = call.positions.bias_for(call.queries, held.span)
         for extension in self.kv_extensions:
@@ -157,7 +162,7 @@ class Attention(nn.Module):
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
         out, maps = kernel.run(inputs, self.scores.bind(prev_logits), call.entry)
-        out = rearrange(out, "b h n d -> b n (h d)")
+        out = rearrange(finish(out), "b h n d -> b n (h d)")
         return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 
     def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache):

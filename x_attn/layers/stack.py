@@ -17,7 +17,7 @@ from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
-from x_attn.positional.stack_positions import StackPositions
+from x_attn.positional.stack_positions import StackPositions, requested_rotary_dim
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
 from x_attn.validation import (
@@ -89,8 +89,10 @@ class AttentionLayers(nn.Module):
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         scales = macaron_ff_scale(self.types, cfg.macaron)
         self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
-        qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
-        self.positions = StackPositions(cfg, qk_dim, owner)
+        blocks = self._attention_blocks()
+        qk_dim = next((blk.qk_dim for blk in blocks), cfg.attn.dim_head)
+        fixed = next((blk.proj.rotary_dim for blk in blocks if blk.proj.rotary_dim), None)
+        self.positions = StackPositions(cfg, qk_dim, owner, rotary_dim=fixed)
         use_final = cfg.pre_norm and not cfg.use_rezero
         self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
         # not registered as a submodule: it only re-wires the modules of self.layers
@@ -109,6 +111,7 @@ class AttentionLayers(nn.Module):
                 causal=cfg.causal,
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
+                rotary_dim=requested_rotary_dim(cfg),
             )
         elif kind == "c":
             block = Attention(

@@ -41,6 +41,8 @@ class FeatureContext:
         prefix: flag prefix of the layer ("attn_" or "cross_attn_"), for messages.
         residual_attn: the stack's residual-attention flag for this kind of layer.
         projection: the layer's projection, once the project stage is built.
+        rotary_dim: the stack's rotary dim (None without rotary positions), for projections
+            that size a separate rotary part by it.
     """
 
     dim: int
@@ -50,6 +52,7 @@ class FeatureContext:
     prefix: str = "attn_"
     residual_attn: bool = False
     projection: Projection | None = None
+    rotary_dim: int | None = None
 
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""
