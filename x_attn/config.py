@@ -32,6 +32,12 @@ class AttentionConfig:
     collab_heads: bool = False
     collab_compression: float = 0.3
     on_attn: bool = False
+    kv_heads: int | None = None  # key/value heads (grouped-query attention); None = heads
+    one_kv_head: bool = False  # multi-query attention: one key/value head
+
+    def key_value_heads(self, heads: int) -> int:
+        """Key/value heads of a layer with ``heads`` query heads."""
+        return 1 if self.one_kv_head else self.kv_heads or heads
 
     @property
     def uses_pre_talking_heads(self) -> bool:
@@ -55,11 +61,29 @@ class AttentionConfig:
                 f"{owner}: '{prefix}sparse_topk' and '{prefix}use_entmax15' both replace the "
                 "softmax's support; choose one"
             )
+        self._validate_heads(owner, prefix)
         if not 0.0 < self.collab_compression <= 1.0:
             raise ValueError(
                 f"{owner}: '{prefix}collab_compression' must be in (0, 1], "
                 f"got {self.collab_compression}"
             )
+
+    def _validate_heads(self, owner: str, prefix: str) -> None:
+        """Key/value head layouts: one spelling at a time, on a projection that has them."""
+        if self.kv_heads is not None:
+            check_positive_int(f"{prefix}kv_heads", self.kv_heads, owner)
+        grouped = None
+        if self.one_kv_head or self.kv_heads is not None:
+            grouped = "one_kv_head" if self.one_kv_head else "kv_heads"
+        clashes = [
+            (self.one_kv_head and self.kv_heads is not None, "one_kv_head", "kv_heads",
+             "one_kv_head=True means kv_heads=1; set one of them"),
+            (grouped is not None and self.collab_heads, grouped, "collab_heads",
+             "collaborative heads share one key head of their own"),
+        ]  # fmt: skip
+        for clash, a, b, why in clashes:
+            if clash:
+                raise ValueError(f"{owner}: '{prefix}{a}' and '{prefix}{b}': {why}; choose one")
 
 
 @dataclass(frozen=True)

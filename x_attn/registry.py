@@ -123,6 +123,18 @@ FLAGS: tuple[FlagCase, ...] = (
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
     FlagCase(
+        "attn_kv_heads",
+        "grouped-query attention: each key/value head serves a group of query heads",
+        "2305.13245",
+        {"heads": 4, "attn_kv_heads": 2},
+    ),
+    FlagCase(
+        "attn_one_kv_head",
+        "multi-query attention: one key/value head for every query head",
+        "1911.02150",
+        {"attn_one_kv_head": True},
+    ),
+    FlagCase(
         "attn_flash=False",
         "force the manual softmax kernel",
         "",

@@ -100,7 +100,17 @@ def _extensions(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, n
 
 
 def _default_projection(ctx: FeatureContext) -> Projection:
-    return MultiHeadProjection(ctx.dim, ctx.heads, ctx.config.dim_head, ctx.dim_context)
+    kv_heads = ctx.config.key_value_heads(ctx.heads)
+    if ctx.heads % kv_heads:
+        divisors = [d for d in range(1, ctx.heads + 1) if ctx.heads % d == 0]
+        raise ValueError(
+            f"Attention: {ctx.flag('kv_heads')}={kv_heads} does not divide heads={ctx.heads}: "
+            f"each key/value head serves a group of heads / kv_heads query heads; use one of "
+            f"{divisors}"
+        )
+    return MultiHeadProjection(
+        ctx.dim, ctx.heads, ctx.config.dim_head, ctx.dim_context, kv_heads=kv_heads
+    )
 
 
 def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> nn.Module | None:
