@@ -59,6 +59,7 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
             f"got {config.alibi_num_heads}"
         )
     _validate_rotary(config, owner)
+    _validate_latent_positions(config, owner, explicit)
     _validate_layer_types(config, owner)
     _validate_residual_rules(config, owner, explicit)
     if config.reversible:
@@ -80,6 +81,27 @@ def _validate_rotary(config: LayersConfig, owner: str) -> None:
         raise ValueError(f"{owner}: rotary_emb_dim must be an even number >= 2, got {r}")
     if config.rotary_interpolation_factor < 1:
         raise ValueError(f"{owner}: rotary_interpolation_factor must be >= 1")
+
+
+def _validate_latent_positions(config: LayersConfig, owner: str, explicit: set[str]) -> None:
+    """Multi-head latent attention takes positions through its decoupled rotary keys only."""
+    if "cross_attn_latent_rope_subheads" in explicit:
+        raise ValueError(
+            f"{owner}: cross_attn_latent_rope_subheads: cross-attention has no positions, so "
+            "it has no rotary keys; drop it (attn_latent_rope_subheads sets self-attention's)"
+        )
+    if config.attn.latent_rope_subheads is not None and not config.rotary_pos_emb:
+        raise ValueError(
+            f"{owner}: attn_latent_rope_subheads sets the decoupled rotary keys of multi-head "
+            "latent attention, but rotary_pos_emb is False; set rotary_pos_emb=True or drop "
+            "attn_latent_rope_subheads"
+        )
+    if config.attn.use_latent_kv and config.position_infused_attn:
+        raise ValueError(
+            f"{owner}: attn_use_latent_kv and position_infused_attn: keys and values come from "
+            "one latent, so positions cannot enter the keys without the values; use "
+            "rotary_pos_emb (decoupled rotary keys) or an additive bias instead"
+        )
 
 
 def stack_layer_types(config: LayersConfig) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """Caches for incremental decoding (DESIGN.md sections 5 and 8).
 
 A :class:`KVCache` holds one :class:`CacheEntry` per attention layer of a stack, created by the
-layer: :class:`KVEntry` (self-attention keys and values, stored after rotary rotation) or
+layer: :class:`KVEntry` (self-attention keys and values, stored after rotary rotation),
+:class:`LatentEntry` (multi-head latent attention: a latent and rotary keys per token) or
 :class:`ContextEntry` (a cross-attention context projected once).
 """
 
@@ -9,5 +10,14 @@ from x_attn.cache.context import ContextEntry
 from x_attn.cache.entry import CacheEntry, HeldKeys, KeyRows
 from x_attn.cache.kv import KVEntry
 from x_attn.cache.kv_cache import KVCache
+from x_attn.cache.latent import LatentEntry
 
-__all__ = ["CacheEntry", "ContextEntry", "HeldKeys", "KVCache", "KVEntry", "KeyRows"]
+__all__ = [
+    "CacheEntry",
+    "ContextEntry",
+    "HeldKeys",
+    "KVCache",
+    "KVEntry",
+    "KeyRows",
+    "LatentEntry",
+]
