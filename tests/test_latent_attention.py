@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from flag_models import prefill_then_steps
 from torch import Tensor
 
 from x_attn import Attention, Decoder, Encoder, TransformerWrapper
@@ -196,14 +197,8 @@ def test_cross_attention_latent_caches_the_context_once() -> None:
     )
     model = TransformerWrapper(num_tokens=20, max_seq_len=32, attn_layers=layers).double().eval()
     ids, context = torch.randint(0, 20, (B, 6)), torch.randn(B, 5, D, dtype=torch.float64)
-    with torch.no_grad():
-        full = model(ids, context=context)
-        logits, cache = model(ids[:, :4], context=context, return_cache=True)
-        steps = [logits]
-        for t in (4, 5):
-            step, cache = model(ids[:, t : t + 1], context=context, cache=cache, return_cache=True)
-            steps.append(step)
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-9, rtol=0)
+    stepped, cache = prefill_then_steps(model, ids, 4, context=context)
+    torch.testing.assert_close(stepped, model(ids, context=context), atol=1e-9, rtol=0)
     cross = [e for e in cache.entries if e.kind == "context"]
     assert [tuple(e.payload.shape) for e in cross] == [(B, 1, 5, C)] * 2
     assert cache.select(torch.tensor([1])).batch == 1

@@ -40,6 +40,7 @@ class AttentionConfig:
     dim_latent_q: int | None = None  # its width
     latent_rope_subheads: int | None = None  # MLA rotary key heads (default 1 with rotary)
     latent_absorb: bool | None = None  # MLA: None = per call; True absorbed; False materialised
+    dim_context: int | None = None  # width of a cross-attention context (None = dim)
 
     def key_value_heads(self, heads: int) -> int:
         """Key/value heads of a layer with ``heads`` query heads."""
@@ -67,6 +68,8 @@ class AttentionConfig:
                 f"{owner}: '{prefix}sparse_topk' and '{prefix}use_entmax15' both replace the "
                 "softmax's support; choose one"
             )
+        if self.dim_context is not None:
+            check_positive_int(f"{prefix}dim_context", self.dim_context, owner)
         self._validate_heads(owner, prefix)
         self._validate_latent(owner, prefix)
         if not 0.0 < self.collab_compression <= 1.0:

@@ -121,6 +121,13 @@ def _validate_layer_types(config: LayersConfig, owner: str) -> None:
     types = stack_layer_types(config)
     if "a" not in types:
         _refuse_self_attention_flags(config, types, owner)
+    width = config.attn.dim_context
+    if "a" in types and width is not None and width != config.dim:
+        raise ValueError(
+            f"{owner}: attn_dim_context={width} sets the key/value input width of every "
+            f"attention layer, but self-attention layers read x (width dim={config.dim}); use "
+            f"cross_attn_dim_context={width} for the cross-attention layers only"
+        )
     if config.custom_layers is None:
         return
     if (config.cross_attend or config.only_cross) and "c" not in types:

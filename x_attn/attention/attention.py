@@ -57,7 +57,8 @@ class Attention(nn.Module):
         dim: model dimension of the queries' input.
         heads: number of heads.
         causal: bottom-right aligned causal masking (self-attention only).
-        dim_context: dimension of the context for cross-attention (default ``dim``).
+        dim_context: width of the context for cross-attention (default: the config's
+            ``dim_context``, else ``dim``); x-transformers' ``attn_dim_context``.
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
@@ -85,8 +86,9 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
+        self.dim, self.dim_context = dim, _context_width(dim, dim_context, config, flag_prefix)
         ctx = FeatureContext(
-            dim, heads, dim_context, config, flag_prefix, residual_attn, rotary_dim=rotary_dim
+            dim, heads, self.dim_context, config, flag_prefix, residual_attn, rotary_dim=rotary_dim
         )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
@@ -167,8 +169,32 @@ class Attention(nn.Module):
 
     def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache):
         """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
+        if context is None and self.dim_context != self.dim:
+            raise ValueError(
+                f"Attention: this layer reads keys of width dim_context={self.dim_context}, "
+                f"but was called without a context (self-attention keys come from x, width "
+                f"{self.dim}); pass context=, or build it without dim_context"
+            )
+        if context is not None and context.shape[-1] != self.dim_context:
+            raise ValueError(
+                f"Attention: 'context' has width {context.shape[-1]}, but this layer reads "
+                f"width {self.dim_context}; build it with dim_context={context.shape[-1]} "
+                f"(cross_attn_dim_context in a stack)"
+            )
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
             return self_call(x, mem, mask, attn_mask, positions, entry, self.rules)
         entry = cache if cache is not None else self.new_context_entry()
         return cross_call(x, context, context_mask, attn_mask, entry)
+
+
+def _context_width(dim: int, given: int | None, config: AttentionConfig, prefix: str) -> int:
+    """The key/value input width: ``dim_context=`` or the config's, which must agree."""
+    if given is not None:
+        check_positive_int("dim_context", given, "Attention")
+    if given is not None and config.dim_context is not None and given != config.dim_context:
+        raise ValueError(
+            f"Attention: dim_context={given} and {prefix}dim_context={config.dim_context} "
+            "disagree; give the context width once"
+        )
+    return default(given, default(config.dim_context, dim))

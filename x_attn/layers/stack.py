@@ -326,7 +326,14 @@ class AttentionLayers(nn.Module):
             raise ValueError("'context_mask' given to a stack that does not cross-attend")
         check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
         if context is not None:
-            check_float_input("context", context, self.dim, type(self).__name__)
+            width = self.config.cross_attn.dim_context or self.dim
+            if isinstance(context, Tensor) and context.ndim == 3 and context.shape[-1] != width:
+                raise ValueError(
+                    f"{type(self).__name__}: 'context' has width {context.shape[-1]}, but the "
+                    f"cross-attention layers read width {width}; build the stack with "
+                    f"cross_attn_dim_context={context.shape[-1]}"
+                )
+            check_float_input("context", context, width, type(self).__name__)
             if context.shape[0] != b:
                 raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
             check_bool_mask(
