@@ -3,11 +3,13 @@
 A :class:`KVCache` holds one :class:`CacheEntry` per attention layer of a stack, created by the
 layer: :class:`KVEntry` (self-attention keys and values, stored after rotary rotation),
 :class:`LatentEntry` (multi-head latent attention: a latent and rotary keys per token) or
-:class:`ContextEntry` (a cross-attention context projected once).
+:class:`ContextEntry` (a cross-attention context projected once), possibly wrapped (an
+:class:`EntryWrapper`, e.g. :class:`x_attn.cache.query_tail.QueryTailEntry`) by a feature that
+keeps more state next to it.
 """
 
 from x_attn.cache.context import ContextEntry
-from x_attn.cache.entry import CacheEntry, HeldKeys, KeyRows
+from x_attn.cache.entry import CacheEntry, EntryWrapper, HeldKeys, KeyRows
 from x_attn.cache.kv import KVEntry
 from x_attn.cache.kv_cache import KVCache
 from x_attn.cache.latent import LatentEntry
@@ -15,6 +17,7 @@ from x_attn.cache.latent import LatentEntry
 __all__ = [
     "CacheEntry",
     "ContextEntry",
+    "EntryWrapper",
     "HeldKeys",
     "KVCache",
     "KVEntry",

@@ -88,7 +88,10 @@ class AttentionLayers(nn.Module):
         self.types = stack_layer_types(cfg)
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         scales = macaron_ff_scale(self.types, cfg.macaron)
-        self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
+        self.layers = nn.ModuleList(
+            self._make_layer(t, s, self.types[:i].count(t))
+            for i, (t, s) in enumerate(zip(self.types, scales))
+        )
         blocks = self._attention_blocks()
         qk_dim = next((blk.qk_dim for blk in blocks), cfg.attn.dim_head)
         fixed = next((blk.proj.rotary_dim for blk in blocks if blk.proj.rotary_dim), None)
@@ -102,7 +105,8 @@ class AttentionLayers(nn.Module):
 
             object.__setattr__(self, "reversible", build_reversible(self.layers, self.types))
 
-    def _make_layer(self, kind: str, scale: float) -> nn.ModuleDict:
+    def _make_layer(self, kind: str, scale: float, index: int) -> nn.ModuleDict:
+        """Layer ``kind`` ('a', 'c' or 'f'), the ``index``-th of its kind in the stack."""
         cfg = self.config
         if kind == "a":
             block = Attention(
@@ -112,6 +116,7 @@ class AttentionLayers(nn.Module):
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
                 rotary_dim=requested_rotary_dim(cfg),
+                layer_index=index,
             )
         elif kind == "c":
             block = Attention(
@@ -120,6 +125,7 @@ class AttentionLayers(nn.Module):
                 config=cfg.cross_attn,
                 flag_prefix="cross_attn_",
                 residual_attn=cfg.cross_residual_attn,
+                layer_index=index,
             )
         else:
             block = FeedForward(cfg.dim, cfg.ff)
