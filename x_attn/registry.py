@@ -31,6 +31,9 @@ class FlagCase:
     cacheable: bool = True  # decodes with a KV cache (else generation falls back, with a warning)
     exact: bool = True  # exact attention (an approximation is compared with a tolerance)
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
+    row_conv: bool = (
+        False  # convolves over neighbouring positions: padding between real ones refused
+    )
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -171,6 +174,7 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_mta": True, "attn_mta_kernel_q": 3, "attn_mta_kernel_k": 3},
         needs_scores=True,
         kernel="manual",
+        row_conv=True,
     ),
     FlagCase(
         "attn_mta_post_conv",
@@ -186,6 +190,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="mixed",
+        row_conv=True,
     ),
     FlagCase(
         "attn_mta_post_head_mix",
@@ -207,6 +212,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="mixed",
+        row_conv=True,
     ),
     FlagCase(
         "attn_flash=False",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from x_attn.cache.grow import GrowBuffer
 from x_attn.cache.rows import AppendedRows
 
 
@@ -29,9 +30,9 @@ class KVEntry(AppendedRows):
     v: Tensor | None = None
     mask: Tensor | None = None
     start: int | None = None
-    _k_buffer: Tensor | None = field(default=None, repr=False)
-    _v_buffer: Tensor | None = field(default=None, repr=False)
-    _mask_buffer: Tensor | None = field(default=None, repr=False)
+    _k_buffer: GrowBuffer | None = field(default=None, repr=False)
+    _v_buffer: GrowBuffer | None = field(default=None, repr=False)
+    _mask_buffer: GrowBuffer | None = field(default=None, repr=False)
 
     kind = "kv"
     stored = ("k", "v")

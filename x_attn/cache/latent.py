@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from x_attn.cache.grow import GrowBuffer
 from x_attn.cache.rows import AppendedRows
 
 
@@ -33,8 +34,8 @@ class LatentEntry(AppendedRows):
     latent: Tensor | None = None
     mask: Tensor | None = None
     start: int | None = None
-    _latent_buffer: Tensor | None = field(default=None, repr=False)
-    _mask_buffer: Tensor | None = field(default=None, repr=False)
+    _latent_buffer: GrowBuffer | None = field(default=None, repr=False)
+    _mask_buffer: GrowBuffer | None = field(default=None, repr=False)
 
     kind = "latent"
     stored = ("latent",)

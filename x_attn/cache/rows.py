@@ -8,8 +8,9 @@ payload is the stored tensors (a tuple when there are several, the tensor itself
 Without autograd (generation runs under ``inference_mode``) the tensors are written into
 buffers that grow geometrically, so a decode step copies only the new rows instead of the whole
 cache; the stored tensors are then views of the filled prefix. With autograd on, a plain
-concatenation keeps the graph intact. An entry owns its buffers: to branch a cache (beam
-search), use :meth:`KVCache.select`, which copies.
+concatenation keeps the graph intact. A fork shares its buffers until it appends: only the
+entry that wrote last may write after its prefix, any other copies (see
+:mod:`x_attn.cache.grow`), so every update rebinds fields and the forked entry stays intact.
 
 Shape legend: b batch, j keys held.
 """
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from x_attn.cache.entry import CacheEntry, HeldKeys, KeyRows, Project
-from x_attn.cache.grow import grow
+from x_attn.cache.grow import GrowBuffer, grow
 from x_attn.masks.spec import Span
 
 
@@ -32,7 +33,7 @@ class AppendedRows(CacheEntry):
     stored: ClassVar[tuple[str, ...]] = ()
     mask: Tensor | None
     start: int | None
-    _mask_buffer: Tensor | None
+    _mask_buffer: GrowBuffer | None
 
     def _tensors(self) -> tuple[Tensor | None, ...]:
         return tuple(getattr(self, name) for name in self.stored)
