@@ -12,13 +12,14 @@ import math
 
 import pytest
 import torch
-from flag_models import prefill_then_steps
+from flag_models import VOCAB, build, prefill_then_steps, tokens
 from torch import Tensor
 
 from x_attn import Attention, Decoder, Encoder, TransformerWrapper
 from x_attn.cache import LatentEntry
 from x_attn.catalog import mechanism
 from x_attn.positional.context import PositionContext, RowPositions
+from x_attn.registry import flag_case
 from x_attn.train.measure import tensor_bytes
 
 B, N, D, H, DH, C, R = 2, 7, 16, 4, 6, 10, 4
@@ -202,6 +203,26 @@ def test_cross_attention_latent_caches_the_context_once() -> None:
     cross = [e for e in cache.entries if e.kind == "context"]
     assert [tuple(e.payload.shape) for e in cross] == [(B, 1, 5, C)] * 2
     assert cache.select(torch.tensor([1])).batch == 1
+
+
+@pytest.mark.parametrize("name", ["attn_latent_rope_subheads", "attn_kv_heads"])
+def test_one_latent_or_grouped_cache_serves_two_continuations(name: str) -> None:
+    """Caches are values: continuing one cache twice (no autograd, so appends go into a
+    shared growth buffer) leaves the first continuation's rows intact; both equal the full
+    forward. MLA decodes absorbed here (one token against the cache)."""
+    net, x = build(flag_case(name)), tokens(2, 8)
+    y = x.clone()
+    y[:, 6:] = (x[:, 6:] + 3) % VOCAB
+    with torch.no_grad():
+        full_x, full_y = net(x), net(y)
+        _, cache = net(x[:, :5], return_cache=True)
+        _, cache = net(x[:, 5:6], cache=cache, return_cache=True)  # now grows a buffer
+        _, cache_a = net(x[:, 6:7], cache=cache, return_cache=True)
+        _, cache_b = net(y[:, 6:7], cache=cache, return_cache=True)
+        a, _ = net(x[:, 7:8], cache=cache_a, return_cache=True)
+        b, _ = net(y[:, 7:8], cache=cache_b, return_cache=True)
+    torch.testing.assert_close(a, full_x[:, 7:8], atol=1e-9, rtol=0)
+    torch.testing.assert_close(b, full_y[:, 7:8], atol=1e-9, rtol=0)
 
 
 def test_half_precision_absorbed_and_materialised_agree_without_nan() -> None:
