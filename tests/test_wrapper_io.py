@@ -275,8 +275,9 @@ def test_average_pool_is_the_masked_mean_of_the_embeddings() -> None:
         {"use_cls_token": True, "num_cls_tokens": 2},
         {"attn_pool": True, "num_pooled_tokens": 2},
         {"attn_pool": True, "attn_pool_depth": 2},
+        {"attn_pool": True, "attn_pool_depth": 2, "dim_pooled_tokens": 10},
     ],
-    ids=["mean", "cls", "cls2", "attn_pool", "attn_pool_depth2"],
+    ids=["mean", "cls", "cls2", "attn_pool", "attn_pool_depth2", "attn_pool_depth2_dim10"],
 )
 def test_pooled_encoder_without_positions_is_permutation_invariant(wrapper) -> None:
     model = _jitter(ours(use_abs_pos_emb=False, **wrapper))
