@@ -99,7 +99,7 @@ def test_cross_attn_tokens_dropout_acts_while_training_only() -> None:
     torch.manual_seed(4)
     loss = model(src, tgt, mask=mask)
     torch.manual_seed(4)
-    context, cmask = model.encode(src, mask)
+    context, cmask = model.encode(src, mask), mask
     context, cmask = dropout_tokens(context, cmask, 0.5)
     expected = model.decoder(tgt, context=context, context_mask=cmask)
     torch.testing.assert_close(loss, expected)

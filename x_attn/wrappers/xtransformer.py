@@ -171,9 +171,18 @@ class XTransformer(nn.Module):
         mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         prepend_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """Encoder output (b, p + i, d) of ``src`` (b, i) after ``prepend_embeds`` (b, p, d)."""
+        return self._encode(src, mask, attn_mask, prepend_embeds)[0]
+
+    def _encode(
+        self,
+        src: Tensor,
+        mask: Tensor | None,
+        attn_mask: Tensor | None,
+        prepend_embeds: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Encoder output (b, p + i, d) of ``src`` (b, i) after ``prepend_embeds`` (b, p, d),
-        and the matching (b, p + i) mask (None when ``mask`` is None)."""
+        """:meth:`encode` and the matching (b, p + i) mask (None when ``mask`` is None)."""
         enc = self.encoder(
             src,
             mask=mask,
@@ -214,7 +223,7 @@ class XTransformer(nn.Module):
             position.
         """
         src_mask = _source_mask(mask, src_mask)
-        context, src_mask = self.encode(src, src_mask, attn_mask, src_prepend_embeds)
+        context, src_mask = self._encode(src, src_mask, attn_mask, src_prepend_embeds)
         if self.training and self.cross_attn_tokens_dropout > 0:
             context, src_mask = dropout_tokens(context, src_mask, self.cross_attn_tokens_dropout)
         extra = {} if tgt_mask is None else {"mask": tgt_mask}
@@ -246,7 +255,7 @@ class XTransformer(nn.Module):
             (b, seq_len) generated token ids.
         """
         src_mask = _source_mask(mask, src_mask)
-        context, _ = self.encode(seq_in, src_mask, attn_mask)
+        context = self.encode(seq_in, src_mask, attn_mask)
         return self.decoder.generate(
             seq_out_start, seq_len, context=context, context_mask=src_mask, **kwargs
         )
