@@ -69,16 +69,6 @@ KNOWN_OPEN: tuple[KnownOpen, ...] = (
         "test_feedforward_flags_on_a_stack_without_feedforward",
     ),
     KnownOpen(
-        "NEW: float16 SDPA with a position bias masks keys at -32752, not -inf",
-        frozenset({"low_precision_default"}),
-        lambda c: (
-            c.opt("dtype") == "float16"
-            and c.opt("scale", 1.0) > 1
-            and c.has("rel_pos_bias", "alibi_pos_bias")
-        ),
-        "test_float16_sdpa_with_a_position_bias_stays_causal",
-    ),
-    KnownOpen(
         "NEW: Decoder(custom_layers without 'a') is refused naming causal=True only",
         frozenset({"refusal"}),
         lambda c: _lacks(c, "a") and c.causal,
