@@ -78,8 +78,9 @@ class AttentionLayers(nn.Module):
             self._make_layer(t, s, self.types[:i].count(t))
             for i, (t, s) in enumerate(zip(self.types, scales))
         )
-        qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
-        self.positions = StackPositions(cfg, qk_dim, owner)
+        rotated = [layer["block"] for t, layer in zip(self.types, self.layers) if t == "a"]
+        qk = (rotated[0].qk_dim, rotated[0].qk_dim_flags) if rotated else (cfg.attn.dim_head, ())
+        self.positions = StackPositions(cfg, *qk, owner)
         use_final = cfg.pre_norm and not cfg.use_rezero
         self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
         # not registered as a submodule: it only re-wires the modules of self.layers

@@ -22,6 +22,28 @@ def default_rotary_dim(dim_head: int) -> int:
     return r - r % 2
 
 
+def _rotary(
+    config: LayersConfig, qk_dim: int, qk_flags: tuple[str, ...], owner: str
+) -> RotaryEmbedding:
+    """The stack's RotaryEmbedding, refused when the query/key head has no pair of dims."""
+    raise_flags = " or ".join(qk_flags)
+    if qk_dim < 2:
+        raise ValueError(
+            f"{owner}: rotary_pos_emb=True rotates query/key dims in pairs, but the "
+            f"self-attention query/key head dim is {qk_dim} (set by {', '.join(qk_flags)}); "
+            f"raise {raise_flags} to give it at least 2 dims, or drop rotary_pos_emb"
+        )
+    r = config.rotary_emb_dim or default_rotary_dim(qk_dim)
+    if r > qk_dim:
+        raise ValueError(
+            f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "
+            f"lower rotary_emb_dim or raise {raise_flags}"
+        )
+    return RotaryEmbedding(
+        r, base=config.rotary_base, interpolation_factor=config.rotary_interpolation_factor
+    )
+
+
 class StackPositions(nn.Module):
     """The positional modules shared by every layer of one stack (computed once per forward).
 
@@ -29,20 +51,15 @@ class StackPositions(nn.Module):
     sinusoids of position-infused attention.
     """
 
-    def __init__(self, config: LayersConfig, qk_dim: int, owner: str) -> None:
+    def __init__(
+        self, config: LayersConfig, qk_dim: int, qk_flags: tuple[str, ...], owner: str
+    ) -> None:
+        """``qk_dim``: the self-attention query/key head dim, set by the flags ``qk_flags``."""
         super().__init__()
         self.rotary = self.rel_pos = None
         self.infused_dim = config.dim if config.position_infused_attn else None
         if config.rotary_pos_emb:
-            r = config.rotary_emb_dim or default_rotary_dim(qk_dim)
-            if r > qk_dim:
-                raise ValueError(
-                    f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "
-                    "lower rotary_emb_dim or raise attn_dim_head"
-                )
-            self.rotary = RotaryEmbedding(
-                r, base=config.rotary_base, interpolation_factor=config.rotary_interpolation_factor
-            )
+            self.rotary = _rotary(config, qk_dim, qk_flags, owner)
         if config.rel_pos_bias:
             self.rel_pos = T5RelativePositionBias(
                 config.heads,

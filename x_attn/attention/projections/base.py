@@ -33,6 +33,8 @@ class Projection(nn.Module):
         k_heads: key heads (divides h).
         v_heads: value heads (divides h).
         qk_dim: per-head query/key dim (where rotary acts).
+        qk_dim_options: the attention options (without prefix) that set ``qk_dim``, for
+            error messages.
         v_dim: per-head value dim.
     """
 
@@ -40,6 +42,7 @@ class Projection(nn.Module):
     k_heads: int
     v_heads: int
     qk_dim: int
+    qk_dim_options: tuple[str, ...] = ("dim_head",)
     v_dim: int
 
     def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
