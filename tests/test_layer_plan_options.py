@@ -39,24 +39,40 @@ def _refused(stack: type, names: tuple[str, ...], **flags: Any) -> str:
     return message
 
 
+def _plan_names(option: str, value: Any, legal_where: dict, *plan: str) -> tuple[str, ...]:
+    """What the refusal must name: the option, and the plan (``plan``) unless the option is
+    refused even on the layer that reads it (``Decoder(**legal_where)``: e.g.
+    cross_attn_latent_rope_subheads, which the config refuses first)."""
+    try:
+        Decoder(dim=DIM, depth=1, **legal_where, **{option: value})
+    except ValueError as error:
+        assert option in str(error), error
+        return (option,)
+    return (option, *plan)
+
+
 @pytest.mark.parametrize("option", sorted(FF_OPTIONS))
 def test_feedforward_options_without_a_feedforward_layer(option: str) -> None:
-    flags = {"custom_layers": ("a", "a"), option: FF_OPTIONS[option]}
-    message = _refused(Decoder, (option, "custom_layers ('a', 'a')"), depth=2, **flags)
-    assert "add 'f' to custom_layers" in message
+    value = FF_OPTIONS[option]
+    names = _plan_names(option, value, {}, "custom_layers ('a', 'a')", "add 'f' to custom_layers")
+    _refused(Decoder, names, depth=2, custom_layers=("a", "a"), **{option: value})
 
 
 @pytest.mark.parametrize("option", sorted(ATTN_OPTIONS))
 def test_attention_options_without_an_attention_layer(option: str) -> None:
-    flags = {"custom_layers": ("f", "f"), option: ATTN_OPTIONS[option]}
-    _refused(Encoder, (option, "custom_layers ('f', 'f')"), **flags)
+    value = ATTN_OPTIONS[option]
+    names = _plan_names(option, value, {}, "custom_layers ('f', 'f')", "add 'a' to custom_layers")
+    _refused(Encoder, names, custom_layers=("f", "f"), **{option: value})
 
 
 @pytest.mark.parametrize("option", sorted(CROSS_OPTIONS))
 def test_cross_attention_options_without_a_cross_attention_layer(option: str) -> None:
     value = CROSS_OPTIONS[option]
-    _refused(Decoder, (option, "cross_attend=True"), **{option: value})
-    names = (option, "custom_layers ('a', 'f')", "add 'c'")
+    legal_where = {"cross_attend": True}
+    _refused(
+        Decoder, _plan_names(option, value, legal_where, "cross_attend=True"), **{option: value}
+    )
+    names = _plan_names(option, value, legal_where, "custom_layers ('a', 'f')", "add 'c'")
     _refused(Encoder, names, custom_layers=("a", "f"), **{option: value})
 
 

@@ -22,18 +22,29 @@ def default_rotary_dim(dim_head: int) -> int:
     return r - r % 2
 
 
+def requested_rotary_dim(config: LayersConfig) -> int | None:
+    """The rotary dim a stack offers its self-attention projections (None without rotary).
+
+    A projection with a separate rotary part (MLA's decoupled rotary dims) is sized by it.
+    """
+    if not config.rotary_pos_emb:
+        return None
+    return config.rotary_emb_dim or default_rotary_dim(config.attn.dim_head)
+
+
 def _rotary(
-    config: LayersConfig, qk_dim: int, qk_flags: tuple[str, ...], owner: str
+    config: LayersConfig, qk_dim: int, qk_flags: tuple[str, ...], owner: str, fixed: int | None
 ) -> RotaryEmbedding:
-    """The stack's RotaryEmbedding, refused when the query/key head has no pair of dims."""
+    """The stack's RotaryEmbedding (``fixed``: the dim the projections were built for, if any),
+    refused when the query/key head has no pair of dims to rotate."""
     raise_flags = " or ".join(qk_flags)
-    if qk_dim < 2:
+    if fixed is None and qk_dim < 2:
         raise ValueError(
             f"{owner}: rotary_pos_emb=True rotates query/key dims in pairs, but the "
             f"self-attention query/key head dim is {qk_dim} (set by {', '.join(qk_flags)}); "
             f"raise {raise_flags} to give it at least 2 dims, or drop rotary_pos_emb"
         )
-    r = config.rotary_emb_dim or default_rotary_dim(qk_dim)
+    r = fixed or config.rotary_emb_dim or default_rotary_dim(qk_dim)
     if r > qk_dim:
         raise ValueError(
             f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "
@@ -52,14 +63,20 @@ class StackPositions(nn.Module):
     """
 
     def __init__(
-        self, config: LayersConfig, qk_dim: int, qk_flags: tuple[str, ...], owner: str
+        self,
+        config: LayersConfig,
+        qk_dim: int,
+        owner: str,
+        rotary_dim: int | None = None,
+        qk_flags: tuple[str, ...] = ("attn_dim_head",),
     ) -> None:
-        """``qk_dim``: the self-attention query/key head dim, set by the flags ``qk_flags``."""
+        """``qk_dim``: the self-attention query/key head dim, set by the flags ``qk_flags``;
+        ``rotary_dim``: the rotary dim the layers' projections were built for, if fixed."""
         super().__init__()
         self.rotary = self.rel_pos = None
         self.infused_dim = config.dim if config.position_infused_attn else None
         if config.rotary_pos_emb:
-            self.rotary = _rotary(config, qk_dim, qk_flags, owner)
+            self.rotary = _rotary(config, qk_dim, qk_flags, owner, rotary_dim)
         if config.rel_pos_bias:
             self.rel_pos = T5RelativePositionBias(
                 config.heads,
