@@ -3,7 +3,7 @@
 resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
 the projection applies positions) -> cache entry (takes the new key rows, returns every key
 held, with positions and padding) -> mask description + bias of (queries, held keys) ->
-extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> output (merge
+query-dependent bias (Shaw's relative keys) -> extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> output (merge
 heads, out projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
@@ -23,7 +23,7 @@ from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.projections import Projection
 from x_attn.cache import CacheEntry, ContextEntry
-from x_attn.config import AttentionConfig
+from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.select import KernelChoice, choose_kernel
@@ -61,6 +61,8 @@ class Attention(nn.Module):
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
+        stack_config: the stack's flags, given by a stack to its self-attention layers
+            (positional features such as ``shaw_rel_pos`` live in each layer).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Attention(nn.Module):
         config: AttentionConfig | None = None,
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
+        stack_config: LayersConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -82,12 +85,16 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
-        self.scale = config.dim_head**-0.5
-        ctx = FeatureContext(dim, heads, dim_context, config, flag_prefix, residual_attn)
+        ctx = FeatureContext(
+            dim, heads, dim_context, config, flag_prefix, residual_attn, stack=stack_config
+        )
+        self.scale = ctx.scale
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
-        for attr, module in parts.extensions:  # registered under their own names (or None)
+        for attr, module in [*parts.biases, *parts.extensions]:  # under their own names (or None)
             setattr(self, attr, module)
+        # bias stage: (q, positions, query span, key span, bias, hooks) -> (bias, hooks)
+        self.bias_stages = [module for _, module in parts.biases if module is not None]
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = [module for _, module in parts.extensions if module is not None]
         self.scores = parts.scores
@@ -151,12 +158,15 @@ class Attention(nn.Module):
         k, v = proj.expand(held.payload)
         mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
         bias = call.positions.bias_for(call.queries, held.span)
+        hooks = self.scores.bind(prev_logits)
+        for stage in self.bias_stages:
+            bias, hooks = stage(q, call.positions, call.queries, held.span, bias, hooks)
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
-        out, maps = kernel.run(inputs, self.scores.bind(prev_logits), call.entry)
+        out, maps = kernel.run(inputs, hooks, call.entry)
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 

@@ -21,7 +21,9 @@ class ScoreHooks:
 
     Stages, in order: ``on_logits`` (scaled logits + bias, before masking), ``on_masked``
     (after masked entries are set to a large negative value), ``normalize`` (logits ->
-    probabilities), ``on_probs`` (after normalisation, before dropout).
+    probabilities), ``on_probs`` (after normalisation, before dropout), ``on_output`` (the
+    weighted sum of values, with the weights after dropout: for terms that need the weights
+    themselves, such as Shaw et al.'s relative values).
     """
 
     def on_logits(self, sim: Tensor) -> Tensor:
@@ -35,6 +37,10 @@ class ScoreHooks:
 
     def on_probs(self, attn: Tensor) -> Tensor:
         return attn
+
+    def on_output(self, out: Tensor, attn: Tensor) -> Tensor:
+        """out (b, h, i, dv) = attn (b, h, i, j) @ v; returns the layer's attention output."""
+        return out
 
 
 @dataclass
@@ -64,7 +70,8 @@ def manual_attention(
     with torch.autocast(inputs.q.device.type, enabled=False):
         logits, attn = _weights(inputs, hooks)
     dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
-    out = einsum(dropped.to(v.dtype), v, "b h i j, b h j d -> b h i d")
+    dropped = dropped.to(v.dtype)
+    out = hooks.on_output(einsum(dropped, v, "b h i j, b h j d -> b h i d"), dropped)
     return out, AttnMaps(logits=logits, probs=attn)
 
 

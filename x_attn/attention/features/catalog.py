@@ -45,6 +45,7 @@ class AttentionParts:
     Attributes:
         projection: the project stage.
         extensions: (attribute, module or None) of every extend-stage feature.
+        biases: (attribute, module or None) of every bias-stage feature.
         scores: the score features and the normalizer.
         output: the output stage.
         rules: mask rules of self-attention calls (besides causality).
@@ -54,6 +55,7 @@ class AttentionParts:
 
     projection: Projection
     extensions: list[tuple[str, nn.Module | None]]
+    biases: list[tuple[str, nn.Module | None]]
     scores: ScorePipeline
     output: nn.Module
     rules: tuple[MaskRule, ...] = ()
@@ -74,7 +76,8 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     entry = next((s.cache_entry(ctx) for s in active if s.cache_entry is not None), KVEntry)
     return AttentionParts(
         projection=projection,
-        extensions=_extensions(built),
+        extensions=_stage_modules(built, "extend"),
+        biases=_stage_modules(built, "bias"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
         rules=rules,
@@ -87,16 +90,18 @@ def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
     """Kernel capabilities the active features need, each with its flag."""
     needs = []
     for spec in active:
-        capabilities = [*(["scores"] if spec.needs_scores else []), *spec.needs]
+        capabilities = [*(["scores"] if spec.scores_needed(ctx) else []), *spec.needs]
         capabilities += [f"rule:{rule.kind}" for rule in (spec.rules(ctx) if spec.rules else ())]
         needs += [Need(spec.flag(ctx), capability) for capability in capabilities]
     return needs
 
 
-def _extensions(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, nn.Module | None]]:
-    """(attribute, module or None) for every extend-stage feature of the catalog, in order."""
+def _stage_modules(
+    built: list[tuple[FeatureSpec, nn.Module]], stage: str
+) -> list[tuple[str, nn.Module | None]]:
+    """(attribute, module or None) for every feature of ``stage`` in the catalog, in order."""
     on = {spec.name: module for spec, module in built}
-    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == "extend"]
+    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == stage]
 
 
 def _default_projection(ctx: FeatureContext) -> Projection:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from x_attn.config import AttentionConfig
+from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.masks.spec import MaskRule
 
 if TYPE_CHECKING:
@@ -24,7 +24,16 @@ if TYPE_CHECKING:
     from x_attn.cache.entry import CacheEntry
 
 Stage = Literal[
-    "project", "extend", "mask", "cache", "logits", "masked", "normalize", "probs", "output"
+    "project",
+    "bias",
+    "extend",
+    "mask",
+    "cache",
+    "logits",
+    "masked",
+    "normalize",
+    "probs",
+    "output",
 ]
 SCORE_STAGES: tuple[Stage, ...] = ("logits", "masked", "probs")
 
@@ -41,6 +50,8 @@ class FeatureContext:
         prefix: flag prefix of the layer ("attn_" or "cross_attn_"), for messages.
         residual_attn: the stack's residual-attention flag for this kind of layer.
         projection: the layer's projection, once the project stage is built.
+        stack: the stack's flags, for the self-attention layers of a stack (positional
+            features such as Shaw's relative embeddings read them); None otherwise.
     """
 
     dim: int
@@ -50,6 +61,12 @@ class FeatureContext:
     prefix: str = "attn_"
     residual_attn: bool = False
     projection: Projection | None = None
+    stack: LayersConfig | None = None
+
+    @property
+    def scale(self) -> float:
+        """The logit scale ``dim_head ** -0.5``."""
+        return self.config.dim_head**-0.5
 
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""
@@ -63,11 +80,14 @@ class FeatureSpec:
     Attributes:
         name: the option's name (the config field, e.g. "sparse_topk").
         paper: arXiv id of the paper it implements ("" for none).
-        stage: where it attaches: "project", "extend" (more keys/values), "mask", "cache",
-            "logits", "masked", "normalize", "probs" (score stages) or "output".
+        stage: where it attaches: "project", "bias" (a query-dependent logit bias over the
+            held keys, possibly with a hook on the output), "extend" (more keys/values),
+            "mask", "cache", "logits", "masked", "normalize", "probs" (score stages) or
+            "output".
         enabled: whether a layer's context turns it on.
         build: the module for a layer that turns it on (None: the feature has no module).
-        needs_scores: only kernels that form the scores can run it.
+        needs_scores: only kernels that form the scores can run it (a bool, or a function of
+            the layer's context when that depends on an option).
         slot: exclusive part it replaces ("projection", "normalizer", "output", "cache").
         attr: attribute name on the Attention module (its state-dict prefix) for "extend"
             modules.
@@ -82,7 +102,7 @@ class FeatureSpec:
     stage: Stage
     enabled: Callable[[FeatureContext], bool]
     build: Callable[[FeatureContext], Any] | None = None
-    needs_scores: bool = False
+    needs_scores: bool | Callable[[FeatureContext], bool] = False
     slot: str | None = None
     attr: str | None = None
     flag_of: Callable[[FeatureContext], str] | None = None
@@ -92,3 +112,7 @@ class FeatureSpec:
 
     def flag(self, ctx: FeatureContext) -> str:
         return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)
+
+    def scores_needed(self, ctx: FeatureContext) -> bool:
+        """Whether this feature, as ``ctx`` configures it, needs the raw scores."""
+        return self.needs_scores(ctx) if callable(self.needs_scores) else self.needs_scores
