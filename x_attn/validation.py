@@ -13,6 +13,7 @@ from torch import Tensor
 
 from x_attn.config import LayersConfig
 from x_attn.layers.pattern import layer_types
+from x_attn.positional.checks import validate_positional
 from x_attn.utils import check_positive_int
 
 # annotation (as written in x_attn.config) -> accepted Python types; None allowed if "| None"
@@ -48,38 +49,13 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
     """Refuse flag combinations that cannot work; ``explicit`` = keywords the user passed."""
     for name in ("dim", "depth", "heads"):
         check_positive_int(name, getattr(config, name), owner)
-    if config.rel_pos_bias and config.alibi_pos_bias:
-        raise ValueError(
-            f"{owner}: rel_pos_bias (T5) and alibi_pos_bias are two additive position biases; "
-            "choose one"
-        )
-    if config.alibi_num_heads is not None and not 1 <= config.alibi_num_heads <= config.heads:
-        raise ValueError(
-            f"{owner}: alibi_num_heads must be between 1 and heads={config.heads}, "
-            f"got {config.alibi_num_heads}"
-        )
-    _validate_rotary(config, owner)
+    validate_positional(config, owner)
     _validate_layer_types(config, owner)
     _validate_residual_rules(config, owner, explicit)
     if config.reversible:
         _validate_reversible(config, owner)
     if config.position_infused_attn and config.dim % 2:
         raise ValueError(f"{owner}: position_infused_attn needs an even dim, got dim={config.dim}")
-
-
-def _validate_rotary(config: LayersConfig, owner: str) -> None:
-    if config.rotary_emb_dim is None:
-        return
-    if not config.rotary_pos_emb:
-        raise ValueError(
-            f"{owner}: rotary_emb_dim is set but rotary_pos_emb is False; "
-            "set rotary_pos_emb=True or drop rotary_emb_dim"
-        )
-    r = config.rotary_emb_dim
-    if r < 2 or r % 2:
-        raise ValueError(f"{owner}: rotary_emb_dim must be an even number >= 2, got {r}")
-    if config.rotary_interpolation_factor < 1:
-        raise ValueError(f"{owner}: rotary_interpolation_factor must be >= 1")
 
 
 def stack_layer_types(config: LayersConfig) -> tuple[str, ...]:
@@ -118,8 +94,11 @@ def _refuse_self_attention_flags(config: LayersConfig, types: tuple[str, ...], o
     """Flags that act only on self-attention, in a stack that has none."""
     positional = {
         "rotary_pos_emb": "rotates self-attention queries/keys",
+        "rotary_xpos": "rotates and scales self-attention queries/keys",
         "rel_pos_bias": "biases self-attention scores by distance",
         "alibi_pos_bias": "biases self-attention scores by distance",
+        "dynamic_pos_bias": "biases self-attention scores by distance",
+        "shaw_rel_pos": "adds relative embeddings to self-attention keys/values",
         "position_infused_attn": "adds positions to self-attention queries/keys",
     }
     other = {

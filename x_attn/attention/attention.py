@@ -3,8 +3,9 @@
 resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
 the projection applies positions) -> cache entry (takes the new key rows, returns every key
 held, with positions and padding) -> mask description + bias of (queries, held keys) ->
-query-dependent bias (Shaw's relative keys) -> extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> output (merge
-heads, out projection or AoA). The parts come from the feature catalog; forward has no flag if.
+query-dependent bias (Shaw's relative keys) -> extend k/v (memory kv) -> kernel (chosen per
+layer from the kernel registry) -> output (merge heads, out projection or AoA). The parts come
+from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -176,4 +177,4 @@ class Attention(nn.Module):
             entry = cache if cache is not None else self.new_cache_entry()
             return self_call(x, mem, mask, attn_mask, positions, entry, self.rules)
         entry = cache if cache is not None else self.new_context_entry()
-        return cross_call(x, context, context_mask, attn_mask, entry)
+        return cross_call(x, context, context_mask, attn_mask, entry, positions)

@@ -38,6 +38,8 @@ class KVCache:
     ) -> None:
         self.entries: list[CacheEntry | None] = list(entries) if entries is not None else []
         self.length = length
+        # custom positions (forward's pos=) of every slot so far, (b|1, h|1, length), else None
+        self.position_values: Tensor | None = None
         for entry in self.entries:
             if entry is not None:
                 entry.adopt(dropped, key_mask)
@@ -98,7 +100,12 @@ class KVCache:
         """A cache restricted to the batch rows in ``index`` (for beam or batch pruning)."""
         check_batch_index(index, self.batch, "KVCache.select")
         entries = [None if e is None else e.select(index) for e in self.entries]
-        return KVCache(entries=entries, length=self.length)
+        selected = KVCache(entries=entries, length=self.length)
+        values = self.position_values
+        if values is not None and values.shape[0] > 1:
+            values = values[index.to(values.device)]
+        selected.position_values = values
+        return selected
 
     def slide(self, keep: int, layers: Sequence[int] | None = None) -> None:
         """Keep only the newest ``keep`` positions in the self-attention entries ``layers``.

@@ -17,6 +17,7 @@ from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
+from x_attn.positional.custom import position_values, table_values
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
@@ -109,6 +110,7 @@ class AttentionLayers(nn.Module):
                 causal=cfg.causal,
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
+                stack_config=cfg,
             )
         elif kind == "c":
             block = Attention(
@@ -168,6 +170,8 @@ class AttentionLayers(nn.Module):
         cache: KVCache | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -182,6 +186,11 @@ class AttentionLayers(nn.Module):
             cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
             return_hiddens: also return a :class:`LayerIntermediates`.
             return_attn: run the manual kernel everywhere and collect attention maps.
+            pos: positions of this call's tokens for the positional methods, (n,), (b, n) or,
+                for an additive bias only, (b, heads, n); default: their index in the stream
+                (see :mod:`x_attn.positional.custom`). A cache keeps them for later calls.
+            context_pos: (j,) or (b, j) positions of ``context`` for rotary embeddings in
+                cross-attention.
         """
         check_float_input("x", x, self.dim, type(self).__name__)
         b, n = x.shape[:2]
@@ -194,7 +203,18 @@ class AttentionLayers(nn.Module):
         )
         # tables once per forward, from the oldest position a layer holds to the newest query
         start = cache.first_position if cache is not None else 0
-        positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
+        values = position_values(
+            self.positions, self.config.heads, (pos, context_pos), x, context, cache, mems
+        )
+        positions = self.positions(
+            n,
+            past + mem_len + n - start,
+            x.device,
+            x.dtype,
+            start,
+            None if values is None else table_values(values, start),
+            context_pos,
+        )
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
                 raise ValueError(
@@ -217,6 +237,7 @@ class AttentionLayers(nn.Module):
         x = self._run_layers(x, state, inter)
         if cache is not None:
             cache.length = past + mem_len + n
+            cache.position_values = values
         out = self.final_norm(x)
         return (out, inter) if return_hiddens else out
 
@@ -261,6 +282,7 @@ class AttentionLayers(nn.Module):
                         h,
                         state["context"],
                         context_mask=state["context_mask"],
+                        positions=state["positions"],
                         prev_logits=prev["c"],
                         cache=entry,
                         return_attn=state["return_attn"],
