@@ -36,6 +36,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         use_abs_pos_emb: absolute positions; turned off automatically when the stack has
             relative positions (rotary, T5, ALiBi, position-infused).
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the paper's fixed sinusoids (arXiv 1706.03762) instead of a table.
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
             arXiv 2006.11527); stripped from the output.
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
@@ -54,6 +55,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         scaled_sinu_pos_emb: bool = False,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -63,6 +65,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             scaled_sinu_pos_emb=scaled_sinu_pos_emb,
             num_memory_tokens=num_memory_tokens,
             max_mem_len=max_mem_len,
+            sinusoidal_pos_emb=sinusoidal_pos_emb,
         )
         owner = "ContinuousTransformerWrapper"
         for name, value in (("dim_in", dim_in), ("dim_out", dim_out)):

@@ -17,7 +17,11 @@ from torch import Tensor, nn
 
 from x_attn.cache import KVCache
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
-from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
+from x_attn.positional.absolute import (
+    AbsolutePositionalEmbedding,
+    ScaledSinusoidalEmbedding,
+    SinusoidalEmbedding,
+)
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability
@@ -63,6 +67,24 @@ def _check_memory_args(
         )
 
 
+def _check_abs_kind(owner: str, dim: int, use: bool, scaled: bool, sinusoidal: bool) -> None:
+    """One kind of absolute embedding, and only when absolute embeddings are on."""
+    if not isinstance(sinusoidal, bool):
+        raise TypeError(f"{owner}: 'sinusoidal_pos_emb' must be a bool, got {sinusoidal!r}")
+    if sinusoidal and scaled:
+        raise ValueError(
+            f"{owner}: sinusoidal_pos_emb and scaled_sinu_pos_emb are two absolute embeddings; "
+            "choose one"
+        )
+    if sinusoidal and not use:
+        raise ValueError(
+            f"{owner}: sinusoidal_pos_emb=True chooses the absolute embedding, but "
+            "use_abs_pos_emb=False turns absolute embeddings off; drop one"
+        )
+    if sinusoidal and dim % 2:
+        raise ValueError(f"{owner}: sinusoidal_pos_emb needs an even dim, got dim={dim}")
+
+
 class SequenceWrapper(nn.Module):
     """Shared core of the sequence wrappers: (b, n, d) embeddings in, stack output out.
 
@@ -73,6 +95,8 @@ class SequenceWrapper(nn.Module):
         use_abs_pos_emb: absolute positions; turned off automatically when the stack
             has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the fixed sinusoids of Attention Is All You Need instead of a
+            learned table (off, like every absolute embedding, with relative positions).
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
             arXiv 2006.11527); stripped from the output.
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
@@ -88,6 +112,7 @@ class SequenceWrapper(nn.Module):
         scaled_sinu_pos_emb: bool = False,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -103,10 +128,13 @@ class SequenceWrapper(nn.Module):
         self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
         self.attn_layers = attn_layers
         self.pos_emb: nn.Module | None = None
+        _check_abs_kind(owner, dim, use_abs_pos_emb, scaled_sinu_pos_emb, sinusoidal_pos_emb)
         if use_abs_pos_emb and not relative_positions_in_self_attention(attn_layers):
             self.pos_emb = (
                 ScaledSinusoidalEmbedding(dim)
                 if scaled_sinu_pos_emb
+                else SinusoidalEmbedding(dim)
+                if sinusoidal_pos_emb
                 else AbsolutePositionalEmbedding(dim, max_seq_len)
             )
         self.emb_dropout = nn.Dropout(emb_dropout)
@@ -144,6 +172,7 @@ class SequenceWrapper(nn.Module):
         tokens stripped, and its intermediates.
         """
         n = h.shape[1]
+        pos = self._route_pos(kwargs, h.shape[0], n)
         if mask is not None:  # else 0 * NaN in the attention weights reaches every output
             h = h.masked_fill(~mask.unsqueeze(-1), 0.0)
         owner = type(self).__name__
@@ -152,11 +181,16 @@ class SequenceWrapper(nn.Module):
         past = max(cache.length - self.num_memory_tokens, 0) if cache is not None else 0
         check_seq_start_pos(seq_start_pos, h.shape[0], past + n, owner)
         if self.pos_emb is not None:
-            h = h + self._positions(past, n, h.device, seq_start_pos).to(h.dtype)
+            h = h + self._positions(past, n, h.device, seq_start_pos, pos).to(h.dtype)
         h = self.emb_dropout(h)
         prepend = self.memory_tokens is not None and past <= 0 and mems is None
         if prepend:
             h, mask = self._prepend_memory(h, mask)
+            if "pos" in kwargs:
+                raise ValueError(
+                    f"{owner}: 'pos' positions the tokens, but num_memory_tokens prepends "
+                    "memory tokens without positions; drop one"
+                )
         cache = self._new_cache(cache, return_intermediates, return_cache)
         out, inter = self.attn_layers(
             h,
@@ -188,20 +222,55 @@ class SequenceWrapper(nn.Module):
         """Which kernel each attention layer uses by default, and why."""
         return self.attn_layers.explain()
 
-    def _positions(
-        self, past: int, n: int, device: torch.device, seq_start_pos: Tensor | None = None
-    ) -> Tensor:
-        if self.has_abs_positions and past + n > self.max_seq_len:
+    def _route_pos(self, kwargs: dict[str, Any], b: int, n: int) -> Tensor | None:
+        """x-transformers' ``pos``: integer positions of the tokens, (n,) or (b, n).
+
+        The absolute embedding reads them, and they go on to the stack when its layers have
+        relative positions (left in ``kwargs``); nothing using them is an error.
+        """
+        pos = kwargs.pop("pos", None)
+        if pos is None:
+            return None
+        owner = type(self).__name__
+        if not isinstance(pos, Tensor) or pos.is_floating_point() or pos.dtype == torch.bool:
+            raise TypeError(
+                f"{owner}: 'pos' must be an integer tensor of token positions (x-transformers' "
+                "float pos, a precomputed positional embedding, is not supported)"
+            )
+        if self.attn_layers.positions.is_relative:
+            kwargs["pos"] = pos
+        elif self.pos_emb is None:
             raise ValueError(
-                f"sequence of {past + n} positions exceeds max_seq_len={self.max_seq_len} while "
+                f"{owner}: 'pos' positions the tokens, but this model has no positions at all "
+                "(use_abs_pos_emb=False and no relative scheme in the layers)"
+            )
+        if self.pos_emb is not None and tuple(pos.shape) not in ((n,), (b, n)):
+            raise ValueError(
+                f"{owner}: 'pos' must have shape ({n},) or ({b}, {n}), got {tuple(pos.shape)}"
+            )
+        return pos
+
+    def _positions(
+        self,
+        past: int,
+        n: int,
+        device: torch.device,
+        seq_start_pos: Tensor | None = None,
+        pos: Tensor | None = None,
+    ) -> Tensor:
+        end = past + n if pos is None else int(pos.max()) + 1
+        if self.has_abs_positions and end > self.max_seq_len:
+            raise ValueError(
+                f"sequence of {end} positions exceeds max_seq_len={self.max_seq_len} while "
                 "learned absolute positions are in use; raise max_seq_len, or go longer with a "
                 "relative scheme (rotary_pos_emb=True, rel_pos_bias=True or alibi_pos_bias=True "
                 "on the layers, which turns absolute positions off) or use_abs_pos_emb=False"
             )
-        positions = torch.arange(past, past + n, device=device)
-        if seq_start_pos is None:
+        positions = torch.arange(past, past + n, device=device) if pos is None else pos.to(device)
+        if seq_start_pos is not None:  # (b, n)
+            positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)
+        if positions.ndim == 1:
             return self.pos_emb(positions)
-        positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)  # (b, n)
         return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
 
     def _prepend_memory(self, h: Tensor, mask: Tensor | None):
@@ -257,6 +326,7 @@ class TransformerWrapper(SequenceWrapper):
         use_abs_pos_emb: learned absolute positions; turned off automatically when the stack
             has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the paper's fixed sinusoids (arXiv 1706.03762) instead of a table.
         tie_embedding: logits use the token embedding matrix.
         logits_dim: output size (default num_tokens).
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
@@ -278,6 +348,7 @@ class TransformerWrapper(SequenceWrapper):
         logits_dim: int | None = None,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -287,6 +358,7 @@ class TransformerWrapper(SequenceWrapper):
             scaled_sinu_pos_emb=scaled_sinu_pos_emb,
             num_memory_tokens=num_memory_tokens,
             max_mem_len=max_mem_len,
+            sinusoidal_pos_emb=sinusoidal_pos_emb,
         )
         check_positive_int("num_tokens", num_tokens, "TransformerWrapper")
         if logits_dim is not None:
