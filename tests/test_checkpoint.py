@@ -95,7 +95,8 @@ def test_safetensors_header_length_that_looks_like_a_pickle_still_loads(start, m
     header = raw[8 : 8 + size].rstrip(b" ")
     header += b" " * ((start - len(header)) % modulus)  # JSON allows trailing spaces
     assert len(header) % modulus == start
-    (folder / WEIGHTS_NAME).write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + size :])
+    length = len(header).to_bytes(8, "little")
+    (folder / WEIGHTS_NAME).write_bytes(length + header + raw[8 + size :])
     x = torch.randint(0, 10, (1, 5))
     with torch.no_grad():
         assert torch.equal(x_attn.load(folder)(x), model.eval()(x))

@@ -136,9 +136,7 @@ def _validate_rel_pos_kwargs(config: LayersConfig, owner: str) -> None:
     if not kwargs:
         return
     if not config.alibi_pos_bias:
-        scheme = next(
-            (n for n in ("rel_pos_bias", "dynamic_pos_bias") if getattr(config, n)), None
-        )
+        scheme = next((n for n in ("rel_pos_bias", "dynamic_pos_bias") if getattr(config, n)), None)
         why = f"{scheme} takes no extra options" if scheme else "no position bias is on"
         raise ValueError(
             f"{owner}: rel_pos_kwargs={kwargs!r} but {why}; rel_pos_kwargs accepts 'slopes' "

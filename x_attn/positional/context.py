@@ -123,4 +123,3 @@ class PositionContext:
         first_query = self.stop - self.q_len
         rows = slice(q.start - first_query, q.stop - first_query)
         return self.bias[..., rows, k.start - self.start : k.stop - self.start]
-

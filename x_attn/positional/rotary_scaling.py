@@ -73,9 +73,7 @@ def _ordered(low_flag: str, low: object, high_flag: str, high: object, typical: 
     """Both positive numbers, ``high > low``."""
     low, high = _number(low_flag, low, 0.0), _number(high_flag, high, 0.0)
     if high <= low:
-        raise ValueError(
-            f"'{high_flag}' ({high}) must exceed '{low_flag}' ({low}) ({typical})"
-        )
+        raise ValueError(f"'{high_flag}' ({high}) must exceed '{low_flag}' ({low}) ({typical})")
 
 
 def _length(flag: str, value: object, scheme: str) -> int:
@@ -129,8 +127,10 @@ class YarnScaling:
         """(lo, hi): the pair indices where the ramp from kept to interpolated starts and ends."""
 
         def pair_index(rotations: float) -> float:
-            return dim * math.log(self.original_max_len / (rotations * 2 * math.pi)) / (
-                2 * math.log(base)
+            return (
+                dim
+                * math.log(self.original_max_len / (rotations * 2 * math.pi))
+                / (2 * math.log(base))
             )
 
         lo = max(math.floor(pair_index(self.beta_fast)), 0)

@@ -133,7 +133,7 @@ SHAW_SPEC = FeatureSpec(
     build=_build,
     needs_scores=lambda ctx: ctx.stack.shaw_rel_values,
     attr="shaw",
-    flag_of=lambda ctx: "shaw_rel_pos (with shaw_rel_values=True)"
-    if ctx.stack.shaw_rel_values
-    else "shaw_rel_pos",
+    flag_of=lambda ctx: (
+        "shaw_rel_pos (with shaw_rel_values=True)" if ctx.stack.shaw_rel_values else "shaw_rel_pos"
+    ),
 )
