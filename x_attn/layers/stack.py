@@ -89,7 +89,10 @@ class AttentionLayers(nn.Module):
         self.types = stack_layer_types(cfg)
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         scales = macaron_ff_scale(self.types, cfg.macaron)
-        self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
+        self.layers = nn.ModuleList(
+            self._make_layer(t, s, self.types[:i].count(t))
+            for i, (t, s) in enumerate(zip(self.types, scales))
+        )
         qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
         self.positions = StackPositions(cfg, qk_dim, owner)
         use_final = cfg.pre_norm and not cfg.use_rezero
@@ -101,7 +104,8 @@ class AttentionLayers(nn.Module):
 
             object.__setattr__(self, "reversible", build_reversible(self.layers, self.types))
 
-    def _make_layer(self, kind: str, scale: float) -> nn.ModuleDict:
+    def _make_layer(self, kind: str, scale: float, index: int) -> nn.ModuleDict:
+        """Layer ``kind`` ('a', 'c' or 'f'), the ``index``-th of its kind in the stack."""
         cfg = self.config
         if kind == "a":
             block = Attention(
@@ -110,6 +114,7 @@ class AttentionLayers(nn.Module):
                 causal=cfg.causal,
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
+                layer_index=index,
                 stack_config=cfg,
             )
         elif kind == "c":
@@ -119,6 +124,7 @@ class AttentionLayers(nn.Module):
                 config=cfg.cross_attn,
                 flag_prefix="cross_attn_",
                 residual_attn=cfg.cross_residual_attn,
+                layer_index=index,
             )
         else:
             block = FeedForward(cfg.dim, cfg.ff)

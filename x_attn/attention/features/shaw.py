@@ -20,12 +20,13 @@ dq query/key head dim, dv value head dim.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
 from x_attn.kernels.manual import ScoreHooks
-from x_attn.masks.spec import Span
+from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
 
 
@@ -84,17 +85,20 @@ class ShawRelativePositions(nn.Module):
         self,
         q: Tensor,
         positions: PositionContext,
-        queries: Span,
-        keys: Span,
+        mask: AttnMask,
         bias: Tensor | None,
         hooks: ScoreHooks,
     ) -> tuple[Tensor, ScoreHooks]:
-        """Bias stage: add ``q_i . w^K_r(i, j) / sqrt(d)``; hook the value term on the output."""
-        q_pos, k_pos = (_rows(positions.values_of(span, q.device)) for span in (queries, keys))
+        """Bias stage: add ``q_i . w^K_r(i, j) / sqrt(d)``; hook the value term on the output.
+
+        The keys are ``mask.free`` keys without a position (no term), then the positional keys
+        ``mask.k``.
+        """
+        q_pos, k_pos = (_rows(positions.values_of(span, q.device)) for span in (mask.q, mask.k))
         b, h, i = q.shape[:3]
         offsets = self.offsets(q_pos, k_pos).expand(b, h, i, -1)
         per_offset = einsum(q, self.rel_k.to(q.dtype), "b h i d, r d -> b h i r") * self.scale
-        term = per_offset.gather(-1, offsets)
+        term = F.pad(per_offset.gather(-1, offsets), (mask.free, 0))
         bias = term if bias is None else bias + term
         if self.rel_v is not None:
             hooks = RelativeValueHooks(hooks, offsets, self.rel_v)
