@@ -205,6 +205,21 @@ def test_context_pos_rotates_the_context_relative_to_the_queries() -> None:
         )
 
 
+def test_context_pos_with_a_cache_equals_the_full_forward() -> None:
+    net = decoder("rotary", cross_attend=True)
+    x, ctx = tokens(2, 8), hidden(2, 5, seed=2)
+    kw = dict(context=ctx, context_pos=torch.tensor([3, 1, 4, 1, 5]))
+    with torch.no_grad():
+        full = net(x, **kw)
+        logits, cache = net(x[:, :3], return_cache=True, **kw)
+        steps = [logits]
+        for t in range(3, 8):
+            logits, cache = net(x[:, t : t + 1], cache=cache, return_cache=True, **kw)
+            steps.append(logits)
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-9, rtol=0)
+        assert (full - net(x, context=ctx)).abs().max() > 1e-6
+
+
 # ----------------------------------------------------------------------------------------------
 # the wrapper
 
@@ -269,5 +284,8 @@ def test_pos_with_mems_or_memory_tokens_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="num_memory_tokens"):
         with_memory(x, pos=torch.arange(4))
+    _, cache = with_memory(x, return_cache=True)  # memory tokens now sit in the cache
+    with pytest.raises(ValueError, match="num_memory_tokens"):
+        with_memory(x[:, :1], cache=cache, pos=torch.tensor([4]))
     with pytest.raises(TypeError, match="integer tensor of token positions"):
         with_memory(x, pos=torch.arange(4.0))

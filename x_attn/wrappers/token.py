@@ -191,11 +191,6 @@ class SequenceWrapper(nn.Module):
         prepend = self.memory_tokens is not None and past <= 0 and mems is None
         if prepend:
             h, mask = self._prepend_memory(h, mask)
-            if "pos" in kwargs:
-                raise ValueError(
-                    f"{owner}: 'pos' positions the tokens, but num_memory_tokens prepends "
-                    "memory tokens without positions; drop one"
-                )
         cache = self._new_cache(cache, return_intermediates, return_cache)
         out, inter = self.attn_layers(
             h,
@@ -243,6 +238,11 @@ class SequenceWrapper(nn.Module):
                 "float pos, a precomputed positional embedding, is not supported)"
             )
         if self.attn_layers.positions.is_relative:
+            if self.memory_tokens is not None:
+                raise ValueError(
+                    f"{owner}: 'pos' positions the tokens for the layers, but num_memory_tokens "
+                    "prepends memory tokens whose positions it does not give; drop one"
+                )
             kwargs["pos"] = pos
         elif self.pos_emb is None:
             raise ValueError(
