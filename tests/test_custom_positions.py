@@ -20,6 +20,7 @@ from torch import Tensor
 
 from x_attn import Decoder, Encoder, TransformerWrapper
 from x_attn.positional import alibi_slopes
+from x_attn.registry import FLAGS
 
 SCHEMES = {
     "rotary": dict(rotary_pos_emb=True),
@@ -289,3 +290,20 @@ def test_pos_with_mems_or_memory_tokens_is_refused() -> None:
         with_memory(x[:, :1], cache=cache, pos=torch.tensor([4]))
     with pytest.raises(TypeError, match="integer tensor of token positions"):
         with_memory(x, pos=torch.arange(4.0))
+
+
+# position-infused attention replaces the absolute embedding (registry: relative) but adds
+# absolute sinusoids in every layer, so it does see a shift (checked above)
+SHIFT_INVARIANT = [
+    case.name for case in FLAGS if case.relative and case.name != "position_infused_attn"
+]
+
+
+@pytest.mark.parametrize("name", SHIFT_INVARIANT)
+def test_every_relative_registry_entry_ignores_a_shift_of_all_positions(name: str) -> None:
+    case = next(case for case in FLAGS if case.name == name)
+    net, x = build(case), tokens(2, 7)
+    with torch.no_grad():
+        default, shifted = net(x), net(x, pos=torch.arange(7) + 29)
+        torch.testing.assert_close(shifted, default, atol=1e-9, rtol=0)
+        assert (net(x, pos=torch.arange(7) * 3) - default).abs().max() > 1e-6  # positions count
