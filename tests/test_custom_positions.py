@@ -287,7 +287,7 @@ def test_pos_with_mems_or_memory_tokens_is_refused() -> None:
         with_memory(x, pos=torch.arange(4))
     _, cache = with_memory(x, return_cache=True)  # memory tokens now sit in the cache
     with pytest.raises(ValueError, match="num_memory_tokens"):
-        with_memory(x[:, :1], cache=cache, pos=torch.tensor([4]))
+        with_memory(x[:, :1], cache=cache, pos=torch.tensor([4]), return_cache=True)
     with pytest.raises(TypeError, match="integer tensor of token positions"):
         with_memory(x, pos=torch.arange(4.0))
 
@@ -307,3 +307,48 @@ def test_every_relative_registry_entry_ignores_a_shift_of_all_positions(name: st
         default, shifted = net(x), net(x, pos=torch.arange(7) + 29)
         torch.testing.assert_close(shifted, default, atol=1e-9, rtol=0)
         assert (net(x, pos=torch.arange(7) * 3) - default).abs().max() > 1e-6  # positions count
+
+
+# ----------------------------------------------------------------------------------------------
+# custom positions and padding (padding takes no position unless pos says otherwise)
+
+
+@pytest.mark.parametrize("name", ["rotary", "alibi"])
+def test_pos_after_a_left_padded_prefix_continues_the_real_positions(name: str) -> None:
+    """The held slots keep the positions padding gave them when a later call passes pos."""
+    net, x = decoder(name), tokens(1, 6)
+    padded = torch.cat((tokens(1, 2, seed=7), x[:, :5]), dim=1)  # two pads, then 5 real tokens
+    mask = torch.arange(7) >= 2
+    with torch.no_grad():
+        alone = net(x)
+        _, cache = net(padded, mask=mask.expand(1, 7), return_cache=True)
+        step, _ = net(x[:, 5:], pos=torch.tensor([5]), cache=cache, return_cache=True)
+        torch.testing.assert_close(step[:, -1], alone[:, -1], atol=1e-9, rtol=0)
+        shifted, _ = net(x[:, 5:], pos=torch.tensor([7]), cache=cache, return_cache=True)
+        assert (shifted[:, -1] - alone[:, -1]).abs().max() > 1e-6  # 7 is the slot, not the row
+
+
+@pytest.mark.parametrize("name", ["rotary", "t5"])
+def test_given_positions_are_not_renumbered_by_padding(name: str) -> None:
+    net, x = decoder(name), tokens(1, 5)
+    padded = torch.cat((tokens(1, 2, seed=7), x), dim=1)
+    mask = (torch.arange(7) >= 2).expand(1, 7)
+    with torch.no_grad():
+        real = torch.tensor([3, 5, 6, 10, 11])
+        alone = net(x, pos=real)
+        given = net(padded, mask=mask, pos=torch.cat((torch.tensor([0, 1]), real)))
+        torch.testing.assert_close(given[:, 2:], alone, atol=1e-9, rtol=0)
+        assert (alone - net(x)).abs().max() > 1e-6  # the gaps count
+
+
+def test_pos_of_the_whole_sequence_with_the_x_transformers_cache_protocol() -> None:
+    """With intermediates as the cache, x and pos both hold the whole sequence so far."""
+    net, x = decoder("alibi"), tokens(2, 6)
+    pos = torch.tensor([0, 2, 3, 7, 8, 11])
+    with torch.no_grad():
+        full = net(x, pos=pos)
+        _, inter = net(x[:, :4], pos=pos[:4], return_intermediates=True)
+        step = net(x[:, :5], pos=pos[:5], cache=inter)
+        torch.testing.assert_close(step[:, -1], full[:, 4], atol=1e-9, rtol=0)
+        with pytest.raises(ValueError, match="positions of all 5"):
+            net(x[:, :5], pos=pos[4:5], cache=inter)

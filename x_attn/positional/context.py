@@ -9,7 +9,9 @@ layer) share one context. Queries are always the newest ``q_len`` positions.
 
 Positions are *slots* (the index of a token in the stream, what caches and masks count) with
 *values* (the position a positional method sees): by default the value of slot ``p`` is ``p``;
-custom positions (``pos=`` in forward) give other values (:meth:`PositionContext.values_of`).
+custom positions (``pos=`` in forward) give other values (:meth:`PositionContext.values_of`),
+and so does padding, which takes no position (see :mod:`x_attn.positional.row_positions`): the
+tables are then per row.
 
 Shape legend: n rows, f rotary frequencies (r/2), d model dim, h heads, i queries, j keys,
 b batch (1 when shared).
@@ -55,6 +57,10 @@ NO_POSITIONS = RowPositions()
 @dataclass
 class PositionContext:
     """Positional tables for one forward.
+
+    The tables are shared by every row, or per row when padding gives rows different
+    positions (see :mod:`x_attn.positional.row_positions`); the position axis is always the
+    second to last (rotary, infused) or the last two (bias).
 
     Attributes:
         q_len: number of queries (the newest positions).

@@ -4,7 +4,10 @@ As in x-transformers, ``AttentionLayers.forward(x, pos=...)`` gives the position
 positional methods see instead of ``0, 1, 2, ...``; ``TransformerWrapper`` passes its ``pos``
 on (and uses it for its absolute embedding). Here ``pos`` holds the positions of the tokens of
 this call only: with a KV cache the positions of earlier tokens are kept in the cache
-(``KVCache.position_values``), so a decoding step passes just its own position. Layouts:
+(``KVCache.position_values``), so a decoding step passes just its own position. Given
+positions are taken as they are (padding does not renumber them); tokens of a call without
+``pos`` take their default positions (their index, or their count of real tokens when padding
+renumbers, see :mod:`x_attn.positional.row_positions`). Layouts:
 
 * ``(n,)`` shared by the batch, ``(b, n)`` per sample: rotary, ALiBi, T5, dynamic bias, Shaw
   and position-infused sinusoids all read them;
@@ -14,12 +17,13 @@ this call only: with a KV cache the positions of earlier tokens are kept in the 
 (the queries keep their own positions), as in x-transformers; the other schemes never act on
 cross-attention.
 
-Shape legend: b batch, h heads, n tokens, j context length, L slots so far.
+Shape legend: b batch, h heads, n tokens, j context length, L slots so far, k slots of a
+forward's tables.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange
@@ -79,17 +83,27 @@ def _compact(values: Tensor) -> Tensor:
     return values[0] if values.shape[0] == 1 else values
 
 
-def slot_values(record: Tensor | None, past: int, new: Tensor | None, new_len: int) -> Tensor:
-    """Position values of every slot ``0 ... past + new_len - 1`` in (b|1, h|1, L) layout.
+def default_values(length: int, rows: Tensor | None, start: int, device: torch.device) -> Tensor:
+    """(b|1, length) values of slots ``0 ... length - 1`` without custom positions.
 
-    ``record``: what a cache kept for its ``past`` slots (None: they sit at their slots);
-    ``new``: the custom positions of the ``new_len`` new slots (None: at their slots).
+    Each slot's own index, or, from ``start`` on, the per-row positions ``rows`` (b, k) that
+    padding gives (see :mod:`x_attn.positional.row_positions`).
     """
-    device = new.device if new is not None else record.device
-    old = _canonical(record if record is not None else torch.arange(past, device=device))
-    if new is None:
-        new = torch.arange(past, past + new_len, device=device)
-    new = _canonical(new.to(device))
+    slots = torch.arange(length, device=device).unsqueeze(0)
+    if rows is None:
+        return slots
+    return torch.cat((slots[:, :start].expand(rows.shape[0], -1), rows.to(device)), dim=-1)
+
+
+def slot_values(record: Tensor | None, past: int, new: Tensor | None, default: Tensor) -> Tensor:
+    """Position values of every slot ``0 ... L - 1`` in (b|1, h|1, L) layout.
+
+    ``record``: what a cache kept for its ``past`` slots (None: their ``default``); ``new``:
+    the custom positions of the new slots ``past ...`` (None: their ``default``); ``default``
+    (b|1, L): :func:`default_values`.
+    """
+    old = _canonical(record if record is not None else default[:, :past])
+    new = _canonical((new if new is not None else default[:, past:]).to(default.device))
     if old.dtype != new.dtype:
         wide = torch.promote_types(old.dtype, new.dtype)
         old, new = old.to(wide), new.to(wide)
@@ -111,12 +125,14 @@ def position_values(
     context: Tensor | None,
     cache: KVCache | None,
     mems: list[Tensor] | None,
+    rows: tuple[int, Tensor | None] = (0, None),
 ) -> Tensor | None:
-    """A stack forward's position values of every slot so far, or None (slots themselves).
+    """A stack forward's custom position values of every slot so far, or None (none given).
 
     ``given`` is the forward's ``(pos, context_pos)``; they are checked against the stack
     (``StackPositions``), the input ``x`` (b, n, d), the context and the Transformer-XL mems.
-    The values come from ``pos`` and the cache's record of earlier calls.
+    The values come from ``pos`` and the cache's record of earlier calls; slots that neither
+    gives take their default (``rows``: (start, per-row positions from padding or None)).
     """
     pos, context_pos = given
     owner = "AttentionLayers"
@@ -146,4 +162,48 @@ def position_values(
         check_pos(pos, b, n, heads, stack.takes_per_head_positions, owner)
     mem_len = 0 if mems is None else mems[0].shape[1]
     past = cache.length if cache is not None else 0
-    return slot_values(record, past, pos, mem_len + n)
+    default = default_values(past + mem_len + n, rows[1], rows[0], x.device)
+    return slot_values(record, past, pos, default)
+
+
+def route_pos(
+    owner: str,
+    kwargs: dict[str, Any],
+    shape: tuple[int, int],
+    stack: tuple[bool, bool],
+    absolute: bool,
+) -> Tensor | None:
+    """A sequence wrapper's ``pos``: integer positions of its ``shape`` (b, n) tokens.
+
+    ``stack``: (its layers have relative positions, memory tokens are prepended);
+    ``absolute``: the wrapper has an absolute embedding, which reads them (returned). They
+    go on to the stack when its layers have relative positions (left in ``kwargs``); nothing
+    using them is an error.
+    """
+    pos = kwargs.pop("pos", None)
+    if pos is None:
+        return None
+    relative, memory_tokens = stack
+    if not isinstance(pos, Tensor) or pos.is_floating_point() or pos.dtype == torch.bool:
+        raise TypeError(
+            f"{owner}: 'pos' must be an integer tensor of token positions (x-transformers' "
+            "float pos, a precomputed positional embedding, is not supported)"
+        )
+    if relative:
+        if memory_tokens:
+            raise ValueError(
+                f"{owner}: 'pos' positions the tokens for the layers, but num_memory_tokens "
+                "prepends memory tokens whose positions it does not give; drop one"
+            )
+        kwargs["pos"] = pos
+    elif not absolute:
+        raise ValueError(
+            f"{owner}: 'pos' positions the tokens, but this model has no positions at all "
+            "(use_abs_pos_emb=False and no relative scheme in the layers)"
+        )
+    b, n = shape
+    if absolute and tuple(pos.shape) not in ((n,), (b, n)):
+        raise ValueError(
+            f"{owner}: 'pos' must have shape ({n},) or ({b}, {n}), got {tuple(pos.shape)}"
+        )
+    return pos
