@@ -15,12 +15,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from flag_models import VOCAB, tokens
+from flag_models import VOCAB, build, prefill_then_steps, tokens
 from torch import Tensor
 
 from x_attn import Attention, Decoder, Encoder, TransformerWrapper
 from x_attn.config import LayersConfig
 from x_attn.positional import DynamicPositionBias, SinusoidalEmbedding
+from x_attn.registry import FlagCase
 
 F64 = torch.float64
 
@@ -113,6 +114,20 @@ def test_shaw_refusals() -> None:
         Decoder(dim=16, depth=1, shaw_rel_pos=True, shaw_max_distance=-1)
     with pytest.raises(ValueError, match="shaw_rel_values=False configures shaw_rel_pos"):
         Decoder(dim=16, depth=1, shaw_rel_values=False)
+    with pytest.raises(ValueError, match="attn_use_latent_kv and shaw_rel_pos"):
+        Decoder(dim=16, depth=1, shaw_rel_pos=True, attn_use_latent_kv=True, attn_dim_latent_kv=8)
+
+
+def test_xpos_with_latent_attention_decodes_as_the_full_forward() -> None:
+    """rotary_xpos implies rotary: MLA's decoupled rotary keys carry xPos, cached or not."""
+    case = FlagCase("xpos_mla", "", layers=dict(rotary_xpos=True, rotary_xpos_scale_base=64))
+    net = build(case, attn_use_latent_kv=True, attn_dim_latent_kv=8, attn_latent_rope_subheads=1)
+    assert net.attn_layers.positions.rotary.xpos_scale_base == 64
+    ids = tokens(2, 7)
+    with torch.no_grad():
+        full = net(ids)
+        stepped, _ = prefill_then_steps(net, ids, 3)
+    torch.testing.assert_close(stepped, full, atol=1e-9, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------

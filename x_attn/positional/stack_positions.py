@@ -26,6 +26,16 @@ def default_rotary_dim(dim_head: int) -> int:
     return r - r % 2
 
 
+def requested_rotary_dim(config: LayersConfig) -> int | None:
+    """The rotary dim a stack offers its self-attention projections (None without rotary).
+
+    A projection with a separate rotary part (MLA's decoupled rotary dims) is sized by it.
+    """
+    if not uses_rotary(config):
+        return None
+    return config.rotary_emb_dim or default_rotary_dim(config.attn.dim_head)
+
+
 def _scaling(config: LayersConfig) -> FrequencyScaling | None:
     if config.rotary_yarn_factor is not None:
         return YarnScaling(
@@ -45,8 +55,8 @@ def _scaling(config: LayersConfig) -> FrequencyScaling | None:
     return None
 
 
-def _rotary(config: LayersConfig, qk_dim: int, owner: str) -> RotaryEmbedding:
-    r = config.rotary_emb_dim or default_rotary_dim(qk_dim)
+def _rotary(config: LayersConfig, qk_dim: int, owner: str, fixed: int | None) -> RotaryEmbedding:
+    r = fixed or config.rotary_emb_dim or default_rotary_dim(qk_dim)
     if r > qk_dim:
         raise ValueError(
             f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "
@@ -100,9 +110,12 @@ class StackPositions(nn.Module):
     embeddings belong to each layer; the stack only provides their positions.
     """
 
-    def __init__(self, config: LayersConfig, qk_dim: int, owner: str) -> None:
+    def __init__(
+        self, config: LayersConfig, qk_dim: int, owner: str, rotary_dim: int | None = None
+    ) -> None:
+        """``rotary_dim``: the rotary dim the layers' projections were built for, if fixed."""
         super().__init__()
-        self.rotary = _rotary(config, qk_dim, owner) if uses_rotary(config) else None
+        self.rotary = _rotary(config, qk_dim, owner, rotary_dim) if uses_rotary(config) else None
         self.rel_pos = _bias(config)
         self.infused_dim = config.dim if config.position_infused_attn else None
         self.per_layer = config.shaw_rel_pos  # relative embeddings inside each layer

@@ -56,6 +56,8 @@ class FeatureContext:
         projection: the layer's projection, once the project stage is built.
         stack: the stack's flags, for the self-attention layers of a stack (positional
             features such as Shaw's relative embeddings read them); None otherwise.
+        rotary_dim: the stack's rotary dim (None without rotary positions), for projections
+            that size a separate rotary part by it.
     """
 
     dim: int
@@ -67,11 +69,13 @@ class FeatureContext:
     layer: int = 0
     projection: Projection | None = None
     stack: LayersConfig | None = None
+    rotary_dim: int | None = None
 
     @property
     def scale(self) -> float:
-        """The logit scale ``dim_head ** -0.5``."""
-        return self.config.dim_head**-0.5
+        """The logit scale: the projection's, else ``dim_head ** -0.5``."""
+        scale = None if self.projection is None else self.projection.scale
+        return self.config.dim_head**-0.5 if scale is None else scale
 
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""
