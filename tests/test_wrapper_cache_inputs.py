@@ -86,3 +86,30 @@ def test_prompts_of_different_lengths_with_prepend_equal_each_alone(layers, cach
     for row, prompt in enumerate(prompts):
         alone = ar.generate(prompt, 6, temperature=0.0, prepend_embeds=pre[row : row + 1])
         assert torch.equal(batch[row], alone)
+
+
+def test_pos_places_the_tokens_after_prepended_embeddings() -> None:
+    net = model()  # learned absolute positions: pos feeds them
+    x, pre = tokens(), torch.randn(B, 3, DIM)
+    plain = net(x, prepend_embeds=pre)
+    torch.testing.assert_close(net(x, prepend_embeds=pre, pos=torch.arange(N)), plain)
+    shifted = net(x, prepend_embeds=pre, pos=torch.arange(N) + 2)
+    assert (shifted - plain).abs().max() > 1e-3
+
+
+def test_pos_for_relative_layers_with_unpositioned_lead_tokens_is_refused() -> None:
+    net = model(layers={"rotary_pos_emb": True})
+    with pytest.raises(ValueError, match="prepend_embeds open the stream at positions"):
+        net(tokens(), prepend_embeds=torch.randn(B, 3, DIM), pos=torch.arange(N))
+    cls = model(Encoder, layers={"rotary_pos_emb": True}, use_cls_token=True)
+    with pytest.raises(ValueError, match="class tokens"):
+        cls(tokens(), pos=torch.arange(N))
+
+
+def test_sinusoidal_positions_need_max_seq_len() -> None:
+    from x_attn import ContinuousTransformerWrapper
+
+    with pytest.raises(ValueError, match="max_seq_len=None turns absolute embeddings off"):
+        ContinuousTransformerWrapper(
+            max_seq_len=None, attn_layers=Decoder(dim=DIM, depth=1), sinusoidal_pos_emb=True
+        )

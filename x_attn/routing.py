@@ -66,12 +66,14 @@ def _route_one(key: str) -> tuple[str, str] | None:
 def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
     """Build and validate the LayersConfig of a stack from its flat keyword arguments."""
     buckets: dict[str, dict[str, Any]] = {"attn": {}, "cross_attn": {}, "ff": {}, "layers": {}}
+    dropped = set()  # x-transformers flags x_attn lacks, at a value that changes nothing
     for key, value in kwargs.items():
         if key in CHOICE_ALIASES:
             _set_choice(owner, buckets["layers"], key, value)
             continue
         target = _route_one(key)
         if target is None and is_unsupported_noop(owner, "__init__", key, value):
+            dropped.add(key)
             continue
         if target is None:
             raise unknown_argument(owner, key, known_layer_arguments())
@@ -87,7 +89,7 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
     ff.validate(owner)
     config = LayersConfig(**buckets["layers"], attn=attn, cross_attn=cross, ff=ff)
     check_field_types(config, owner, "")
-    validate_layers(config, owner, explicit=set(kwargs))
+    validate_layers(config, owner, explicit=set(kwargs) - dropped)
     return config
 
 

@@ -28,7 +28,7 @@ from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, check_float_input
-from x_attn.wrappers.cache_input import new_inputs
+from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.embedding import zero_masked
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.training_aids import lens_mask
@@ -47,6 +47,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         use_abs_pos_emb: absolute positions; turned off automatically when the stack has
             relative positions (rotary, T5, ALiBi, position-infused).
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the paper's fixed sinusoids (arXiv 1706.03762) instead of a table.
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
             arXiv 2006.11527); stripped from the output.
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
@@ -72,6 +73,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         scaled_sinu_pos_emb: bool = False,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
         project_in: nn.Module | None = None,
         project_out: nn.Module | None = None,
         post_emb_norm: bool = False,
@@ -87,6 +89,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             scaled_sinu_pos_emb=scaled_sinu_pos_emb,
             num_memory_tokens=num_memory_tokens,
             max_mem_len=max_mem_len,
+            sinusoidal_pos_emb=sinusoidal_pos_emb,
             post_emb_norm=post_emb_norm,
             average_pool_embed=average_pool_embed,
         )
@@ -152,10 +155,11 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
         self._check_whole_sequence(cache, mems, return_cache)
         layers = self.attn_layers.num_attention_layers
-        returns_cache = return_cache or return_intermediates
+        returns_cache, given = return_cache or return_intermediates, x.shape[1]
         cache, x, mask = new_inputs(
             owner, cache, x, mask, input_not_include_cache, layers, returns_cache
         )
+        new_positions(owner, kwargs, given, x.shape[1])
         # zeroed before project_in: a NaN there would reach its weight gradient
         out, inter, seq_mask = self._run_stack(
             self.project_in(zero_masked(x, mask)),

@@ -21,7 +21,12 @@ from x_attn.cache import KVCache, Mems
 from x_attn.cache.inputs import SeenInputs
 from x_attn.cache.mems import next_mems
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
-from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
+from x_attn.positional.absolute import (
+    AbsolutePositionalEmbedding,
+    ScaledSinusoidalEmbedding,
+    SinusoidalEmbedding,
+)
+from x_attn.positional.custom import route_pos
 from x_attn.positional.row_positions import counted_positions, left_padding
 from x_attn.utils import check_positive_int, check_probability
 from x_attn.validation import check_cache, check_seq_start_pos
@@ -80,6 +85,31 @@ def _check_memory_args(
         )
 
 
+def _check_abs_kind(
+    owner: str, dim: int, use: bool, scaled: bool, sinusoidal: bool, max_seq_len: int | None
+) -> None:
+    """One kind of absolute embedding, and only when absolute embeddings are on."""
+    if not isinstance(sinusoidal, bool):
+        raise TypeError(f"{owner}: 'sinusoidal_pos_emb' must be a bool, got {sinusoidal!r}")
+    if sinusoidal and scaled:
+        raise ValueError(
+            f"{owner}: sinusoidal_pos_emb and scaled_sinu_pos_emb are two absolute embeddings; "
+            "choose one"
+        )
+    if sinusoidal and not use:
+        raise ValueError(
+            f"{owner}: sinusoidal_pos_emb=True chooses the absolute embedding, but "
+            "use_abs_pos_emb=False turns absolute embeddings off; drop one"
+        )
+    if sinusoidal and max_seq_len is None:
+        raise ValueError(
+            f"{owner}: sinusoidal_pos_emb=True chooses the absolute embedding, but "
+            "max_seq_len=None turns absolute embeddings off; give max_seq_len or drop it"
+        )
+    if sinusoidal and dim % 2:
+        raise ValueError(f"{owner}: sinusoidal_pos_emb needs an even dim, got dim={dim}")
+
+
 class SequenceWrapper(nn.Module):
     """Shared core of the sequence wrappers: (b, n, d) embeddings in, stack output out.
 
@@ -91,6 +121,8 @@ class SequenceWrapper(nn.Module):
         use_abs_pos_emb: absolute positions; turned off automatically when the stack
             has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the fixed sinusoids of Attention Is All You Need instead of a
+            learned table (off, like every absolute embedding, with relative positions).
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
             arXiv 2006.11527); stripped from the output.
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
@@ -112,6 +144,7 @@ class SequenceWrapper(nn.Module):
         scaled_sinu_pos_emb: bool = False,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
         emb_dim: int | None = None,
         post_emb_norm: bool = False,
         l2norm_embed: bool = False,
@@ -137,10 +170,14 @@ class SequenceWrapper(nn.Module):
         self.attn_layers = attn_layers
         self.pos_emb: nn.Module | None = None
         relative = relative_positions_in_self_attention(attn_layers)
+        kinds = (use_abs_pos_emb, scaled_sinu_pos_emb, sinusoidal_pos_emb, max_seq_len)
+        _check_abs_kind(owner, emb_dim, *kinds)
         if use_abs_pos_emb and max_seq_len is not None and not relative:
             self.pos_emb = (
                 ScaledSinusoidalEmbedding(emb_dim)
                 if scaled_sinu_pos_emb
+                else SinusoidalEmbedding(emb_dim)
+                if sinusoidal_pos_emb
                 else AbsolutePositionalEmbedding(emb_dim, max_seq_len)
             )
             if l2norm_embed and self.has_abs_positions:  # small init under the L2 norm
@@ -206,12 +243,13 @@ class SequenceWrapper(nn.Module):
         (b, n), p = h.shape[:2], 0 if prepend_embeds is None else prepend_embeds.shape[1]
         check_prepend(prepend_embeds, prepend_mask, b, h.shape[-1], owner)
         check_cache(cache, self.attn_layers.num_attention_layers, b, owner)
+        first = cache is None or cache.length == 0
+        pos = self._route_pos(kwargs, b, n, prepend_embeds is not None and first)
         seen = cache.inputs if cache is not None else SeenInputs()
         streaming = cache is not None or return_intermediates or return_cache
         check_seq_start_pos(seq_start_pos, b, None if streaming else seen.count + n, owner)
         mask = left_padding(mask, seq_start_pos, seen.count, n)
-        first = cache is None or cache.length == 0
-        h = self._embed(zero_masked(h, mask), seen.real_before(), mask, sum_embeds)
+        h = self._embed(zero_masked(h, mask), (seen.real_before(), mask, pos), sum_embeds)
         inputs_mask = mask
         if prepend_embeds is not None and first:
             prepend_embeds = zero_masked(prepend_embeds, prepend_mask)
@@ -241,12 +279,14 @@ class SequenceWrapper(nn.Module):
             out = out[:, self.num_memory_tokens :]
         return out, inter, out_mask
 
-    def _embed(
-        self, h: Tensor, real_before: Tensor | int, mask: Tensor | None, sum_embeds: Tensor | None
-    ) -> Tensor:
-        """Absolute positions (L2-normalised with l2norm_embed), ``sum_embeds``, post_emb_norm."""
+    def _embed(self, h: Tensor, where: tuple, sum_embeds: Tensor | None) -> Tensor:
+        """Absolute positions (L2-normalised with l2norm_embed), ``sum_embeds``, post_emb_norm.
+
+        ``where``: (real inputs before these, their mask, the ``pos`` given or None).
+        """
         if self.pos_emb is not None:
-            pos = self._positions(real_before, h.shape[1], mask, h.device)
+            real_before, mask, given = where
+            pos = self._positions(real_before, h.shape[1], mask, h.device, given)
             h = h + (l2norm(pos) if self.l2norm_embed and self.has_abs_positions else pos).to(
                 h.dtype
             )
@@ -293,17 +333,41 @@ class SequenceWrapper(nn.Module):
         """Which kernel each attention layer uses by default, and why."""
         return self.attn_layers.explain()
 
+    def _route_pos(self, kwargs: dict[str, Any], b: int, n: int, prepends: bool) -> Tensor | None:
+        """x-transformers' ``pos`` (see :func:`x_attn.positional.custom.route_pos`).
+
+        ``prepends``: ``prepend_embeds`` open the stream in this call.
+        """
+        owner, relative = type(self).__name__, self.attn_layers.positions.is_relative
+        if relative and kwargs.get("pos") is not None and (prepends or self.cls_token is not None):
+            raise ValueError(
+                f"{owner}: 'pos' positions the tokens for the layers, but class tokens / "
+                "prepend_embeds open the stream at positions it does not give; drop one"
+            )
+        uses = (relative, self.memory_tokens is not None)
+        return route_pos(owner, kwargs, (b, n), uses, self.pos_emb is not None)
+
     def _positions(
-        self, real_before: Tensor | int, n: int, mask: Tensor | None, device: torch.device
+        self,
+        real_before: Tensor | int,
+        n: int,
+        mask: Tensor | None,
+        device: torch.device,
+        pos: Tensor | None = None,
     ) -> Tensor:
-        """Absolute position embeddings of ``n`` new inputs: each row counts its real ones."""
-        if mask is None:
+        """Absolute position embeddings of ``n`` new inputs: each row counts its real ones.
+
+        ``pos`` (n,) or (b, n): the positions given in forward, taken as they are.
+        """
+        if pos is not None:
+            positions = pos.to(device)
+        elif mask is None:
             positions = torch.arange(n, device=device) + (
                 real_before if isinstance(real_before, int) else real_before.unsqueeze(-1)
             )
         else:
             positions = counted_positions(mask, real_before)
-        plain = mask is None and isinstance(real_before, int)
+        plain = pos is None and mask is None and isinstance(real_before, int)
         top = real_before + n if plain else int(positions.max()) + 1
         if self.has_abs_positions and top > self.max_seq_len:
             raise ValueError(

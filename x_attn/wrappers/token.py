@@ -23,7 +23,7 @@ from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, token_ids
-from x_attn.wrappers.cache_input import new_inputs
+from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.token_io import (
@@ -51,6 +51,7 @@ class TransformerWrapper(SequenceWrapper):
         use_abs_pos_emb: learned absolute positions; turned off automatically when the stack
             has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the paper's fixed sinusoids (arXiv 1706.03762) instead of a table.
         tie_embedding: logits use the token embedding matrix, times ``tie_embedding_scale``
             (default ``dim ** -0.5``, as in x-transformers 2.31).
         logits_dim: output size (default num_tokens).
@@ -84,6 +85,7 @@ class TransformerWrapper(SequenceWrapper):
         logits_dim: int | None = None,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
         emb_dim: int | None = None,
         post_emb_norm: bool = False,
         l2norm_embed: bool = False,
@@ -109,6 +111,7 @@ class TransformerWrapper(SequenceWrapper):
             scaled_sinu_pos_emb=scaled_sinu_pos_emb,
             num_memory_tokens=num_memory_tokens,
             max_mem_len=max_mem_len,
+            sinusoidal_pos_emb=sinusoidal_pos_emb,
             emb_dim=emb_dim,
             post_emb_norm=post_emb_norm,
             l2norm_embed=l2norm_embed,
@@ -187,10 +190,11 @@ class TransformerWrapper(SequenceWrapper):
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
-        returns_cache = return_cache or return_intermediates
+        returns_cache, given = return_cache or return_intermediates, x.shape[1]
         cache, x, mask, per_token = self._new_inputs(
             x, mask, cache, not_include, returns_cache, (embed_ids, sum_embeds)
         )
+        new_positions(type(self).__name__, kwargs, given, x.shape[1])
         embed_ids, sum_embeds = per_token
         h = embed_tokens(self.token_emb, x, self.l2norm_embed, token_emb_kwargs)
         h = add_extra_embeds(h, self.embeds, embed_ids)
