@@ -13,10 +13,10 @@ from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
 from x_attn.cache import CacheEntry, KVCache
-from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.block import build_layer
 from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
-from x_attn.layers.residual import make_residual
+from x_attn.layers.run import run_layers
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
@@ -88,7 +88,7 @@ class AttentionLayers(nn.Module):
         self.types = stack_layer_types(cfg)
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         scales = macaron_ff_scale(self.types, cfg.macaron)
-        self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
+        self.layers = nn.ModuleList(build_layer(cfg, t, s) for t, s in zip(self.types, scales))
         qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
         self.positions = StackPositions(cfg, qk_dim, owner)
         use_final = cfg.pre_norm and not cfg.use_rezero
@@ -100,34 +100,8 @@ class AttentionLayers(nn.Module):
 
             object.__setattr__(self, "reversible", build_reversible(self.layers, self.types))
 
-    def _make_layer(self, kind: str, scale: float) -> nn.ModuleDict:
-        cfg = self.config
-        if kind == "a":
-            block = Attention(
-                cfg.dim,
-                cfg.heads,
-                causal=cfg.causal,
-                config=cfg.attn,
-                residual_attn=cfg.residual_attn,
-            )
-        elif kind == "c":
-            block = Attention(
-                cfg.dim,
-                cfg.heads,
-                config=cfg.cross_attn,
-                flag_prefix="cross_attn_",
-                residual_attn=cfg.cross_residual_attn,
-            )
-        else:
-            block = FeedForward(cfg.dim, cfg.ff)
-        norm = nn.Identity() if cfg.use_rezero else make_norm(cfg.norm, cfg.dim)
-        residual = make_residual(
-            cfg.dim, rezero=cfg.use_rezero, gated=cfg.gate_residual, scale=scale
-        )
-        return nn.ModuleDict(dict(norm=norm, block=block, residual=residual))
-
     def _attention_blocks(self) -> list[Attention]:
-        return [layer["block"] for layer in self.layers if isinstance(layer["block"], Attention)]
+        return [layer.block for layer in self.layers if isinstance(layer.block, Attention)]
 
     @property
     def num_attention_layers(self) -> int:
@@ -214,7 +188,7 @@ class AttentionLayers(nn.Module):
             entries=self._cache_entries(cache),
             return_attn=return_attn,
         )
-        x = self._run_layers(x, state, inter)
+        x = run_layers(list(self.layers), x, state, inter)
         if cache is not None:
             cache.length = past + mem_len + n
         out = self.final_norm(x)
@@ -230,56 +204,6 @@ class AttentionLayers(nn.Module):
         # each reversible branch runs its layer's default kernel (no return_attn here)
         kernels = [blk.kernel.name for blk in self._attention_blocks()]
         return out, LayerIntermediates(kernels=kernels)
-
-    def _run_layers(self, x: Tensor, state: dict, inter: LayerIntermediates) -> Tensor:
-        cfg = self.config
-        prev = {"a": None, "c": None}
-        attn_index = self_index = 0
-        for kind, layer in zip(self.types, self.layers):
-            residual = x
-            h = layer["norm"](x) if cfg.pre_norm else x
-            if kind == "f":
-                out = layer["block"](h)
-            else:
-                entry = state["entries"][attn_index]
-                if kind == "a":
-                    inter.hiddens.append(x)
-                    mem = self._layer_mem(state["mems"], self_index, layer)
-                    out, ai = layer["block"](
-                        h,
-                        mask=state["mask"],
-                        attn_mask=state["attn_mask"],
-                        positions=state["positions"],
-                        prev_logits=prev["a"],
-                        mem=mem,
-                        cache=entry,
-                        return_attn=state["return_attn"],
-                    )
-                    self_index += 1
-                else:
-                    out, ai = layer["block"](
-                        h,
-                        state["context"],
-                        context_mask=state["context_mask"],
-                        prev_logits=prev["c"],
-                        cache=entry,
-                        return_attn=state["return_attn"],
-                    )
-                prev[kind] = ai.logits
-                inter.kernels.append(ai.kernel)
-                if ai.probs is not None and state["return_attn"]:
-                    inter.attn_maps.append(ai.probs)
-                attn_index += 1
-            x = layer["residual"](out, residual)
-            if not cfg.pre_norm:
-                x = layer["norm"](x)
-        return x
-
-    def _layer_mem(self, mems: list[Tensor] | None, index: int, layer: nn.ModuleDict):
-        if mems is None:
-            return None
-        mem = mems[index]
-        return layer["norm"](mem) if self.config.pre_norm else mem
 
     def new_cache(self) -> KVCache:
         """An empty cache with the entry each attention layer creates for itself."""
