@@ -6,6 +6,7 @@ from x_attn.attention.attention import Attention
 from x_attn.cache import KVCache, KVEntry
 from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.plan import layer_schedule
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
 from x_attn.serialization import from_config, to_config
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
@@ -32,6 +33,7 @@ __all__ = [
     "XTransformer",
     "__version__",
     "from_config",
+    "layer_schedule",
     "load",
     "to_config",
 ]

@@ -1,21 +1,33 @@
-"""One layer of a stack: its norm, its block (attention or feed-forward) and its residual rule.
+"""One layer of a stack: its norms, its block (attention or feed-forward) and its residual rule.
 
-Shape legend: b batch, n sequence, d model dim.
+With ``x`` the residual stream, ``c`` an optional condition (adaptive norms), one layer computes
+(x-transformers' order)::
+
+    h   = norm(x, c)                  pre-norm (identity when pre_norm=False)
+    h   = shift(h)                    shift_tokens (done by the layer loop, which holds the cache)
+    out = block(h)
+    out = layerscale(s_b * out, c)    s_b: scale_residual=<float> (and macaron's 0.5 under a
+                                      sandwich norm); layerscale / adaptive layerscale
+    out = branch_norm(out, c)         sandwich_norm
+    x   = rule(out, x * g * k)        residual rule; g: learned (init 1) when scale_residual is
+                                      True or a float; k: scale_residual_constant
+    x   = norm(x, c)                  post-norm (pre_norm=False), or post_norm (pre_and_post_norm)
+
+Sandwich norm: Ding et al., "CogView", arXiv 2105.13290. Pre- and post-norm: Xiong et al.,
+"On Layer Normalization in the Transformer Architecture", arXiv 2002.04745.
+Shape legend: b batch, n sequence, d model dim, dc condition dim.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from x_attn.attention.attention import Attention
-from x_attn.config import LayersConfig
-from x_attn.layers.feedforward import FeedForward
-from x_attn.layers.norms import make_norm
-from x_attn.layers.residual import make_residual
+from x_attn.layers.conditioning import apply_norm
+from x_attn.layers.shift import ShiftTokens
 
 
 class StackLayer(nn.Module):
-    """A block between its norm and its residual rule.
+    """A block between its norms and its residual rule (see the module docstring).
 
     ``layer["norm"]`` / ``layer["block"]`` / ``layer["residual"]`` also work (the mapping
     access of the former ModuleDict layout; the state_dict keys are the same).
@@ -34,36 +46,39 @@ class StackLayer(nn.Module):
         super().__init__()
         self.kind, self.pre_norm = kind, pre_norm
         self.norm, self.block, self.residual = norm, block, residual
+        self.branch_norm: nn.Module | None = None
+        self.post_norm: nn.Module | None = None
+        self.layerscale: nn.Module | None = None
+        self.shift: ShiftTokens | None = None
+        self.residual_scale: nn.Parameter | None = None
+        self.branch_scale, self.residual_constant, self.dropout = 1.0, 1.0, 0.0
 
     def __getitem__(self, name: str) -> nn.Module:
         return getattr(self, name)
 
-    def normed(self, x: Tensor) -> Tensor:
+    def normed(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
         """The block's input: ``norm(x)`` under pre-norm, else ``x``."""
-        return self.norm(x) if self.pre_norm else x
+        return apply_norm(self.norm, x, condition) if self.pre_norm else x
 
-    def merge(self, out: Tensor, residual: Tensor) -> Tensor:
+    def post_branch(self, out: Tensor, condition: Tensor | None = None) -> Tensor:
+        """The block's output as it joins the stream (scales, layerscale, sandwich norm)."""
+        if self.branch_scale != 1.0:
+            out = out * self.branch_scale
+        if self.layerscale is not None:
+            out = apply_norm(self.layerscale, out, condition)
+        if self.branch_norm is not None:
+            out = apply_norm(self.branch_norm, out, condition)
+        return out
+
+    def merge(self, out: Tensor, residual: Tensor, condition: Tensor | None = None) -> Tensor:
         """The stream after the block: residual rule, then the post-norm if any."""
+        if self.residual_scale is not None:
+            residual = residual * self.residual_scale
+        if self.residual_constant != 1.0:
+            residual = residual * self.residual_constant
         x = self.residual(out, residual)
-        return x if self.pre_norm else self.norm(x)
-
-
-def build_layer(cfg: LayersConfig, kind: str, scale: float) -> StackLayer:
-    """The layer of type ``kind`` of a stack configured by ``cfg`` (macaron ``scale``)."""
-    if kind == "a":
-        block: nn.Module = Attention(
-            cfg.dim, cfg.heads, causal=cfg.causal, config=cfg.attn, residual_attn=cfg.residual_attn
-        )
-    elif kind == "c":
-        block = Attention(
-            cfg.dim,
-            cfg.heads,
-            config=cfg.cross_attn,
-            flag_prefix="cross_attn_",
-            residual_attn=cfg.cross_residual_attn,
-        )
-    else:
-        block = FeedForward(cfg.dim, cfg.ff)
-    norm = nn.Identity() if cfg.use_rezero else make_norm(cfg.norm, cfg.dim)
-    residual = make_residual(cfg.dim, rezero=cfg.use_rezero, gated=cfg.gate_residual, scale=scale)
-    return StackLayer(kind, norm, block, residual, cfg.pre_norm)
+        if not self.pre_norm:
+            x = apply_norm(self.norm, x, condition)
+        if self.post_norm is not None:
+            x = apply_norm(self.post_norm, x, condition)
+        return x

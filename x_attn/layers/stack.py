@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
 from x_attn.cache import CacheEntry, KVCache
-from x_attn.layers.block import build_layer
-from x_attn.layers.norms import make_norm
-from x_attn.layers.pattern import macaron_ff_scale
-from x_attn.layers.run import run_layers
+from x_attn.layers.activations import softclamp
+from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
+from x_attn.layers.conditioning import apply_norm, check_condition
+from x_attn.layers.plan import make_plan
+from x_attn.layers.run import run_layers, start_dual
+from x_attn.layers.run_checks import check_run_inputs, run_order
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
@@ -26,7 +28,6 @@ from x_attn.validation import (
     check_float_input,
     check_mems,
     normalize_attn_mask,
-    stack_layer_types,
 )
 
 
@@ -36,12 +37,14 @@ class LayerIntermediates:
 
     Attributes:
         hiddens: the input of every self-attention layer (b, n, d), for Transformer-XL mems.
+        layer_hiddens: the input of every layer run, then the output before the final norm.
         attn_maps: attention probabilities (b, h, i, j) of every attention layer, when asked.
         kernels: the kernel each attention layer ran ("sdpa" / "manual").
         cache: the KV cache, updated, when one was passed.
     """
 
     hiddens: list[Tensor] = field(default_factory=list)
+    layer_hiddens: list[Tensor] = field(default_factory=list)
     attn_maps: list[Tensor] = field(default_factory=list)
     kernels: list[str] = field(default_factory=list)
     cache: KVCache | None = None
@@ -53,7 +56,7 @@ class AttentionLayers(nn.Module):
 
     Args:
         dim: model dimension.
-        depth: number of (attention, feed-forward) blocks.
+        depth: number of (attention, feed-forward) blocks (None: with custom_layers).
         heads: attention heads.
         causal: causal self-attention (Decoder).
         cross_attend: add cross-attention to a ``context`` in every block.
@@ -64,7 +67,7 @@ class AttentionLayers(nn.Module):
     def __init__(
         self,
         dim: int,
-        depth: int,
+        depth: int | None = None,
         heads: int = 8,
         causal: bool = False,
         cross_attend: bool = False,
@@ -85,14 +88,15 @@ class AttentionLayers(nn.Module):
         self.config = route_layer_kwargs(owner, flags)
         cfg = self.config
         self.dim, self.causal = cfg.dim, cfg.causal
-        self.types = stack_layer_types(cfg)
+        self.plan = make_plan(cfg, owner)
+        self.layer_types = self.plan.types  # the modules built
+        self.types = self.plan.run_types  # the layers run, in order (a module may run again)
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
-        scales = macaron_ff_scale(self.types, cfg.macaron)
-        self.layers = nn.ModuleList(build_layer(cfg, t, s) for t, s in zip(self.types, scales))
+        self.layers = build_layers(cfg, self.plan)
+        self.condition_mlp = make_condition_mlp(cfg)
         qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
         self.positions = StackPositions(cfg, qk_dim, owner)
-        use_final = cfg.pre_norm and not cfg.use_rezero
-        self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
+        self.final_norm = make_final_norm(cfg)
         # not registered as a submodule: it only re-wires the modules of self.layers
         object.__setattr__(self, "reversible", None)
         if cfg.reversible:
@@ -105,11 +109,21 @@ class AttentionLayers(nn.Module):
 
     @property
     def num_attention_layers(self) -> int:
-        return len(self._attention_blocks())
+        """Attention runs (self and cross) per forward: one cache entry each."""
+        return sum(t in "ac" for t in self.types)
 
     @property
     def num_self_attention_layers(self) -> int:
+        """Self-attention runs per forward: one Transformer-XL memory each."""
         return self.types.count("a")
+
+    @property
+    def num_cache_entries(self) -> int:
+        """Entries of this stack's KV cache: the attention runs, then the shifted runs."""
+        return self.num_attention_layers + len(self._shift_runs(self.plan.order))
+
+    def _shift_runs(self, order: tuple[int, ...]) -> list[int]:
+        return [i for i in order if self.layers[i].shift is not None]
 
     @property
     def uncacheable_reason(self) -> str | None:
@@ -120,14 +134,29 @@ class AttentionLayers(nn.Module):
         """
         if self.reversible is not None:
             return "reversible=True keeps no per-layer keys/values (two-stream update)"
+        if not self.causal and self._shift_runs(self.plan.order):
+            return "shift_tokens in a non-causal stack reads later tokens"
+        return None
+
+    @property
+    def mems_unsupported_reason(self) -> str | None:
+        """Why this stack cannot take Transformer-XL memories, or None when it can."""
+        if self.reversible is not None:
+            return "reversible=True keeps no per-layer hidden states"
+        if any(self.layers[i].kind != "a" for i in self._shift_runs(self.plan.order)):
+            return (
+                "shift_tokens on a feed-forward or cross-attention layer needs that layer's "
+                "earlier inputs, which mems (self-attention inputs) do not hold"
+            )
         return None
 
     def explain(self) -> list[str]:
         """One line per attention layer: which kernel it uses by default and why."""
+        runs = [(i, self.layers[m]) for i, m in enumerate(self.plan.order)]
         return [
-            f"layer {i} ({t}): {layer['block'].explain()}"
-            for i, (t, layer) in enumerate(zip(self.types, self.layers))
-            if t in "ac"
+            f"layer {i} ({layer.kind}): {layer.block.explain()}"
+            for i, layer in runs
+            if layer.kind in "ac"
         ]
 
     @checked_keywords
@@ -142,6 +171,10 @@ class AttentionLayers(nn.Module):
         cache: KVCache | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
+        condition: Tensor | None = None,
+        causal: bool | None = None,
+        layers_execute_order: tuple[int, ...] | None = None,
+        repeat_blocks: Any = None,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -152,20 +185,28 @@ class AttentionLayers(nn.Module):
             attn_mask: bool mask, True = may attend, k = keys with positions: (n, k),
                 (h, n, k) per head (as in x-transformers) or (b, h, n, k), where b and h may
                 be 1 to broadcast.
-            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer.
+            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention run.
             cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
             return_hiddens: also return a :class:`LayerIntermediates`.
             return_attn: run the manual kernel everywhere and collect attention maps.
+            condition: (b, dc) or (b, n, dc) for adaptive norms / layerscale.
+            causal: override the stack's causal self-attention for this call.
+            layers_execute_order: module indices to run, in order, for this call.
+            repeat_blocks: blocks to run again for this call (see x_attn.layers.plan).
         """
-        check_float_input("x", x, self.dim, type(self).__name__)
+        owner = type(self).__name__
+        check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
-        check_cache(cache, self.num_attention_layers, b, type(self).__name__)
+        order = run_order(self, layers_execute_order, repeat_blocks, mems, cache)
+        check_cache(cache, self.num_cache_entries, b, owner)
+        check_run_inputs(self, x, mems, cache, causal, order)
         past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
-        mem_len = self._check_mems(mems, b, x.dtype)
+        mem_len = self._check_mems(mems, b, x.dtype, order)
         attn_mask = self._check_inputs(
             x, context, mask, context_mask, attn_mask, kept + mem_len + n
         )
+        condition = self._condition(condition, b, n, mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
         start = cache.first_position if cache is not None else 0
         positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
@@ -185,14 +226,47 @@ class AttentionLayers(nn.Module):
             positions=positions,
             mask=mask,
             mems=mems,
-            entries=self._cache_entries(cache),
+            entries=self._cache_entries(cache, order),
+            num_attn_runs=sum(self.layers[i].kind != "f" for i in order),
             return_attn=return_attn,
+            condition=condition,
+            causal=causal,
+            dual=start_dual(x, self.config.resi_dual, self.config.resi_dual_scale),
         )
-        x = run_layers(list(self.layers), x, state, inter)
+        x = run_layers(list(self.layers), order, x, state, inter)
+        inter.layer_hiddens.append(x)
         if cache is not None:
             cache.length = past + mem_len + n
-        out = self.final_norm(x)
+        out = self._final(x, state["dual"], condition)
         return (out, inter) if return_hiddens else out
+
+    def _final(self, x: Tensor, dual, condition: Tensor | None) -> Tensor:
+        """Soft clamp, then the final norm (ResiDual: x + final_norm(dual stream))."""
+        if self.config.softclamp_output:
+            x = softclamp(x, self.config.softclamp_output_value)
+        if dual is not None:
+            return dual.output(x, lambda t: apply_norm(self.final_norm, t, condition))
+        return apply_norm(self.final_norm, x, condition)
+
+    @property
+    def needs_condition(self) -> bool:
+        """Whether forward needs ``condition=`` (adaptive norms or layerscale)."""
+        cfg = self.config
+        return cfg.norm.startswith("adaptive_") or cfg.use_adaptive_layerscale
+
+    def _condition(self, condition, b: int, n: int, mems) -> Tensor | None:
+        """The condition (b, 1 | n, dc') the norms read (after the condition MLP)."""
+        dim = self.config.dim_condition or self.dim
+        owner = type(self).__name__
+        condition = check_condition(condition, self.needs_condition, dim, b, n, owner)
+        if condition is not None and mems is not None and condition.shape[1] > 1:
+            raise ValueError(
+                f"{type(self).__name__}: a per-token condition (batch, seq, dim) has no rows "
+                "for the mems; pass one condition per sample (batch, dim_condition)"
+            )
+        if condition is not None and self.condition_mlp is not None:
+            condition = self.condition_mlp(condition)
+        return condition
 
     def _run_reversible(self, x, mask, attn_mask, positions):
         """The reversible two-stream stack (Reformer) on x (b, n, d)."""
@@ -200,36 +274,42 @@ class AttentionLayers(nn.Module):
 
         # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
         self.reversible.training = self.training
-        out = self.final_norm(run_reversible(self.reversible, x, mask, attn_mask, positions))
+        out = run_reversible(self.reversible, x, mask, attn_mask, positions)
         # each reversible branch runs its layer's default kernel (no return_attn here)
         kernels = [blk.kernel.name for blk in self._attention_blocks()]
-        return out, LayerIntermediates(kernels=kernels)
+        return self._final(out, None, None), LayerIntermediates(kernels=kernels)
 
     def new_cache(self) -> KVCache:
-        """An empty cache with the entry each attention layer creates for itself."""
-        return KVCache(entries=[create() for create in self._entry_factories()])
+        """An empty cache with the entry each attention (and shifted) run creates for itself."""
+        return KVCache(entries=[create() for create in self._entry_factories(self.plan.order)])
 
-    def _entry_factories(self) -> list:
-        """The cache-entry factory of every attention layer, in layer order."""
-        return [
-            layer["block"].new_cache_entry if kind == "a" else layer["block"].new_context_entry
-            for kind, layer in zip(self.types, self.layers)
-            if kind in "ac"
+    def _entry_factories(self, order: tuple[int, ...]) -> list:
+        """The cache-entry factory of every attention run, then of every shifted run."""
+        runs = [self.layers[i] for i in order]
+        attn = [
+            layer.block.new_cache_entry if layer.kind == "a" else layer.block.new_context_entry
+            for layer in runs
+            if layer.kind in "ac"
         ]
+        return attn + [layer.shift.new_entry for layer in runs if layer.shift is not None]
 
-    def _cache_entries(self, cache: KVCache | None) -> list[CacheEntry | None]:
-        """Each attention layer's entry of ``cache`` (created on first use), or Nones."""
+    def _cache_entries(
+        self, cache: KVCache | None, order: tuple[int, ...]
+    ) -> list[CacheEntry | None]:
+        """Each run's entry of ``cache`` (created on first use), or Nones."""
+        factories = self._entry_factories(order)
         if cache is None:
-            return [None] * self.num_attention_layers
+            return [None] * len(factories)
         if any(entry is None for entry in cache.entries):  # its length is checked already
-            for i, create in enumerate(self._entry_factories()):
+            for i, create in enumerate(factories):
                 cache.entry(i, create)
         return cache.entries
 
-    def _check_mems(self, mems: list[Tensor] | None, b: int, dtype: torch.dtype) -> int:
+    def _check_mems(self, mems, b: int, dtype: torch.dtype, order: tuple[int, ...]) -> int:
         if mems is None:
             return 0
-        return check_mems(mems, self.num_self_attention_layers, b, self.dim, dtype)
+        runs = sum(self.layers[i].kind == "a" for i in order)
+        return check_mems(mems, runs, b, self.dim, dtype)
 
     def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> Tensor | None:
         """Check the forward's inputs; returns attn_mask as (b|1, h|1, n, k_len) or None."""

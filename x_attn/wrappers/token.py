@@ -44,6 +44,11 @@ def _check_memory_args(
             f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
             "which a reversible=True stack does not keep; drop one of the two"
         )
+    if max_mem_len and attn_layers.mems_unsupported_reason is not None:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) cannot be used: "
+            f"{attn_layers.mems_unsupported_reason}; drop one of the two"
+        )
     if max_mem_len and attn_layers.num_self_attention_layers == 0:
         raise ValueError(
             f"{owner}: max_mem_len (Transformer-XL memories) needs self-attention layers to "
@@ -147,7 +152,7 @@ class SequenceWrapper(nn.Module):
         if mask is not None:  # else 0 * NaN in the attention weights reaches every output
             h = h.masked_fill(~mask.unsqueeze(-1), 0.0)
         owner = type(self).__name__
-        check_cache(cache, self.attn_layers.num_attention_layers, h.shape[0], owner)
+        check_cache(cache, self.attn_layers.num_cache_entries, h.shape[0], owner)
         # a cache holds the memory tokens after its first call; an empty one holds nothing
         past = max(cache.length - self.num_memory_tokens, 0) if cache is not None else 0
         check_seq_start_pos(seq_start_pos, h.shape[0], past + n, owner)
