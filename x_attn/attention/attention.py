@@ -3,8 +3,9 @@
 resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
 the projection applies positions) -> cache entry (takes the new key rows, returns every key
 held, with positions and padding) -> mask description + bias of (queries, held keys) ->
-extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> output (merge
-heads, out projection or AoA). The parts come from the feature catalog; forward has no flag if.
+extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> per-head
+output stages -> output (merge heads, out projection or AoA). The parts come from the feature
+catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -61,6 +62,9 @@ class Attention(nn.Module):
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
+        layer_index: the layer's index among its stack's self- (or cross-) attention layers,
+            from 0; set by the stack (features that act on chosen layers, or scale with depth,
+            read it).
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Attention(nn.Module):
         config: AttentionConfig | None = None,
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
+        layer_index: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -83,7 +88,11 @@ class Attention(nn.Module):
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
         self.scale = config.dim_head**-0.5
-        ctx = FeatureContext(dim, heads, dim_context, config, flag_prefix, residual_attn)
+        if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
+            raise ValueError(f"Attention: 'layer_index' must be an int >= 0, got {layer_index!r}")
+        ctx = FeatureContext(
+            dim, heads, dim_context, config, flag_prefix, residual_attn, layer_index
+        )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
         for attr, module in parts.extensions:  # registered under their own names (or None)
@@ -91,6 +100,9 @@ class Attention(nn.Module):
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = [module for _, module in parts.extensions if module is not None]
         self.scores = parts.scores
+        for attr, module in parts.head_stages:  # per-head output stages, in catalog order
+            setattr(self, attr, module)
+        self.head_stages = [module for _, module in parts.head_stages]
         self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
@@ -159,7 +171,10 @@ class Attention(nn.Module):
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
-        out, maps = kernel.run(inputs, self.scores.bind(prev_logits), call.entry)
+        hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
+        out, maps = kernel.run(inputs, hooks, call.entry)
+        for stage in self.head_stages:
+            out = stage(out)
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 

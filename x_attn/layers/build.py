@@ -107,6 +107,7 @@ def _block(cfg: LayersConfig, kind: str, index: int) -> nn.Module:
             causal=cfg.causal,
             config=layer_config(cfg, "attn", index),
             residual_attn=cfg.residual_attn,
+            layer_index=index,
         )
     else:
         block = Attention(
@@ -115,6 +116,7 @@ def _block(cfg: LayersConfig, kind: str, index: int) -> nn.Module:
             config=layer_config(cfg, "cross_attn", index),
             flag_prefix="cross_attn_",
             residual_attn=cfg.cross_residual_attn,
+            layer_index=index,
         )
     if cfg.zero_init_branch_output:  # every linear map of the output stage: the output is 0
         for module in block.to_out.modules():

@@ -16,6 +16,7 @@ from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
+from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
@@ -31,9 +32,11 @@ FEATURES: tuple[FeatureSpec, ...] = (
     MEMORY_KV_SPEC,
     RESIDUAL_ATTN_SPEC,
     PRE_TALKING_SPEC,
+    MTA_SPEC,
     SPARSE_TOPK_SPEC,
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
+    MTA_HEAD_NORM_SPEC,
     AOA_SPEC,
 )
 
@@ -47,6 +50,7 @@ class AttentionParts:
         extensions: (attribute, module or None) of every extend-stage feature.
         scores: the score features and the normalizer.
         output: the output stage.
+        head_stages: (attribute, module) of the "heads" stage: modules on the per-head output.
         rules: mask rules of self-attention calls (besides causality).
         new_entry: factory of the layer's self-attention cache entries.
         needs: what the layer's kernel must support, each with the flag that asks.
@@ -56,6 +60,7 @@ class AttentionParts:
     extensions: list[tuple[str, nn.Module | None]]
     scores: ScorePipeline
     output: nn.Module
+    head_stages: list[tuple[str, nn.Module]] = field(default_factory=list)
     rules: tuple[MaskRule, ...] = ()
     new_entry: Callable[[], CacheEntry] = KVEntry
     needs: list[Need] = field(default_factory=list)
@@ -72,15 +77,26 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     output = next((m for s, m in built if s.slot == "output"), None)
     rules = tuple(rule for s in active if s.rules is not None for rule in s.rules(ctx))
     entry = next((s.cache_entry(ctx) for s in active if s.cache_entry is not None), KVEntry)
+    for spec in active:
+        if spec.wrap_entry is not None:
+            entry = _wrapped(entry, spec.wrap_entry(ctx))
     return AttentionParts(
         projection=projection,
         extensions=_extensions(built),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
+        head_stages=[(s.attr or s.name, m) for s, m in built if s.stage == "heads"],
         rules=rules,
         new_entry=entry,
         needs=_needs(active, ctx),
     )
+
+
+def _wrapped(
+    make: Callable[[], CacheEntry], wrap: Callable[[CacheEntry], CacheEntry]
+) -> Callable[[], CacheEntry]:
+    """A factory of ``make``'s entries, each wrapped by ``wrap``."""
+    return lambda: wrap(make())
 
 
 def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:

@@ -5,9 +5,10 @@ the raw scores (then only kernels with the ``"scores"`` capability can run the l
 exclusive slot when the feature replaces a part that exists once per layer ("projection",
 "normalizer", "output", "cache"). Besides a module, a feature may contribute mask rules for
 self-attention calls (a window, global tokens, ...), the self-attention cache entry of its
-layers (slot "cache": a ring buffer, a latent, a running state) and further kernel
-capabilities it needs. :mod:`x_attn.attention.features.catalog` lists the specs and builds a
-layer's parts from them; Attention never tests a flag itself.
+layers (slot "cache": a ring buffer, a latent, a running state), a wrapper around whatever
+entry the layer has (to keep more state, e.g. the last query rows of a convolution over the
+scores) and further kernel capabilities it needs. :mod:`x_attn.attention.features.catalog`
+lists the specs and builds a layer's parts from them; Attention never tests a flag itself.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ if TYPE_CHECKING:
     from x_attn.cache.entry import CacheEntry
 
 Stage = Literal[
-    "project", "extend", "mask", "cache", "logits", "masked", "normalize", "probs", "output"
+    "project",
+    "extend",
+    "mask",
+    "cache",
+    "logits",
+    "masked",
+    "normalize",
+    "probs",
+    "heads",
+    "output",
 ]
 SCORE_STAGES: tuple[Stage, ...] = ("logits", "masked", "probs")
 
@@ -40,6 +50,8 @@ class FeatureContext:
         config: the layer's :class:`AttentionConfig`.
         prefix: flag prefix of the layer ("attn_" or "cross_attn_"), for messages.
         residual_attn: the stack's residual-attention flag for this kind of layer.
+        layer: index of the layer among its stack's layers of the same kind (self- or
+            cross-attention), from 0; 0 for a layer built on its own.
         projection: the layer's projection, once the project stage is built.
     """
 
@@ -49,6 +61,7 @@ class FeatureContext:
     config: AttentionConfig
     prefix: str = "attn_"
     residual_attn: bool = False
+    layer: int = 0
     projection: Projection | None = None
 
     def flag(self, name: str) -> str:
@@ -64,16 +77,19 @@ class FeatureSpec:
         name: the option's name (the config field, e.g. "sparse_topk").
         paper: arXiv id of the paper it implements ("" for none).
         stage: where it attaches: "project", "extend" (more keys/values), "mask", "cache",
-            "logits", "masked", "normalize", "probs" (score stages) or "output".
+            "logits", "masked", "normalize", "probs" (score stages), "heads" (a module on
+            the per-head output (b, h, n, dv), before the heads are merged) or "output".
         enabled: whether a layer's context turns it on.
         build: the module for a layer that turns it on (None: the feature has no module).
         needs_scores: only kernels that form the scores can run it.
         slot: exclusive part it replaces ("projection", "normalizer", "output", "cache").
         attr: attribute name on the Attention module (its state-dict prefix) for "extend"
-            modules.
+            and "heads" modules.
         flag_of: the user-facing flag for messages (default: prefix + name).
         rules: mask rules it adds to self-attention calls (kernels then need "rule:<kind>").
         cache_entry: factory of its layers' self-attention cache entries (slot "cache").
+        wrap_entry: for a layer's context, a function that wraps the layer's self-attention
+            entry (whichever kind) in one that keeps more state; wrappers compose.
         needs: further kernel capabilities it needs (e.g. "cache:state").
     """
 
@@ -88,6 +104,7 @@ class FeatureSpec:
     flag_of: Callable[[FeatureContext], str] | None = None
     rules: Callable[[FeatureContext], tuple[MaskRule, ...]] | None = None
     cache_entry: Callable[[FeatureContext], Callable[[], CacheEntry]] | None = None
+    wrap_entry: Callable[[FeatureContext], Callable[[CacheEntry], CacheEntry]] | None = None
     needs: tuple[str, ...] = ()
 
     def flag(self, ctx: FeatureContext) -> str:
