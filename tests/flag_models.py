@@ -70,3 +70,16 @@ def jittered(module: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
         for p in module.parameters():
             p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
     return module
+
+
+def decode(net: nn.Module, x: Tensor, prompt: int, **first) -> tuple[Tensor, list]:
+    """Prefill ``x[:, :prompt]`` (with the keywords ``first``, e.g. mems), then decode the rest
+    of ``x`` (b, n) one token at a time with the KV cache; returns the logits of every position
+    from the prefill on (b, n, v) and the cache after each call."""
+    logits, cache = net(x[:, :prompt], return_cache=True, **first)
+    steps, caches = [logits], [cache]
+    for t in range(prompt, x.shape[1]):
+        logits, cache = net(x[:, t : t + 1], cache=cache, return_cache=True)
+        steps.append(logits)
+        caches.append(cache)
+    return torch.cat(steps, dim=1), caches

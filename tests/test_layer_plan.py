@@ -97,7 +97,17 @@ def test_per_call_orders_refuse_cache_mems_and_custom_layers():
     net = TransformerWrapper(num_tokens=10, max_seq_len=8, attn_layers=Decoder(depth=2, **SMALL))
     _, cache = net(torch.zeros(1, 3, dtype=torch.long), return_cache=True)
     with pytest.raises(ValueError, match="cache entries and mems"):
-        net(torch.zeros(1, 1, dtype=torch.long), cache=cache, repeat_blocks=((0, 2),))
+        net(
+            torch.zeros(1, 1, dtype=torch.long),
+            cache=cache,
+            repeat_blocks=((0, 2),),
+            return_cache=True,
+        )
+    # intermediates of a per-call order carry no cache: its entries would not fit the stack
+    stack = net.attn_layers
+    _, inter = stack(torch.zeros(1, 3, D), repeat_blocks=((0, 2),), return_hiddens=True)
+    assert inter.cache is None
+    assert stack(torch.zeros(1, 3, D), return_hiddens=True)[1].cache is not None
     custom = Decoder(depth=None, **SMALL, custom_layers=("a", "f", "a", "f"))
     with pytest.raises(ValueError, match="layers_execute_order instead"):
         custom(torch.zeros(B, N, D), repeat_blocks=((0, 2),))
@@ -192,7 +202,7 @@ def test_per_call_causal_is_checked():
     net = TransformerWrapper(num_tokens=10, max_seq_len=8, attn_layers=stack)
     _, cache = net(torch.zeros(1, 3, dtype=torch.long), return_cache=True)
     with pytest.raises(ValueError, match="causal=False with a KV cache"):
-        net(torch.zeros(1, 1, dtype=torch.long), cache=cache, causal=False)
+        net(torch.zeros(1, 1, dtype=torch.long), cache=cache, causal=False, return_cache=True)
 
 
 def test_every_subset_order_of_a_two_block_stack_is_distinct():

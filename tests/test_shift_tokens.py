@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flag_models import jittered
+from flag_models import decode, jittered
 from torch import Tensor
 
 from x_attn import Decoder, Encoder, TransformerWrapper
@@ -89,14 +89,9 @@ def lm(shift, max_mem_len: int = 0, **flags) -> TransformerWrapper:
 @pytest.mark.parametrize("prompt", [1, 2, 5])
 def test_cached_decoding_equals_the_full_forward(prompt):
     net, x = lm(2), tokens(B, 10)
-    full = net(x)
-    logits, cache = net(x[:, :prompt], return_cache=True)
-    assert sum(e.kind == "shift" for e in cache.entries) == 4
-    steps = [logits]
-    for t in range(prompt, 10):
-        step, cache = net(x[:, t : t + 1], cache=cache, return_cache=True)
-        steps.append(step)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-9)
+    steps, caches = decode(net, x, prompt)
+    assert sum(e.kind == "shift" for e in caches[0].entries) == 4
+    torch.testing.assert_close(steps, net(x), rtol=0, atol=1e-9)
 
 
 def test_cache_select_keeps_the_shift_rows_of_the_rows_kept():
@@ -130,6 +125,33 @@ def test_mems_equal_one_pass_when_only_self_attention_shifts():
         out, mems = net(x[:, start:end], mems=mems, return_mems=True)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=0, atol=1e-9)
+
+
+def test_cached_decode_after_padded_mems_equals_one_pass():
+    """Mems from a left-padded segment (row 0: one real row) enter the shift as zeros where
+    padded, as the padded rows of a single pass do; a cache then takes the mems in once."""
+    net, x = lm((2, 0, 1, 0), max_mem_len=64), tokens(B, 10)
+    first = torch.ones(B, 4, dtype=torch.bool)
+    first[0, :3] = False
+    seg = x[:, 4:]
+    with torch.no_grad():
+        _, mems = net(x[:, :4], mask=first, return_mems=True)
+        steps, _ = decode(net, seg, 2, mems=mems)
+        one_pass = net(x, mask=torch.cat((first, torch.ones_like(seg, dtype=torch.bool)), 1))
+    torch.testing.assert_close(steps, one_pass[:, 4:], rtol=0, atol=1e-9)
+
+
+def test_memory_tokens_before_left_padding_are_refused():
+    """Padding between the memory tokens and the row would be read where the row alone reads
+    a memory token: refused, like Multi-Token Attention; right padding is no gap."""
+    torch.manual_seed(0)
+    layers = Decoder(depth=1, **SMALL, shift_tokens=1, rotary_pos_emb=True)
+    net = TransformerWrapper(num_tokens=V, max_seq_len=16, attn_layers=layers, num_memory_tokens=2)
+    x, mask = tokens(B, 6), torch.ones(B, 6, dtype=torch.bool)
+    mask[0, :2] = False
+    with pytest.raises(ValueError, match=r"\['shift_tokens'\] mix neighbouring"):
+        net(x, mask=mask)
+    net(x, mask=mask.flip(-1))
 
 
 def test_what_shifting_cannot_do_is_refused():

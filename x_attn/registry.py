@@ -35,6 +35,9 @@ class FlagCase:
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
     stochastic: bool = False  # training mode is random by design (stochastic depth), eval is not
     mems_ok: bool = True  # takes Transformer-XL memories (else max_mem_len is refused)
+    row_conv: bool = (
+        False  # convolves over neighbouring positions: padding between real ones refused
+    )
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -134,6 +137,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         mems_ok=False,
+        row_conv=True,
     ),
     FlagCase(
         "attn_mta_post_conv",
@@ -150,6 +154,7 @@ FLAGS: tuple[FlagCase, ...] = (
         kernel="manual",
         probs="mixed",
         mems_ok=False,
+        row_conv=True,
     ),
     FlagCase(
         "attn_mta_post_head_mix",
@@ -172,6 +177,7 @@ FLAGS: tuple[FlagCase, ...] = (
         kernel="manual",
         probs="mixed",
         mems_ok=False,
+        row_conv=True,
     ),
     FlagCase(
         "attn_flash=False",
@@ -310,6 +316,7 @@ FLAGS: tuple[FlagCase, ...] = (
         "2305.13048",
         {"shift_tokens": 1},
         mems_ok=False,  # a shifted feed-forward needs its earlier inputs, which mems do not hold
+        row_conv=True,
     ),
     FlagCase(
         "weight_tie_layers",

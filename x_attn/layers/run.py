@@ -21,7 +21,7 @@ from x_attn.layers.block import StackLayer
 from x_attn.layers.resi_dual import DualStream
 
 if TYPE_CHECKING:
-    from x_attn.layers.stack import LayerIntermediates
+    from x_attn.layers.intermediates import LayerIntermediates
 
 
 @dataclass
@@ -95,11 +95,11 @@ def _layer_mem(layer: StackLayer, state: dict, counters: _Counters, cond) -> Ten
 
 
 def _shift(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, counters: _Counters):
-    """Shift the rows of ``h`` (b, n, d), after the memory rows when there are some."""
-    mask = state["mask"]
-    rows = h if mask is None else h.masked_fill(~mask.unsqueeze(-1), 0.0)
+    """Shift the rows of ``h`` (b, n, d), after the memory rows when there are some (padded
+    rows of either enter as zeros)."""
+    rows = _zero_padding(h, state["mask"])
     if mem is not None:
-        rows = torch.cat((mem, rows), dim=1)
+        rows = torch.cat((_zero_padding(mem, state["mem_mask"]), rows), dim=1)
     entry = state["entries"][state["num_attn_runs"] + counters.shift]
     counters.shift += 1
     before = None if entry is None else entry.before(rows)
@@ -110,6 +110,11 @@ def _shift(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, counte
         return shifted, None
     m = mem.shape[1]
     return shifted[:, m:], shifted[:, :m]
+
+
+def _zero_padding(rows: Tensor, mask: Tensor | None) -> Tensor:
+    """``rows`` (b, n, d) with the padded ones (``mask`` False) set to zero."""
+    return rows if mask is None else rows.masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
 def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, counters: _Counters):
@@ -129,6 +134,7 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
     return layer.block(
         h,
         mask=state["mask"],
+        mem_mask=state["mem_mask"],
         attn_mask=state["attn_mask"],
         positions=state["positions"],
         prev_logits=counters.prev["a"],

@@ -1,4 +1,5 @@
-"""Checks of a stack forward's per-call options against what the stack was built with.
+"""Checks of a stack forward's per-call options against what the stack was built with, and
+the cache the forward works on.
 
 Each refusal names the argument, the flag it conflicts with and the fix.
 """
@@ -9,8 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from x_attn.cache import KVCache
+from x_attn.cache.kv_cache import stale_loop_message
+from x_attn.layers.intermediates import LayerIntermediates
+from x_attn.validation import check_cache
+
 if TYPE_CHECKING:
-    from x_attn.cache import KVCache
     from x_attn.layers.stack import AttentionLayers
 
 
@@ -61,9 +66,36 @@ def check_run_inputs(
         )
     if mems is not None and stack.mems_unsupported_reason is not None:
         raise ValueError(f"{owner}: 'mems' cannot be used: {stack.mems_unsupported_reason}")
-    shifted = any(layer.shift is not None for layer in layers)
-    if shifted and mems is not None and cache is not None:
-        raise ValueError(
-            f"{owner}: shift_tokens with both mems and a cache: pass one of them (the shifted "
-            "rows come either from the memory or from the cache)"
-        )
+
+
+def working_cache(
+    stack: AttentionLayers, cache: Any, b: int, return_hiddens: bool, order: tuple[int, ...]
+) -> KVCache | None:
+    """The cache a forward updates: a fork of the one given, or a new one.
+
+    A :class:`LayerIntermediates` stands for its cache (x-transformers passes the
+    intermediates back). Without a cache, ``return_hiddens=True`` on a causal stack that can
+    cache starts one, so the intermediates can be continued (not when this call runs another
+    order than the built one, or may skip layers: the entries would not fit).
+    """
+    owner = type(stack).__name__
+    if isinstance(cache, LayerIntermediates):
+        cache = cache.cache
+        if cache is None:
+            raise ValueError(
+                f"{owner}: the intermediates passed as 'cache' hold no cache (this stack is "
+                "not causal or cannot cache); pass a KVCache"
+            )
+    check_cache(cache, stack.num_cache_entries, b, owner)
+    reason = stack.uncacheable_reason
+    if cache is not None and reason is not None:
+        raise ValueError(f"{owner}: this stack cannot use a 'cache': {reason}")
+    if cache is not None and not return_hiddens:
+        raise ValueError(stale_loop_message(owner, "return_hiddens=True"))
+    if cache is not None:
+        return cache.fork()
+    skips = stack.training and any(layer.dropout > 0 for layer in stack.layers)
+    fits = order == stack.plan.order and not skips
+    if return_hiddens and stack.causal and reason is None and fits:
+        return stack.new_cache()
+    return None

@@ -8,9 +8,14 @@ sees the ``s`` previous tokens) and ``-s .. s`` otherwise. Padded positions ente
 The idea is RWKV's token shift (Peng et al., "RWKV: Reinventing RNNs for the Transformer Era",
 arXiv 2305.13048), as generalised by x-transformers.
 
+Padding between real positions (memory tokens in front of a left-padded row) would be read
+as zeros where the row alone reads its neighbour, so the sequence wrappers refuse it
+(``neighbour_flags``, as for Multi-Token Attention).
+
 Decoding with a cache keeps, in a :class:`ShiftEntry`, the last ``s`` input rows each shifted
 layer has seen, so the rows of a new token are those of a full forward. Transformer-XL memories
-of a self-attention layer are shifted together with the segment (they are that layer's inputs).
+of a self-attention layer are shifted together with the segment (they are that layer's inputs;
+with an empty cache, the first call shifts the mems in front of its rows).
 
 Shape legend: b batch, n sequence, m memory length, s largest shift, d model dim.
 """
@@ -36,6 +41,8 @@ class ShiftTokens(nn.Module):
         super().__init__()
         self.amounts = amounts
         self.past = max(max(amounts), 0)  # rows before the sequence a new row reads
+        # it mixes neighbouring positions: a wrapper refuses padding between real ones
+        self.neighbour_flags = ("shift_tokens",)
 
     def forward(self, x: Tensor, before: Tensor | None = None) -> Tensor:
         """Shift ``x`` (b, n, d); ``before`` (b, past, d) are the rows that precede it (zeros

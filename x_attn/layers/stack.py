@@ -5,7 +5,6 @@ Shape legend: b batch, n sequence, d model dim, m memory length, j context lengt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,41 +12,24 @@ from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
 from x_attn.cache import CacheEntry, KVCache
+from x_attn.cache.mems import mems_mask
 from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
 from x_attn.layers.conditioning import apply_norm, check_condition
+from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.plan import make_plan
 from x_attn.layers.run import run_layers, start_dual
-from x_attn.layers.run_checks import check_run_inputs, run_order
+from x_attn.layers.run_checks import check_run_inputs, run_order, working_cache
+from x_attn.positional.row_positions import row_positions, rows_mask
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
 from x_attn.validation import (
     check_bool_mask,
-    check_cache,
     check_float_input,
     check_mems,
     normalize_attn_mask,
 )
-
-
-@dataclass
-class LayerIntermediates:
-    """What a stack forward leaves behind.
-
-    Attributes:
-        hiddens: the input of every self-attention layer (b, n, d), for Transformer-XL mems.
-        layer_hiddens: the input of every layer run, then the output before the final norm.
-        attn_maps: attention probabilities (b, h, i, j) of every attention layer, when asked.
-        kernels: the kernel each attention layer ran ("sdpa" / "manual").
-        cache: the KV cache, updated, when one was passed.
-    """
-
-    hiddens: list[Tensor] = field(default_factory=list)
-    layer_hiddens: list[Tensor] = field(default_factory=list)
-    attn_maps: list[Tensor] = field(default_factory=list)
-    kernels: list[str] = field(default_factory=list)
-    cache: KVCache | None = None
 
 
 @records_config
@@ -168,7 +150,7 @@ class AttentionLayers(nn.Module):
         context_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         mems: list[Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
         condition: Tensor | None = None,
@@ -180,14 +162,22 @@ class AttentionLayers(nn.Module):
 
         Args:
             context: (b, j, d) for cross-attending stacks.
-            mask: (b, n) key padding mask, True = real token.
+            mask: (b, n) key padding mask, True = real token. Padding takes no position:
+                each row numbers its real positions 0, 1, 2, ... (relative schemes).
             context_mask: (b, j) padding mask of ``context``.
             attn_mask: bool mask, True = may attend, k = keys with positions: (n, k),
                 (h, n, k) per head (as in x-transformers) or (b, h, n, k), where b and h may
                 be 1 to broadcast.
-            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention run.
-            cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
-            return_hiddens: also return a :class:`LayerIntermediates`.
+            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention run (a
+                :class:`x_attn.cache.Mems` also carries their padding). With a cache, mems
+                are the context before its first position: the first call (empty cache)
+                takes them in, later calls find them in the cache.
+            cache: a :class:`x_attn.cache.KVCache`, or the intermediates a call with
+                ``return_hiddens=True`` returned (x-transformers style); ``x`` then holds only
+                the new rows. The cache is left as it was: the updated copy is returned in the
+                intermediates (``return_hiddens=True``).
+            return_hiddens: also return a :class:`LayerIntermediates` (with a cache to
+                continue from, for a causal stack that can cache).
             return_attn: run the manual kernel everywhere and collect attention maps.
             condition: (b, dc) or (b, n, dc) for adaptive norms / layerscale.
             causal: override the stack's causal self-attention for this call.
@@ -198,18 +188,26 @@ class AttentionLayers(nn.Module):
         check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
         order = run_order(self, layers_execute_order, repeat_blocks, mems, cache)
-        check_cache(cache, self.num_cache_entries, b, owner)
         check_run_inputs(self, x, mems, cache, causal, order)
+        cache = working_cache(self, cache, b, return_hiddens, order)
+        mem_len = self._check_mems(mems, b, x.dtype, cache, order)
         past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
-        mem_len = self._check_mems(mems, b, x.dtype, order)
         attn_mask = self._check_inputs(
             x, context, mask, context_mask, attn_mask, kept + mem_len + n
         )
         condition = self._condition(condition, b, n, mems)
+        mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
         start = cache.first_position if cache is not None else 0
-        positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
+        held_real = None if cache is None else cache.real  # None: nothing padded so far
+        held_mask = None if held_real is None else cache.key_mask
+        new_mask = rows_mask(mem_mask, mask, mem_len, x)
+        span = (start, past, past + mem_len + n)
+        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
+        positions = self.positions(
+            n, past + mem_len + n - start, x.device, x.dtype, start, rows=rows
+        )
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
                 raise ValueError(
@@ -218,7 +216,7 @@ class AttentionLayers(nn.Module):
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
             return (out, inter) if return_hiddens else out
-        inter = LayerIntermediates(cache=cache)
+        inter = LayerIntermediates(cache=cache, mask=mask)
         state = dict(
             context=context,
             context_mask=context_mask,
@@ -226,6 +224,7 @@ class AttentionLayers(nn.Module):
             positions=positions,
             mask=mask,
             mems=mems,
+            mem_mask=mem_mask,
             entries=self._cache_entries(cache, order),
             num_attn_runs=sum(self.layers[i].kind != "f" for i in order),
             return_attn=return_attn,
@@ -236,7 +235,7 @@ class AttentionLayers(nn.Module):
         x = run_layers(list(self.layers), order, x, state, inter)
         inter.layer_hiddens.append(x)
         if cache is not None:
-            cache.length = past + mem_len + n
+            cache.advance(mem_len + n, real)
         out = self._final(x, state["dual"], condition)
         return (out, inter) if return_hiddens else out
 
@@ -305,9 +304,23 @@ class AttentionLayers(nn.Module):
                 cache.entry(i, create)
         return cache.entries
 
-    def _check_mems(self, mems, b: int, dtype: torch.dtype, order: tuple[int, ...]) -> int:
+    def _check_mems(
+        self,
+        mems: list[Tensor] | None,
+        b: int,
+        dtype: torch.dtype,
+        cache: KVCache | None,
+        order: tuple[int, ...],
+    ) -> int:
+        """Memory length (0 without mems); mems join a cache only at its first call."""
         if mems is None:
             return 0
+        if cache is not None and cache.length > 0:
+            raise ValueError(
+                f"{type(self).__name__}: 'mems' given with a 'cache' that already holds "
+                f"{cache.length} positions; the cache took the mems in at its first call (they "
+                "are the context before its first position): pass mems only with an empty cache"
+            )
         runs = sum(self.layers[i].kind == "a" for i in order)
         return check_mems(mems, runs, b, self.dim, dtype)
 
