@@ -72,14 +72,16 @@ def jittered(module: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
     return module
 
 
-def decode(net: nn.Module, x: Tensor, prompt: int, **first) -> tuple[Tensor, list]:
-    """Prefill ``x[:, :prompt]`` (with the keywords ``first``, e.g. mems), then decode the rest
-    of ``x`` (b, n) one token at a time with the KV cache; returns the logits of every position
-    from the prefill on (b, n, v) and the cache after each call."""
-    logits, cache = net(x[:, :prompt], return_cache=True, **first)
-    steps, caches = [logits], [cache]
-    for t in range(prompt, x.shape[1]):
-        logits, cache = net(x[:, t : t + 1], cache=cache, return_cache=True)
-        steps.append(logits)
-        caches.append(cache)
-    return torch.cat(steps, dim=1), caches
+@torch.no_grad()
+def prefill_then_steps(
+    model: TransformerWrapper, ids: Tensor, prefill: int, first: dict | None = None, **kwargs
+):
+    """(logits of a prefill of ``prefill`` tokens then one token per call with the cache,
+    concatenated; the final cache). ``kwargs`` reach every call (e.g. ``context``), ``first``
+    only the prefill (e.g. mems, which a cache takes in once)."""
+    logits, cache = model(ids[:, :prefill], return_cache=True, **kwargs, **(first or {}))
+    steps = [logits]
+    for t in range(prefill, ids.shape[1]):
+        step, cache = model(ids[:, t : t + 1], cache=cache, return_cache=True, **kwargs)
+        steps.append(step)
+    return torch.cat(steps, dim=1), cache

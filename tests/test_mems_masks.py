@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flag_models import DIM, build, decode, tokens
+from flag_models import DIM, build, prefill_then_steps, tokens
 from torch import Tensor
 
 from x_attn import Mems
@@ -112,7 +112,7 @@ def test_cached_decode_with_mems_equals_the_full_forward(scheme: str) -> None:
     with torch.no_grad():
         _, mems = net(x[:, :6], mask=first, return_mems=True)
         full = net(seg, mems=mems)
-        steps, _ = decode(net, seg, 3, mems=mems)
+        steps, _ = prefill_then_steps(net, seg, 3, first=dict(mems=mems))
         one_pass = net(x, mask=torch.cat((first, torch.ones_like(seg, dtype=torch.bool)), 1))
     torch.testing.assert_close(steps, full, atol=ATOL, rtol=0)
     if scheme != "absolute":  # absolute positions restart with every segment

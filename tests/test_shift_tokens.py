@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flag_models import decode, jittered
+from flag_models import jittered, prefill_then_steps
 from torch import Tensor
 
 from x_attn import Decoder, Encoder, TransformerWrapper
@@ -89,8 +89,8 @@ def lm(shift, max_mem_len: int = 0, **flags) -> TransformerWrapper:
 @pytest.mark.parametrize("prompt", [1, 2, 5])
 def test_cached_decoding_equals_the_full_forward(prompt):
     net, x = lm(2), tokens(B, 10)
-    steps, caches = decode(net, x, prompt)
-    assert sum(e.kind == "shift" for e in caches[0].entries) == 4
+    steps, cache = prefill_then_steps(net, x, prompt)
+    assert sum(e.kind == "shift" for e in cache.entries) == 4
     torch.testing.assert_close(steps, net(x), rtol=0, atol=1e-9)
 
 
@@ -136,7 +136,7 @@ def test_cached_decode_after_padded_mems_equals_one_pass():
     seg = x[:, 4:]
     with torch.no_grad():
         _, mems = net(x[:, :4], mask=first, return_mems=True)
-        steps, _ = decode(net, seg, 2, mems=mems)
+        steps, _ = prefill_then_steps(net, seg, 2, first=dict(mems=mems))
         one_pass = net(x, mask=torch.cat((first, torch.ones_like(seg, dtype=torch.bool)), 1))
     torch.testing.assert_close(steps, one_pass[:, 4:], rtol=0, atol=1e-9)
 

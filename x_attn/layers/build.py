@@ -20,6 +20,7 @@ from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.plan import LayerPlan, per_module
 from x_attn.layers.residual import make_residual
 from x_attn.layers.shift import ShiftTokens, shift_amounts
+from x_attn.positional.stack_positions import requested_rotary_dim
 
 
 def build_layers(cfg: LayersConfig, plan: LayerPlan) -> nn.ModuleList:
@@ -107,6 +108,7 @@ def _block(cfg: LayersConfig, kind: str, index: int) -> nn.Module:
             causal=cfg.causal,
             config=layer_config(cfg, "attn", index),
             residual_attn=cfg.residual_attn,
+            rotary_dim=requested_rotary_dim(cfg),
             layer_index=index,
         )
     else:

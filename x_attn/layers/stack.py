@@ -76,8 +76,10 @@ class AttentionLayers(nn.Module):
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         self.layers = build_layers(cfg, self.plan)
         self.condition_mlp = make_condition_mlp(cfg)
-        qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
-        self.positions = StackPositions(cfg, qk_dim, owner)
+        blocks = self._attention_blocks()
+        qk_dim = next((blk.qk_dim for blk in blocks), cfg.attn.dim_head)
+        fixed = next((blk.proj.rotary_dim for blk in blocks if blk.proj.rotary_dim), None)
+        self.positions = StackPositions(cfg, qk_dim, owner, rotary_dim=fixed)
         self.final_norm = make_final_norm(cfg)
         # not registered as a submodule: it only re-wires the modules of self.layers
         object.__setattr__(self, "reversible", None)
@@ -340,7 +342,14 @@ class AttentionLayers(nn.Module):
             raise ValueError("'context_mask' given to a stack that does not cross-attend")
         check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
         if context is not None:
-            check_float_input("context", context, self.dim, type(self).__name__)
+            width = self.config.cross_attn.dim_context or self.dim
+            if isinstance(context, Tensor) and context.ndim == 3 and context.shape[-1] != width:
+                raise ValueError(
+                    f"{type(self).__name__}: 'context' has width {context.shape[-1]}, but the "
+                    f"cross-attention layers read width {width}; build the stack with "
+                    f"cross_attn_dim_context={context.shape[-1]}"
+                )
+            check_float_input("context", context, width, type(self).__name__)
             if context.shape[0] != b:
                 raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
             check_bool_mask(
