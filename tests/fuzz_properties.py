@@ -251,6 +251,10 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "attn_post_talking_heads": "attn_talking_heads" in case.flags,
         "attn_talking_heads": {"attn_pre_talking_heads", "attn_post_talking_heads"}
         <= set(case.flags),
+        "zero_init_branch_output": True,  # an initialisation: the twin loads the same weights
+        "layer_dropout": not s.root.training,  # stochastic depth acts in training only
+        # it clamps the plain hidden layer; with ff_glu it warns at construction that it does not
+        "ff_softclamp_value": case.has("ff_glu"),
     }
     return bool(rules.get(name, False))
 
