@@ -110,6 +110,7 @@ def _block(cfg: LayersConfig, kind: str, index: int) -> nn.Module:
             residual_attn=cfg.residual_attn,
             rotary_dim=requested_rotary_dim(cfg),
             layer_index=index,
+            stack_config=cfg,
         )
     else:
         block = Attention(

@@ -114,6 +114,23 @@ def check_condition(
     return condition
 
 
+def stack_condition(
+    stack: nn.Module, condition: Tensor | None, b: int, n: int, mems: list | None
+) -> Tensor | None:
+    """A stack forward's condition (b, 1 | n, dc') as its norms read it (after the MLP)."""
+    owner = type(stack).__name__
+    dim = stack.config.dim_condition or stack.dim
+    condition = check_condition(condition, stack.needs_condition, dim, b, n, owner)
+    if condition is not None and mems is not None and condition.shape[1] > 1:
+        raise ValueError(
+            f"{owner}: a per-token condition (batch, seq, dim) has no rows for the mems; pass "
+            "one condition per sample (batch, dim_condition)"
+        )
+    if condition is not None and stack.condition_mlp is not None:
+        condition = stack.condition_mlp(condition)
+    return condition
+
+
 def fix_condition(stack: nn.Module, condition: Tensor) -> None:
     """Make ``stack`` use ``condition`` (1, dc) (repeated over the batch) whenever a call gives
     none: for code that cannot pass ``condition=`` itself (docs pictures, generic test harnesses).

@@ -23,11 +23,18 @@ class _AttentionBranch(nn.Module):
         self.layer = layer
 
     def forward(
-        self, x: Tensor, *, mask=None, attn_mask=None, rotary=None, bias=None, infused=None
+        self,
+        x: Tensor,
+        *,
+        mask=None,
+        attn_mask=None,
+        rotary=None,
+        bias=None,
+        infused=None,
+        values=None,
     ) -> Tensor:
-        positions = PositionContext(
-            q_len=x.shape[1], k_len=x.shape[1], rotary=rotary, bias=bias, infused=infused
-        )
+        n = x.shape[1]
+        positions = PositionContext(n, n, rotary=rotary, bias=bias, infused=infused, values=values)
         layer = self.layer
         out, _ = layer.block(layer.normed(x), mask=mask, attn_mask=attn_mask, positions=positions)
         return layer.post_branch(out)
@@ -66,4 +73,5 @@ def run_reversible(
         rotary=positions.rotary,
         bias=positions.bias,
         infused=positions.infused,
+        values=positions.values,
     )

@@ -126,6 +126,7 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
             h,
             state["context"],
             context_mask=state["context_mask"],
+            positions=state["positions"],
             prev_logits=counters.prev["c"],
             cache=entry,
             return_attn=state["return_attn"],

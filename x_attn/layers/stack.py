@@ -15,11 +15,13 @@ from x_attn.cache import CacheEntry, KVCache
 from x_attn.cache.mems import mems_mask
 from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
-from x_attn.layers.conditioning import apply_norm, check_condition
+from x_attn.layers.conditioning import apply_norm, stack_condition
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.plan import make_plan
 from x_attn.layers.run import run_layers, start_dual
 from x_attn.layers.run_checks import check_run_inputs, run_order, working_cache
+from x_attn.positional.context import PositionContext
+from x_attn.positional.custom import position_values, table_values
 from x_attn.positional.row_positions import row_positions, rows_mask
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
@@ -159,6 +161,8 @@ class AttentionLayers(nn.Module):
         causal: bool | None = None,
         layers_execute_order: tuple[int, ...] | None = None,
         repeat_blocks: Any = None,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -185,6 +189,11 @@ class AttentionLayers(nn.Module):
             causal: override the stack's causal self-attention for this call.
             layers_execute_order: module indices to run, in order, for this call.
             repeat_blocks: blocks to run again for this call (see x_attn.layers.plan).
+            pos: positions of this call's tokens for the positional methods, (n,), (b, n) or,
+                for an additive bias only, (b, heads, n); default: their index in the stream
+                (see :mod:`x_attn.positional.custom`). A cache keeps them for later calls.
+            context_pos: (j,) or (b, j) positions of ``context`` for rotary embeddings in
+                cross-attention.
         """
         owner = type(self).__name__
         check_float_input("x", x, self.dim, owner)
@@ -193,22 +202,15 @@ class AttentionLayers(nn.Module):
         check_run_inputs(self, x, mems, cache, causal, order)
         cache = working_cache(self, cache, b, return_hiddens, order)
         mem_len = self._check_mems(mems, b, x.dtype, cache, order)
-        past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         attn_mask = self._check_inputs(
             x, context, mask, context_mask, attn_mask, kept + mem_len + n
         )
-        condition = self._condition(condition, b, n, mems)
+        condition = stack_condition(self, condition, b, n, mems)
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
-        start = cache.first_position if cache is not None else 0
-        held_real = None if cache is None else cache.real  # None: nothing padded so far
-        held_mask = None if held_real is None else cache.key_mask
-        new_mask = rows_mask(mem_mask, mask, mem_len, x)
-        span = (start, past, past + mem_len + n)
-        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
-        positions = self.positions(
-            n, past + mem_len + n - start, x.device, x.dtype, start, rows=rows
+        positions, values, real = self._position_context(
+            x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
         )
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
@@ -238,6 +240,7 @@ class AttentionLayers(nn.Module):
         inter.layer_hiddens.append(x)
         if cache is not None:
             cache.advance(mem_len + n, real)
+            cache.position_values = values
         out = self._final(x, state["dual"], condition)
         return (out, inter) if return_hiddens else out
 
@@ -249,25 +252,47 @@ class AttentionLayers(nn.Module):
             return dual.output(x, lambda t: apply_norm(self.final_norm, t, condition))
         return apply_norm(self.final_norm, x, condition)
 
+    def _position_context(
+        self,
+        x: Tensor,
+        given: tuple[Tensor | None, Tensor | None],
+        context: Tensor | None,
+        cache: KVCache | None,
+        rows_in: tuple[list[Tensor] | None, Tensor | None, Tensor | None],
+    ) -> tuple[PositionContext, Tensor | None, Tensor | None]:
+        """The forward's positional tables, from the oldest position a layer holds on.
+
+        ``given``: the forward's (pos, context_pos); ``rows_in``: (mems, their padding, the
+        padding of ``x``). Padding renumbers the rows (``row_positions``), custom positions
+        replace the numbers (``position_values``). Returns the tables, the custom position
+        values of every slot for the cache (or None) and the real positions per row after this
+        forward (or None when all were real).
+        """
+        mems, mem_mask, mask = rows_in
+        b, n = x.shape[:2]
+        mem_len = 0 if mems is None else mems[0].shape[1]
+        past = cache.length if cache is not None else 0
+        start = cache.first_position if cache is not None else 0
+        held_real = None if cache is None else cache.real  # None: nothing padded so far
+        held_mask = None if held_real is None else cache.key_mask
+        new_mask = rows_mask(mem_mask, mask, mem_len, x)
+        span = (start, past, past + mem_len + n)
+        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
+        heads = self.config.heads
+        values = position_values(
+            self.positions, heads, given, x, context, cache, mems, (start, rows)
+        )
+        if values is not None:
+            rows = table_values(values, start)
+        k_len = past + mem_len + n - start
+        tables = self.positions(n, k_len, x.device, x.dtype, start, rows, given[1])
+        return tables, values, real
+
     @property
     def needs_condition(self) -> bool:
         """Whether forward needs ``condition=`` (adaptive norms or layerscale)."""
         cfg = self.config
         return cfg.norm.startswith("adaptive_") or cfg.use_adaptive_layerscale
-
-    def _condition(self, condition, b: int, n: int, mems) -> Tensor | None:
-        """The condition (b, 1 | n, dc') the norms read (after the condition MLP)."""
-        dim = self.config.dim_condition or self.dim
-        owner = type(self).__name__
-        condition = check_condition(condition, self.needs_condition, dim, b, n, owner)
-        if condition is not None and mems is not None and condition.shape[1] > 1:
-            raise ValueError(
-                f"{type(self).__name__}: a per-token condition (batch, seq, dim) has no rows "
-                "for the mems; pass one condition per sample (batch, dim_condition)"
-            )
-        if condition is not None and self.condition_mlp is not None:
-            condition = self.condition_mlp(condition)
-        return condition
 
     def _run_reversible(self, x, mask, attn_mask, positions):
         """The reversible two-stream stack (Reformer) on x (b, n, d)."""
