@@ -111,7 +111,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         """
         check_float_input("x", x, self.dim_in, "ContinuousTransformerWrapper")
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
-        layers = self.attn_layers.num_attention_layers
+        layers = self.attn_layers.num_cache_entries
         owner = type(self).__name__
         given = x.shape[1]
         cache, x, mask = new_inputs(

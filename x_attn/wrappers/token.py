@@ -58,6 +58,11 @@ def _check_memory_args(
             f"{owner}: max_mem_len (Transformer-XL memories) gives keys without their query "
             "rows, which the query convolution of attn_mta reads; drop one of the two"
         )
+    if max_mem_len and attn_layers.mems_unsupported_reason is not None:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) cannot be used: "
+            f"{attn_layers.mems_unsupported_reason}; drop one of the two"
+        )
     if max_mem_len and attn_layers.num_self_attention_layers == 0:
         raise ValueError(
             f"{owner}: max_mem_len (Transformer-XL memories) needs self-attention layers to "
@@ -424,7 +429,7 @@ class TransformerWrapper(SequenceWrapper):
         """
         x = self._check_tokens(x, mask)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
-        layers = self.attn_layers.num_attention_layers
+        layers = self.attn_layers.num_cache_entries
         given = x.shape[1]
         cache, x, mask = new_inputs(
             type(self).__name__,
