@@ -7,9 +7,10 @@ Parameters are jittered after initialisation so that parts initialised to zero o
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from x_attn import Decoder, TransformerWrapper
+from x_attn.layers.conditioning import fix_condition
 from x_attn.registry import FLAGS, FlagCase
 
 VOCAB, DIM = 24, 16
@@ -43,7 +44,17 @@ def build(
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.3 * torch.randn_like(p))
+    bind_condition(net.attn_layers)
     return net
+
+
+def bind_condition(stack: nn.Module) -> None:
+    """A stack with adaptive norms gets, when a call passes none, the same seeded condition
+    (1, dim_condition) in every call, so the invariant tests run on it unchanged."""
+    if getattr(stack, "needs_condition", False):
+        dim = stack.config.dim_condition or stack.dim
+        gen = torch.Generator().manual_seed(7)
+        fix_condition(stack, torch.randn(1, dim, generator=gen, dtype=torch.float64))
 
 
 def tokens(b: int, n: int, seed: int = 1) -> Tensor:
@@ -51,11 +62,24 @@ def tokens(b: int, n: int, seed: int = 1) -> Tensor:
     return torch.randint(0, VOCAB, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
+def jittered(module: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
+    """``module`` in float64 eval mode, every parameter moved by N(0, scale^2) (seeded)."""
+    module.double().eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+    return module
+
+
 @torch.no_grad()
-def prefill_then_steps(model: TransformerWrapper, ids: Tensor, prefill: int, **kwargs):
+def prefill_then_steps(
+    model: TransformerWrapper, ids: Tensor, prefill: int, first: dict | None = None, **kwargs
+):
     """(logits of a prefill of ``prefill`` tokens then one token per call with the cache,
-    concatenated; the final cache). ``kwargs`` reach every call (e.g. ``context``)."""
-    logits, cache = model(ids[:, :prefill], return_cache=True, **kwargs)
+    concatenated; the final cache). ``kwargs`` reach every call (e.g. ``context``), ``first``
+    only the prefill (e.g. mems, which a cache takes in once)."""
+    logits, cache = model(ids[:, :prefill], return_cache=True, **kwargs, **(first or {}))
     steps = [logits]
     for t in range(prefill, ids.shape[1]):
         step, cache = model(ids[:, t : t + 1], cache=cache, return_cache=True, **kwargs)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from flag_models import bind_condition
 from fuzz_strategies import CTX, RELATIVE, Case, Subject, build
 from torch import Tensor
 
@@ -178,6 +179,8 @@ def round_trip(s: Subject, x: Tensor) -> None:
     assert to_config(rebuilt) == config
     rebuilt = rebuilt.double().eval()
     rebuilt.load_state_dict(s.root.state_dict())
+    for module in rebuilt.modules():  # the fixed condition is a hook, not part of the config
+        bind_condition(module)
     twin = Subject(rebuilt, s.case)
     with torch.no_grad():
         assert torch.equal(s(x), twin(x)), "the rebuilt model computes something else"
@@ -208,7 +211,9 @@ def flag_effect(s: Subject, x: Tensor) -> None:
         if twin is None or not _same_parameters(s, twin):
             continue
         twin.root.load_state_dict(s.root.state_dict())
-        assert differs(_unmasked(s, x), _unmasked(twin, x), 1e-9), f"flag {name} has no effect"
+        assert differs(_unmasked(s, x), _unmasked(twin, x), 1e-9), (
+            f"flag {name} has no effect: {s.case}"
+        )
     if s.case.arch == "crossattender" and s.case.layer_kw.get("causal"):
         twin = build(s.case.with_layers(causal=False))
         twin.root.load_state_dict(s.root.state_dict())
@@ -246,11 +251,20 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "use_abs_pos_emb=False": case.relative,  # relative schemes turn them off already
         "scaled_sinu_pos_emb": case.relative or "use_abs_pos_emb=False" in case.flags,
         "sandwich_coef": case.depth == 1,
+        "rotary_pos_emb": bool(case.layer_kw.get("rotary_xpos")),  # xPos implies rotary
+        # as many kv heads as query heads (the case's heads win over the entry's) is MHA
+        "attn_kv_heads": case.layer_kw.get("attn_kv_heads") == case.heads,
+        "attn_one_kv_head": case.heads == 1,
+        "rotary_emb_dim": case.layer_kw.get("rotary_emb_dim", 0) >= case.dim_head,  # all of it
         # synonyms: attn_talking_heads = attn_pre_talking_heads + attn_post_talking_heads
         "attn_pre_talking_heads": "attn_talking_heads" in case.flags,
         "attn_post_talking_heads": "attn_talking_heads" in case.flags,
         "attn_talking_heads": {"attn_pre_talking_heads", "attn_post_talking_heads"}
         <= set(case.flags),
+        "zero_init_branch_output": True,  # an initialisation: the twin loads the same weights
+        "layer_dropout": not s.root.training,  # stochastic depth acts in training only
+        # it clamps the plain hidden layer; with ff_glu it warns at construction that it does not
+        "ff_softclamp_value": case.has("ff_glu"),
     }
     return bool(rules.get(name, False))
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from flag_models import bind_condition
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -345,6 +346,8 @@ def build(case: Case, check_refusal: bool = True) -> Subject | None:
     root = root.double().eval()
     if case.opt("init") != "default":
         jitter(root, case.seed)
+    for module in root.modules():  # adaptive norms read a fixed condition when none is passed
+        bind_condition(module)
     return Subject(root, case)
 
 

@@ -103,7 +103,8 @@ def test_each_mechanism_page_has_idea_example_picture_and_cost():
             assert section in text, f"{path.name}: missing {section}"
         assert any(lang == "python" for _, lang, _ in blocks(text)), path.name
         assert f"](../img/{path.stem}.png)" in text and (DOCS / "img" / f"{path.stem}.png").exists()
-        assert meta["kind"] in ("attention", "positions") and meta["picture"] in ("maps", "support")
+        kinds = ("attention", "positions", "layers")
+        assert meta["kind"] in kinds and meta["picture"] in ("maps", "support")
 
 
 def test_every_docs_page_is_reachable_and_every_link_resolves():

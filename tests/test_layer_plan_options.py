@@ -20,8 +20,8 @@ from x_attn import CrossAttender, Decoder, Encoder, TransformerWrapper
 from x_attn.config import AttentionConfig, FeedForwardConfig
 
 DIM = 16
-ATTN = {f.name: f.default for f in fields(AttentionConfig)}
-FF = {f.name: f.default for f in fields(FeedForwardConfig)}
+ATTN = {f.name: f.default for f in fields(AttentionConfig) if f.init}
+FF = {f.name: f.default for f in fields(FeedForwardConfig) if f.init}
 # every option of each prefix, at its default value: set explicitly, even a default is refused
 FF_OPTIONS = {f"ff_{name}": value for name, value in FF.items()}
 ATTN_OPTIONS = {f"attn_{name}": value for name, value in ATTN.items()}

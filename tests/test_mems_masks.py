@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flag_models import DIM, build, tokens
+from flag_models import DIM, build, prefill_then_steps, tokens
 from torch import Tensor
 
 from x_attn import Mems
@@ -112,13 +112,9 @@ def test_cached_decode_with_mems_equals_the_full_forward(scheme: str) -> None:
     with torch.no_grad():
         _, mems = net(x[:, :6], mask=first, return_mems=True)
         full = net(seg, mems=mems)
-        logits, cache = net(seg[:, :3], mems=mems, return_cache=True)
-        steps = [logits]
-        for t in range(3, seg.shape[1]):
-            logits, cache = net(seg[:, t : t + 1], cache=cache, return_cache=True)
-            steps.append(logits)
+        steps, _ = prefill_then_steps(net, seg, 3, first=dict(mems=mems))
         one_pass = net(x, mask=torch.cat((first, torch.ones_like(seg, dtype=torch.bool)), 1))
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
+    torch.testing.assert_close(steps, full, atol=ATOL, rtol=0)
     if scheme != "absolute":  # absolute positions restart with every segment
         torch.testing.assert_close(full, one_pass[:, 6:], atol=ATOL, rtol=0)
 

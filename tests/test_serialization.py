@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from flag_models import bind_condition
 
 from x_attn import (
     AutoregressiveWrapper,
@@ -41,6 +42,8 @@ def test_every_flag_round_trips_through_json(case):
     rebuilt = json_round_trip(model)
     assert type(rebuilt.attn_layers) is Decoder
     assert rebuilt.attn_layers.config == model.attn_layers.config
+    for net in (model, rebuilt):  # adaptive norms: the same condition for both
+        bind_condition(net.attn_layers)
     same_outputs(model, rebuilt, torch.randint(0, 20, (2, 6)))
 
 

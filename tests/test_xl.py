@@ -22,14 +22,20 @@ from x_attn.wrappers.xl import XLAutoregressiveWrapper
 
 NAMES = [case.name for case in FLAGS if case.causal_ok]
 # refused with max_mem_len, and the flag the refusal names: the two-stream update keeps no
-# per-layer hidden state; MTA's query convolution reads query rows that mems do not give
+# per-layer hidden state; MTA's query convolution reads query rows that mems do not give; a
+# shifted feed-forward needs its own earlier inputs, which mems do not hold
 MEMS_REFUSED = {
     "reversible": "reversible=True",
     "attn_mta": "attn_mta",
     "attn_mta_post_conv": "attn_mta",
     "attn_mta_post_head_mix": "attn_mta",
+    "shift_tokens": "shift_tokens",
 }
 ATOL = 1e-9
+
+
+def test_registry_says_which_flags_refuse_mems() -> None:
+    assert set(MEMS_REFUSED) == {case.name for case in FLAGS if not case.mems_ok}
 
 
 def build(case: FlagCase, max_seq_len: int = 6, max_mem_len: int = 64, **extra):

@@ -6,6 +6,7 @@ from x_attn.attention.attention import Attention
 from x_attn.cache import KVCache, KVEntry, Mems
 from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.plan import layer_schedule
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
 from x_attn.serialization import from_config, to_config
 from x_attn.uptrain import group_kv_heads
@@ -43,6 +44,7 @@ __all__ = [
     "__version__",
     "from_config",
     "group_kv_heads",
+    "layer_schedule",
     "load",
     "to_config",
 ]

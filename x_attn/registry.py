@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 
 @dataclass(frozen=True)
 class FlagCase:
@@ -31,6 +33,8 @@ class FlagCase:
     cacheable: bool = True  # decodes with a KV cache (else generation falls back, with a warning)
     exact: bool = True  # exact attention (an approximation is compared with a tolerance)
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
+    stochastic: bool = False  # training mode is random by design (stochastic depth), eval is not
+    mems_ok: bool = True  # takes Transformer-XL memories (else max_mem_len is refused)
     encoder_ok: bool = True  # meaningful without a causal mask (else refused on an Encoder)
     row_conv: bool = (
         False  # convolves over neighbouring positions: padding between real ones refused
@@ -267,6 +271,7 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_mta": True, "attn_mta_kernel_q": 3, "attn_mta_kernel_k": 3},
         needs_scores=True,
         kernel="manual",
+        mems_ok=False,
         row_conv=True,
     ),
     FlagCase(
@@ -283,6 +288,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="mixed",
+        mems_ok=False,
         row_conv=True,
     ),
     FlagCase(
@@ -305,6 +311,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="mixed",
+        mems_ok=False,
         row_conv=True,
     ),
     FlagCase(
@@ -357,6 +364,137 @@ FLAGS: tuple[FlagCase, ...] = (
         "2001.04451",
         {"reversible": True},
         cacheable=False,
+        mems_ok=False,
+    ),
+    FlagCase(
+        "layer_dropout",
+        "stochastic depth: training skips each layer with this probability",
+        "1603.09382",
+        {"layer_dropout": 0.5},
+        stochastic=True,
+    ),
+    FlagCase(
+        "use_layerscale",
+        "branch outputs times a learned per-feature vector",
+        "2103.17239",
+        {"use_layerscale": True, "layerscale_init_value": 0.1},
+    ),
+    FlagCase(
+        "scale_residual",
+        "residual stream times a learned per-feature vector",
+        "",
+        {"scale_residual": True, "scale_residual_constant": 0.9},
+    ),
+    FlagCase(
+        "sandwich_norm", "a norm after every branch as well", "2105.13290", {"sandwich_norm": True}
+    ),
+    FlagCase(
+        "pre_and_post_norm",
+        "pre-norm and a norm after every residual addition",
+        "2002.04745",
+        {"pre_and_post_norm": True},
+    ),
+    FlagCase(
+        "pre_norm_has_final_norm=False",
+        "pre-norm stack without the final norm",
+        "",
+        {"pre_norm_has_final_norm": False},
+    ),
+    FlagCase(
+        "resi_dual",
+        "post-norm stream plus a normed pre-norm stream (ResiDual)",
+        "2304.14802",
+        {"resi_dual": True, "resi_dual_scale": 0.5},
+    ),
+    FlagCase(
+        "zero_init_branch_output",
+        "branch output projections start at zero",
+        "",
+        {"zero_init_branch_output": True},
+    ),
+    FlagCase(
+        "use_simple_rmsnorm", "RMSNorm without a gain", "1910.07467", {"use_simple_rmsnorm": True}
+    ),
+    FlagCase(
+        "softclamp_output",
+        "stack output soft-clamped by tanh before the final norm",
+        "2408.00118",
+        {"softclamp_output": True, "softclamp_output_value": 2.0},
+    ),
+    FlagCase(
+        "use_dynamic_tanh",
+        "tanh(alpha x) with a learned scale instead of each norm",
+        "2503.10622",
+        {"use_dynamic_tanh": True, "dynamic_tanh_init_alpha": 0.8},
+    ),
+    FlagCase(
+        "use_derf",
+        "erf(alpha x + s) with learned scalars instead of each norm",
+        "2512.10938",
+        {"use_derf": True},
+    ),
+    FlagCase(
+        "use_adaptive_layernorm",
+        "LayerNorm gains and branch gates regressed from a condition (adaLN-Zero)",
+        "2212.09748",
+        {"use_adaptive_layernorm": True, "use_adaptive_layerscale": True, "dim_condition": 6},
+    ),
+    FlagCase(
+        "use_adaptive_rmsnorm",
+        "RMSNorm gains regressed from a condition through an MLP",
+        "2212.09748",
+        {"use_adaptive_rmsnorm": True, "dim_condition": 6, "adaptive_condition_mlp": True},
+    ),
+    FlagCase(
+        "shift_tokens",
+        "feature chunks of each layer input shifted from earlier tokens",
+        "2305.13048",
+        {"shift_tokens": 1},
+        mems_ok=False,  # a shifted feed-forward needs its earlier inputs, which mems do not hold
+        row_conv=True,
+    ),
+    FlagCase(
+        "weight_tie_layers",
+        "one block of weights run depth times",
+        "1807.03819",
+        {"weight_tie_layers": True},
+    ),
+    FlagCase(
+        "layers_execute_order",
+        "layers run in a given order (a repeated layer shares its weights)",
+        "",
+        {"layers_execute_order": (2, 3, 0, 1)},
+    ),
+    FlagCase(
+        "layer_schedule",
+        "per-layer values of block options (here ff_mult)",
+        "",
+        {"ff_mult": (2, 3)},
+    ),
+    FlagCase(
+        "ff_relu_squared",
+        "squared ReLU, then a LayerNorm over the hidden features",
+        "2109.08668",
+        {"ff_relu_squared": True, "ff_post_act_ln": True},
+    ),
+    FlagCase(
+        "ff_custom_activation",
+        "any activation module, copied per layer",
+        "",
+        {"ff_custom_activation": nn.Sigmoid()},
+    ),
+    FlagCase("ff_solu", "softmax linear unit activation", "", {"ff_solu": True}),
+    FlagCase(
+        "ff_softclamp_value",
+        "hidden layer soft-clamped before the activation",
+        "2408.00118",
+        {"ff_softclamp_value": 1.0},
+    ),
+    FlagCase(
+        "ff_glu_softclamp",
+        "GLU with soft-clamped linear factor and gate, learned output multiplier",
+        "",
+        {"ff_glu": True, "ff_glu_softclamp": True, "ff_glu_mult_bias": True},
     ),
     FlagCase(
         "num_memory_tokens",

@@ -18,17 +18,29 @@ from typing import Any
 
 from x_attn.compat import is_unsupported_noop
 from x_attn.config import AttentionConfig, FeedForwardConfig, LayersConfig
+from x_attn.layer_values import split_layer_values, with_layer_values
 from x_attn.validation import check_field_types, check_value_type, validate_layers
 
 ATTN_FIELDS = {f.name for f in fields(AttentionConfig)}
-FF_FIELDS = {f.name for f in fields(FeedForwardConfig)}
-LAYER_FIELDS = {f.name for f in fields(LayersConfig)} - {"attn", "cross_attn", "ff", "norm"}
+FF_FIELDS = {f.name for f in fields(FeedForwardConfig) if f.init}
+LAYER_FIELDS = {f.name for f in fields(LayersConfig)} - {
+    "attn",
+    "cross_attn",
+    "ff",
+    "norm",
+    "layer_values",
+}
 
 # boolean flag -> (config field, value it selects)
 CHOICE_ALIASES: dict[str, tuple[str, str]] = {
     "use_rmsnorm": ("norm", "rmsnorm"),
     "use_scalenorm": ("norm", "scalenorm"),
     "use_layernorm": ("norm", "layernorm"),
+    "use_simple_rmsnorm": ("norm", "simple_rmsnorm"),
+    "use_adaptive_layernorm": ("norm", "adaptive_layernorm"),
+    "use_adaptive_rmsnorm": ("norm", "adaptive_rmsnorm"),
+    "use_dynamic_tanh": ("norm", "dynamic_tanh"),
+    "use_derf": ("norm", "derf"),
 }
 # other spellings of the same field (old or current x-transformers names)
 RENAMES: dict[str, str] = {"rotary_theta": "rotary_base"}
@@ -79,8 +91,9 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
             raise unknown_argument(owner, key, known_layer_arguments())
         bucket, name = target
         buckets[bucket][name] = tuple(value) if isinstance(value, list) else value
+    per_layer = split_layer_values(buckets)  # one value per layer -> the first one, for now
     attn = AttentionConfig(**buckets["attn"])
-    cross = AttentionConfig(**{**buckets["attn"], **buckets["cross_attn"]})
+    cross = AttentionConfig(**buckets["cross_attn"])  # inherits the shared attn_* values
     ff = FeedForwardConfig(**buckets["ff"])
     for prefix, part in (("attn_", attn), ("cross_attn_", cross), ("ff_", ff)):
         check_field_types(part, owner, prefix)
@@ -90,7 +103,7 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
     config = LayersConfig(**buckets["layers"], attn=attn, cross_attn=cross, ff=ff)
     check_field_types(config, owner, "")
     validate_layers(config, owner, explicit=set(kwargs) - dropped)
-    return config
+    return with_layer_values(config, per_layer, owner)
 
 
 def _set_choice(owner: str, layers: dict[str, Any], key: str, value: Any) -> None:

@@ -77,6 +77,14 @@ def from_config(config: dict[str, Any]) -> nn.Module:
 
 
 def _encode(value: Any) -> Any:
+    if _is_torch_activation(value):  # e.g. ff_custom_activation=nn.Sigmoid()
+        return {"torch.nn": type(value).__name__}
+    if isinstance(value, nn.Module) and not hasattr(value, "_config_kwargs"):
+        raise TypeError(
+            f"to_config: cannot store the module {value!r}: only x_attn models and torch.nn "
+            "activations built with their default arguments have a config; build the model in "
+            "code and load its state_dict instead"
+        )
     if isinstance(value, nn.Module):
         return {"model": to_config(value)}
     if isinstance(value, tuple):
@@ -95,6 +103,11 @@ def _encode(value: Any) -> Any:
 def _decode(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"model"}:
         return from_config(value["model"])
+    if isinstance(value, dict) and set(value) == {"torch.nn"}:
+        cls = getattr(nn, value["torch.nn"], None)
+        if cls is None or not _is_torch_activation(cls()):
+            raise ValueError(f"from_config: {value['torch.nn']!r} is not a torch.nn activation")
+        return cls()
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_decode(v) for v in value["tuple"])
     if isinstance(value, dict) and set(value) == {"dict"}:
@@ -102,6 +115,17 @@ def _decode(value: Any) -> Any:
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value
+
+
+def _is_torch_activation(value: Any) -> bool:
+    """A torch.nn activation module equal to one built with default arguments."""
+    cls = type(value)
+    if not isinstance(value, nn.Module) or cls.__module__ != "torch.nn.modules.activation":
+        return False
+    try:
+        return repr(cls()) == repr(value)
+    except TypeError:  # needs constructor arguments
+        return False
 
 
 def _is_plain(value: Any) -> bool:

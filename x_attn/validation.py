@@ -13,9 +13,10 @@ from torch import Tensor
 
 from x_attn.config import LayersConfig
 from x_attn.layer_plan import describe_plan, refuse_unread_options
-from x_attn.layers.pattern import layer_types
+from x_attn.layers.plan import stack_types
 from x_attn.positional.checks import uses_rotary, validate_positional
 from x_attn.utils import check_positive_int
+from x_attn.validation_structure import reversible_refusals, validate_structure
 
 # annotation (as written in x_attn.config) -> accepted Python types; None allowed if "| None"
 _SCALARS: dict[str, tuple[type, ...]] = {
@@ -63,8 +64,9 @@ def check_value_type(name: str, value: Any, annotation: str, owner: str) -> None
 
 def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> None:
     """Refuse flag combinations that cannot work; ``explicit`` = keywords the user passed."""
-    for name in ("dim", "depth", "heads"):
+    for name in ("dim", "heads"):
         check_positive_int(name, getattr(config, name), owner)
+    validate_structure(config, owner, explicit)
     validate_positional(config, owner)
     _validate_latent_positions(config, owner, explicit)
     _validate_layer_types(config, owner)
@@ -130,15 +132,8 @@ def _validate_latent_positions(config: LayersConfig, owner: str, explicit: set[s
 
 
 def stack_layer_types(config: LayersConfig) -> tuple[str, ...]:
-    """The layer letters of the stack ``config`` describes (see x_attn.layers.pattern)."""
-    return layer_types(
-        config.depth,
-        cross_attend=config.cross_attend,
-        only_cross=config.only_cross,
-        macaron=config.macaron,
-        sandwich_coef=config.sandwich_coef,
-        custom_layers=config.custom_layers,
-    )
+    """The layer letters of the modules ``config`` builds (see x_attn.layers.plan)."""
+    return stack_types(config)
 
 
 def _validate_layer_types(config: LayersConfig, owner: str) -> None:
@@ -227,6 +222,7 @@ def _validate_reversible(config: LayersConfig, owner: str) -> None:
         "custom_layers": config.custom_layers is not None,
         "cross_attend": config.cross_attend or config.only_cross,
         "pre_norm=False": not config.pre_norm,
+        **reversible_refusals(config),
     }
     bad = [name for name, on in refused.items() if on]
     if bad:

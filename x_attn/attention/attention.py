@@ -127,6 +127,7 @@ class Attention(nn.Module):
         self.new_entry = parts.new_entry
         self.neighbour_flags = parts.neighbour_flags
         # mask rules of self-attention calls
+        self.feature_rules = parts.rules
         self.rules = ((CAUSAL,) if causal else ()) + parts.rules
 
     @property
@@ -165,6 +166,7 @@ class Attention(nn.Module):
         mem_mask: Tensor | None = None,
         cache: CacheEntry | None = None,
         return_attn: bool = False,
+        causal: bool | None = None,
     ) -> tuple[Tensor, AttnIntermediates]:
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
@@ -179,12 +181,13 @@ class Attention(nn.Module):
             mem_mask: (b, m) padding of ``mem`` (True = real), or None when all rows are real.
             cache: this layer's cache entry (see :meth:`new_cache_entry`); updated in place.
             return_attn: run a kernel that forms the scores and return the attention maps.
+            causal: self-attention only: override the layer's causal masking for this call.
 
         Returns:
             (out (b, n, d), intermediates).
         """
         call = self._call(
-            x, context, mask, context_mask, attn_mask, positions, (mem, mem_mask), cache
+            x, context, mask, context_mask, attn_mask, positions, (mem, mem_mask), cache, causal
         )
         proj = self.proj
         q = proj.queries(x, call.query_rows)
@@ -207,7 +210,7 @@ class Attention(nn.Module):
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 
-    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache):
+    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal):
         """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
         if context is None and self.dim_context != self.dim:
             raise ValueError(
@@ -223,7 +226,10 @@ class Attention(nn.Module):
             )
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
-            return self_call(x, *mem, mask, attn_mask, positions, entry, self.rules)
+            rules = self.rules
+            if causal is not None and causal != self.causal:
+                rules = ((CAUSAL,) if causal else ()) + self.feature_rules
+            return self_call(x, *mem, mask, attn_mask, positions, entry, rules)
         entry = cache if cache is not None else self.new_context_entry()
         return cross_call(x, context, context_mask, attn_mask, entry, positions)
 

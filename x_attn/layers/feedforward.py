@@ -5,6 +5,13 @@ GLU variants: Shazeer, "GLU Variants Improve Transformer", arXiv 2002.05202. ``p
 produces twice the inner width, split into ``(value, gate)``; the hidden state is
 ``value * act(gate)``: GEGLU with GELU, SwiGLU with SiLU (``swish=True``).
 
+Options (x-transformers spelling, see :mod:`x_attn.layers.activations`): ``relu_squared``,
+``solu``, ``custom_activation``; ``softclamp_value`` clamps the plain hidden layer before the
+activation; ``glu_mult_bias`` multiplies the GLU output by a learned vector (init ones);
+``glu_softclamp`` clamps the GLU's linear factor and gate; ``post_act_ln`` puts a LayerNorm
+over the hidden features after the activation (NormFormer, Shleifer et al., arXiv 2110.09456);
+``sublayer_dropout`` drops the block's output; ``zero_init_output`` starts ``proj_out`` at zero.
+
 Shape legend: b batch, n sequence, d model dim, e inner dim (``int(d * mult)``).
 """
 
@@ -14,9 +21,11 @@ import difflib
 from dataclasses import fields
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from x_attn.config import FeedForwardConfig
+from x_attn.layers.activations import make_activation, softclamp
 from x_attn.utils import check_positive_int, default, exists
 
 _OWNER = "FeedForward"
@@ -24,7 +33,7 @@ _OWNER = "FeedForward"
 
 def _config_from_kwargs(kwargs: dict[str, Any]) -> FeedForwardConfig:
     """Build a FeedForwardConfig from x-transformers style kwargs (mult, glu, ...)."""
-    known = [f.name for f in fields(FeedForwardConfig)]
+    known = [f.name for f in fields(FeedForwardConfig) if f.init]
     for name in kwargs:
         if name in known:
             continue
@@ -46,8 +55,9 @@ def _resolve_config(config: FeedForwardConfig | None, kwargs: dict[str, Any]) ->
         raise TypeError(
             f"{_OWNER}: 'config' must be a FeedForwardConfig, got {type(config).__name__}"
         )
-    config = config if exists(config) else _config_from_kwargs(kwargs)
-    config.validate(_OWNER)
+    given = exists(config)  # a config object was checked (and warned about) where it was made
+    config = config if given else _config_from_kwargs(kwargs)
+    config.validate(_OWNER, warn=not given)
     return config
 
 
@@ -87,9 +97,15 @@ class FeedForward(nn.Module):
         self.config = config
         self.glu = config.glu
         self.proj_in = nn.Linear(dim, inner * 2 if config.glu else inner, bias=bias)
-        self.act = nn.SiLU() if config.swish else nn.GELU()
+        self.act = make_activation(config, inner)
+        if config.glu_mult_bias and config.glu:
+            self.mult_bias = nn.Parameter(torch.ones(inner))
+        self.post_act_norm = nn.LayerNorm(inner) if config.post_act_ln else None
         self.dropout = nn.Dropout(config.dropout)
         self.proj_out = nn.Linear(inner, dim_out, bias=bias)
+        self.sublayer_dropout = nn.Dropout(config.sublayer_dropout)
+        if config.zero_init_output:
+            zero_init_(self.proj_out)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block position-wise.
@@ -100,10 +116,26 @@ class FeedForward(nn.Module):
         Returns:
             (b, n, dim_out).
         """
+        cfg = self.config
         hidden = self.proj_in(x)  # (b, n, e) or (b, n, 2e) with glu
         if self.glu:
             value, gate = hidden.chunk(2, dim=-1)  # each (b, n, e)
+            if cfg.glu_softclamp:
+                value = softclamp(value, cfg.glu_up_softclamp_value)
             hidden = value * self.act(gate)
+            if cfg.glu_mult_bias:
+                hidden = hidden * self.mult_bias
         else:
+            if cfg.softclamp_value is not None:
+                hidden = softclamp(hidden, cfg.softclamp_value)
             hidden = self.act(hidden)
-        return self.proj_out(self.dropout(hidden))
+        if self.post_act_norm is not None:
+            hidden = self.post_act_norm(hidden)
+        return self.sublayer_dropout(self.proj_out(self.dropout(hidden)))
+
+
+def zero_init_(linear: nn.Linear) -> None:
+    """Set a linear map's weight (and bias) to zero: its layer starts as the identity."""
+    nn.init.zeros_(linear.weight)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)

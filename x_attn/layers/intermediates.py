@@ -18,6 +18,7 @@ class LayerIntermediates:
 
     Attributes:
         hiddens: the input of every self-attention layer (b, n, d), for Transformer-XL mems.
+        layer_hiddens: the input of every layer run, then the output before the final norm.
         attn_maps: attention probabilities (b, h, i, j) of every attention layer, when asked.
         kernels: the kernel each attention layer ran ("sdpa" / "manual").
         cache: the KV cache after this forward (a new one; the cache passed in is unchanged),
@@ -26,6 +27,7 @@ class LayerIntermediates:
     """
 
     hiddens: list[Tensor] = field(default_factory=list)
+    layer_hiddens: list[Tensor] = field(default_factory=list)
     attn_maps: list[Tensor] = field(default_factory=list)
     kernels: list[str] = field(default_factory=list)
     cache: KVCache | None = None

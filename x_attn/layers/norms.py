@@ -4,6 +4,10 @@
   ``y = x / sqrt(mean(x^2) + eps) * g`` with a learned gain ``g`` per feature (init ones).
 - ScaleNorm: Nguyen & Salazar, "Transformers without Tears", arXiv 1910.05895.
   ``y = g * x / max(||x||_2, eps)`` with one learned scalar ``g`` (init ``sqrt(dim)``).
+- SimpleRMSNorm: RMSNorm without a gain, ``y = sqrt(d) * x / max(||x||_2, eps)``
+  (x-transformers' ``use_simple_rmsnorm``; no parameters).
+- Conditioned (adaptive) norms live in :mod:`x_attn.layers.conditioning`, point-wise
+  replacements (DyT, Derf) in :mod:`x_attn.layers.pointwise_norms`.
 
 Both normalize the last axis, so any leading shape works. Half-precision inputs are
 normalized in float32 (``eps`` underflows float16 and ``x ** 2`` overflows it past 256) and
@@ -14,13 +18,15 @@ Shape legend: b batch, n sequence, d model dim.
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
+from x_attn.config import NormKind
 from x_attn.utils import check_positive_int, compute_dtype
 
-NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "scalenorm")
+NORM_KINDS: tuple[str, ...] = get_args(NormKind)
 
 
 def _check_eps(eps: float, owner: str) -> None:
@@ -96,15 +102,49 @@ class ScaleNorm(nn.Module):
         return f"{self.dim}, eps={self.eps}"
 
 
-def make_norm(kind: str, dim: int) -> nn.Module:
+class SimpleRMSNorm(nn.Module):
+    """``sqrt(d) * x / max(||x||_2, eps)``: RMS normalization without a learned gain.
+
+    Args:
+        dim: size ``d`` of the normalized last axis.
+        eps: lower bound on the norm (a zero vector maps to zero).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        check_positive_int("dim", dim, "SimpleRMSNorm")
+        _check_eps(eps, "SimpleRMSNorm")
+        self.dim, self.eps = dim, float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., d) -> same shape."""
+        return unit_rms(x, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+def unit_rms(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``sqrt(d) * x / max(||x||_2, eps)`` over the last axis, reduced in float32 for halves."""
+    xf = x.to(compute_dtype(x.dtype))
+    norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).clamp(min=eps)
+    return (xf * (x.shape[-1] ** 0.5 / norm)).to(x.dtype)
+
+
+def make_norm(
+    kind: str, dim: int, dim_condition: int | None = None, tanh_alpha: float = 1.0
+) -> nn.Module:
     """Build the normalization layer named ``kind`` over ``dim`` features.
 
     Args:
-        kind: one of ``"layernorm"``, ``"rmsnorm"``, ``"scalenorm"``.
+        kind: one of :data:`NORM_KINDS`.
         dim: size of the normalized last axis.
+        dim_condition: width of the condition of the adaptive kinds (default ``dim``).
+        tanh_alpha: initial ``alpha`` of ``"dynamic_tanh"``.
 
     Returns:
-        ``nn.LayerNorm(dim)``, ``RMSNorm(dim)`` or ``ScaleNorm(dim)``.
+        ``nn.LayerNorm(dim)``, ``RMSNorm``, ``ScaleNorm``, ``SimpleRMSNorm``, or an adaptive
+        norm of :mod:`x_attn.layers.conditioning` (called as ``norm(x, condition)``).
 
     Raises:
         ValueError: ``kind`` is not one of the known kinds.
@@ -116,5 +156,15 @@ def make_norm(kind: str, dim: int) -> nn.Module:
         return RMSNorm(dim)
     if kind == "scalenorm":
         return ScaleNorm(dim)
+    if kind == "simple_rmsnorm":
+        return SimpleRMSNorm(dim)
+    if kind in ("adaptive_layernorm", "adaptive_rmsnorm"):
+        from x_attn.layers.conditioning import AdaptiveNorm
+
+        return AdaptiveNorm(dim, dim_condition or dim, rms=kind == "adaptive_rmsnorm")
+    if kind in ("dynamic_tanh", "derf"):
+        from x_attn.layers.pointwise_norms import DynamicErf, DynamicTanh
+
+        return DynamicTanh(dim, tanh_alpha) if kind == "dynamic_tanh" else DynamicErf(dim)
     known = ", ".join(repr(k) for k in NORM_KINDS)
     raise ValueError(f"make_norm: unknown norm kind {kind!r}; choose one of {known}")

@@ -1,7 +1,8 @@
 """Glue between a stack's layers and :class:`ReversibleSequence` (Reformer, arXiv 2001.04451).
 
 Each self-attention layer and the feed-forward after it become one reversible block (f, g):
-f = attention on the pre-normed stream, g = feed-forward on the pre-normed stream. Positional
+f = attention on the pre-normed stream, g = feed-forward on the pre-normed stream, each followed
+by its layer's post-branch stage (scales, layerscale, sandwich norm). Positional
 tables are passed as separate keyword tensors so that learned ones (the T5 bias) get gradients.
 """
 
@@ -9,16 +10,17 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from x_attn.layers.block import StackLayer
 from x_attn.layers.reversible import ReversibleSequence
 from x_attn.positional.context import PositionContext
 
 
 class _AttentionBranch(nn.Module):
-    """f(x) = Attention(norm(x)) with the stack's masks and positional tables."""
+    """f(x) = post_branch(Attention(norm(x))) with the stack's masks and positional tables."""
 
-    def __init__(self, layer: nn.ModuleDict) -> None:
+    def __init__(self, layer: StackLayer) -> None:
         super().__init__()
-        self.norm, self.attn = layer["norm"], layer["block"]
+        self.layer = layer
 
     def forward(
         self,
@@ -33,19 +35,20 @@ class _AttentionBranch(nn.Module):
     ) -> Tensor:
         n = x.shape[1]
         positions = PositionContext(n, n, rotary=rotary, bias=bias, infused=infused, values=values)
-        out, _ = self.attn(self.norm(x), mask=mask, attn_mask=attn_mask, positions=positions)
-        return out
+        layer = self.layer
+        out, _ = layer.block(layer.normed(x), mask=mask, attn_mask=attn_mask, positions=positions)
+        return layer.post_branch(out)
 
 
 class _FeedForwardBranch(nn.Module):
-    """g(x) = FeedForward(norm(x))."""
+    """g(x) = post_branch(FeedForward(norm(x)))."""
 
-    def __init__(self, layer: nn.ModuleDict) -> None:
+    def __init__(self, layer: StackLayer) -> None:
         super().__init__()
-        self.norm, self.ff = layer["norm"], layer["block"]
+        self.layer = layer
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.ff(self.norm(x))
+        return self.layer.post_branch(self.layer.block(self.layer.normed(x)))
 
 
 def build_reversible(layers: nn.ModuleList, types: tuple[str, ...]) -> ReversibleSequence:

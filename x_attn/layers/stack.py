@@ -12,26 +12,25 @@ from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
 from x_attn.cache import CacheEntry, KVCache
-from x_attn.cache.kv_cache import stale_loop_message
 from x_attn.cache.mems import mems_mask
-from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.activations import softclamp
+from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
+from x_attn.layers.conditioning import apply_norm, stack_condition
 from x_attn.layers.intermediates import LayerIntermediates
-from x_attn.layers.norms import make_norm
-from x_attn.layers.pattern import macaron_ff_scale
-from x_attn.layers.residual import make_residual
+from x_attn.layers.plan import make_plan
+from x_attn.layers.run import run_layers, start_dual
+from x_attn.layers.run_checks import check_run_inputs, run_order, working_cache
 from x_attn.positional.context import PositionContext
 from x_attn.positional.custom import position_values, table_values
 from x_attn.positional.row_positions import row_positions, rows_mask
-from x_attn.positional.stack_positions import StackPositions, requested_rotary_dim
+from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
 from x_attn.validation import (
     check_bool_mask,
-    check_cache,
     check_float_input,
     check_mems,
     normalize_attn_mask,
-    stack_layer_types,
 )
 
 
@@ -41,7 +40,7 @@ class AttentionLayers(nn.Module):
 
     Args:
         dim: model dimension.
-        depth: number of (attention, feed-forward) blocks.
+        depth: number of (attention, feed-forward) blocks (None: with custom_layers).
         heads: attention heads.
         causal: causal self-attention (Decoder).
         cross_attend: add cross-attention to a ``context`` in every block.
@@ -52,7 +51,7 @@ class AttentionLayers(nn.Module):
     def __init__(
         self,
         dim: int,
-        depth: int,
+        depth: int | None = None,
         heads: int = 8,
         causal: bool = False,
         cross_attend: bool = False,
@@ -73,24 +72,24 @@ class AttentionLayers(nn.Module):
         self.config = route_layer_kwargs(owner, flags)
         cfg = self.config
         self.dim, self.causal = cfg.dim, cfg.causal
-        self.types = stack_layer_types(cfg)
+        self.plan = make_plan(cfg, owner)
+        self.layer_types = self.plan.types  # the modules built
+        self.types = self.plan.run_types  # the layers run, in order (a module may run again)
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
-        scales = macaron_ff_scale(self.types, cfg.macaron)
-        self.layers = nn.ModuleList(
-            self._make_layer(t, s, self.types[:i].count(t))
-            for i, (t, s) in enumerate(zip(self.types, scales))
-        )
-        # rotary needs self-attention (refused without): its dims come from the first one
-        first = next((lay["block"] for t, lay in zip(self.types, self.layers) if t == "a"), None)
+        self.layers = build_layers(cfg, self.plan)
+        self.condition_mlp = make_condition_mlp(cfg)
+        # rotary needs self-attention (refused without): its dims come from the self-attention
+        selfs = [lay.block for t, lay in zip(self.layer_types, self.layers) if t == "a"]
+        first = selfs[0] if selfs else None
+        fixed = next((blk.proj.rotary_dim for blk in selfs if blk.proj.rotary_dim), None)
         self.positions = StackPositions(
             cfg,
             first.qk_dim if first else cfg.attn.dim_head,
             owner,
-            rotary_dim=first.proj.rotary_dim if first else None,
+            rotary_dim=fixed,
             qk_flags=first.qk_dim_flags if first else ("attn_dim_head",),
         )
-        use_final = cfg.pre_norm and not cfg.use_rezero
-        self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
+        self.final_norm = make_final_norm(cfg)
         # not registered as a submodule: it only re-wires the modules of self.layers
         object.__setattr__(self, "reversible", None)
         if cfg.reversible:
@@ -98,47 +97,26 @@ class AttentionLayers(nn.Module):
 
             object.__setattr__(self, "reversible", build_reversible(self.layers, self.types))
 
-    def _make_layer(self, kind: str, scale: float, index: int) -> nn.ModuleDict:
-        """Layer ``kind`` ('a', 'c' or 'f'), the ``index``-th of its kind in the stack."""
-        cfg = self.config
-        if kind == "a":
-            block = Attention(
-                cfg.dim,
-                cfg.heads,
-                causal=cfg.causal,
-                config=cfg.attn,
-                residual_attn=cfg.residual_attn,
-                rotary_dim=requested_rotary_dim(cfg),
-                layer_index=index,
-                stack_config=cfg,
-            )
-        elif kind == "c":
-            block = Attention(
-                cfg.dim,
-                cfg.heads,
-                config=cfg.cross_attn,
-                flag_prefix="cross_attn_",
-                residual_attn=cfg.cross_residual_attn,
-                layer_index=index,
-            )
-        else:
-            block = FeedForward(cfg.dim, cfg.ff)
-        norm = nn.Identity() if cfg.use_rezero else make_norm(cfg.norm, cfg.dim)
-        residual = make_residual(
-            cfg.dim, rezero=cfg.use_rezero, gated=cfg.gate_residual, scale=scale
-        )
-        return nn.ModuleDict(dict(norm=norm, block=block, residual=residual))
-
     def _attention_blocks(self) -> list[Attention]:
-        return [layer["block"] for layer in self.layers if isinstance(layer["block"], Attention)]
+        return [layer.block for layer in self.layers if isinstance(layer.block, Attention)]
 
     @property
     def num_attention_layers(self) -> int:
-        return len(self._attention_blocks())
+        """Attention runs (self and cross) per forward: one cache entry each."""
+        return sum(t in "ac" for t in self.types)
 
     @property
     def num_self_attention_layers(self) -> int:
+        """Self-attention runs per forward: one Transformer-XL memory each."""
         return self.types.count("a")
+
+    @property
+    def num_cache_entries(self) -> int:
+        """Entries of this stack's KV cache: the attention runs, then the shifted runs."""
+        return self.num_attention_layers + len(self._shift_runs(self.plan.order))
+
+    def _shift_runs(self, order: tuple[int, ...]) -> list[int]:
+        return [i for i in order if self.layers[i].shift is not None]
 
     @property
     def uncacheable_reason(self) -> str | None:
@@ -149,14 +127,29 @@ class AttentionLayers(nn.Module):
         """
         if self.reversible is not None:
             return "reversible=True keeps no per-layer keys/values (two-stream update)"
+        if not self.causal and self._shift_runs(self.plan.order):
+            return "shift_tokens in a non-causal stack reads later tokens"
+        return None
+
+    @property
+    def mems_unsupported_reason(self) -> str | None:
+        """Why this stack cannot take Transformer-XL memories, or None when it can."""
+        if self.reversible is not None:
+            return "reversible=True keeps no per-layer hidden states"
+        if any(self.layers[i].kind != "a" for i in self._shift_runs(self.plan.order)):
+            return (
+                "shift_tokens on a feed-forward or cross-attention layer needs that layer's "
+                "earlier inputs, which mems (self-attention inputs) do not hold"
+            )
         return None
 
     def explain(self) -> list[str]:
         """One line per attention layer: which kernel it uses by default and why."""
+        runs = [(i, self.layers[m]) for i, m in enumerate(self.plan.order)]
         return [
-            f"layer {i} ({t}): {layer['block'].explain()}"
-            for i, (t, layer) in enumerate(zip(self.types, self.layers))
-            if t in "ac"
+            f"layer {i} ({layer.kind}): {layer.block.explain()}"
+            for i, layer in runs
+            if layer.kind in "ac"
         ]
 
     @checked_keywords
@@ -171,6 +164,10 @@ class AttentionLayers(nn.Module):
         cache: KVCache | LayerIntermediates | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
+        condition: Tensor | None = None,
+        causal: bool | None = None,
+        layers_execute_order: tuple[int, ...] | None = None,
+        repeat_blocks: Any = None,
         pos: Tensor | None = None,
         context_pos: Tensor | None = None,
     ):
@@ -184,7 +181,7 @@ class AttentionLayers(nn.Module):
             attn_mask: bool mask, True = may attend, k = keys with positions: (n, k),
                 (h, n, k) per head (as in x-transformers) or (b, h, n, k), where b and h may
                 be 1 to broadcast.
-            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer (a
+            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention run (a
                 :class:`x_attn.cache.Mems` also carries their padding). With a cache, mems
                 are the context before its first position: the first call (empty cache)
                 takes them in, later calls find them in the cache.
@@ -195,20 +192,28 @@ class AttentionLayers(nn.Module):
             return_hiddens: also return a :class:`LayerIntermediates` (with a cache to
                 continue from, for a causal stack that can cache).
             return_attn: run the manual kernel everywhere and collect attention maps.
+            condition: (b, dc) or (b, n, dc) for adaptive norms / layerscale.
+            causal: override the stack's causal self-attention for this call.
+            layers_execute_order: module indices to run, in order, for this call.
+            repeat_blocks: blocks to run again for this call (see x_attn.layers.plan).
             pos: positions of this call's tokens for the positional methods, (n,), (b, n) or,
                 for an additive bias only, (b, heads, n); default: their index in the stream
                 (see :mod:`x_attn.positional.custom`). A cache keeps them for later calls.
             context_pos: (j,) or (b, j) positions of ``context`` for rotary embeddings in
                 cross-attention.
         """
-        check_float_input("x", x, self.dim, type(self).__name__)
+        owner = type(self).__name__
+        check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
-        cache = self._working_cache(cache, b, return_hiddens)
-        mem_len = self._check_mems(mems, b, x.dtype, cache)
+        order = run_order(self, layers_execute_order, repeat_blocks, mems, cache)
+        check_run_inputs(self, x, mems, cache, causal, order)
+        cache = working_cache(self, cache, b, return_hiddens, order)
+        mem_len = self._check_mems(mems, b, x.dtype, cache, order)
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         attn_mask = self._check_inputs(
             x, context, mask, context_mask, attn_mask, kept + mem_len + n
         )
+        condition = stack_condition(self, condition, b, n, mems)
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
         positions, values, real = self._position_context(
@@ -231,15 +236,28 @@ class AttentionLayers(nn.Module):
             mask=mask,
             mems=mems,
             mem_mask=mem_mask,
-            entries=self._cache_entries(cache),
+            entries=self._cache_entries(cache, order),
+            num_attn_runs=sum(self.layers[i].kind != "f" for i in order),
             return_attn=return_attn,
+            condition=condition,
+            causal=causal,
+            dual=start_dual(x, self.config.resi_dual, self.config.resi_dual_scale),
         )
-        x = self._run_layers(x, state, inter)
+        x = run_layers(list(self.layers), order, x, state, inter)
+        inter.layer_hiddens.append(x)
         if cache is not None:
             cache.advance(mem_len + n, real)
             cache.position_values = values
-        out = self.final_norm(x)
+        out = self._final(x, state["dual"], condition)
         return (out, inter) if return_hiddens else out
+
+    def _final(self, x: Tensor, dual, condition: Tensor | None) -> Tensor:
+        """Soft clamp, then the final norm (ResiDual: x + final_norm(dual stream))."""
+        if self.config.softclamp_output:
+            x = softclamp(x, self.config.softclamp_output_value)
+        if dual is not None:
+            return dual.output(x, lambda t: apply_norm(self.final_norm, t, condition))
+        return apply_norm(self.final_norm, x, condition)
 
     def _position_context(
         self,
@@ -277,31 +295,11 @@ class AttentionLayers(nn.Module):
         tables = self.positions(n, k_len, x.device, x.dtype, start, rows, given[1])
         return tables, values, real
 
-    def _working_cache(self, cache: Any, b: int, return_hiddens: bool) -> KVCache | None:
-        """The cache this forward updates: a fork of the one given, or a new one.
-
-        A :class:`LayerIntermediates` stands for its cache (x-transformers passes the
-        intermediates back). Without a cache, ``return_hiddens=True`` on a causal stack that
-        can cache starts one, so the intermediates can be continued.
-        """
-        if isinstance(cache, LayerIntermediates):
-            cache = cache.cache
-            if cache is None:
-                raise ValueError(
-                    f"{type(self).__name__}: the intermediates passed as 'cache' hold no cache "
-                    "(this stack is not causal or cannot cache); pass a KVCache"
-                )
-        check_cache(cache, self.num_attention_layers, b, type(self).__name__)
-        reason = self.uncacheable_reason
-        if cache is not None and reason is not None:
-            raise ValueError(f"{type(self).__name__}: this stack cannot use a 'cache': {reason}")
-        if cache is not None and not return_hiddens:
-            raise ValueError(stale_loop_message(type(self).__name__, "return_hiddens=True"))
-        if cache is not None:
-            return cache.fork()
-        if return_hiddens and self.causal and reason is None:
-            return self.new_cache()
-        return None
+    @property
+    def needs_condition(self) -> bool:
+        """Whether forward needs ``condition=`` (adaptive norms or layerscale)."""
+        cfg = self.config
+        return cfg.norm.startswith("adaptive_") or cfg.use_adaptive_layerscale
 
     def _run_reversible(self, x, mask, attn_mask, positions):
         """The reversible two-stream stack (Reformer) on x (b, n, d)."""
@@ -309,86 +307,44 @@ class AttentionLayers(nn.Module):
 
         # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
         self.reversible.training = self.training
-        out = self.final_norm(run_reversible(self.reversible, x, mask, attn_mask, positions))
+        out = run_reversible(self.reversible, x, mask, attn_mask, positions)
         # each reversible branch runs its layer's default kernel (no return_attn here)
         kernels = [blk.kernel.name for blk in self._attention_blocks()]
-        return out, LayerIntermediates(kernels=kernels)
-
-    def _run_layers(self, x: Tensor, state: dict, inter: LayerIntermediates) -> Tensor:
-        cfg = self.config
-        prev = {"a": None, "c": None}
-        attn_index = self_index = 0
-        for kind, layer in zip(self.types, self.layers):
-            residual = x
-            h = layer["norm"](x) if cfg.pre_norm else x
-            if kind == "f":
-                out = layer["block"](h)
-            else:
-                entry = state["entries"][attn_index]
-                if kind == "a":
-                    inter.hiddens.append(x)
-                    mem = self._layer_mem(state["mems"], self_index, layer)
-                    out, ai = layer["block"](
-                        h,
-                        mask=state["mask"],
-                        mem_mask=state["mem_mask"],
-                        attn_mask=state["attn_mask"],
-                        positions=state["positions"],
-                        prev_logits=prev["a"],
-                        mem=mem,
-                        cache=entry,
-                        return_attn=state["return_attn"],
-                    )
-                    self_index += 1
-                else:
-                    out, ai = layer["block"](
-                        h,
-                        state["context"],
-                        context_mask=state["context_mask"],
-                        positions=state["positions"],
-                        prev_logits=prev["c"],
-                        cache=entry,
-                        return_attn=state["return_attn"],
-                    )
-                prev[kind] = ai.logits
-                inter.kernels.append(ai.kernel)
-                if ai.probs is not None and state["return_attn"]:
-                    inter.attn_maps.append(ai.probs)
-                attn_index += 1
-            x = layer["residual"](out, residual)
-            if not cfg.pre_norm:
-                x = layer["norm"](x)
-        return x
-
-    def _layer_mem(self, mems: list[Tensor] | None, index: int, layer: nn.ModuleDict):
-        if mems is None:
-            return None
-        mem = mems[index]
-        return layer["norm"](mem) if self.config.pre_norm else mem
+        return self._final(out, None, None), LayerIntermediates(kernels=kernels)
 
     def new_cache(self) -> KVCache:
-        """An empty cache with the entry each attention layer creates for itself."""
-        return KVCache(entries=[create() for create in self._entry_factories()])
+        """An empty cache with the entry each attention (and shifted) run creates for itself."""
+        return KVCache(entries=[create() for create in self._entry_factories(self.plan.order)])
 
-    def _entry_factories(self) -> list:
-        """The cache-entry factory of every attention layer, in layer order."""
-        return [
-            layer["block"].new_cache_entry if kind == "a" else layer["block"].new_context_entry
-            for kind, layer in zip(self.types, self.layers)
-            if kind in "ac"
+    def _entry_factories(self, order: tuple[int, ...]) -> list:
+        """The cache-entry factory of every attention run, then of every shifted run."""
+        runs = [self.layers[i] for i in order]
+        attn = [
+            layer.block.new_cache_entry if layer.kind == "a" else layer.block.new_context_entry
+            for layer in runs
+            if layer.kind in "ac"
         ]
+        return attn + [layer.shift.new_entry for layer in runs if layer.shift is not None]
 
-    def _cache_entries(self, cache: KVCache | None) -> list[CacheEntry | None]:
-        """Each attention layer's entry of ``cache`` (created on first use), or Nones."""
+    def _cache_entries(
+        self, cache: KVCache | None, order: tuple[int, ...]
+    ) -> list[CacheEntry | None]:
+        """Each run's entry of ``cache`` (created on first use), or Nones."""
+        factories = self._entry_factories(order)
         if cache is None:
-            return [None] * self.num_attention_layers
+            return [None] * len(factories)
         if any(entry is None for entry in cache.entries):  # its length is checked already
-            for i, create in enumerate(self._entry_factories()):
+            for i, create in enumerate(factories):
                 cache.entry(i, create)
         return cache.entries
 
     def _check_mems(
-        self, mems: list[Tensor] | None, b: int, dtype: torch.dtype, cache: KVCache | None
+        self,
+        mems: list[Tensor] | None,
+        b: int,
+        dtype: torch.dtype,
+        cache: KVCache | None,
+        order: tuple[int, ...],
     ) -> int:
         """Memory length (0 without mems); mems join a cache only at its first call."""
         if mems is None:
@@ -399,7 +355,8 @@ class AttentionLayers(nn.Module):
                 f"{cache.length} positions; the cache took the mems in at its first call (they "
                 "are the context before its first position): pass mems only with an empty cache"
             )
-        return check_mems(mems, self.num_self_attention_layers, b, self.dim, dtype)
+        runs = sum(self.layers[i].kind == "a" for i in order)
+        return check_mems(mems, runs, b, self.dim, dtype)
 
     def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> Tensor | None:
         """Check the forward's inputs; returns attn_mask as (b|1, h|1, n, k_len) or None."""

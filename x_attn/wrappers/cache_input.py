@@ -52,7 +52,7 @@ def new_inputs(
             tokens the cache holds.
         mask: (b, n) padding of ``x`` or None.
         not_include: ``input_not_include_cache`` of the call (or the wrapper), or None.
-        num_layers: attention layers of the stack (the cache must hold as many entries).
+        num_layers: cache entries of the stack (attention runs, then shifted runs).
         returns_cache: the call returns the updated cache (return_cache / intermediates).
     """
     if cache is None:

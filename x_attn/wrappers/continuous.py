@@ -154,7 +154,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             mask = lens_mask(lens, x.shape[1], owner)
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
         self._check_whole_sequence(cache, mems, return_cache)
-        layers = self.attn_layers.num_attention_layers
+        layers = self.attn_layers.num_cache_entries
         returns_cache, given = return_cache or return_intermediates, x.shape[1]
         cache, x, mask = new_inputs(
             owner, cache, x, mask, input_not_include_cache, layers, returns_cache

@@ -66,6 +66,11 @@ def _check_memory_args(
             f"{owner}: max_mem_len (Transformer-XL memories) gives keys without their query "
             "rows, which the query convolution of attn_mta reads; drop one of the two"
         )
+    if max_mem_len and attn_layers.mems_unsupported_reason is not None:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) cannot be used: "
+            f"{attn_layers.mems_unsupported_reason}; drop one of the two"
+        )
     if max_mem_len and attn_layers.num_self_attention_layers == 0:
         raise ValueError(
             f"{owner}: max_mem_len (Transformer-XL memories) needs self-attention layers to "
@@ -242,7 +247,7 @@ class SequenceWrapper(nn.Module):
         owner = type(self).__name__
         (b, n), p = h.shape[:2], 0 if prepend_embeds is None else prepend_embeds.shape[1]
         check_prepend(prepend_embeds, prepend_mask, b, h.shape[-1], owner)
-        check_cache(cache, self.attn_layers.num_attention_layers, b, owner)
+        check_cache(cache, self.attn_layers.num_cache_entries, b, owner)
         first = cache is None or cache.length == 0
         pos = self._route_pos(kwargs, b, n, prepend_embeds is not None and first)
         seen = cache.inputs if cache is not None else SeenInputs()

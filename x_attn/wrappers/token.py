@@ -239,7 +239,7 @@ class TransformerWrapper(SequenceWrapper):
         """The cache, the tokens it has not seen, their mask, and (embed_ids, sum_embeds)
         cut to those tokens when ``x`` was the whole sequence (:mod:`.cache_input`)."""
         n_given = x.shape[1]
-        layers = self.attn_layers.num_attention_layers
+        layers = self.attn_layers.num_cache_entries
         cache, x, mask = new_inputs(
             type(self).__name__, cache, x, mask, not_include, layers, returns_cache
         )

@@ -1,0 +1,151 @@
+"""The layer loop of a stack: each run of a layer, in the plan's order.
+
+Per run (see :mod:`x_attn.layers.block` for one layer's maths): stochastic depth
+(``layer_dropout``: in training a layer is skipped with its probability; Huang et al., "Deep
+Networks with Stochastic Depth", arXiv 1603.09382; Fan et al., LayerDrop, arXiv 1909.11556),
+token shifting with its cache entry, the block call, the ResiDual dual stream.
+
+Cache entries, in ``state["entries"]``: one per attention run (in run order), then one per
+shifted run. Shape legend: b batch, n sequence, d model dim, m memory length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from x_attn.layers.block import StackLayer
+from x_attn.layers.resi_dual import DualStream
+
+if TYPE_CHECKING:
+    from x_attn.layers.intermediates import LayerIntermediates
+
+
+@dataclass
+class _Counters:
+    attn: int = 0  # attention runs so far (their cache entries come first)
+    self_attn: int = 0  # self-attention runs so far (one memory each)
+    shift: int = 0  # shifted runs so far
+    prev: dict[str, Tensor | None] = field(default_factory=lambda: {"a": None, "c": None})
+
+
+def run_layers(
+    layers: list[StackLayer],
+    order: tuple[int, ...],
+    x: Tensor,
+    state: dict[str, Any],
+    inter: LayerIntermediates,
+) -> Tensor:
+    """Run ``layers[i]`` for each ``i`` in ``order`` on ``x`` (b, n, d).
+
+    ``state`` holds the forward's inputs (context, masks, positions, mems, cache entries,
+    condition, causal, return_attn, the dual stream); ``inter`` collects the hiddens, kernels
+    and attention maps.
+    """
+    counters = _Counters()
+    cond, dual = state["condition"], state["dual"]
+    for index in order:
+        layer = layers[index]
+        if layer.kind == "a":
+            inter.hiddens.append(x)
+        if _dropped(layer):
+            _skip(layer, counters)
+            continue
+        inter.layer_hiddens.append(x)
+        h = layer.normed(x, cond)
+        mem = _layer_mem(layer, state, counters, cond)
+        if layer.shift is not None:
+            h, mem = _shift(layer, h, mem, state, counters)
+        if layer.kind == "f":
+            out = layer.block(h)
+        else:
+            out, ai = _attend(layer, h, mem, state, counters)
+            counters.prev[layer.kind] = ai.logits
+            inter.kernels.append(ai.kernel)
+            if ai.probs is not None and state["return_attn"]:
+                inter.attn_maps.append(ai.probs)
+        out = layer.post_branch(out, cond)
+        if dual is not None:
+            dual.add(out)
+        x = layer.merge(out, x, cond)
+    return x
+
+
+def _dropped(layer: StackLayer) -> bool:
+    """Stochastic depth: in training, skip the layer with its probability."""
+    return layer.training and layer.dropout > 0 and bool(torch.rand(()) < layer.dropout)
+
+
+def _skip(layer: StackLayer, counters: _Counters) -> None:
+    """A skipped run still owns its memory (mems stay aligned with the self-attention runs)."""
+    counters.attn += layer.kind != "f"
+    counters.self_attn += layer.kind == "a"
+    counters.shift += layer.shift is not None
+
+
+def _layer_mem(layer: StackLayer, state: dict, counters: _Counters, cond) -> Tensor | None:
+    """This self-attention run's memory, normed like its input (None for other layers)."""
+    mems = state["mems"]
+    if layer.kind != "a" or mems is None:
+        return None
+    return layer.normed(mems[counters.self_attn], cond)
+
+
+def _shift(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, counters: _Counters):
+    """Shift the rows of ``h`` (b, n, d), after the memory rows when there are some (padded
+    rows of either enter as zeros)."""
+    rows = _zero_padding(h, state["mask"])
+    if mem is not None:
+        rows = torch.cat((_zero_padding(mem, state["mem_mask"]), rows), dim=1)
+    entry = state["entries"][state["num_attn_runs"] + counters.shift]
+    counters.shift += 1
+    before = None if entry is None else entry.before(rows)
+    shifted = layer.shift(rows, before)
+    if entry is not None:
+        entry.remember(before, rows)
+    if mem is None:
+        return shifted, None
+    m = mem.shape[1]
+    return shifted[:, m:], shifted[:, :m]
+
+
+def _zero_padding(rows: Tensor, mask: Tensor | None) -> Tensor:
+    """``rows`` (b, n, d) with the padded ones (``mask`` False) set to zero."""
+    return rows if mask is None else rows.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, counters: _Counters):
+    """One attention run: self-attention (with its memory) or cross-attention."""
+    entry = state["entries"][counters.attn]
+    counters.attn += 1
+    if layer.kind == "c":
+        return layer.block(
+            h,
+            state["context"],
+            context_mask=state["context_mask"],
+            positions=state["positions"],
+            prev_logits=counters.prev["c"],
+            cache=entry,
+            return_attn=state["return_attn"],
+        )
+    counters.self_attn += 1
+    return layer.block(
+        h,
+        mask=state["mask"],
+        mem_mask=state["mem_mask"],
+        attn_mask=state["attn_mask"],
+        positions=state["positions"],
+        prev_logits=counters.prev["a"],
+        mem=mem,
+        cache=entry,
+        return_attn=state["return_attn"],
+        causal=state["causal"],
+    )
+
+
+def start_dual(x: Tensor, resi_dual: bool, scale: float) -> DualStream | None:
+    """The ResiDual dual stream of a forward, or None."""
+    return DualStream(x, scale) if resi_dual else None
