@@ -236,6 +236,18 @@ def _same_parameters(s: Subject, twin: Subject) -> bool:
     return mine.keys() == theirs.keys() and all(mine[k].shape == theirs[k].shape for k in mine)
 
 
+def _qk_dim(s: Subject) -> int:
+    """Query/key head dim of the first attention layer (the case's dim_head when none)."""
+    dims = [m.qk_dim for m in s.net.attn_layers.modules() if hasattr(m, "qk_dim")]
+    return dims[0] if dims else s.case.dim_head
+
+
+def _rotary_pairs(s: Subject) -> int:
+    """Rotated pairs per head of the first attention layer's queries and keys."""
+    qk = _qk_dim(s)
+    return min(s.case.layer_kw.get("rotary_emb_dim") or qk, qk) // 2
+
+
 def _effect_exempt(s: Subject, name: str) -> bool:
     """Flags that legitimately leave the function unchanged in this case."""
     case, types = s.case, getattr(s.net.attn_layers, "types", ())
@@ -255,7 +267,9 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         # as many kv heads as query heads (the case's heads win over the entry's) is MHA
         "attn_kv_heads": case.layer_kw.get("attn_kv_heads") == case.heads,
         "attn_one_kv_head": case.heads == 1,
-        "rotary_emb_dim": case.layer_kw.get("rotary_emb_dim", 0) >= case.dim_head,  # all of it
+        "rotary_emb_dim": case.layer_kw.get("rotary_emb_dim", 0) >= _qk_dim(s),  # all of it
+        # one rotated pair (rotary dim 2): the interleaved and half layouts are the same
+        "rotary_interleaved": _rotary_pairs(s) <= 1,
         # synonyms: attn_talking_heads = attn_pre_talking_heads + attn_post_talking_heads
         "attn_pre_talking_heads": "attn_talking_heads" in case.flags,
         "attn_post_talking_heads": "attn_talking_heads" in case.flags,
