@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from flag_models import bind_condition
 from fuzz_strategies import CTX, RELATIVE, Case, Subject, build
 from torch import Tensor
 
@@ -178,6 +179,8 @@ def round_trip(s: Subject, x: Tensor) -> None:
     assert to_config(rebuilt) == config
     rebuilt = rebuilt.double().eval()
     rebuilt.load_state_dict(s.root.state_dict())
+    for module in rebuilt.modules():  # the same fixed condition as the subject's
+        bind_condition(module)
     twin = Subject(rebuilt, s.case)
     with torch.no_grad():
         assert torch.equal(s(x), twin(x)), "the rebuilt model computes something else"
