@@ -225,6 +225,12 @@ def _unmasked(s: Subject, x: Tensor) -> Tensor:
         return s.net(x, **context)
 
 
+def _qk_dim(s: Subject) -> int:
+    """The query/key head dim of the first self-attention layer (0 without one)."""
+    layers = getattr(s.net.attn_layers, "layers", ())
+    return next((layer.block.qk_dim for layer in layers if layer.kind == "a"), 0)
+
+
 def _top1(case: Case) -> bool:
     return case.layer_kw.get("attn_sparse_topk") == 1
 
@@ -248,12 +254,16 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "residual_attn": types.count("a") == 1,
         "use_abs_pos_emb=False": case.relative,  # relative schemes turn them off already
         "scaled_sinu_pos_emb": case.relative or "use_abs_pos_emb=False" in case.flags,
+        "sinusoidal_pos_emb": case.relative or "use_abs_pos_emb=False" in case.flags,
         "sandwich_coef": case.depth == 1,
         # synonyms: attn_talking_heads = attn_pre_talking_heads + attn_post_talking_heads
         "attn_pre_talking_heads": "attn_talking_heads" in case.flags,
         "attn_post_talking_heads": "attn_talking_heads" in case.flags,
         "attn_talking_heads": {"attn_pre_talking_heads", "attn_post_talking_heads"}
         <= set(case.flags),
+        "rotary_pos_emb": "rotary_xpos" in case.flags,  # rotary_xpos turns rotary on itself
+        # a rotary dim of the whole query/key head is the default
+        "rotary_emb_dim": case.layer_kw.get("rotary_emb_dim", 0) >= _qk_dim(s),
         "zero_init_branch_output": True,  # an initialisation: the twin loads the same weights
         "layer_dropout": not s.root.training,  # stochastic depth acts in training only
         # it clamps the plain hidden layer; with ff_glu it warns at construction that it does not

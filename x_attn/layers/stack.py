@@ -78,10 +78,15 @@ class AttentionLayers(nn.Module):
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         self.layers = build_layers(cfg, self.plan)
         self.condition_mlp = make_condition_mlp(cfg)
-        blocks = self._attention_blocks()
-        qk_dim = next((blk.qk_dim for blk in blocks), cfg.attn.dim_head)
-        fixed = next((blk.proj.rotary_dim for blk in blocks if blk.proj.rotary_dim), None)
-        self.positions = StackPositions(cfg, qk_dim, owner, rotary_dim=fixed)
+        # rotary needs self-attention (refused without): its dims come from the first one
+        first = next((layer.block for layer in self.layers if layer.kind == "a"), None)
+        self.positions = StackPositions(
+            cfg,
+            first.qk_dim if first else cfg.attn.dim_head,
+            owner,
+            rotary_dim=first.proj.rotary_dim if first else None,
+            qk_flags=first.qk_dim_flags if first else ("attn_dim_head",),
+        )
         self.final_norm = make_final_norm(cfg)
         # not registered as a submodule: it only re-wires the modules of self.layers
         object.__setattr__(self, "reversible", None)
