@@ -1,10 +1,12 @@
 """Attention: a fixed pipeline of stages; features attach to one stage each.
 
 resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
-the projection applies positions) -> cache entry (takes the new key rows, returns every key
-held, with positions and padding) -> mask description + bias of (queries, held keys) ->
-extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> output (merge
-heads, out projection or AoA). The parts come from the feature catalog; forward has no flag if.
+the projection applies head transforms such as QK-norm, then positions) -> cache entry (takes
+the new key rows, projects them, transforms their values, returns every key held, with
+positions and padding) -> mask description + bias of (queries, held keys) -> extend k/v (the
+caller's additional keys, memory kv, null keys) -> kernel (chosen per layer from the kernel
+registry) -> gates (per-head output) -> output (merge heads, out projection or AoA). The parts
+come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -18,9 +20,11 @@ from typing import Any
 from einops import rearrange
 from torch import Tensor, nn
 
+from x_attn.attention.additional_kv import prepend_keys
 from x_attn.attention.calls import cross_call, self_call
 from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
+from x_attn.attention.features.stages import BoundKeys
 from x_attn.attention.projections import Projection
 from x_attn.cache import CacheEntry, ContextEntry
 from x_attn.config import AttentionConfig
@@ -36,10 +40,13 @@ from x_attn.utils import check_positive_int
 
 @dataclass
 class AttnIntermediates:
-    """What one attention call leaves behind: the kernel used and, on the manual path, scores."""
+    """What one attention call leaves behind: the kernel used, on the manual path the scores,
+    and the raw values of the key rows it projected when the layer transforms its values (the
+    first layer's are the value residual of the later ones)."""
 
     kernel: str
     maps: AttnMaps | None = None
+    values: Tensor | None = None
 
     @property
     def logits(self) -> Tensor | None:
@@ -61,6 +68,8 @@ class Attention(nn.Module):
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
+        value_residual: the layer's value residual role ("source", "fixed" or "learned",
+            see :class:`x_attn.attention.features.spec.FeatureContext`); set by the stack.
     """
 
     def __init__(
@@ -72,6 +81,7 @@ class Attention(nn.Module):
         config: AttentionConfig | None = None,
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
+        value_residual: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -82,20 +92,25 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
-        self.scale = config.dim_head**-0.5
-        ctx = FeatureContext(dim, heads, dim_context, config, flag_prefix, residual_attn)
+        ctx = FeatureContext(
+            dim, heads, dim_context, config, flag_prefix, residual_attn, value_residual
+        )
         parts = assemble(ctx)
+        self.scale = parts.scale if parts.scale is not None else config.dim_head**-0.5
         self.proj: Projection = parts.projection
-        for attr, module in parts.extensions:  # registered under their own names (or None)
+        for attr, module in parts.named:  # registered under their own names (or None)
             setattr(self, attr, module)
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
-        self.kv_extensions = [module for _, module in parts.extensions if module is not None]
+        self.kv_extensions = list(parts.extensions)
+        self.value_transforms = parts.values  # values of the new key rows, before the cache
+        self.output_gates = parts.gates  # (out per head, query input) -> out per head
         self.scores = parts.scores
         self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
-        # mask rules of self-attention calls
-        self.rules = ((CAUSAL,) if causal else ()) + parts.rules
+        # mask rules of self-attention calls, by causality (a call may override the layer's)
+        self._rules = {True: (CAUSAL, *parts.rules), False: parts.rules}
+        self.rules = self._rules[causal]
 
     @property
     def qk_dim(self) -> int:
@@ -127,6 +142,10 @@ class Attention(nn.Module):
         mem: Tensor | None = None,
         cache: CacheEntry | None = None,
         return_attn: bool = False,
+        causal: bool | None = None,
+        value_residual: Tensor | None = None,
+        additional_kv: tuple[Tensor, Tensor] | None = None,
+        additional_kv_mask: Tensor | None = None,
     ) -> tuple[Tensor, AttnIntermediates]:
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
@@ -140,30 +159,49 @@ class Attention(nn.Module):
             mem: (b, m, d) Transformer-XL memory prepended to the keys/values.
             cache: this layer's cache entry (see :meth:`new_cache_entry`); updated in place.
             return_attn: run a kernel that forms the scores and return the attention maps.
+            causal: this call's self-attention causality instead of the layer's (None: the
+                layer's own).
+            value_residual: (b, hv, j, dv) the first layer's raw values of the same key rows,
+                mixed into this layer's values (value residual learning; set by the stack).
+            additional_kv: (k, v) of shapes (b, ha, m, dq) and (b, ha, m, dv): keys and values
+                without positions, prepended to this call's keys (ha divides the heads).
+            additional_kv_mask: (b, m) bool, True = ``additional_kv`` key may be attended.
 
         Returns:
             (out (b, n, d), intermediates).
         """
-        call = self._call(x, context, mask, context_mask, attn_mask, positions, mem, cache)
+        call = self._call(x, context, mask, context_mask, attn_mask, positions, mem, cache, causal)
         proj = self.proj
         q = proj.queries(x, call.query_rows)
-        held = call.entry.update(call.keys, proj.keys)
+        keys = BoundKeys(proj, self.value_transforms, value_residual)
+        held = call.entry.update(call.keys, keys)
         k, v = proj.expand(held.payload)
         mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
         bias = call.positions.bias_for(call.queries, held.span)
+        k, v, mask_spec, bias = prepend_keys(
+            (k, v, mask_spec, bias), additional_kv, additional_kv_mask, self.heads
+        )
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
         out, maps = kernel.run(inputs, self.scores.bind(prev_logits), call.entry)
+        for gate in self.output_gates:
+            out = gate(out, x)
         out = rearrange(out, "b h n d -> b n (h d)")
-        return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
+        return self.to_out(out, x), AttnIntermediates(kernel.name, maps, keys.values)
 
-    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache):
+    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal):
         """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
-            return self_call(x, mem, mask, attn_mask, positions, entry, self.rules)
+            rules = self.rules if causal is None else self._rules[bool(causal)]
+            return self_call(x, mem, mask, attn_mask, positions, entry, rules)
+        if causal is not None:
+            raise ValueError(
+                "Attention: 'causal' sets the causality of self-attention; a cross-attention "
+                "call (with a context) has none, so drop causal="
+            )
         entry = cache if cache is not None else self.new_context_entry()
         return cross_call(x, context, context_mask, attn_mask, entry)

@@ -18,7 +18,12 @@ from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
-from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
+from x_attn.attention.features.spec import (
+    NAMED_STAGES,
+    SCORE_STAGES,
+    FeatureContext,
+    FeatureSpec,
+)
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
@@ -43,22 +48,31 @@ class AttentionParts:
     """The parts of one attention layer, by stage, and what its kernel must support.
 
     Attributes:
-        projection: the project stage.
-        extensions: (attribute, module or None) of every extend-stage feature.
+        projection: the project stage (its head transforms installed).
+        named: (attribute, module or None) of every feature of the "heads", "values",
+            "extend" and "gate" stages in the catalog, for the Attention module to register.
+        extensions: the active extend-stage modules, in order.
+        values: the active values-stage modules, in order.
+        gates: the active gate-stage modules, in order.
         scores: the score features and the normalizer.
         output: the output stage.
         rules: mask rules of self-attention calls (besides causality).
         new_entry: factory of the layer's self-attention cache entries.
         needs: what the layer's kernel must support, each with the flag that asks.
+        scale: the logit scale a feature implies, or None for ``dim_head ** -0.5``.
     """
 
     projection: Projection
-    extensions: list[tuple[str, nn.Module | None]]
+    named: list[tuple[str, nn.Module | None]]
+    extensions: tuple[nn.Module, ...]
+    values: tuple[nn.Module, ...]
+    gates: tuple[nn.Module, ...]
     scores: ScorePipeline
     output: nn.Module
     rules: tuple[MaskRule, ...] = ()
     new_entry: Callable[[], CacheEntry] = KVEntry
     needs: list[Need] = field(default_factory=list)
+    scale: float | None = None
 
 
 def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
@@ -67,19 +81,26 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     _check_slots(active, ctx, owner)
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
     ctx = replace(ctx, projection=projection)
-    built = [(s, s.build(ctx)) for s in active if s.slot != "projection" and s.build is not None]
+    heads = [(s, s.build(ctx)) for s in active if s.stage == "heads"]
+    projection.use_head_transforms([m for _, m in heads])  # before the others read it
+    later = [s for s in active if s.slot != "projection" and s.stage != "heads" and s.build]
+    built = heads + [(s, s.build(ctx)) for s in later]
     scores = [m for s, m in built if s.stage in SCORE_STAGES]
     output = next((m for s, m in built if s.slot == "output"), None)
     rules = tuple(rule for s in active if s.rules is not None for rule in s.rules(ctx))
     entry = next((s.cache_entry(ctx) for s in active if s.cache_entry is not None), KVEntry)
     return AttentionParts(
         projection=projection,
-        extensions=_extensions(built),
+        named=_named(built),
+        extensions=_in_stage(built, "extend"),
+        values=_in_stage(built, "values"),
+        gates=_in_stage(built, "gate"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
         rules=rules,
         new_entry=entry,
         needs=_needs(active, ctx),
+        scale=_scale(active, ctx, owner),
     )
 
 
@@ -93,10 +114,24 @@ def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
     return needs
 
 
-def _extensions(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, nn.Module | None]]:
-    """(attribute, module or None) for every extend-stage feature of the catalog, in order."""
+def _named(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, nn.Module | None]]:
+    """(attribute, module or None) for every feature of a named stage in the catalog."""
     on = {spec.name: module for spec, module in built}
-    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == "extend"]
+    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage in NAMED_STAGES]
+
+
+def _in_stage(built: list[tuple[FeatureSpec, nn.Module]], stage: str) -> tuple[nn.Module, ...]:
+    """The built modules of one stage, in catalog order."""
+    return tuple(module for spec, module in built if spec.stage == stage)
+
+
+def _scale(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> float | None:
+    """The logit scale an active feature implies (at most one may set it)."""
+    setting = [spec for spec in active if spec.scale is not None]
+    if len(setting) > 1:
+        flags = " and ".join(spec.flag(ctx) for spec in setting)
+        raise ValueError(f"{owner}: {flags} both set the attention logit scale; choose one")
+    return setting[0].scale(ctx) if setting else None
 
 
 def _default_projection(ctx: FeatureContext) -> Projection:

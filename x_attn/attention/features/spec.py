@@ -5,8 +5,14 @@ the raw scores (then only kernels with the ``"scores"`` capability can run the l
 exclusive slot when the feature replaces a part that exists once per layer ("projection",
 "normalizer", "output", "cache"). Besides a module, a feature may contribute mask rules for
 self-attention calls (a window, global tokens, ...), the self-attention cache entry of its
-layers (slot "cache": a ring buffer, a latent, a running state) and further kernel
-capabilities it needs. :mod:`x_attn.attention.features.catalog` lists the specs and builds a
+layers (slot "cache": a ring buffer, a latent, a running state), further kernel
+capabilities it needs and the logit scale it implies (QK-norm's temperature).
+
+The stages of modules that act on head tensors (see :mod:`x_attn.attention.features.stages`):
+"heads" (per-head query/key transforms inside the projection, before positions: QK-norm),
+"values" (the values of the new key rows, before the cache: value residual, value RMSNorm),
+"gate" (the per-head attention output with the query input, before heads merge: head scale,
+value gates). :mod:`x_attn.attention.features.catalog` lists the specs and builds a
 layer's parts from them; Attention never tests a flag itself.
 """
 
@@ -24,9 +30,22 @@ if TYPE_CHECKING:
     from x_attn.cache.entry import CacheEntry
 
 Stage = Literal[
-    "project", "extend", "mask", "cache", "logits", "masked", "normalize", "probs", "output"
+    "project",
+    "heads",
+    "values",
+    "extend",
+    "mask",
+    "cache",
+    "logits",
+    "masked",
+    "normalize",
+    "probs",
+    "gate",
+    "output",
 ]
 SCORE_STAGES: tuple[Stage, ...] = ("logits", "masked", "probs")
+# stages whose modules are attributes of the Attention module (named by ``attr`` or ``name``)
+NAMED_STAGES: tuple[Stage, ...] = ("heads", "values", "extend", "gate")
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,9 @@ class FeatureContext:
         config: the layer's :class:`AttentionConfig`.
         prefix: flag prefix of the layer ("attn_" or "cross_attn_"), for messages.
         residual_attn: the stack's residual-attention flag for this kind of layer.
+        value_residual: the stack's value residual role for this layer: "source" (the first
+            layer of its kind, whose values the later ones mix in), "fixed" or "learned" (the
+            mix of a later layer), None (no value residual).
         projection: the layer's projection, once the project stage is built.
     """
 
@@ -49,6 +71,7 @@ class FeatureContext:
     config: AttentionConfig
     prefix: str = "attn_"
     residual_attn: bool = False
+    value_residual: str | None = None
     projection: Projection | None = None
 
     def flag(self, name: str) -> str:
@@ -63,18 +86,22 @@ class FeatureSpec:
     Attributes:
         name: the option's name (the config field, e.g. "sparse_topk").
         paper: arXiv id of the paper it implements ("" for none).
-        stage: where it attaches: "project", "extend" (more keys/values), "mask", "cache",
-            "logits", "masked", "normalize", "probs" (score stages) or "output".
+        stage: where it attaches: "project", "heads" (query/key transforms before positions),
+            "values" (new values before the cache), "extend" (more keys/values), "mask",
+            "cache", "logits", "masked", "normalize", "probs" (score stages), "gate" (per-head
+            output before heads merge) or "output".
         enabled: whether a layer's context turns it on.
         build: the module for a layer that turns it on (None: the feature has no module).
         needs_scores: only kernels that form the scores can run it.
         slot: exclusive part it replaces ("projection", "normalizer", "output", "cache").
-        attr: attribute name on the Attention module (its state-dict prefix) for "extend"
-            modules.
+        attr: attribute name on the Attention module (its state-dict prefix) for "heads",
+            "values", "extend" and "gate" modules (default: ``name``).
         flag_of: the user-facing flag for messages (default: prefix + name).
         rules: mask rules it adds to self-attention calls (kernels then need "rule:<kind>").
         cache_entry: factory of its layers' self-attention cache entries (slot "cache").
         needs: further kernel capabilities it needs (e.g. "cache:state").
+        scale: the logit scale it implies instead of ``dim_head ** -0.5`` (at most one active
+            feature may set it).
     """
 
     name: str
@@ -89,6 +116,7 @@ class FeatureSpec:
     rules: Callable[[FeatureContext], tuple[MaskRule, ...]] | None = None
     cache_entry: Callable[[FeatureContext], Callable[[], CacheEntry]] | None = None
     needs: tuple[str, ...] = ()
+    scale: Callable[[FeatureContext], float] | None = None
 
     def flag(self, ctx: FeatureContext) -> str:
         return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)

@@ -8,6 +8,12 @@ payload is (k, v); a latent projection (MLA) would store a latent and a rotary k
 sinusoids) arrive as :class:`RowPositions` of exactly the rows projected, and the projection
 applies them to the dims it owns (rotary: the first r dims of its query/key head dim).
 
+Per-head query/key transforms of the layer's features ("heads" stage: QK-norm) act between the
+head split and the positions: a projection calls :meth:`Projection.finish_queries` and
+:meth:`Projection.finish_keys` on its heads instead of rotating them itself. Value transforms
+(value residual, value RMSNorm) reach the values of a payload through
+:meth:`Projection.map_values`.
+
 Adding a head layout: one file with a :class:`Projection` subclass and its feature declaration
 (slot "projection"), one line in the feature catalog.
 
@@ -18,11 +24,15 @@ query/key head dim, dv value head dim.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from x_attn.positional.context import RowPositions
+
+if TYPE_CHECKING:
+    from x_attn.attention.features.stages import HeadTransform
 
 
 class Projection(nn.Module):
@@ -34,6 +44,8 @@ class Projection(nn.Module):
         v_heads: value heads (divides h).
         qk_dim: per-head query/key dim (where rotary acts).
         v_dim: per-head value dim.
+        head_transforms: the layer's "heads" stage features, applied in order to queries and
+            keys before positions (registered on the Attention module, not here).
     """
 
     heads: int
@@ -41,6 +53,35 @@ class Projection(nn.Module):
     v_heads: int
     qk_dim: int
     v_dim: int
+    head_transforms: tuple[HeadTransform, ...] = ()
+
+    def use_head_transforms(self, transforms: Sequence[HeadTransform]) -> None:
+        """Apply ``transforms`` to every query and key head (a plain tuple: not submodules)."""
+        object.__setattr__(self, "head_transforms", tuple(transforms))
+
+    def finish_queries(self, q: Tensor, pos: RowPositions) -> Tensor:
+        """(b, h, i, dq) query heads -> the head transforms, then the positions of these rows."""
+        for transform in self.head_transforms:
+            q = transform.q(q)
+        return pos.rotate(q)
+
+    def finish_keys(self, k: Tensor, pos: RowPositions) -> Tensor:
+        """(b, hk, j, dq) key heads -> the head transforms, then the positions of these rows."""
+        for transform in self.head_transforms:
+            k = transform.k(k)
+        return pos.rotate(k)
+
+    def free_keys(self, k: Tensor) -> Tensor:
+        """(b, hk, m, dq) keys without a position (memory key/values) -> transformed."""
+        for transform in self.head_transforms:
+            k = transform.free_k(k)
+        return k
+
+    def map_values(self, payload: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+        """The payload with ``fn`` applied to its values; (k, v) payloads here. A projection
+        whose payload holds no values (a latent) overrides this or refuses value features."""
+        k, v = payload
+        return k, fn(v)
 
     def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
         """(b, i, d) -> (b, h, i, dq) with the positions of these rows applied."""
