@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from x_attn.config_checks import validate_attention_extras
 from x_attn.utils import check_positive_int, check_probability
 
 NormKind = Literal["layernorm", "rmsnorm", "scalenorm"]
@@ -32,6 +33,27 @@ class AttentionConfig:
     collab_heads: bool = False
     collab_compression: float = 0.3
     on_attn: bool = False
+    qk_norm: bool = False
+    qk_norm_groups: int = 1
+    qk_norm_scale: float = 10.0
+    qk_norm_dim_scale: bool = False
+    qk_rmsnorm: bool = False
+    k_rmsnorm: bool = False
+    value_rmsnorm: bool = False
+    softclamp_logits: bool = False
+    logit_softclamp_value: float = 50.0
+    add_zero_kv: bool = False
+    head_learned_sink: bool = False
+    gate_value_heads: bool = False
+    head_scale: bool = False
+    gate_values: bool = False
+    gate_values_rank: int | None = None
+    gate_values_headwise: bool = False
+    output_gate: bool = False
+    output_gate_rank: int | None = None
+    output_gate_headwise: bool = False
+    low_rank_silu_gates: bool = True
+    swiglu_values: bool = False
 
     @property
     def uses_pre_talking_heads(self) -> bool:
@@ -60,6 +82,7 @@ class AttentionConfig:
                 f"{owner}: '{prefix}collab_compression' must be in (0, 1], "
                 f"got {self.collab_compression}"
             )
+        validate_attention_extras(self, owner, prefix)
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,10 @@ class LayersConfig:
     custom_layers: tuple[str, ...] | None = None
     gate_residual: bool = False
     reversible: bool = False
+    add_value_residual: bool = False
+    learned_value_residual_mix: bool = True
+    softclamp_output: bool = False
+    softclamp_output_value: float = 30.0
     attn: AttentionConfig = field(default_factory=AttentionConfig)
     cross_attn: AttentionConfig = field(default_factory=AttentionConfig)
     ff: FeedForwardConfig = field(default_factory=FeedForwardConfig)

@@ -12,20 +12,26 @@ import torch
 from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
+from x_attn.attention.features.softclamp import SoftClamp
+from x_attn.attention.features.value_residual import value_residual_roles
 from x_attn.cache import CacheEntry, KVCache
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
+from x_attn.layers.stack_inputs import (
+    additional_kv_per_layer,
+    check_causal_override,
+    check_stack_inputs,
+)
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
 from x_attn.validation import (
-    check_bool_mask,
     check_cache,
     check_float_input,
     check_mems,
-    normalize_attn_mask,
+    merge_kv_mask,
     stack_layer_types,
 )
 
@@ -88,11 +94,18 @@ class AttentionLayers(nn.Module):
         self.types = stack_layer_types(cfg)
         self.cross_attend = "c" in self.types  # a 'c' layer needs a context, however it came
         scales = macaron_ff_scale(self.types, cfg.macaron)
-        self.layers = nn.ModuleList(self._make_layer(t, s) for t, s in zip(self.types, scales))
+        roles = value_residual_roles(
+            self.types, cfg.add_value_residual, cfg.learned_value_residual_mix
+        )
+        self.layers = nn.ModuleList(
+            self._make_layer(t, s, r) for t, s, r in zip(self.types, scales, roles)
+        )
         qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
         self.positions = StackPositions(cfg, qk_dim, owner)
         use_final = cfg.pre_norm and not cfg.use_rezero
         self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
+        clamp = SoftClamp(cfg.softclamp_output_value) if cfg.softclamp_output else nn.Identity()
+        self.output_clamp = clamp  # Gemma 2 soft-capping of the output, before the final norm
         # not registered as a submodule: it only re-wires the modules of self.layers
         object.__setattr__(self, "reversible", None)
         if cfg.reversible:
@@ -100,7 +113,7 @@ class AttentionLayers(nn.Module):
 
             object.__setattr__(self, "reversible", build_reversible(self.layers, self.types))
 
-    def _make_layer(self, kind: str, scale: float) -> nn.ModuleDict:
+    def _make_layer(self, kind: str, scale: float, value_role: str | None) -> nn.ModuleDict:
         cfg = self.config
         if kind == "a":
             block = Attention(
@@ -109,6 +122,7 @@ class AttentionLayers(nn.Module):
                 causal=cfg.causal,
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
+                value_residual=value_role,
             )
         elif kind == "c":
             block = Attention(
@@ -117,6 +131,7 @@ class AttentionLayers(nn.Module):
                 config=cfg.cross_attn,
                 flag_prefix="cross_attn_",
                 residual_attn=cfg.cross_residual_attn,
+                value_residual=value_role,
             )
         else:
             block = FeedForward(cfg.dim, cfg.ff)
@@ -168,6 +183,13 @@ class AttentionLayers(nn.Module):
         cache: KVCache | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
+        *,
+        causal: bool | None = None,
+        self_attn_kv_mask: Tensor | None = None,
+        self_attn_additional_kv: list | LayerIntermediates | None = None,
+        additional_kv_mask: Tensor | None = None,
+        detach_additional_kv: bool = False,
+        route_additional_kv_to_top: bool = True,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -182,24 +204,48 @@ class AttentionLayers(nn.Module):
             cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
             return_hiddens: also return a :class:`LayerIntermediates`.
             return_attn: run the manual kernel everywhere and collect attention maps.
+            causal: this call's self-attention causality instead of the stack's (a cached
+                call keeps the stack's).
+            self_attn_kv_mask: (b, k) bool over the keys self-attention holds (cached,
+                memories, new), True = may attend; combined with ``mask`` and ``attn_mask``.
+            self_attn_additional_kv: (k, v) pairs without positions prepended to the keys of
+                the self-attention layers (k (b, ha, m, dq), v (b, ha, m, dv), ha dividing the
+                heads; None for a layer without), or the intermediates of a model run with a
+                cache (its self-attention keys and values).
+            additional_kv_mask: (b, m) bool, True = that additional key may be attended.
+            detach_additional_kv: stop gradients into the additional keys and values.
+            route_additional_kv_to_top: the last pairs go to the top layers (default), else
+                the first pairs to the bottom layers.
         """
-        check_float_input("x", x, self.dim, type(self).__name__)
+        owner = type(self).__name__
+        check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
-        check_cache(cache, self.num_attention_layers, b, type(self).__name__)
+        check_cache(cache, self.num_attention_layers, b, owner)
+        check_causal_override(causal, self.causal, cache is not None)
         past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         mem_len = self._check_mems(mems, b, x.dtype)
-        attn_mask = self._check_inputs(
-            x, context, mask, context_mask, attn_mask, kept + mem_len + n
+        k_len = kept + mem_len + n
+        attn_mask = check_stack_inputs(self, x, context, mask, context_mask, attn_mask, k_len)
+        attn_mask = merge_kv_mask(self_attn_kv_mask, attn_mask, b, n, k_len)
+        extra_kv = additional_kv_per_layer(
+            self_attn_additional_kv,
+            additional_kv_mask,
+            self.num_self_attention_layers,
+            detach_additional_kv,
+            route_additional_kv_to_top,
+            owner,
         )
         # tables once per forward, from the oldest position a layer holds to the newest query
         start = cache.first_position if cache is not None else 0
         positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
         if self.reversible is not None:
-            if mems is not None or cache is not None or return_attn:
+            overridden = causal is not None and causal != self.causal
+            if mems is not None or cache is not None or return_attn or extra_kv or overridden:
                 raise ValueError(
-                    "reversible=True stacks run without mems, cache or return_attn "
-                    "(the two-stream update has no per-layer hidden state to keep)"
+                    "reversible=True stacks run without mems, cache, return_attn, additional "
+                    "key/values or a causal override (the two-stream update has no per-layer "
+                    "hidden state to keep)"
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
             return (out, inter) if return_hiddens else out
@@ -213,11 +259,14 @@ class AttentionLayers(nn.Module):
             mems=mems,
             entries=self._cache_entries(cache),
             return_attn=return_attn,
+            causal=causal,
+            additional_kv=extra_kv or [None] * self.num_self_attention_layers,
+            additional_kv_mask=additional_kv_mask,
         )
         x = self._run_layers(x, state, inter)
         if cache is not None:
             cache.length = past + mem_len + n
-        out = self.final_norm(x)
+        out = self.final_norm(self.output_clamp(x))
         return (out, inter) if return_hiddens else out
 
     def _run_reversible(self, x, mask, attn_mask, positions):
@@ -226,54 +275,64 @@ class AttentionLayers(nn.Module):
 
         # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
         self.reversible.training = self.training
-        out = self.final_norm(run_reversible(self.reversible, x, mask, attn_mask, positions))
+        x = run_reversible(self.reversible, x, mask, attn_mask, positions)
+        out = self.final_norm(self.output_clamp(x))
         # each reversible branch runs its layer's default kernel (no return_attn here)
         kernels = [blk.kernel.name for blk in self._attention_blocks()]
         return out, LayerIntermediates(kernels=kernels)
 
     def _run_layers(self, x: Tensor, state: dict, inter: LayerIntermediates) -> Tensor:
         cfg = self.config
-        prev = {"a": None, "c": None}
-        attn_index = self_index = 0
+        prev = {"a": None, "c": None}  # previous logits (residual attention), by kind
+        first = {"a": None, "c": None}  # first layer's values (value residual), by kind
+        counts = {"attn": 0, "self": 0}
         for kind, layer in zip(self.types, self.layers):
             residual = x
             h = layer["norm"](x) if cfg.pre_norm else x
             if kind == "f":
                 out = layer["block"](h)
             else:
-                entry = state["entries"][attn_index]
                 if kind == "a":
                     inter.hiddens.append(x)
-                    mem = self._layer_mem(state["mems"], self_index, layer)
-                    out, ai = layer["block"](
-                        h,
-                        mask=state["mask"],
-                        attn_mask=state["attn_mask"],
-                        positions=state["positions"],
-                        prev_logits=prev["a"],
-                        mem=mem,
-                        cache=entry,
-                        return_attn=state["return_attn"],
-                    )
-                    self_index += 1
-                else:
-                    out, ai = layer["block"](
-                        h,
-                        state["context"],
-                        context_mask=state["context_mask"],
-                        prev_logits=prev["c"],
-                        cache=entry,
-                        return_attn=state["return_attn"],
-                    )
+                values = first[kind] if cfg.add_value_residual else None
+                out, ai = self._attend(kind, layer, h, state, counts, prev[kind], values)
                 prev[kind] = ai.logits
+                if first[kind] is None:
+                    first[kind] = ai.values
                 inter.kernels.append(ai.kernel)
                 if ai.probs is not None and state["return_attn"]:
                     inter.attn_maps.append(ai.probs)
-                attn_index += 1
             x = layer["residual"](out, residual)
             if not cfg.pre_norm:
                 x = layer["norm"](x)
         return x
+
+    def _attend(self, kind, layer, h, state, counts, prev_logits, values):
+        """One attention layer of ``kind`` ('a' self, 'c' cross) on its normed input ``h``."""
+        entry = state["entries"][counts["attn"]]
+        counts["attn"] += 1
+        common = dict(
+            prev_logits=prev_logits,
+            cache=entry,
+            return_attn=state["return_attn"],
+            value_residual=values,
+        )
+        if kind == "c":
+            return layer["block"](h, state["context"], context_mask=state["context_mask"], **common)
+        index = counts["self"]
+        counts["self"] += 1
+        kv = state["additional_kv"][index]
+        return layer["block"](
+            h,
+            mask=state["mask"],
+            attn_mask=state["attn_mask"],
+            positions=state["positions"],
+            mem=self._layer_mem(state["mems"], index, layer),
+            causal=state["causal"],
+            additional_kv=kv,
+            additional_kv_mask=None if kv is None else state["additional_kv_mask"],
+            **common,
+        )
 
     def _layer_mem(self, mems: list[Tensor] | None, index: int, layer: nn.ModuleDict):
         if mems is None:
@@ -306,30 +365,6 @@ class AttentionLayers(nn.Module):
         if mems is None:
             return 0
         return check_mems(mems, self.num_self_attention_layers, b, self.dim, dtype)
-
-    def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> Tensor | None:
-        """Check the forward's inputs; returns attn_mask as (b|1, h|1, n, k_len) or None."""
-        b, n = x.shape[:2]
-        if self.cross_attend and context is None:
-            raise ValueError(
-                f"{type(self).__name__} cross-attends: pass context=(batch, context_len, dim)"
-            )
-        if not self.cross_attend and context is not None:
-            raise ValueError(
-                f"{type(self).__name__} does not cross-attend, but 'context' was "
-                "given; build it with cross_attend=True"
-            )
-        if not self.cross_attend and context_mask is not None:
-            raise ValueError("'context_mask' given to a stack that does not cross-attend")
-        check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
-        if context is not None:
-            check_float_input("context", context, self.dim, type(self).__name__)
-            if context.shape[0] != b:
-                raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
-            check_bool_mask(
-                "context_mask", context_mask, tuple(context.shape[:2]), "batch x context length"
-            )
-        return normalize_attn_mask(attn_mask, b, self.config.heads, n, k_len)
 
 
 @records_config

@@ -15,8 +15,14 @@ from torch import nn
 from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
+from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
+from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
+from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
+from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
+from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
+from x_attn.attention.features.softclamp import SOFTCLAMP_LOGITS_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import (
     NAMED_STAGES,
@@ -25,6 +31,8 @@ from x_attn.attention.features.spec import (
     FeatureSpec,
 )
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
+from x_attn.attention.features.value_head_gates import VALUE_HEAD_GATES_SPEC
+from x_attn.attention.features.value_residual import VALUE_RESIDUAL_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
 from x_attn.cache import CacheEntry, KVEntry
@@ -33,12 +41,22 @@ from x_attn.masks.spec import MaskRule
 
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
+    QK_NORM_SPEC,
+    QK_RMSNORM_SPEC,
+    VALUE_RESIDUAL_SPEC,
+    VALUE_RMSNORM_SPEC,
     MEMORY_KV_SPEC,
+    ZERO_KV_SPEC,
+    HEAD_SINK_SPEC,
     RESIDUAL_ATTN_SPEC,
     PRE_TALKING_SPEC,
+    SOFTCLAMP_LOGITS_SPEC,
     SPARSE_TOPK_SPEC,
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
+    HEAD_SCALE_SPEC,
+    VALUE_HEAD_GATES_SPEC,
+    GATED_VALUES_SPEC,
     AOA_SPEC,
 )
 
