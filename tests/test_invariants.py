@@ -315,7 +315,7 @@ def test_return_attn_maps_encoder_padding(name: str) -> None:
 
 def _attend(layer: Attention, x: Tensor, positions: PositionContext) -> Tensor:
     with torch.no_grad():
-        return layer(x, positions=positions)[0]
+        return layer(x, positions=positions)
 
 
 def _layer_and_input(causal: bool) -> tuple[Attention, Tensor]:

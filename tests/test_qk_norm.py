@@ -55,7 +55,7 @@ def test_qk_norm_is_grouped_cosine_attention(groups, dim_scale, causal, flash):
     if dim_scale:
         q, k, scale = q * attn.qk_norm.q_scale, k * attn.qk_norm.k_scale, DIM_HEAD**-0.5
     expected = project_out(attn, reference_attention(q, k, v, causal=causal, scale=scale))
-    close(attn(x)[0], expected)
+    close(attn(x), expected)
     assert attn.explain().startswith("manual" if flash is False else "sdpa")
 
 
@@ -85,7 +85,7 @@ def test_qk_norm_normalizes_memory_keys_too():
     q = by_hand_l2(q, 1) * attn.qk_norm.q_scale
     k = by_hand_l2(torch.cat((mem_k, k), -2), 1) * attn.qk_norm.k_scale
     out = reference_attention(q, k, torch.cat((mem_v, v), -2), scale=DIM_HEAD**-0.5)
-    close(attn(x)[0], project_out(attn, out))
+    close(attn(x), project_out(attn, out))
 
 
 @pytest.mark.parametrize("flash", [None, False])
@@ -102,7 +102,7 @@ def test_qk_rmsnorm_normalizes_heads_with_unit_offset_gain(flags, flash):
         assert norms.q_norm is None
     k = by_hand_rms(k, norms.k_norm.gamma)
     expected = project_out(attn, reference_attention(q, k, v, causal=True))
-    close(attn(x)[0], expected)
+    close(attn(x), expected)
     assert attn.scale == DIM_HEAD**-0.5
 
 
@@ -113,7 +113,7 @@ def test_value_rmsnorm_normalizes_value_heads(flash):
     x = inputs(spread=2.0)
     q, k, v = hand_qkv(attn, x)
     v = by_hand_rms(v, attn.value_rmsnorm.norm.gamma)
-    close(attn(x)[0], project_out(attn, reference_attention(q, k, v, causal=True)))
+    close(attn(x), project_out(attn, reference_attention(q, k, v, causal=True)))
 
 
 def test_value_rmsnorm_values_are_cached_normalized():
@@ -122,10 +122,10 @@ def test_value_rmsnorm_values_are_cached_normalized():
     jitter_(attn, ("gamma",))
     x = inputs(n=6)
     entry = attn.new_cache_entry()
-    steps = [attn(x[:, :3], cache=entry)[0]] + [
-        attn(x[:, t : t + 1], cache=entry)[0] for t in range(3, 6)
+    steps = [attn(x[:, :3], cache=entry)] + [
+        attn(x[:, t : t + 1], cache=entry) for t in range(3, 6)
     ]
-    close(torch.cat(steps, dim=1), attn(x)[0])
+    close(torch.cat(steps, dim=1), attn(x))
 
 
 @pytest.mark.parametrize(

@@ -103,9 +103,9 @@ def test_additional_kv_are_free_keys_in_front(extra_heads, flash):
     out = attn(
         x,
         positions=PositionContext(5, 5, rotary=rotary),
-        additional_kv=(extra_k, extra_v),
-        additional_kv_mask=kv_mask,
-    )[0]
+        additional_key_values=(extra_k, extra_v),
+        additional_key_value_mask=kv_mask,
+    )
     q, k, v = hand_qkv(attn, x)
     q, k = rotate(q, rotary), rotate(k, rotary)  # own keys only: the extra ones have no position
     visible = torch.ones(2, 1, 5, 8, dtype=torch.bool)

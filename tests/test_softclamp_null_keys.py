@@ -76,7 +76,7 @@ def test_zero_kv_adds_one_to_the_softmax_denominator(flash):
     logits, visible = causal_logits(q, k)
     weights = logits.exp() * visible
     out = (weights @ v) / (1.0 + weights.sum(-1, keepdim=True))
-    close(attn(x)[0], project_out(attn, out))
+    close(attn(x), project_out(attn, out))
     assert attn.explain().startswith("manual" if flash is False else "sdpa")
 
 
@@ -95,7 +95,7 @@ def test_learned_sink_adds_exp_sink_per_head(flash, masked):
     weights = logits.exp() * visible * pad[:, None, None, :]
     sink = torch.tensor([1.5, -0.7], dtype=torch.float64).exp()[None, :, None, None]
     out = (weights @ v) / (sink + weights.sum(-1, keepdim=True))
-    close(attn(x, mask=pad)[0], project_out(attn, out))
+    close(attn(x, mask=pad), project_out(attn, out))
     _, inter = attn(x, mask=pad, return_attn=True)
     close(inter.probs[..., 0:1], sink / (sink + weights.sum(-1, keepdim=True)))
 

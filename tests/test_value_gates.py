@@ -33,7 +33,7 @@ def test_head_scale_multiplies_each_head(flash):
     jitter_(attn, ("head_scale",))
     x = inputs()
     expected = attended(attn, x) * attn.head_scale.scale.view(1, HEADS, 1, 1)
-    close(attn(x)[0], project_out(attn, expected))
+    close(attn(x), project_out(attn, expected))
 
 
 @pytest.mark.parametrize("flash", [None, False])
@@ -46,7 +46,7 @@ def test_gate_value_heads_are_sigmoid_gates_from_the_query_input(flash):
     x = inputs()
     g = torch.sigmoid(x @ gates.weight.T + gates.bias)  # (b i h)
     expected = attended(attn, x) * rearrange(g, "b i h -> b h i 1")
-    close(attn(x)[0], project_out(attn, expected))
+    close(attn(x), project_out(attn, expected))
 
 
 def by_hand_gate(proj, t):
@@ -92,7 +92,7 @@ def test_gated_values_follow_the_formula(flags, flash):
         headwise = flags.get("output_gate_headwise")
         logits = logits + to_heads(by_hand_gate(gate.output_gate, merged), headwise)
     act = F.silu(logits) if flags.get("swiglu_values") else torch.sigmoid(logits)
-    close(attn(x)[0], project_out(attn, out * act))
+    close(attn(x), project_out(attn, out * act))
     assert attn.explain().startswith("manual" if flash is False else "sdpa")
 
 

@@ -73,7 +73,7 @@ def test_only_later_self_attention_layers_learn_a_mix():
 
 @pytest.mark.parametrize("role", ["fixed", "learned"])
 def test_attention_mixes_the_given_first_layer_values(role):
-    attn = make(value_residual=role, causal=True).eval()
+    attn = make(value_residual_role=role, causal=True).eval()
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     first = torch.randn(2, 2, 5, 8, dtype=torch.float64)
     q, k, v = hand_qkv(attn, x)
@@ -82,7 +82,7 @@ def test_attention_mixes_the_given_first_layer_values(role):
         mix = attn.value_residual.to_mix
         lam = rearrange(torch.sigmoid(x @ mix.weight.T + mix.bias), "b j h -> b h j 1")
     expected = reference_attention(q, k, first + lam * (v - first), causal=True)
-    out, inter = attn(x, value_residual=first)
+    out, inter = attn(x, value_residual=first, return_intermediates=True)
     close(out, project_out(attn, expected))
     close(inter.values, v)  # the raw values, as a first layer hands them on
     with pytest.raises(ValueError, match="add_value_residual: the first layer's values"):
@@ -95,7 +95,7 @@ def test_value_residual_with_reversible_is_refused():
 
 
 def test_first_layer_hands_on_raw_values_even_with_value_rmsnorm():
-    attn = Attention(16, 2, dim_head=8, value_rmsnorm=True, value_residual="source").double()
+    attn = Attention(16, 2, dim_head=8, value_rmsnorm=True, value_residual_role="source").double()
     x = torch.randn(2, 4, 16, dtype=torch.float64)
-    _, inter = attn(x)
+    _, inter = attn(x, return_intermediates=True)
     close(inter.values, hand_qkv(attn, x)[2])

@@ -36,8 +36,8 @@ def prepend_keys(
     if kv is None:
         if kv_mask is not None:
             raise ValueError(
-                f"{owner}: 'additional_kv_mask' was given without additional key/values; "
-                "pass self_attn_additional_kv too, or drop the mask"
+                f"{owner}: an additional key/value mask was given without additional "
+                "key/values; pass them too, or drop the mask"
             )
         return current
     extra_k, extra_v = _checked(kv, k, v, heads, owner)

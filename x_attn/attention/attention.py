@@ -68,7 +68,7 @@ class Attention(nn.Module):
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
-        value_residual: the layer's value residual role ("source", "fixed" or "learned",
+        value_residual_role: the layer's value residual role ("source", "fixed" or "learned",
             see :class:`x_attn.attention.features.spec.FeatureContext`); set by the stack.
     """
 
@@ -81,7 +81,7 @@ class Attention(nn.Module):
         config: AttentionConfig | None = None,
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
-        value_residual: str | None = None,
+        value_residual_role: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -93,7 +93,7 @@ class Attention(nn.Module):
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
         ctx = FeatureContext(
-            dim, heads, dim_context, config, flag_prefix, residual_attn, value_residual
+            dim, heads, dim_context, config, flag_prefix, residual_attn, value_residual_role
         )
         parts = assemble(ctx)
         self.scale = parts.scale if parts.scale is not None else config.dim_head**-0.5
@@ -144,9 +144,10 @@ class Attention(nn.Module):
         return_attn: bool = False,
         causal: bool | None = None,
         value_residual: Tensor | None = None,
-        additional_kv: tuple[Tensor, Tensor] | None = None,
-        additional_kv_mask: Tensor | None = None,
-    ) -> tuple[Tensor, AttnIntermediates]:
+        additional_key_values: tuple[Tensor, Tensor] | None = None,
+        additional_key_value_mask: Tensor | None = None,
+        return_intermediates: bool = False,
+    ) -> Tensor | tuple[Tensor, AttnIntermediates]:
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
         Args:
@@ -163,12 +164,14 @@ class Attention(nn.Module):
                 layer's own).
             value_residual: (b, hv, j, dv) the first layer's raw values of the same key rows,
                 mixed into this layer's values (value residual learning; set by the stack).
-            additional_kv: (k, v) of shapes (b, ha, m, dq) and (b, ha, m, dv): keys and values
-                without positions, prepended to this call's keys (ha divides the heads).
-            additional_kv_mask: (b, m) bool, True = ``additional_kv`` key may be attended.
+            additional_key_values: (k, v) of shapes (b, ha, m, dq) and (b, ha, m, dv): keys and
+                values without positions, prepended to this call's keys (ha divides the heads).
+            additional_key_value_mask: (b, m) bool, True = that additional key may be attended.
+            return_intermediates: also return the :class:`AttnIntermediates` (kernel, maps,
+                values); ``return_attn=True`` implies it.
 
         Returns:
-            (out (b, n, d), intermediates).
+            out (b, n, d), or (out, intermediates) as in x-transformers.
         """
         call = self._call(x, context, mask, context_mask, attn_mask, positions, mem, cache, causal)
         proj = self.proj
@@ -179,7 +182,7 @@ class Attention(nn.Module):
         mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
         bias = call.positions.bias_for(call.queries, held.span)
         k, v, mask_spec, bias = prepend_keys(
-            (k, v, mask_spec, bias), additional_kv, additional_kv_mask, self.heads
+            (k, v, mask_spec, bias), additional_key_values, additional_key_value_mask, self.heads
         )
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
@@ -189,8 +192,10 @@ class Attention(nn.Module):
         out, maps = kernel.run(inputs, self.scores.bind(prev_logits), call.entry)
         for gate in self.output_gates:
             out = gate(out, x)
-        out = rearrange(out, "b h n d -> b n (h d)")
-        return self.to_out(out, x), AttnIntermediates(kernel.name, maps, keys.values)
+        out = self.to_out(rearrange(out, "b h n d -> b n (h d)"), x)
+        if not (return_intermediates or return_attn):
+            return out
+        return out, AttnIntermediates(kernel.name, maps, keys.values)
 
     def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal):
         """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""

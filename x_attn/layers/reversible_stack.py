@@ -26,7 +26,7 @@ class _AttentionBranch(nn.Module):
         positions = PositionContext(
             q_len=x.shape[1], k_len=x.shape[1], rotary=rotary, bias=bias, infused=infused
         )
-        out, _ = self.attn(self.norm(x), mask=mask, attn_mask=attn_mask, positions=positions)
+        out = self.attn(self.norm(x), mask=mask, attn_mask=attn_mask, positions=positions)
         return out
 
 

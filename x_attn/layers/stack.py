@@ -122,7 +122,7 @@ class AttentionLayers(nn.Module):
                 causal=cfg.causal,
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
-                value_residual=value_role,
+                value_residual_role=value_role,
             )
         elif kind == "c":
             block = Attention(
@@ -131,7 +131,7 @@ class AttentionLayers(nn.Module):
                 config=cfg.cross_attn,
                 flag_prefix="cross_attn_",
                 residual_attn=cfg.cross_residual_attn,
-                value_residual=value_role,
+                value_residual_role=value_role,
             )
         else:
             block = FeedForward(cfg.dim, cfg.ff)
@@ -316,6 +316,7 @@ class AttentionLayers(nn.Module):
             cache=entry,
             return_attn=state["return_attn"],
             value_residual=values,
+            return_intermediates=True,
         )
         if kind == "c":
             return layer["block"](h, state["context"], context_mask=state["context_mask"], **common)
@@ -329,8 +330,8 @@ class AttentionLayers(nn.Module):
             positions=state["positions"],
             mem=self._layer_mem(state["mems"], index, layer),
             causal=state["causal"],
-            additional_kv=kv,
-            additional_kv_mask=None if kv is None else state["additional_kv_mask"],
+            additional_key_values=kv,
+            additional_key_value_mask=None if kv is None else state["additional_kv_mask"],
             **common,
         )
 
