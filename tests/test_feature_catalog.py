@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from x_attn import Attention
 from x_attn.attention.features import ScoreFeature, catalog
 from x_attn.attention.features.spec import FeatureSpec
+from x_attn.cache import CacheEntry, EntryWrapper, KVEntry
 
 
 class _Halve(ScoreFeature):
@@ -63,3 +64,58 @@ def test_every_declared_paper_is_cited() -> None:
     papers = {spec.paper for spec in catalog.FEATURES if spec.paper}  # "" = no arXiv paper
     assert papers <= cited, papers - cited
     assert len({spec.name for spec in catalog.FEATURES}) == len(catalog.FEATURES)
+
+
+class _ScaleHeads(nn.Module):
+    """A "heads" stage defined outside the package: head t's output times t + 1."""
+
+    def forward(self, out: Tensor, x: Tensor) -> Tensor:  # (b h n d), query input (b n d)
+        return out * torch.arange(1, out.shape[1] + 1, dtype=out.dtype)[:, None, None]
+
+
+class _Counting(EntryWrapper):
+    """An entry wrapper defined outside the package: counts the updates, delegates the rest."""
+
+    def __init__(self, inner: CacheEntry) -> None:
+        super().__init__(inner)
+        self.updates = 0
+
+    def update(self, new, project):
+        self.updates += 1
+        return super().update(new, project)
+
+
+class _SeesCall(ScoreFeature):
+    """Records what each call tells it (per-call views, not module state)."""
+
+    flag = "attn_sees_call"
+    seen: list = []
+
+    def for_call(self, call):
+        _SeesCall.seen.append((type(call.entry), call.mask.q.start, call.mask.q.stop))
+        return self
+
+
+def test_heads_stage_entry_wrapper_and_call_view(monkeypatch) -> None:
+    specs = (
+        FeatureSpec("scale", "", "heads", lambda ctx: True, lambda ctx: _ScaleHeads(), attr="sc"),
+        FeatureSpec("count", "", "cache", lambda ctx: True, wrap_entry=lambda ctx: _Counting),
+        FeatureSpec("sees", "", "logits", lambda ctx: True, lambda ctx: _SeesCall(), True),
+    )
+    torch.manual_seed(0)
+    plain = Attention(16, heads=2, dim_head=8, causal=True).double()
+    monkeypatch.setattr(catalog, "FEATURES", (*catalog.FEATURES, *specs))
+    layer = Attention(16, heads=2, dim_head=8, causal=True).double()
+    layer.load_state_dict(plain.state_dict())
+    assert isinstance(layer.sc, _ScaleHeads) and "sc" not in dict(plain.named_children())
+    with torch.no_grad():  # head 1's values doubled == head 1's output doubled
+        plain.proj.to_v.weight[8:] *= 2
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), plain(x), atol=1e-12, rtol=0)
+    entry = layer.new_cache_entry()
+    assert isinstance(entry, _Counting) and isinstance(entry.inner, KVEntry)
+    _SeesCall.seen.clear()
+    layer(x[:, :3], cache=entry)
+    layer(x[:, 3:], cache=entry)
+    assert entry.updates == 2
+    assert _SeesCall.seen == [(_Counting, 0, 3), (_Counting, 3, 5)]

@@ -71,10 +71,9 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "mta",
-        "multi-token attention: convolution over the attention logits",
-        None,
+        "multi-token attention: 6 x 11 key-query convolution over the attention logits",
+        {"attn_mta": True},
         "2504.00927",
-        note="its flags are not settled yet",
     ),
     Mechanism(
         "linear",

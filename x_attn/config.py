@@ -8,7 +8,7 @@ Each ``validate`` raises ValueError naming the flag and the fix.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from x_attn.config_checks import validate_attention_extras
@@ -54,6 +54,19 @@ class AttentionConfig:
     output_gate_headwise: bool = False
     low_rank_silu_gates: bool = True
     swiglu_values: bool = False
+    # Multi-Token Attention (x_attn/attention/features/multi_token.py); self-attention only
+    mta: bool = False
+    mta_kernel_q: int = 6
+    mta_kernel_k: int = 11
+    mta_pre_conv: bool = True
+    mta_post_conv: bool = False
+    mta_head_kernel: int | None = None
+    mta_pre_head_mix: bool = False
+    mta_post_head_mix: bool = False
+    mta_group_norm: bool = False
+    mta_depth_scale: bool = False
+    mta_gate: bool = False
+    mta_layers: tuple[int, ...] | None = None
 
     @property
     def uses_pre_talking_heads(self) -> bool:
@@ -83,6 +96,58 @@ class AttentionConfig:
                 f"got {self.collab_compression}"
             )
         validate_attention_extras(self, owner, prefix)
+        _validate_mta(self, owner, prefix)
+
+
+def _validate_mta(config: AttentionConfig, owner: str, prefix: str) -> None:
+    """Multi-Token Attention options: sizes, and no option that would have no effect."""
+    if not config.mta:
+        for option in fields(config):
+            if option.name.startswith("mta_") and getattr(config, option.name) != option.default:
+                name = option.name
+                raise ValueError(
+                    f"{owner}: '{prefix}{name}' is set but '{prefix}mta' is False; "
+                    f"set {prefix}mta=True or drop {prefix}{name}"
+                )
+        return
+    check_positive_int(f"{prefix}mta_kernel_q", config.mta_kernel_q, owner)
+    check_positive_int(f"{prefix}mta_kernel_k", config.mta_kernel_k, owner)
+    if config.mta_kernel_k % 2 == 0:
+        raise ValueError(
+            f"{owner}: '{prefix}mta_kernel_k' must be odd (the key kernel is centred on the "
+            f"key: (c_k - 1) / 2 keys on each side), got {config.mta_kernel_k}"
+        )
+    mixes = config.mta_pre_head_mix or config.mta_post_head_mix
+    if not (config.mta_pre_conv or config.mta_post_conv or mixes):
+        raise ValueError(
+            f"{owner}: {prefix}mta=True with {prefix}mta_pre_conv=False and nothing else to "
+            f"convolve; turn on {prefix}mta_post_conv, {prefix}mta_pre_head_mix or "
+            f"{prefix}mta_post_head_mix"
+        )
+    if config.mta_head_kernel is not None:
+        check_positive_int(f"{prefix}mta_head_kernel", config.mta_head_kernel, owner)
+        if not mixes:
+            raise ValueError(
+                f"{owner}: '{prefix}mta_head_kernel' sizes the head mixing, which is off; "
+                f"set {prefix}mta_pre_head_mix or {prefix}mta_post_head_mix, or drop it"
+            )
+    if config.mta_depth_scale and not config.mta_group_norm:
+        raise ValueError(
+            f"{owner}: '{prefix}mta_depth_scale' scales the group norm, which is off; "
+            f"set {prefix}mta_group_norm=True or drop {prefix}mta_depth_scale"
+        )
+    _validate_mta_layers(config.mta_layers, owner, prefix)
+
+
+def _validate_mta_layers(layers: tuple[int, ...] | None, owner: str, prefix: str) -> None:
+    if layers is None:
+        return
+    ok = all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
+    if not layers or not ok or len(set(layers)) != len(layers):
+        raise ValueError(
+            f"{owner}: '{prefix}mta_layers' must be a non-empty tuple of distinct self-attention "
+            f"layer indices (ints >= 0, e.g. (2, 6, 10)), got {layers!r}"
+        )
 
 
 @dataclass(frozen=True)

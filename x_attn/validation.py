@@ -23,6 +23,7 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "NormKind": (str,),
     "tuple[str, ...]": (tuple,),
+    "tuple[int, ...]": (tuple,),
 }
 
 
@@ -65,6 +66,32 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
         _validate_reversible(config, owner)
     if config.position_infused_attn and config.dim % 2:
         raise ValueError(f"{owner}: position_infused_attn needs an even dim, got dim={config.dim}")
+    _validate_mta(config, owner, explicit)
+
+
+def _validate_mta(config: LayersConfig, owner: str, explicit: set[str]) -> None:
+    """Multi-Token Attention acts on self-attention layers only, on the ones chosen."""
+    cross = sorted(k for k in explicit if k.startswith("cross_attn_mta"))
+    if cross:
+        raise ValueError(
+            f"{owner}: {cross[0]}: Multi-Token Attention convolves self-attention maps over "
+            "query and key positions; cross-attention layers do not support it (attn_mta acts "
+            f"on the self-attention layers only); drop {', '.join(cross)}"
+        )
+    if not config.attn.mta:
+        return
+    count = stack_layer_types(config).count("a")
+    if count == 0:
+        raise ValueError(
+            f"{owner}: attn_mta=True acts on self-attention layers, but the stack has none; "
+            "drop attn_mta"
+        )
+    chosen = config.attn.mta_layers or ()
+    if any(index >= count for index in chosen):
+        raise ValueError(
+            f"{owner}: attn_mta_layers={chosen} names a layer past the stack's {count} "
+            f"self-attention layers (indices 0 to {count - 1})"
+        )
 
 
 def _validate_rotary(config: LayersConfig, owner: str) -> None:

@@ -1,12 +1,12 @@
 """Attention: a fixed pipeline of stages; features attach to one stage each.
 
 resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
-the projection applies head transforms such as QK-norm, then positions) -> cache entry (takes
+the projection applies "qk" transforms such as QK-norm, then positions) -> cache entry (takes
 the new key rows, projects them, transforms their values, returns every key held, with
 positions and padding) -> mask description + bias of (queries, held keys) -> extend k/v (the
 caller's additional keys, memory kv, null keys) -> kernel (chosen per layer from the kernel
-registry) -> gates (per-head output) -> output (merge heads, out projection or AoA). The parts
-come from the feature catalog; forward has no flag if.
+registry) -> per-head output stages (with the query input) -> output (merge heads, out
+projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -68,6 +68,9 @@ class Attention(nn.Module):
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
+        layer_index: the layer's index among its stack's self- (or cross-) attention layers,
+            from 0; set by the stack (features that act on chosen layers, or scale with depth,
+            read it).
         value_residual_role: the layer's value residual role ("source", "fixed" or "learned",
             see :class:`x_attn.attention.features.spec.FeatureContext`); set by the stack.
     """
@@ -81,6 +84,7 @@ class Attention(nn.Module):
         config: AttentionConfig | None = None,
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
+        layer_index: int = 0,
         value_residual_role: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -92,8 +96,17 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
+        if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
+            raise ValueError(f"Attention: 'layer_index' must be an int >= 0, got {layer_index!r}")
         ctx = FeatureContext(
-            dim, heads, dim_context, config, flag_prefix, residual_attn, value_residual_role
+            dim,
+            heads,
+            dim_context,
+            config,
+            flag_prefix,
+            residual_attn,
+            layer=layer_index,
+            value_residual=value_residual_role,
         )
         parts = assemble(ctx)
         self.scale = parts.scale if parts.scale is not None else config.dim_head**-0.5
@@ -103,7 +116,8 @@ class Attention(nn.Module):
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = list(parts.extensions)
         self.value_transforms = parts.values  # values of the new key rows, before the cache
-        self.output_gates = parts.gates  # (out per head, query input) -> out per head
+        # per-head output stages, in catalog order: (out per head, query input) -> out per head
+        self.head_stages = parts.head_stages
         self.scores = parts.scores
         self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
         self.to_out: nn.Module = parts.output
@@ -189,9 +203,10 @@ class Attention(nn.Module):
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
-        out, maps = kernel.run(inputs, self.scores.bind(prev_logits), call.entry)
-        for gate in self.output_gates:
-            out = gate(out, x)
+        hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
+        out, maps = kernel.run(inputs, hooks, call.entry)
+        for stage in self.head_stages:
+            out = stage(out, x)
         out = self.to_out(rearrange(out, "b h n d -> b n (h d)"), x)
         if not (return_intermediates or return_attn):
             return out

@@ -2,12 +2,22 @@
 
 A :class:`KVCache` holds one :class:`CacheEntry` per attention layer of a stack, created by the
 layer: :class:`KVEntry` (self-attention keys and values, stored after rotary rotation) or
-:class:`ContextEntry` (a cross-attention context projected once).
+:class:`ContextEntry` (a cross-attention context projected once), possibly wrapped (an
+:class:`EntryWrapper`, e.g. :class:`x_attn.cache.query_tail.QueryTailEntry`) by a feature that
+keeps more state next to it.
 """
 
 from x_attn.cache.context import ContextEntry
-from x_attn.cache.entry import CacheEntry, HeldKeys, KeyRows
+from x_attn.cache.entry import CacheEntry, EntryWrapper, HeldKeys, KeyRows
 from x_attn.cache.kv import KVEntry
 from x_attn.cache.kv_cache import KVCache
 
-__all__ = ["CacheEntry", "ContextEntry", "HeldKeys", "KVCache", "KVEntry", "KeyRows"]
+__all__ = [
+    "CacheEntry",
+    "ContextEntry",
+    "EntryWrapper",
+    "HeldKeys",
+    "KVCache",
+    "KVEntry",
+    "KeyRows",
+]

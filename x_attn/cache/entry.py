@@ -105,3 +105,54 @@ class CacheEntry:
 
     def adopt(self, start: int, key_mask: Tensor | None) -> None:
         """Place keys given as raw tensors at positions from ``start`` (see KVCache)."""
+
+
+class EntryWrapper(CacheEntry):
+    """An entry that keeps more state next to another one (``inner``) and delegates the rest.
+
+    Features wrap their layers' entries through ``FeatureSpec.wrap_entry`` (whichever kind the
+    layer has); wrappers compose. A subclass overrides what it adds to, and :meth:`rewrap` so
+    that :meth:`select` keeps its own state for the selected batch rows.
+    """
+
+    def __init__(self, inner: CacheEntry) -> None:
+        self.inner = inner
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.inner.kind
+
+    @property
+    def positional(self) -> bool:  # type: ignore[override]
+        return self.inner.positional
+
+    def update(self, new: KeyRows, project: Project) -> HeldKeys:
+        return self.inner.update(new, project)
+
+    @property
+    def held(self) -> Span | None:
+        return self.inner.held
+
+    @property
+    def key_mask(self) -> Tensor | None:
+        return self.inner.key_mask
+
+    @property
+    def batch(self) -> int | None:
+        return self.inner.batch
+
+    def next_position(self) -> int:
+        return self.inner.next_position()
+
+    def select(self, index: Tensor) -> CacheEntry:
+        return self.rewrap(self.inner.select(index), index)
+
+    def rewrap(self, inner: CacheEntry, index: Tensor) -> CacheEntry:
+        """A wrapper of the same kind around ``inner`` (this one's state at batch ``index``)."""
+        return type(self)(inner)
+
+    def keep_newest(self, keep: int) -> None:
+        self.inner.keep_newest(keep)
+
+    def adopt(self, start: int, key_mask: Tensor | None) -> None:
+        self.inner.adopt(start, key_mask)

@@ -98,7 +98,8 @@ class AttentionLayers(nn.Module):
             self.types, cfg.add_value_residual, cfg.learned_value_residual_mix
         )
         self.layers = nn.ModuleList(
-            self._make_layer(t, s, r) for t, s, r in zip(self.types, scales, roles)
+            self._make_layer(t, s, self.types[:i].count(t), r)
+            for i, (t, s, r) in enumerate(zip(self.types, scales, roles))
         )
         qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
         self.positions = StackPositions(cfg, qk_dim, owner)
@@ -113,7 +114,11 @@ class AttentionLayers(nn.Module):
 
             object.__setattr__(self, "reversible", build_reversible(self.layers, self.types))
 
-    def _make_layer(self, kind: str, scale: float, value_role: str | None) -> nn.ModuleDict:
+    def _make_layer(
+        self, kind: str, scale: float, index: int, value_role: str | None
+    ) -> nn.ModuleDict:
+        """Layer ``kind`` ('a', 'c' or 'f'), the ``index``-th of its kind in the stack, with its
+        value residual role."""
         cfg = self.config
         if kind == "a":
             block = Attention(
@@ -122,6 +127,7 @@ class AttentionLayers(nn.Module):
                 causal=cfg.causal,
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
+                layer_index=index,
                 value_residual_role=value_role,
             )
         elif kind == "c":
@@ -131,6 +137,7 @@ class AttentionLayers(nn.Module):
                 config=cfg.cross_attn,
                 flag_prefix="cross_attn_",
                 residual_attn=cfg.cross_residual_attn,
+                layer_index=index,
                 value_residual_role=value_role,
             )
         else:

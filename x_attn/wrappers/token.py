@@ -44,6 +44,11 @@ def _check_memory_args(
             f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
             "which a reversible=True stack does not keep; drop one of the two"
         )
+    if max_mem_len and attn_layers.config.attn.mta:
+        raise ValueError(
+            f"{owner}: max_mem_len (Transformer-XL memories) gives keys without their query "
+            "rows, which the query convolution of attn_mta reads; drop one of the two"
+        )
     if max_mem_len and attn_layers.num_self_attention_layers == 0:
         raise ValueError(
             f"{owner}: max_mem_len (Transformer-XL memories) needs self-attention layers to "

@@ -19,6 +19,7 @@ from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
+from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
 from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
@@ -51,9 +52,11 @@ FEATURES: tuple[FeatureSpec, ...] = (
     RESIDUAL_ATTN_SPEC,
     PRE_TALKING_SPEC,
     SOFTCLAMP_LOGITS_SPEC,
+    MTA_SPEC,
     SPARSE_TOPK_SPEC,
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
+    MTA_HEAD_NORM_SPEC,
     HEAD_SCALE_SPEC,
     VALUE_HEAD_GATES_SPEC,
     GATED_VALUES_SPEC,
@@ -66,12 +69,12 @@ class AttentionParts:
     """The parts of one attention layer, by stage, and what its kernel must support.
 
     Attributes:
-        projection: the project stage (its head transforms installed).
-        named: (attribute, module or None) of every feature of the "heads", "values",
-            "extend" and "gate" stages in the catalog, for the Attention module to register.
+        projection: the project stage (its "qk" transforms installed).
+        named: (attribute, module or None) of every feature of the "qk", "values", "extend"
+            and "heads" stages in the catalog, for the Attention module to register.
         extensions: the active extend-stage modules, in order.
         values: the active values-stage modules, in order.
-        gates: the active gate-stage modules, in order.
+        head_stages: the active "heads"-stage modules (per-head output), in order.
         scores: the score features and the normalizer.
         output: the output stage.
         rules: mask rules of self-attention calls (besides causality).
@@ -84,7 +87,7 @@ class AttentionParts:
     named: list[tuple[str, nn.Module | None]]
     extensions: tuple[nn.Module, ...]
     values: tuple[nn.Module, ...]
-    gates: tuple[nn.Module, ...]
+    head_stages: tuple[nn.Module, ...]
     scores: ScorePipeline
     output: nn.Module
     rules: tuple[MaskRule, ...] = ()
@@ -99,20 +102,23 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     _check_slots(active, ctx, owner)
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
     ctx = replace(ctx, projection=projection)
-    heads = [(s, s.build(ctx)) for s in active if s.stage == "heads"]
-    projection.use_head_transforms([m for _, m in heads])  # before the others read it
-    later = [s for s in active if s.slot != "projection" and s.stage != "heads" and s.build]
-    built = heads + [(s, s.build(ctx)) for s in later]
+    qk = [(s, s.build(ctx)) for s in active if s.stage == "qk"]
+    projection.use_head_transforms([m for _, m in qk])  # before the others read it
+    later = [s for s in active if s.slot != "projection" and s.stage != "qk" and s.build]
+    built = qk + [(s, s.build(ctx)) for s in later]
     scores = [m for s, m in built if s.stage in SCORE_STAGES]
     output = next((m for s, m in built if s.slot == "output"), None)
     rules = tuple(rule for s in active if s.rules is not None for rule in s.rules(ctx))
     entry = next((s.cache_entry(ctx) for s in active if s.cache_entry is not None), KVEntry)
+    for spec in active:
+        if spec.wrap_entry is not None:
+            entry = _wrapped(entry, spec.wrap_entry(ctx))
     return AttentionParts(
         projection=projection,
         named=_named(built),
         extensions=_in_stage(built, "extend"),
         values=_in_stage(built, "values"),
-        gates=_in_stage(built, "gate"),
+        head_stages=_in_stage(built, "heads"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
         rules=rules,
@@ -120,6 +126,13 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         needs=_needs(active, ctx),
         scale=_scale(active, ctx, owner),
     )
+
+
+def _wrapped(
+    make: Callable[[], CacheEntry], wrap: Callable[[CacheEntry], CacheEntry]
+) -> Callable[[], CacheEntry]:
+    """A factory of ``make``'s entries, each wrapped by ``wrap``."""
+    return lambda: wrap(make())
 
 
 def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:

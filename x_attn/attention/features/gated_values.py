@@ -86,7 +86,7 @@ class GatedValues(OutputGate):
 GATED_VALUES_SPEC = FeatureSpec(
     "gate_values",
     "2505.06708",
-    "gate",
+    "heads",
     enabled=lambda ctx: ctx.config.gate_values or ctx.config.output_gate,
     build=GatedValues,
     flag_of=lambda ctx: ctx.flag("gate_values" if ctx.config.gate_values else "output_gate"),

@@ -67,7 +67,7 @@ def _qk(ctx: FeatureContext) -> QKRMSNorm:
 QK_RMSNORM_SPEC = FeatureSpec(
     "qk_rmsnorm",
     "2302.05442",
-    "heads",
+    "qk",
     enabled=lambda ctx: ctx.config.qk_rmsnorm or ctx.config.k_rmsnorm,
     build=_qk,
     flag_of=lambda ctx: ctx.flag("k_rmsnorm" if ctx.config.k_rmsnorm else "qk_rmsnorm"),

@@ -29,7 +29,7 @@ class HeadScale(OutputGate):
 HEAD_SCALE_SPEC = FeatureSpec(
     "head_scale",
     "2110.09456",
-    "gate",
+    "heads",
     enabled=lambda ctx: ctx.config.head_scale,
     build=lambda ctx: HeadScale(ctx.heads),
 )

@@ -74,7 +74,7 @@ def _scale(ctx: FeatureContext) -> float:
 QK_NORM_SPEC = FeatureSpec(
     "qk_norm",
     "2010.04245",
-    "heads",
+    "qk",
     enabled=lambda ctx: ctx.config.qk_norm,
     build=_build,
     scale=_scale,

@@ -5,15 +5,17 @@ the raw scores (then only kernels with the ``"scores"`` capability can run the l
 exclusive slot when the feature replaces a part that exists once per layer ("projection",
 "normalizer", "output", "cache"). Besides a module, a feature may contribute mask rules for
 self-attention calls (a window, global tokens, ...), the self-attention cache entry of its
-layers (slot "cache": a ring buffer, a latent, a running state), further kernel
-capabilities it needs and the logit scale it implies (QK-norm's temperature).
+layers (slot "cache": a ring buffer, a latent, a running state), a wrapper around whatever
+entry the layer has (to keep more state, e.g. the last query rows of a convolution over the
+scores), further kernel capabilities it needs and the logit scale it implies (QK-norm's
+temperature).
 
 The stages of modules that act on head tensors (see :mod:`x_attn.attention.features.stages`):
-"heads" (per-head query/key transforms inside the projection, before positions: QK-norm),
+"qk" (per-head query/key transforms inside the projection, before positions: QK-norm),
 "values" (the values of the new key rows, before the cache: value residual, value RMSNorm),
-"gate" (the per-head attention output with the query input, before heads merge: head scale,
-value gates). :mod:`x_attn.attention.features.catalog` lists the specs and builds a
-layer's parts from them; Attention never tests a flag itself.
+"heads" (the per-head attention output, with the query input, before the heads merge: head
+scale, value gates, MTA's head norm). :mod:`x_attn.attention.features.catalog` lists the specs
+and builds a layer's parts from them; Attention never tests a flag itself.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 Stage = Literal[
     "project",
-    "heads",
+    "qk",
     "values",
     "extend",
     "mask",
@@ -40,12 +42,12 @@ Stage = Literal[
     "masked",
     "normalize",
     "probs",
-    "gate",
+    "heads",
     "output",
 ]
 SCORE_STAGES: tuple[Stage, ...] = ("logits", "masked", "probs")
 # stages whose modules are attributes of the Attention module (named by ``attr`` or ``name``)
-NAMED_STAGES: tuple[Stage, ...] = ("heads", "values", "extend", "gate")
+NAMED_STAGES: tuple[Stage, ...] = ("qk", "values", "extend", "heads")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class FeatureContext:
         config: the layer's :class:`AttentionConfig`.
         prefix: flag prefix of the layer ("attn_" or "cross_attn_"), for messages.
         residual_attn: the stack's residual-attention flag for this kind of layer.
+        layer: index of the layer among its stack's layers of the same kind (self- or
+            cross-attention), from 0; 0 for a layer built on its own.
         value_residual: the stack's value residual role for this layer: "source" (the first
             layer of its kind, whose values the later ones mix in), "fixed" or "learned" (the
             mix of a later layer), None (no value residual).
@@ -71,6 +75,7 @@ class FeatureContext:
     config: AttentionConfig
     prefix: str = "attn_"
     residual_attn: bool = False
+    layer: int = 0
     value_residual: str | None = None
     projection: Projection | None = None
 
@@ -86,19 +91,22 @@ class FeatureSpec:
     Attributes:
         name: the option's name (the config field, e.g. "sparse_topk").
         paper: arXiv id of the paper it implements ("" for none).
-        stage: where it attaches: "project", "heads" (query/key transforms before positions),
+        stage: where it attaches: "project", "qk" (query/key transforms before positions),
             "values" (new values before the cache), "extend" (more keys/values), "mask",
-            "cache", "logits", "masked", "normalize", "probs" (score stages), "gate" (per-head
-            output before heads merge) or "output".
+            "cache", "logits", "masked", "normalize", "probs" (score stages), "heads" (a module
+            on the per-head output (b, h, n, dv) and the query input, before the heads are
+            merged) or "output".
         enabled: whether a layer's context turns it on.
         build: the module for a layer that turns it on (None: the feature has no module).
         needs_scores: only kernels that form the scores can run it.
         slot: exclusive part it replaces ("projection", "normalizer", "output", "cache").
-        attr: attribute name on the Attention module (its state-dict prefix) for "heads",
-            "values", "extend" and "gate" modules (default: ``name``).
+        attr: attribute name on the Attention module (its state-dict prefix) for "qk",
+            "values", "extend" and "heads" modules (default: ``name``).
         flag_of: the user-facing flag for messages (default: prefix + name).
         rules: mask rules it adds to self-attention calls (kernels then need "rule:<kind>").
         cache_entry: factory of its layers' self-attention cache entries (slot "cache").
+        wrap_entry: for a layer's context, a function that wraps the layer's self-attention
+            entry (whichever kind) in one that keeps more state; wrappers compose.
         needs: further kernel capabilities it needs (e.g. "cache:state").
         scale: the logit scale it implies instead of ``dim_head ** -0.5`` (at most one active
             feature may set it).
@@ -115,6 +123,7 @@ class FeatureSpec:
     flag_of: Callable[[FeatureContext], str] | None = None
     rules: Callable[[FeatureContext], tuple[MaskRule, ...]] | None = None
     cache_entry: Callable[[FeatureContext], Callable[[], CacheEntry]] | None = None
+    wrap_entry: Callable[[FeatureContext], Callable[[CacheEntry], CacheEntry]] | None = None
     needs: tuple[str, ...] = ()
     scale: Callable[[FeatureContext], float] | None = None
 

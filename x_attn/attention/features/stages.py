@@ -2,15 +2,15 @@
 
 Three stages of :class:`x_attn.attention.attention.Attention` act on per-head tensors:
 
-* "heads": :class:`HeadTransform`, inside the projection, on the queries and keys of the rows
+* "qk": :class:`HeadTransform`, inside the projection, on the queries and keys of the rows
   projected, before positions are applied (QK-norm, QK RMSNorm). Keys without a position
   (memory key/values) get :meth:`HeadTransform.free_k`.
 * "values": :class:`ValueTransform`, on the values of the new key rows, before the cache
   stores them (value residual, value RMSNorm). :class:`BoundKeys` is the projection's key
   function of one call with these transforms applied; it keeps the raw values it projected,
   which the first layer of a stack hands to the later ones (value residual).
-* "gate": :class:`OutputGate`, on the attention output per head, with the query input, before
-  the heads are merged (head scale, value gates).
+* "heads": :class:`OutputGate`, on the attention output per head, with the query input, before
+  the heads are merged (head scale, value gates, MTA's head norm).
 
 Each transform is row-wise (one key or query position at a time), so cached decoding equals a
 full forward.

@@ -34,7 +34,7 @@ class ValueHeadGates(OutputGate):
 VALUE_HEAD_GATES_SPEC = FeatureSpec(
     "gate_value_heads",
     "2306.12929",
-    "gate",
+    "heads",
     enabled=lambda ctx: ctx.config.gate_value_heads,
     build=lambda ctx: ValueHeadGates(ctx.dim, ctx.heads),
 )

@@ -8,7 +8,7 @@ payload is (k, v); a latent projection (MLA) would store a latent and a rotary k
 sinusoids) arrive as :class:`RowPositions` of exactly the rows projected, and the projection
 applies them to the dims it owns (rotary: the first r dims of its query/key head dim).
 
-Per-head query/key transforms of the layer's features ("heads" stage: QK-norm) act between the
+Per-head query/key transforms of the layer's features ("qk" stage: QK-norm) act between the
 head split and the positions: a projection calls :meth:`Projection.finish_queries` and
 :meth:`Projection.finish_keys` on its heads instead of rotating them itself. Value transforms
 (value residual, value RMSNorm) reach the values of a payload through
@@ -44,7 +44,7 @@ class Projection(nn.Module):
         v_heads: value heads (divides h).
         qk_dim: per-head query/key dim (where rotary acts).
         v_dim: per-head value dim.
-        head_transforms: the layer's "heads" stage features, applied in order to queries and
+        head_transforms: the layer's "qk" stage features, applied in order to queries and
             keys before positions (registered on the Attention module, not here).
     """
 
