@@ -49,11 +49,13 @@ def test_causal_override_through_the_wrapper():
 def test_causal_override_refusals():
     dec, _ = twins()
     x = rand(2, 4, D)
-    cache = dec.new_cache()
-    dec(x, cache=cache)
+    _, inter = dec(x, return_hiddens=True)
     with pytest.raises(ValueError, match="causal=False with a KV cache"):
-        dec(x[:, :1], cache=cache, causal=False)
-    dec(x[:, :1], cache=cache, causal=True)  # the stack's own causality is fine
+        dec(x[:, :1], cache=inter, causal=False, return_hiddens=True)
+    dec(x[:, :1], cache=inter, causal=True, return_hiddens=True)  # the stack's own is fine
+    # a call that overrides the causality starts no cache: its keys continue no causal sequence
+    assert dec(x, causal=False, return_hiddens=True)[1].cache is None
+    assert inter.cache is not None
     with pytest.raises(TypeError, match="'causal' must be True, False or None"):
         dec(x, causal=1)
     with pytest.raises(ValueError, match="cross-attention call"):
@@ -79,10 +81,14 @@ def test_self_attn_kv_mask_covers_cached_keys():
     x = rand(2, 6, D)
     keys = torch.ones(2, 6, dtype=torch.bool)
     keys[:, 1] = False
-    cache = dec.new_cache()
-    first = dec(x[:, :4], cache=cache, self_attn_kv_mask=keys[:, :4])
-    last = [dec(x[:, t : t + 1], cache=cache, self_attn_kv_mask=keys[:, : t + 1]) for t in (4, 5)]
-    close(torch.cat([first, *last], dim=1), dec(x, self_attn_kv_mask=keys))
+    outs, cache = [], dec.new_cache()
+    for start, stop in ((0, 4), (4, 5), (5, 6)):
+        out, inter = dec(
+            x[:, start:stop], cache=cache, self_attn_kv_mask=keys[:, :stop], return_hiddens=True
+        )
+        outs.append(out)
+        cache = inter.cache
+    close(torch.cat(outs, dim=1), dec(x, self_attn_kv_mask=keys))
     with pytest.raises(ValueError, match="'self_attn_kv_mask' must have shape \\(2, 6\\)"):
         dec(x, self_attn_kv_mask=keys[:, :5])
 

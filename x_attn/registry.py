@@ -32,6 +32,9 @@ class FlagCase:
     exact: bool = True  # exact attention (an approximation is compared with a tolerance)
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
     extra_keys: int = 0  # keys without position in front of every call's (beyond attn_num_mem_kv)
+    row_conv: bool = (
+        False  # convolves over neighbouring positions: padding between real ones refused
+    )
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -203,6 +206,7 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_mta": True, "attn_mta_kernel_q": 3, "attn_mta_kernel_k": 3},
         needs_scores=True,
         kernel="manual",
+        row_conv=True,
     ),
     FlagCase(
         "attn_mta_post_conv",
@@ -218,6 +222,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="mixed",
+        row_conv=True,
     ),
     FlagCase(
         "attn_mta_post_head_mix",
@@ -239,6 +244,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="mixed",
+        row_conv=True,
     ),
     FlagCase(
         "attn_flash=False",

@@ -122,6 +122,7 @@ class Attention(nn.Module):
         self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
+        self.neighbour_flags = parts.neighbour_flags
         # mask rules of self-attention calls, by causality (a call may override the layer's)
         self._rules = {True: (CAUSAL, *parts.rules), False: parts.rules}
         self.rules = self._rules[causal]
@@ -154,6 +155,7 @@ class Attention(nn.Module):
         positions: PositionContext | None = None,
         prev_logits: Tensor | None = None,
         mem: Tensor | None = None,
+        mem_mask: Tensor | None = None,
         cache: CacheEntry | None = None,
         return_attn: bool = False,
         causal: bool | None = None,
@@ -165,13 +167,14 @@ class Attention(nn.Module):
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
         Args:
-            mask: (b, n) key padding of ``x`` (self-attention; memories are always real).
+            mask: (b, n) key padding of ``x`` (self-attention).
             context_mask: (b, j) padding mask of the context (cross-attention).
             attn_mask: (i, k), (h, i, k) or (b|1, h|1, i, k) bool mask, True = may attend,
                 over the positional keys held (right-aligned: the last column is the newest key).
             positions: positional tables of this forward (see PositionContext).
             prev_logits: previous layer's logits for residual attention.
             mem: (b, m, d) Transformer-XL memory prepended to the keys/values.
+            mem_mask: (b, m) padding of ``mem`` (True = real), or None when all rows are real.
             cache: this layer's cache entry (see :meth:`new_cache_entry`); updated in place.
             return_attn: run a kernel that forms the scores and return the attention maps.
             causal: this call's self-attention causality instead of the layer's (None: the
@@ -187,7 +190,9 @@ class Attention(nn.Module):
         Returns:
             out (b, n, d), or (out, intermediates) as in x-transformers.
         """
-        call = self._call(x, context, mask, context_mask, attn_mask, positions, mem, cache, causal)
+        call = self._call(
+            x, context, mask, context_mask, attn_mask, positions, (mem, mem_mask), cache, causal
+        )
         proj = self.proj
         q = proj.queries(x, call.query_rows)
         keys = BoundKeys(proj, self.value_transforms, value_residual)
@@ -217,7 +222,7 @@ class Attention(nn.Module):
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
             rules = self.rules if causal is None else self._rules[bool(causal)]
-            return self_call(x, mem, mask, attn_mask, positions, entry, rules)
+            return self_call(x, *mem, mask, attn_mask, positions, entry, rules)
         if causal is not None:
             raise ValueError(
                 "Attention: 'causal' sets the causality of self-attention; a cross-attention "

@@ -5,7 +5,6 @@ Shape legend: b batch, n sequence, d model dim, m memory length, j context lengt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,7 +14,10 @@ from x_attn.attention.attention import Attention
 from x_attn.attention.features.softclamp import SoftClamp
 from x_attn.attention.features.value_residual import value_residual_roles
 from x_attn.cache import CacheEntry, KVCache
+from x_attn.cache.kv_cache import stale_loop_message
+from x_attn.cache.mems import mems_mask
 from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
@@ -24,6 +26,7 @@ from x_attn.layers.stack_inputs import (
     check_causal_override,
     check_stack_inputs,
 )
+from x_attn.positional.row_positions import row_positions, rows_mask
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
@@ -34,23 +37,6 @@ from x_attn.validation import (
     merge_kv_mask,
     stack_layer_types,
 )
-
-
-@dataclass
-class LayerIntermediates:
-    """What a stack forward leaves behind.
-
-    Attributes:
-        hiddens: the input of every self-attention layer (b, n, d), for Transformer-XL mems.
-        attn_maps: attention probabilities (b, h, i, j) of every attention layer, when asked.
-        kernels: the kernel each attention layer ran ("sdpa" / "manual").
-        cache: the KV cache, updated, when one was passed.
-    """
-
-    hiddens: list[Tensor] = field(default_factory=list)
-    attn_maps: list[Tensor] = field(default_factory=list)
-    kernels: list[str] = field(default_factory=list)
-    cache: KVCache | None = None
 
 
 @records_config
@@ -187,7 +173,7 @@ class AttentionLayers(nn.Module):
         context_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         mems: list[Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
         *,
@@ -202,14 +188,22 @@ class AttentionLayers(nn.Module):
 
         Args:
             context: (b, j, d) for cross-attending stacks.
-            mask: (b, n) key padding mask, True = real token.
+            mask: (b, n) key padding mask, True = real token. Padding takes no position:
+                each row numbers its real positions 0, 1, 2, ... (relative schemes).
             context_mask: (b, j) padding mask of ``context``.
             attn_mask: bool mask, True = may attend, k = keys with positions: (n, k),
                 (h, n, k) per head (as in x-transformers) or (b, h, n, k), where b and h may
                 be 1 to broadcast.
-            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer.
-            cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
-            return_hiddens: also return a :class:`LayerIntermediates`.
+            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer (a
+                :class:`x_attn.cache.Mems` also carries their padding). With a cache, mems
+                are the context before its first position: the first call (empty cache)
+                takes them in, later calls find them in the cache.
+            cache: a :class:`x_attn.cache.KVCache`, or the intermediates a call with
+                ``return_hiddens=True`` returned (x-transformers style); ``x`` then holds only
+                the new rows. The cache is left as it was: the updated copy is returned in the
+                intermediates (``return_hiddens=True``).
+            return_hiddens: also return a :class:`LayerIntermediates` (with a cache to
+                continue from, for a causal stack that can cache).
             return_attn: run the manual kernel everywhere and collect attention maps.
             causal: this call's self-attention causality instead of the stack's (a cached
                 call keeps the stack's).
@@ -227,11 +221,10 @@ class AttentionLayers(nn.Module):
         owner = type(self).__name__
         check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
-        check_cache(cache, self.num_attention_layers, b, owner)
-        check_causal_override(causal, self.causal, cache is not None)
+        cache = self._working_cache(cache, b, return_hiddens, causal)
+        mem_len = self._check_mems(mems, b, x.dtype, cache)
         past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
-        mem_len = self._check_mems(mems, b, x.dtype)
         k_len = kept + mem_len + n
         attn_mask = check_stack_inputs(self, x, context, mask, context_mask, attn_mask, k_len)
         attn_mask = merge_kv_mask(self_attn_kv_mask, attn_mask, b, n, k_len)
@@ -243,9 +236,17 @@ class AttentionLayers(nn.Module):
             route_additional_kv_to_top,
             owner,
         )
+        mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
         start = cache.first_position if cache is not None else 0
-        positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
+        held_real = None if cache is None else cache.real  # None: nothing padded so far
+        held_mask = None if held_real is None else cache.key_mask
+        new_mask = rows_mask(mem_mask, mask, mem_len, x)
+        span = (start, past, past + mem_len + n)
+        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
+        positions = self.positions(
+            n, past + mem_len + n - start, x.device, x.dtype, start, rows=rows
+        )
         if self.reversible is not None:
             overridden = causal is not None and causal != self.causal
             if mems is not None or cache is not None or return_attn or extra_kv or overridden:
@@ -256,7 +257,7 @@ class AttentionLayers(nn.Module):
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
             return (out, inter) if return_hiddens else out
-        inter = LayerIntermediates(cache=cache)
+        inter = LayerIntermediates(cache=cache, mask=mask)
         state = dict(
             context=context,
             context_mask=context_mask,
@@ -264,6 +265,7 @@ class AttentionLayers(nn.Module):
             positions=positions,
             mask=mask,
             mems=mems,
+            mem_mask=mem_mask,
             entries=self._cache_entries(cache),
             return_attn=return_attn,
             causal=causal,
@@ -272,9 +274,39 @@ class AttentionLayers(nn.Module):
         )
         x = self._run_layers(x, state, inter)
         if cache is not None:
-            cache.length = past + mem_len + n
+            cache.advance(mem_len + n, real)
         out = self.final_norm(self.output_clamp(x))
         return (out, inter) if return_hiddens else out
+
+    def _working_cache(
+        self, cache: Any, b: int, return_hiddens: bool, causal: bool | None
+    ) -> KVCache | None:
+        """The cache this forward updates: a fork of the one given, or a new one.
+
+        A :class:`LayerIntermediates` stands for its cache (x-transformers passes the
+        intermediates back). Without a cache, ``return_hiddens=True`` on a causal stack that
+        can cache starts one, so the intermediates can be continued (not when this call's
+        ``causal=`` overrides the stack's: its keys would not continue a causal sequence).
+        """
+        if isinstance(cache, LayerIntermediates):
+            cache = cache.cache
+            if cache is None:
+                raise ValueError(
+                    f"{type(self).__name__}: the intermediates passed as 'cache' hold no cache "
+                    "(this stack is not causal or cannot cache); pass a KVCache"
+                )
+        check_cache(cache, self.num_attention_layers, b, type(self).__name__)
+        check_causal_override(causal, self.causal, cache is not None)
+        reason = self.uncacheable_reason
+        if cache is not None and reason is not None:
+            raise ValueError(f"{type(self).__name__}: this stack cannot use a 'cache': {reason}")
+        if cache is not None and not return_hiddens:
+            raise ValueError(stale_loop_message(type(self).__name__, "return_hiddens=True"))
+        if cache is not None:
+            return cache.fork()
+        if return_hiddens and self.causal and causal is not False and reason is None:
+            return self.new_cache()
+        return None
 
     def _run_reversible(self, x, mask, attn_mask, positions):
         """The reversible two-stream stack (Reformer) on x (b, n, d)."""
@@ -336,6 +368,7 @@ class AttentionLayers(nn.Module):
             attn_mask=state["attn_mask"],
             positions=state["positions"],
             mem=self._layer_mem(state["mems"], index, layer),
+            mem_mask=state["mem_mask"],
             causal=state["causal"],
             additional_key_values=kv,
             additional_key_value_mask=None if kv is None else state["additional_kv_mask"],
@@ -369,9 +402,18 @@ class AttentionLayers(nn.Module):
                 cache.entry(i, create)
         return cache.entries
 
-    def _check_mems(self, mems: list[Tensor] | None, b: int, dtype: torch.dtype) -> int:
+    def _check_mems(
+        self, mems: list[Tensor] | None, b: int, dtype: torch.dtype, cache: KVCache | None
+    ) -> int:
+        """Memory length (0 without mems); mems join a cache only at its first call."""
         if mems is None:
             return 0
+        if cache is not None and cache.length > 0:
+            raise ValueError(
+                f"{type(self).__name__}: 'mems' given with a 'cache' that already holds "
+                f"{cache.length} positions; the cache took the mems in at its first call (they "
+                "are the context before its first position): pass mems only with an empty cache"
+            )
         return check_mems(mems, self.num_self_attention_layers, b, self.dim, dtype)
 
 

@@ -94,6 +94,7 @@ class AttentionParts:
     new_entry: Callable[[], CacheEntry] = KVEntry
     needs: list[Need] = field(default_factory=list)
     scale: float | None = None
+    neighbour_flags: tuple[str, ...] = ()  # flags of features that read neighbouring positions
 
 
 def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
@@ -125,6 +126,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         new_entry=entry,
         needs=_needs(active, ctx),
         scale=_scale(active, ctx, owner),
+        neighbour_flags=tuple(s.flag(ctx) for s in active if s.reads_neighbours),
     )
 
 

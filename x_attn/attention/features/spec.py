@@ -110,6 +110,9 @@ class FeatureSpec:
         needs: further kernel capabilities it needs (e.g. "cache:state").
         scale: the logit scale it implies instead of ``dim_head ** -0.5`` (at most one active
             feature may set it).
+        reads_neighbours: it mixes neighbouring positions (a convolution over rows or keys),
+            so padding placed between real positions changes a row's result; wrappers refuse
+            to create such gaps (memory tokens in front of left padding).
     """
 
     name: str
@@ -126,6 +129,7 @@ class FeatureSpec:
     wrap_entry: Callable[[FeatureContext], Callable[[CacheEntry], CacheEntry]] | None = None
     needs: tuple[str, ...] = ()
     scale: Callable[[FeatureContext], float] | None = None
+    reads_neighbours: bool = False
 
     def flag(self, ctx: FeatureContext) -> str:
         return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)
