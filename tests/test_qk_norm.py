@@ -144,11 +144,24 @@ def test_value_rmsnorm_values_are_cached_normalized():
             "drop one",
         ),
         (dict(attn_qk_rmsnorm=True, attn_k_rmsnorm=True), "already normalizes the keys"),
+        # MLA forms no per-head key or value to transform (its absorbed form attends in latents)
+        (
+            dict(attn_use_latent_kv=True, attn_dim_latent_kv=8, attn_qk_norm=True),
+            "attn_qk_norm transform .* attn_use_latent_kv never forms",
+        ),
+        (
+            dict(attn_use_latent_kv=True, attn_dim_latent_kv=8, attn_value_rmsnorm=True),
+            "attn_value_rmsnorm transform .* attn_use_latent_kv never forms",
+        ),
+        (
+            dict(depth=2, attn_use_latent_kv=True, attn_dim_latent_kv=8, add_value_residual=True),
+            "attn_use_latent_kv never forms",
+        ),
     ],
 )
 def test_qk_norm_family_refusals(flags, match):
     with pytest.raises(ValueError, match=match):
-        Decoder(dim=16, depth=1, heads=2, attn_dim_head=8, **flags)
+        Decoder(**{"dim": 16, "depth": 1, "heads": 2, "attn_dim_head": 8, **flags})
 
 
 def test_qk_norm_groups_must_be_int():

@@ -27,7 +27,7 @@ from x_attn.layers.stack_inputs import (
     check_stack_inputs,
 )
 from x_attn.positional.row_positions import row_positions, rows_mask
-from x_attn.positional.stack_positions import StackPositions
+from x_attn.positional.stack_positions import StackPositions, requested_rotary_dim
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
 from x_attn.validation import (
@@ -87,8 +87,10 @@ class AttentionLayers(nn.Module):
             self._make_layer(t, s, self.types[:i].count(t), r)
             for i, (t, s, r) in enumerate(zip(self.types, scales, roles))
         )
-        qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
-        self.positions = StackPositions(cfg, qk_dim, owner)
+        blocks = self._attention_blocks()
+        qk_dim = next((blk.qk_dim for blk in blocks), cfg.attn.dim_head)
+        fixed = next((blk.proj.rotary_dim for blk in blocks if blk.proj.rotary_dim), None)
+        self.positions = StackPositions(cfg, qk_dim, owner, rotary_dim=fixed)
         use_final = cfg.pre_norm and not cfg.use_rezero
         self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
         clamp = SoftClamp(cfg.softclamp_output_value) if cfg.softclamp_output else nn.Identity()
@@ -113,6 +115,7 @@ class AttentionLayers(nn.Module):
                 causal=cfg.causal,
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
+                rotary_dim=requested_rotary_dim(cfg),
                 layer_index=index,
                 value_residual_role=value_role,
             )

@@ -31,7 +31,14 @@ def check_stack_inputs(
         raise ValueError("'context_mask' given to a stack that does not cross-attend")
     check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
     if context is not None:
-        check_float_input("context", context, stack.dim, owner)
+        width = stack.config.cross_attn.dim_context or stack.dim
+        if isinstance(context, Tensor) and context.ndim == 3 and context.shape[-1] != width:
+            raise ValueError(
+                f"{owner}: 'context' has width {context.shape[-1]}, but the cross-attention "
+                f"layers read width {width}; build the stack with "
+                f"cross_attn_dim_context={context.shape[-1]}"
+            )
+        check_float_input("context", context, width, owner)
         if context.shape[0] != b:
             raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
         check_bool_mask(

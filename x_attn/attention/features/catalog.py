@@ -36,12 +36,14 @@ from x_attn.attention.features.value_head_gates import VALUE_HEAD_GATES_SPEC
 from x_attn.attention.features.value_residual import VALUE_RESIDUAL_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
+from x_attn.attention.projections.latent import LATENT_KV_SPEC
 from x_attn.cache import CacheEntry, KVEntry
 from x_attn.kernels.registry import Need
 from x_attn.masks.spec import MaskRule
 
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
+    LATENT_KV_SPEC,
     QK_NORM_SPEC,
     QK_RMSNORM_SPEC,
     VALUE_RESIDUAL_SPEC,
@@ -103,6 +105,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     _check_slots(active, ctx, owner)
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
     ctx = replace(ctx, projection=projection)
+    _check_transformable(active, projection, ctx, owner)
     qk = [(s, s.build(ctx)) for s in active if s.stage == "qk"]
     projection.use_head_transforms([m for _, m in qk])  # before the others read it
     later = [s for s in active if s.slot != "projection" and s.stage != "qk" and s.build]
@@ -158,6 +161,19 @@ def _in_stage(built: list[tuple[FeatureSpec, nn.Module]], stage: str) -> tuple[n
     return tuple(module for spec, module in built if spec.stage == stage)
 
 
+def _check_transformable(
+    active: list[FeatureSpec], projection: Projection, ctx: FeatureContext, owner: str
+) -> None:
+    """Refuse "qk" and "values" transforms on a projection that cannot apply them."""
+    transforms = [s.flag(ctx) for s in active if s.stage in ("qk", "values")]
+    if transforms and not projection.transformable:
+        slot = next(s.flag(ctx) for s in active if s.slot == "projection")
+        raise ValueError(
+            f"{owner}: {', '.join(transforms)} transform the per-head keys or values, which "
+            f"{slot} never forms (it attends through a shared latent); drop one of them"
+        )
+
+
 def _scale(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> float | None:
     """The logit scale an active feature implies (at most one may set it)."""
     setting = [spec for spec in active if spec.scale is not None]
@@ -168,7 +184,22 @@ def _scale(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> float 
 
 
 def _default_projection(ctx: FeatureContext) -> Projection:
-    return MultiHeadProjection(ctx.dim, ctx.heads, ctx.config.dim_head, ctx.dim_context)
+    kv_heads = ctx.config.key_value_heads(ctx.heads)
+    if ctx.heads % kv_heads:
+        divisors = [d for d in range(1, ctx.heads + 1) if ctx.heads % d == 0]
+        raise ValueError(
+            f"Attention: {ctx.flag('kv_heads')}={kv_heads} does not divide heads={ctx.heads}: "
+            f"each key/value head serves a group of heads / kv_heads query heads; use one of "
+            f"{divisors}"
+        )
+    return MultiHeadProjection(
+        ctx.dim,
+        ctx.heads,
+        ctx.config.dim_head,
+        ctx.dim_context,
+        kv_heads=kv_heads,
+        dim_latent_q=ctx.config.dim_latent_q,
+    )
 
 
 def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> nn.Module | None:
@@ -176,14 +207,15 @@ def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> n
 
 
 def _check_slots(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> None:
-    """At most one active feature per exclusive slot; a clash names both flags."""
+    """At most one active feature per exclusive slot (a cache entry factory takes the "cache"
+    slot too); a clash names both flags."""
     taken: dict[str, FeatureSpec] = {}
     for spec in active:
-        if spec.slot is None:
-            continue
-        other = taken.setdefault(spec.slot, spec)
-        if other is not spec:
-            raise ValueError(
-                f"{owner}: {other.flag(ctx)} and {spec.flag(ctx)} both replace the layer's "
-                f"{spec.slot}; choose one"
-            )
+        slots = {spec.slot} | ({"cache"} if spec.cache_entry is not None else set())
+        for slot in slots - {None}:
+            other = taken.setdefault(slot, spec)
+            if other is not spec:
+                raise ValueError(
+                    f"{owner}: {other.flag(ctx)} and {spec.flag(ctx)} both replace the layer's "
+                    f"{slot}; choose one"
+                )

@@ -67,6 +67,8 @@ class FeatureContext:
             layer of its kind, whose values the later ones mix in), "fixed" or "learned" (the
             mix of a later layer), None (no value residual).
         projection: the layer's projection, once the project stage is built.
+        rotary_dim: the stack's rotary dim (None without rotary positions), for projections
+            that size a separate rotary part by it.
     """
 
     dim: int
@@ -78,6 +80,7 @@ class FeatureContext:
     layer: int = 0
     value_residual: str | None = None
     projection: Projection | None = None
+    rotary_dim: int | None = None
 
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""

@@ -14,6 +14,13 @@ head split and the positions: a projection calls :meth:`Projection.finish_querie
 (value residual, value RMSNorm) reach the values of a payload through
 :meth:`Projection.map_values`.
 
+Before the kernel, :meth:`Projection.operands` turns (queries, payload) into the kernel's q, k, v
+and a ``finish`` map applied to the kernel's output; by default k, v = ``expand(payload)`` and
+``finish`` is the identity. A projection that attends in another space (MLA's absorbed decode:
+queries folded into the latent, values up-projected after attention) overrides it. The logit
+scale is the projection's (``scale``; None = the layer's ``dim_head ** -0.5``), and a projection
+whose rotary dims are a separate part of each head says how wide it is (``rotary_dim``).
+
 Adding a head layout: one file with a :class:`Projection` subclass and its feature declaration
 (slot "projection"), one line in the feature catalog.
 
@@ -25,7 +32,7 @@ query/key head dim, dv value head dim.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor, nn
 
@@ -33,6 +40,26 @@ from x_attn.positional.context import RowPositions
 
 if TYPE_CHECKING:
     from x_attn.attention.features.stages import HeadTransform
+
+
+def _unchanged(out: Tensor) -> Tensor:
+    return out
+
+
+class Operands(NamedTuple):
+    """What the kernel attends with, and the map from its output to per-head values.
+
+    Attributes:
+        q: (b, h, i, dq') queries.
+        k: (b, hk', j, dq') keys.
+        v: (b, hv', j, dv') values.
+        finish: (b, h, i, dv') kernel output -> (b, h, i, v_dim).
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    finish: Callable[[Tensor], Tensor] = _unchanged
 
 
 class Projection(nn.Module):
@@ -46,6 +73,12 @@ class Projection(nn.Module):
         v_dim: per-head value dim.
         head_transforms: the layer's "qk" stage features, applied in order to queries and
             keys before positions (registered on the Attention module, not here).
+        transformable: whether the "qk" and "values" transforms can act on its query/key
+            heads and its payload's values (False: a layer with them is refused).
+        scale: logit scale, or None for the layer's ``dim_head ** -0.5``.
+        rotary_dim: the exact rotary dim the projection was built for (a separate part of each
+            head, e.g. MLA's decoupled rotary dims), or None: rotary acts on the first r dims
+            of ``qk_dim``, r chosen by the stack.
     """
 
     heads: int
@@ -54,6 +87,9 @@ class Projection(nn.Module):
     qk_dim: int
     v_dim: int
     head_transforms: tuple[HeadTransform, ...] = ()
+    transformable: bool = True
+    scale: float | None = None
+    rotary_dim: int | None = None
 
     def use_head_transforms(self, transforms: Sequence[HeadTransform]) -> None:
         """Apply ``transforms`` to every query and key head (a plain tuple: not submodules)."""
@@ -79,7 +115,8 @@ class Projection(nn.Module):
 
     def map_values(self, payload: Any, fn: Callable[[Tensor], Tensor]) -> Any:
         """The payload with ``fn`` applied to its values; (k, v) payloads here. A projection
-        whose payload holds no values (a latent) overrides this or refuses value features."""
+        whose payload holds no values (a latent) overrides this or sets ``transformable``
+        False."""
         k, v = payload
         return k, fn(v)
 
@@ -94,6 +131,11 @@ class Projection(nn.Module):
     def expand(self, payload: Any) -> tuple[Tensor, Tensor]:
         """Payload -> keys (b, hk, j, dq), values (b, hv, j, dv); (k, v) payloads pass through."""
         return payload
+
+    def operands(self, q: Tensor, payload: Any) -> Operands:
+        """Queries and every held key's payload -> the kernel's q, k, v and output map."""
+        k, v = self.expand(payload)
+        return Operands(q, k, v)
 
     def project(
         self, x: Tensor, kv_input: Tensor, q_pos: RowPositions, k_pos: RowPositions
