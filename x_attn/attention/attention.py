@@ -4,8 +4,9 @@ resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> pr
 the projection applies "qk" transforms such as QK-norm, then positions) -> cache entry (takes
 the new key rows, projects them, transforms their values, returns every key held, with
 positions and padding) -> mask description + bias of (queries, held keys) -> extend k/v (the
-caller's additional keys, memory kv, null keys) -> kernel (chosen per layer from the kernel
-registry) -> per-head output stages (with the query input) -> output (merge heads, out
+caller's additional keys, memory kv, null keys) -> query-dependent bias (Shaw's relative keys)
+-> kernel (chosen per layer from the kernel registry) -> per-head output stages (with the
+query input) -> output (merge heads, out
 projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
@@ -27,7 +28,7 @@ from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.features.stages import BoundKeys
 from x_attn.attention.projections import Projection
 from x_attn.cache import CacheEntry, ContextEntry
-from x_attn.config import AttentionConfig
+from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.select import KernelChoice, choose_kernel
@@ -74,6 +75,8 @@ class Attention(nn.Module):
         layer_index: the layer's index among its stack's self- (or cross-) attention layers,
             from 0; set by the stack (features that act on chosen layers, or scale with depth,
             read it).
+        stack_config: the stack's flags, given by a stack to its self-attention layers
+            (positional features such as ``shaw_rel_pos`` live in each layer).
         value_residual_role: the layer's value residual role ("source", "fixed" or "learned",
             see :class:`x_attn.attention.features.spec.FeatureContext`); set by the stack.
     """
@@ -90,6 +93,7 @@ class Attention(nn.Module):
         rotary_dim: int | None = None,
         layer_index: int = 0,
         value_residual_role: str | None = None,
+        stack_config: LayersConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -113,13 +117,15 @@ class Attention(nn.Module):
             layer=layer_index,
             value_residual=value_residual_role,
             rotary_dim=rotary_dim,
+            stack=stack_config,
         )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
-        # a feature's scale (QK-norm's temperature), else the projection's, else dim_head^-0.5
-        self.scale = default(parts.scale, default(self.proj.scale, config.dim_head**-0.5))
+        self.scale = parts.scale  # a feature's (QK-norm), the projection's or dim_head^-0.5
         for attr, module in parts.named:  # registered under their own names (or None)
             setattr(self, attr, module)
+        # bias stage: (q, positions, mask, bias, hooks) -> (bias, hooks), after extend k/v
+        self.bias_stages = parts.biases
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = list(parts.extensions)
         self.value_transforms = parts.values  # values of the new key rows, before the cache
@@ -212,10 +218,12 @@ class Attention(nn.Module):
         )
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
+        hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
+        for stage in self.bias_stages:
+            bias, hooks = stage(q, call.positions, mask_spec, bias, hooks)
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
-        hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
         out, maps = kernel.run(inputs, hooks, call.entry)
         out = finish(out)
         for stage in self.head_stages:
@@ -249,7 +257,7 @@ class Attention(nn.Module):
                 "call (with a context) has none, so drop causal="
             )
         entry = cache if cache is not None else self.new_context_entry()
-        return cross_call(x, context, context_mask, attn_mask, entry)
+        return cross_call(x, context, context_mask, attn_mask, entry, positions)
 
 
 def _context_width(dim: int, given: int | None, config: AttentionConfig, prefix: str) -> int:

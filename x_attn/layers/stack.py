@@ -26,6 +26,8 @@ from x_attn.layers.stack_inputs import (
     check_causal_override,
     check_stack_inputs,
 )
+from x_attn.positional.context import PositionContext
+from x_attn.positional.custom import position_values, table_values
 from x_attn.positional.row_positions import row_positions, rows_mask
 from x_attn.positional.stack_positions import StackPositions, requested_rotary_dim
 from x_attn.routing import checked_keywords, route_layer_kwargs
@@ -118,6 +120,7 @@ class AttentionLayers(nn.Module):
                 rotary_dim=requested_rotary_dim(cfg),
                 layer_index=index,
                 value_residual_role=value_role,
+                stack_config=cfg,
             )
         elif kind == "c":
             block = Attention(
@@ -179,6 +182,8 @@ class AttentionLayers(nn.Module):
         cache: KVCache | LayerIntermediates | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
         *,
         causal: bool | None = None,
         self_attn_kv_mask: Tensor | None = None,
@@ -220,13 +225,17 @@ class AttentionLayers(nn.Module):
             detach_additional_kv: stop gradients into the additional keys and values.
             route_additional_kv_to_top: the last pairs go to the top layers (default), else
                 the first pairs to the bottom layers.
+            pos: positions of this call's tokens for the positional methods, (n,), (b, n) or,
+                for an additive bias only, (b, heads, n); default: their index in the stream
+                (see :mod:`x_attn.positional.custom`). A cache keeps them for later calls.
+            context_pos: (j,) or (b, j) positions of ``context`` for rotary embeddings in
+                cross-attention.
         """
         owner = type(self).__name__
         check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
         cache = self._working_cache(cache, b, return_hiddens, causal)
         mem_len = self._check_mems(mems, b, x.dtype, cache)
-        past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         k_len = kept + mem_len + n
         attn_mask = check_stack_inputs(self, x, context, mask, context_mask, attn_mask, k_len)
@@ -241,14 +250,8 @@ class AttentionLayers(nn.Module):
         )
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
-        start = cache.first_position if cache is not None else 0
-        held_real = None if cache is None else cache.real  # None: nothing padded so far
-        held_mask = None if held_real is None else cache.key_mask
-        new_mask = rows_mask(mem_mask, mask, mem_len, x)
-        span = (start, past, past + mem_len + n)
-        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
-        positions = self.positions(
-            n, past + mem_len + n - start, x.device, x.dtype, start, rows=rows
+        positions, values, real = self._position_context(
+            x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
         )
         if self.reversible is not None:
             overridden = causal is not None and causal != self.causal
@@ -278,8 +281,45 @@ class AttentionLayers(nn.Module):
         x = self._run_layers(x, state, inter)
         if cache is not None:
             cache.advance(mem_len + n, real)
+            cache.position_values = values
         out = self.final_norm(self.output_clamp(x))
         return (out, inter) if return_hiddens else out
+
+    def _position_context(
+        self,
+        x: Tensor,
+        given: tuple[Tensor | None, Tensor | None],
+        context: Tensor | None,
+        cache: KVCache | None,
+        rows_in: tuple[list[Tensor] | None, Tensor | None, Tensor | None],
+    ) -> tuple[PositionContext, Tensor | None, Tensor | None]:
+        """The forward's positional tables, from the oldest position a layer holds on.
+
+        ``given``: the forward's (pos, context_pos); ``rows_in``: (mems, their padding, the
+        padding of ``x``). Padding renumbers the rows (``row_positions``), custom positions
+        replace the numbers (``position_values``). Returns the tables, the custom position
+        values of every slot for the cache (or None) and the real positions per row after this
+        forward (or None when all were real).
+        """
+        mems, mem_mask, mask = rows_in
+        b, n = x.shape[:2]
+        mem_len = 0 if mems is None else mems[0].shape[1]
+        past = cache.length if cache is not None else 0
+        start = cache.first_position if cache is not None else 0
+        held_real = None if cache is None else cache.real  # None: nothing padded so far
+        held_mask = None if held_real is None else cache.key_mask
+        new_mask = rows_mask(mem_mask, mask, mem_len, x)
+        span = (start, past, past + mem_len + n)
+        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
+        heads = self.config.heads
+        values = position_values(
+            self.positions, heads, given, x, context, cache, mems, (start, rows)
+        )
+        if values is not None:
+            rows = table_values(values, start)
+        k_len = past + mem_len + n - start
+        tables = self.positions(n, k_len, x.device, x.dtype, start, rows, given[1])
+        return tables, values, real
 
     def _working_cache(
         self, cache: Any, b: int, return_hiddens: bool, causal: bool | None
@@ -361,7 +401,13 @@ class AttentionLayers(nn.Module):
             return_intermediates=True,
         )
         if kind == "c":
-            return layer["block"](h, state["context"], context_mask=state["context_mask"], **common)
+            return layer["block"](
+                h,
+                state["context"],
+                context_mask=state["context_mask"],
+                positions=state["positions"],
+                **common,
+            )
         index = counts["self"]
         counts["self"] += 1
         kv = state["additional_kv"][index]

@@ -23,6 +23,7 @@ from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
 from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
+from x_attn.attention.features.shaw import SHAW_SPEC
 from x_attn.attention.features.softclamp import SOFTCLAMP_LOGITS_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import (
@@ -48,6 +49,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     QK_RMSNORM_SPEC,
     VALUE_RESIDUAL_SPEC,
     VALUE_RMSNORM_SPEC,
+    SHAW_SPEC,
     MEMORY_KV_SPEC,
     ZERO_KV_SPEC,
     HEAD_SINK_SPEC,
@@ -72,30 +74,32 @@ class AttentionParts:
 
     Attributes:
         projection: the project stage (its "qk" transforms installed).
-        named: (attribute, module or None) of every feature of the "qk", "values", "extend"
-            and "heads" stages in the catalog, for the Attention module to register.
+        named: (attribute, module or None) of every feature of the "qk", "values", "extend",
+            "bias" and "heads" stages in the catalog, for the Attention module to register.
         extensions: the active extend-stage modules, in order.
         values: the active values-stage modules, in order.
+        biases: the active bias-stage modules (query-dependent logit bias), in order.
         head_stages: the active "heads"-stage modules (per-head output), in order.
         scores: the score features and the normalizer.
         output: the output stage.
         rules: mask rules of self-attention calls (besides causality).
         new_entry: factory of the layer's self-attention cache entries.
         needs: what the layer's kernel must support, each with the flag that asks.
-        scale: the logit scale a feature implies, or None for ``dim_head ** -0.5``.
+        scale: the logit scale (see :attr:`FeatureContext.scale`).
     """
 
     projection: Projection
     named: list[tuple[str, nn.Module | None]]
     extensions: tuple[nn.Module, ...]
     values: tuple[nn.Module, ...]
+    biases: tuple[nn.Module, ...]
     head_stages: tuple[nn.Module, ...]
     scores: ScorePipeline
     output: nn.Module
+    scale: float
     rules: tuple[MaskRule, ...] = ()
     new_entry: Callable[[], CacheEntry] = KVEntry
     needs: list[Need] = field(default_factory=list)
-    scale: float | None = None
     neighbour_flags: tuple[str, ...] = ()  # flags of features that read neighbouring positions
 
 
@@ -106,6 +110,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
     ctx = replace(ctx, projection=projection)
     _check_transformable(active, projection, ctx, owner)
+    ctx = replace(ctx, feature_scale=_scale(active, ctx, owner))
     qk = [(s, s.build(ctx)) for s in active if s.stage == "qk"]
     projection.use_head_transforms([m for _, m in qk])  # before the others read it
     later = [s for s in active if s.slot != "projection" and s.stage != "qk" and s.build]
@@ -122,13 +127,14 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         named=_named(built),
         extensions=_in_stage(built, "extend"),
         values=_in_stage(built, "values"),
+        biases=_in_stage(built, "bias"),
         head_stages=_in_stage(built, "heads"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
         rules=rules,
         new_entry=entry,
         needs=_needs(active, ctx),
-        scale=_scale(active, ctx, owner),
+        scale=ctx.scale,
         neighbour_flags=tuple(s.flag(ctx) for s in active if s.reads_neighbours),
     )
 
@@ -144,7 +150,7 @@ def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
     """Kernel capabilities the active features need, each with its flag."""
     needs = []
     for spec in active:
-        capabilities = [*(["scores"] if spec.needs_scores else []), *spec.needs]
+        capabilities = [*(["scores"] if spec.scores_needed(ctx) else []), *spec.needs]
         capabilities += [f"rule:{rule.kind}" for rule in (spec.rules(ctx) if spec.rules else ())]
         needs += [Need(spec.flag(ctx), capability) for capability in capabilities]
     return needs

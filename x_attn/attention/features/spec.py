@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from x_attn.config import AttentionConfig
+from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.masks.spec import MaskRule
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ Stage = Literal[
     "project",
     "qk",
     "values",
+    "bias",
     "extend",
     "mask",
     "cache",
@@ -47,7 +48,7 @@ Stage = Literal[
 ]
 SCORE_STAGES: tuple[Stage, ...] = ("logits", "masked", "probs")
 # stages whose modules are attributes of the Attention module (named by ``attr`` or ``name``)
-NAMED_STAGES: tuple[Stage, ...] = ("qk", "values", "extend", "heads")
+NAMED_STAGES: tuple[Stage, ...] = ("qk", "values", "extend", "bias", "heads")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,11 @@ class FeatureContext:
             layer of its kind, whose values the later ones mix in), "fixed" or "learned" (the
             mix of a later layer), None (no value residual).
         projection: the layer's projection, once the project stage is built.
+        stack: the stack's flags, for the self-attention layers of a stack (positional
+            features such as Shaw's relative embeddings read them); None otherwise.
         rotary_dim: the stack's rotary dim (None without rotary positions), for projections
             that size a separate rotary part by it.
+        feature_scale: the logit scale an active feature implies (QK-norm), once assembled.
     """
 
     dim: int
@@ -80,7 +84,18 @@ class FeatureContext:
     layer: int = 0
     value_residual: str | None = None
     projection: Projection | None = None
+    stack: LayersConfig | None = None
     rotary_dim: int | None = None
+    feature_scale: float | None = None
+
+    @property
+    def scale(self) -> float:
+        """The logit scale: a feature's (QK-norm's temperature), else the projection's, else
+        ``dim_head ** -0.5``."""
+        if self.feature_scale is not None:
+            return self.feature_scale
+        scale = None if self.projection is None else self.projection.scale
+        return self.config.dim_head**-0.5 if scale is None else scale
 
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""
@@ -95,13 +110,15 @@ class FeatureSpec:
         name: the option's name (the config field, e.g. "sparse_topk").
         paper: arXiv id of the paper it implements ("" for none).
         stage: where it attaches: "project", "qk" (query/key transforms before positions),
-            "values" (new values before the cache), "extend" (more keys/values), "mask",
-            "cache", "logits", "masked", "normalize", "probs" (score stages), "heads" (a module
-            on the per-head output (b, h, n, dv) and the query input, before the heads are
-            merged) or "output".
+            "values" (new values before the cache), "extend" (more keys/values), "bias" (a
+            query-dependent logit bias over the held keys, possibly wrapping the score hooks),
+            "mask", "cache", "logits", "masked", "normalize", "probs" (score stages), "heads" (a
+            module on the per-head output (b, h, n, dv) and the query input, before the heads
+            are merged) or "output".
         enabled: whether a layer's context turns it on.
         build: the module for a layer that turns it on (None: the feature has no module).
-        needs_scores: only kernels that form the scores can run it.
+        needs_scores: only kernels that form the scores can run it (a bool, or a function of
+            the layer's context when that depends on an option).
         slot: exclusive part it replaces ("projection", "normalizer", "output", "cache").
         attr: attribute name on the Attention module (its state-dict prefix) for "qk",
             "values", "extend" and "heads" modules (default: ``name``).
@@ -123,7 +140,7 @@ class FeatureSpec:
     stage: Stage
     enabled: Callable[[FeatureContext], bool]
     build: Callable[[FeatureContext], Any] | None = None
-    needs_scores: bool = False
+    needs_scores: bool | Callable[[FeatureContext], bool] = False
     slot: str | None = None
     attr: str | None = None
     flag_of: Callable[[FeatureContext], str] | None = None
@@ -136,3 +153,7 @@ class FeatureSpec:
 
     def flag(self, ctx: FeatureContext) -> str:
         return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)
+
+    def scores_needed(self, ctx: FeatureContext) -> bool:
+        """Whether this feature, as ``ctx`` configures it, needs the raw scores."""
+        return self.needs_scores(ctx) if callable(self.needs_scores) else self.needs_scores
