@@ -70,6 +70,8 @@ class Projection(nn.Module):
         k_heads: key heads (divides h).
         v_heads: value heads (divides h).
         qk_dim: per-head query/key dim (where rotary acts).
+        qk_dim_options: the attention options (without prefix) that set ``qk_dim``, for
+            error messages.
         v_dim: per-head value dim.
         head_transforms: the layer's "qk" stage features, applied in order to queries and
             keys before positions (registered on the Attention module, not here).
@@ -85,6 +87,7 @@ class Projection(nn.Module):
     k_heads: int
     v_heads: int
     qk_dim: int
+    qk_dim_options: tuple[str, ...] = ("dim_head",)
     v_dim: int
     head_transforms: tuple[HeadTransform, ...] = ()
     transformable: bool = True
