@@ -7,6 +7,7 @@ from x_attn.cache import KVCache, KVEntry
 from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
+from x_attn.per_layer import per_layer
 from x_attn.serialization import from_config, to_config
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
@@ -33,5 +34,6 @@ __all__ = [
     "__version__",
     "from_config",
     "load",
+    "per_layer",
     "to_config",
 ]

@@ -176,6 +176,12 @@ class LayersConfig:
     attn: AttentionConfig = field(default_factory=AttentionConfig)
     cross_attn: AttentionConfig = field(default_factory=AttentionConfig)
     ff: FeedForwardConfig = field(default_factory=FeedForwardConfig)
+    # one config per self-attention layer when a flag took per_layer(...) values, else empty
+    per_layer_attn: tuple[AttentionConfig, ...] = ()
+
+    def self_attn_config(self, index: int) -> AttentionConfig:
+        """The config of self-attention layer ``index`` (per-layer values applied)."""
+        return self.per_layer_attn[index] if self.per_layer_attn else self.attn
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-friendly dict (nested configs as dicts)."""

@@ -12,15 +12,22 @@ import difflib
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from x_attn.config import AttentionConfig, FeedForwardConfig, LayersConfig
-from x_attn.validation import check_field_types, validate_layers
+from x_attn.per_layer import PerLayer, check_target, layer_configs
+from x_attn.validation import check_field_types, stack_layer_types, validate_layers
 
 ATTN_FIELDS = {f.name for f in fields(AttentionConfig)}
 FF_FIELDS = {f.name for f in fields(FeedForwardConfig)}
-LAYER_FIELDS = {f.name for f in fields(LayersConfig)} - {"attn", "cross_attn", "ff", "norm"}
+LAYER_FIELDS = {f.name for f in fields(LayersConfig)} - {
+    "attn",
+    "cross_attn",
+    "ff",
+    "norm",
+    "per_layer_attn",
+}
 
 # boolean flag -> (config field, value it selects)
 CHOICE_ALIASES: dict[str, tuple[str, str]] = {
@@ -64,6 +71,7 @@ def _route_one(key: str) -> tuple[str, str] | None:
 def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
     """Build and validate the LayersConfig of a stack from its flat keyword arguments."""
     buckets: dict[str, dict[str, Any]] = {"attn": {}, "cross_attn": {}, "ff": {}, "layers": {}}
+    per_layer: dict[str, PerLayer] = {}  # attn_* options with one value per self-attention layer
     for key, value in kwargs.items():
         if key in CHOICE_ALIASES:
             _set_choice(owner, buckets["layers"], key, value)
@@ -72,6 +80,10 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
         if target is None:
             raise unknown_argument(owner, key, known_layer_arguments())
         bucket, name = target
+        if isinstance(value, PerLayer):
+            check_target(owner, key, bucket, name)
+            per_layer[name] = value
+            continue
         buckets[bucket][name] = tuple(value) if isinstance(value, list) else value
     attn = AttentionConfig(**buckets["attn"])
     cross = AttentionConfig(**{**buckets["attn"], **buckets["cross_attn"]})
@@ -84,6 +96,9 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
     config = LayersConfig(**buckets["layers"], attn=attn, cross_attn=cross, ff=ff)
     check_field_types(config, owner, "")
     validate_layers(config, owner, explicit=set(kwargs))
+    if per_layer:
+        count = stack_layer_types(config).count("a")
+        config = replace(config, per_layer_attn=layer_configs(owner, attn, count, per_layer))
     return config
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from x_attn.per_layer import PerLayer
+
 _REGISTRY: dict[str, type] = {}
 
 
@@ -78,6 +80,8 @@ def _encode(value: Any) -> Any:
         return {"model": to_config(value)}
     if isinstance(value, tuple):
         return {"tuple": [_encode(v) for v in value]}
+    if isinstance(value, PerLayer):
+        return {"per_layer": [_encode(v) for v in value.values]}
     if isinstance(value, list):
         return [_encode(v) for v in value]
     if isinstance(value, dict) or not _is_plain(value):
@@ -92,6 +96,8 @@ def _decode(value: Any) -> Any:
         return from_config(value["model"])
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_decode(v) for v in value["tuple"])
+    if isinstance(value, dict) and set(value) == {"per_layer"}:
+        return PerLayer(tuple(_decode(v) for v in value["per_layer"]))
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value

@@ -111,7 +111,7 @@ class AttentionLayers(nn.Module):
                 cfg.dim,
                 cfg.heads,
                 causal=cfg.causal,
-                config=cfg.attn,
+                config=cfg.self_attn_config(index),
                 residual_attn=cfg.residual_attn,
                 layer_index=index,
             )
