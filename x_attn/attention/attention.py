@@ -91,7 +91,7 @@ class Attention(nn.Module):
         if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
             raise ValueError(f"Attention: 'layer_index' must be an int >= 0, got {layer_index!r}")
         ctx = FeatureContext(
-            dim, heads, dim_context, config, flag_prefix, residual_attn, layer_index
+            dim, heads, dim_context, config, flag_prefix, residual_attn, layer_index, causal=causal
         )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
@@ -113,6 +113,11 @@ class Attention(nn.Module):
     def qk_dim(self) -> int:
         """Per-head dimension of queries and keys (where rotary embeddings act)."""
         return self.proj.qk_dim
+
+    @property
+    def takes_global_tokens(self) -> bool:
+        """Whether a call's ``global_mask`` changes this layer (a sliding window's rule)."""
+        return any(rule.takes_global_tokens for rule in self.rules)
 
     def explain(self) -> str:
         """Which kernel this layer uses by default and why."""
@@ -139,6 +144,7 @@ class Attention(nn.Module):
         mem: Tensor | None = None,
         cache: CacheEntry | None = None,
         return_attn: bool = False,
+        global_mask: Tensor | None = None,
     ) -> tuple[Tensor, AttnIntermediates]:
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
@@ -152,17 +158,24 @@ class Attention(nn.Module):
             mem: (b, m, d) Transformer-XL memory prepended to the keys/values.
             cache: this layer's cache entry (see :meth:`new_cache_entry`); updated in place.
             return_attn: run a kernel that forms the scores and return the attention maps.
+            global_mask: (b, n) bool, True = a global token of ``x`` (self-attention without a
+                cache): it attends to every key and every query attends to it, on layers with
+                a sliding window (Longformer); other layers see every key anyway.
 
         Returns:
             (out (b, n, d), intermediates).
         """
-        call = self._call(x, context, mask, context_mask, attn_mask, positions, mem, cache)
+        call = self._call(
+            x, context, mask, context_mask, attn_mask, positions, mem, cache, global_mask
+        )
         proj = self.proj
         q = proj.queries(x, call.query_rows)
         held = call.entry.update(call.keys, proj.keys)
         k, v = proj.expand(held.payload)
-        mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
-        bias = call.positions.bias_for(call.queries, held.span)
+        mask_spec = AttnMask(
+            call.queries, held.span, call.rules, held.mask, call.user_mask, pinned=held.pinned
+        )
+        bias = call.positions.bias_for(call.queries, held.span, held.pinned)
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         dropout = self.config.dropout if self.training else 0.0
@@ -175,10 +188,15 @@ class Attention(nn.Module):
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
 
-    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache):
+    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache, marked):
         """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
+        if marked is not None and (context is not None or cache is not None):
+            raise ValueError(
+                "global_mask marks global tokens of a self-attention call without a KV cache; "
+                "give the positions at construction (attn_global_tokens) to decode with a cache"
+            )
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
-            return self_call(x, mem, mask, attn_mask, positions, entry, self.rules)
+            return self_call(x, mem, mask, attn_mask, positions, entry, self.rules, marked)
         entry = cache if cache is not None else self.new_context_entry()
         return cross_call(x, context, context_mask, attn_mask, entry)

@@ -60,12 +60,7 @@ class KVEntry(CacheEntry):
 
     def update(self, new: KeyRows, project: Project) -> HeldKeys:
         """Project the new rows, append them after the held keys, return everything held."""
-        if self.start is not None and new.span.start != self.next_position():
-            raise ValueError(
-                f"KV cache: this layer holds positions up to {self.next_position() - 1}, but "
-                f"the new keys start at position {new.span.start}; pass the cache this model "
-                "returned for this sequence (or a fresh one)"
-            )
+        self.check_continues(new, "KV cache")
         k, v = project(new.x, new.positions)
         self._append_mask(new.mask, k.shape[0], k.shape[-2])
         k, v = self.append(k, v)

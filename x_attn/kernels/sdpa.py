@@ -21,25 +21,33 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
     mask with masked entries at a large finite negative value. Query rows with no allowed key
     return zeros.
     """
-    q = inputs.q
-    heads = q.shape[1]
+    heads = inputs.q.shape[1]
     k = expand_kv_heads(inputs.k, heads)
     v = expand_kv_heads(inputs.v, heads)
     fast_causal = inputs.spec.square_causal() and inputs.bias is None
     mask = None if fast_causal else merged_mask(inputs)
+    return sdpa_masked(inputs.q, k, v, mask, inputs.bias, inputs.scale, inputs.dropout, fast_causal)
+
+
+def sdpa_masked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    bias: Tensor | None,
+    scale: float,
+    dropout: float,
+    is_causal: bool = False,
+) -> Tensor:
+    """SDPA over (b, h, i, dh) queries and (b, h, j, d) keys/values with a bool ``mask``
+    (True = may attend) and a float ``bias``; query rows with no allowed key return zeros."""
     attn_mask = mask
-    if inputs.bias is not None:
-        attn_mask = inputs.bias.to(q.dtype)
+    if bias is not None:
+        attn_mask = bias.to(q.dtype)
         if mask is not None:
             attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).max / -2)
     out = F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=attn_mask,
-        dropout_p=inputs.dropout,
-        is_causal=fast_causal,
-        scale=inputs.scale,
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal, scale=scale
     )
     if mask is not None:
         out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)

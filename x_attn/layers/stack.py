@@ -174,6 +174,7 @@ class AttentionLayers(nn.Module):
         cache: KVCache | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
+        global_mask: Tensor | None = None,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -188,6 +189,10 @@ class AttentionLayers(nn.Module):
             cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
             return_hiddens: also return a :class:`LayerIntermediates`.
             return_attn: run the manual kernel everywhere and collect attention maps.
+            global_mask: (b, n) bool, True = global token (Longformer's global attention):
+                it attends to every key and every query attends to it, in the sliding-window
+                layers (attn_window_size); without a cache. For decoding with a cache, give
+                the positions at construction (attn_global_tokens).
         """
         check_float_input("x", x, self.dim, type(self).__name__)
         b, n = x.shape[:2]
@@ -198,13 +203,14 @@ class AttentionLayers(nn.Module):
         attn_mask = self._check_inputs(
             x, context, mask, context_mask, attn_mask, kept + mem_len + n
         )
+        self._check_global_mask(global_mask, b, n, cache)
         # tables once per forward, from the oldest position a layer holds to the newest query
         start = cache.first_position if cache is not None else 0
         positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
         if self.reversible is not None:
-            if mems is not None or cache is not None or return_attn:
+            if mems is not None or cache is not None or return_attn or global_mask is not None:
                 raise ValueError(
-                    "reversible=True stacks run without mems, cache or return_attn "
+                    "reversible=True stacks run without mems, cache, return_attn or global_mask "
                     "(the two-stream update has no per-layer hidden state to keep)"
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
@@ -219,6 +225,7 @@ class AttentionLayers(nn.Module):
             mems=mems,
             entries=self._cache_entries(cache),
             return_attn=return_attn,
+            global_mask=global_mask,
         )
         x = self._run_layers(x, state, inter)
         if cache is not None:
@@ -260,6 +267,7 @@ class AttentionLayers(nn.Module):
                         mem=mem,
                         cache=entry,
                         return_attn=state["return_attn"],
+                        global_mask=state["global_mask"],
                     )
                     self_index += 1
                 else:
@@ -307,6 +315,23 @@ class AttentionLayers(nn.Module):
             for i, create in enumerate(self._entry_factories()):
                 cache.entry(i, create)
         return cache.entries
+
+    def _check_global_mask(self, global_mask, b: int, n: int, cache: KVCache | None) -> None:
+        """A (b, n) bool global_mask, for a stack with a sliding-window layer, without a cache."""
+        if global_mask is None:
+            return
+        check_bool_mask("global_mask", global_mask, (b, n), "batch x sequence, True = global")
+        if not any(blk.takes_global_tokens for blk in self._attention_blocks()):
+            raise ValueError(
+                f"{type(self).__name__}: global_mask marks global tokens of sliding-window "
+                "layers, but no layer has a window (attn_window_size), so every token already "
+                "sees every key; drop global_mask"
+            )
+        if cache is not None:
+            raise ValueError(
+                f"{type(self).__name__}: global_mask is for calls without a KV cache; to decode "
+                "with a cache, give the global positions at construction (attn_global_tokens)"
+            )
 
     def _check_mems(self, mems: list[Tensor] | None, b: int, dtype: torch.dtype) -> int:
         if mems is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from x_attn.masks.spec import Span
@@ -84,10 +85,17 @@ class PositionContext:
         infused = None if self.infused is None else self.infused[a:b]
         return RowPositions(rotary, infused)
 
-    def bias_for(self, q: Span, k: Span) -> Tensor | None:
-        """(..., i, j) bias of queries ``q`` and keys ``k`` (absolute positions), or None."""
+    def bias_for(self, q: Span, k: Span, pinned: tuple[int, ...] = ()) -> Tensor | None:
+        """(..., i, j) bias of queries ``q`` and keys ``k`` (absolute positions), or None.
+
+        ``pinned``: absolute positions of older keys in front of ``k`` (their columns first).
+        """
         if self.bias is None:
             return None
         first_query = self.stop - self.q_len
-        rows = slice(q.start - first_query, q.stop - first_query)
-        return self.bias[..., rows, k.start - self.start : k.stop - self.start]
+        rows = self.bias[..., q.start - first_query : q.stop - first_query, :]
+        span = rows[..., k.start - self.start : k.stop - self.start]
+        if not pinned:
+            return span
+        columns = torch.tensor([p - self.start for p in pinned], device=rows.device)
+        return torch.cat((rows.index_select(-1, columns), span), dim=-1)

@@ -53,6 +53,7 @@ class FeatureContext:
         layer: index of the layer among its stack's layers of the same kind (self- or
             cross-attention), from 0; 0 for a layer built on its own.
         projection: the layer's projection, once the project stage is built.
+        causal: the layer masks the future (self-attention of a causal stack).
     """
 
     dim: int
@@ -63,6 +64,7 @@ class FeatureContext:
     residual_attn: bool = False
     layer: int = 0
     projection: Projection | None = None
+    causal: bool = False
 
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""
