@@ -22,7 +22,8 @@ from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 
 NAMES = [case.name for case in FLAGS if case.causal_ok]
 # absolute sinusoids inside every layer: positions of padded rows differ from an unpadded run
-STACK_ABSOLUTE = {"position_infused_attn"}
+# (and global tokens of a window layer, named by absolute position)
+STACK_ABSOLUTE = {"position_infused_attn", "attn_global_tokens"}
 
 
 def greedy_reference(net: nn.Module, prompt: Tensor, steps: int, **kwargs) -> Tensor:

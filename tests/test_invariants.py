@@ -151,7 +151,7 @@ def test_sdpa_path_equals_manual_path(name: str, masked: bool) -> None:
     case = flag_case(name)
     model = build(case)
     twin = _manual_twin(case, model)
-    assert all(": sdpa:" in line for line in model.attn_layers.explain())
+    assert all(f": {case.kernel}:" in line for line in model.attn_layers.explain())
     assert all(": manual:" in line for line in twin.attn_layers.explain())
     _assert_same_run(model, twin, tokens(), mask=padding_mask() if masked else None)
 
@@ -190,7 +190,7 @@ def test_sdpa_equals_manual_encoder_with_cross_attention(name: str) -> None:
 def test_reported_kernel(name: str) -> None:
     case = flag_case(name)
     model = build(case, jitter=False)
-    expected = "manual" if name in MANUAL_FLAGS else "sdpa"
+    expected = case.kernel
     lines = model.attn_layers.explain()
     assert len(lines) == model.attn_layers.num_attention_layers == 2
     assert all(line.split(": ")[1] == expected for line in lines), lines

@@ -167,6 +167,22 @@ FLAGS: tuple[FlagCase, ...] = (
         probs="mixed",
     ),
     FlagCase(
+        "attn_window_size",
+        "sliding window: each query sees the w - 1 keys before it (both ways when not causal)",
+        "2004.05150",
+        {"attn_window_size": 3},
+        kernel="window",
+        probs="sparse",
+    ),
+    FlagCase(
+        "attn_global_tokens",
+        "dilated sliding window with global tokens that see and are seen by every position",
+        "2004.05150",
+        {"attn_window_size": 2, "attn_window_dilation": 2, "attn_global_tokens": (0, 7)},
+        kernel="window",
+        probs="sparse",
+    ),
+    FlagCase(
         "attn_flash=False",
         "force the manual softmax kernel",
         "",

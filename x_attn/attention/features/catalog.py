@@ -21,6 +21,7 @@ from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
+from x_attn.attention.features.window import WINDOW_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
 from x_attn.cache import CacheEntry, KVEntry
@@ -29,6 +30,7 @@ from x_attn.masks.spec import MaskRule
 
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
+    WINDOW_SPEC,
     MEMORY_KV_SPEC,
     RESIDUAL_ATTN_SPEC,
     PRE_TALKING_SPEC,
