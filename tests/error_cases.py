@@ -19,7 +19,8 @@ from x_attn import (
     TransformerWrapper,
     XLAutoregressiveWrapper,
 )
-from x_attn.cache import KVCache
+from x_attn.cache import KVCache, Mems
+from x_attn.layers.stack import LayerIntermediates
 
 DIMS = dict(dim=16, heads=2, attn_dim_head=8)
 
@@ -65,6 +66,35 @@ def _mems_not_tensors():
     model(ids(), mems=[1, 2])
 
 
+def _cache_whole_sequence():
+    model, x = lm(), ids(2, 6)
+    _, cache = model(x[:, :4], return_cache=True)
+    model(x, cache=cache, return_cache=True)
+
+
+def _cache_too_short():
+    model = lm()
+    _, inter = model(ids(), return_intermediates=True)
+    model(ids(), cache=inter)
+
+
+def _cache_does_not_continue():
+    model = lm()
+    _, inter = model(ids(), return_intermediates=True)
+    model((ids(2, 6) + 1) % 10, cache=inter)
+
+
+def _mems_with_filled_cache():
+    model, mems = xl_mems()
+    _, cache = model(ids(2, 2), mems=mems, return_cache=True)
+    model(ids(2, 1), mems=mems, cache=cache, return_cache=True)
+
+
+def _mems_mask_shape():
+    model, mems = xl_mems()
+    model(ids(), mems=Mems(list(mems), torch.ones(2, 3, dtype=torch.bool)))
+
+
 def _cache_batch():
     model = lm()
     model(ids(3, 1), cache=cached(model, b=2))
@@ -80,6 +110,24 @@ CASES: dict[str, Callable[[], object]] = {
     "cache-type": lambda: lm()(ids(), cache={"k": None}),
     "cache-batch": _cache_batch,
     "cache-layers": _cache_layers,
+    # issue 7.10 / x-transformers cache protocol: a cache is a value
+    "cache-not-returned": lambda: lm()(ids(2, 1), cache=cached(lm())),
+    "cache-not-returned-stack": lambda: Decoder(depth=2, **DIMS)(
+        torch.randn(2, 1, 16), cache=KVCache.empty(2)
+    ),
+    "cache-whole-sequence": _cache_whole_sequence,
+    "cache-sequence-too-short": _cache_too_short,
+    "cache-does-not-continue": _cache_does_not_continue,
+    "cache-intermediates-without-cache": lambda: lm()(ids(), cache=LayerIntermediates()),
+    "cache-uncacheable-stack": lambda: Decoder(depth=2, reversible=True, **DIMS)(
+        torch.randn(2, 1, 16), cache=KVCache.empty(2), return_hiddens=True
+    ),
+    "input-not-include-cache-type": lambda: small(input_not_include_cache="yes"),
+    "mems-with-filled-cache": _mems_with_filled_cache,
+    "mems-mask-shape": _mems_mask_shape,
+    "seq-start-pos-negative-stream": lambda: lm()(
+        ids(), seq_start_pos=torch.tensor([0, -1]), return_cache=True
+    ),
     "mems-dtype": _mems_dtype,
     "mems-not-tensors": _mems_not_tensors,
     "num-memory-tokens-negative": lambda: small(num_memory_tokens=-1),

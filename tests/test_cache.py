@@ -176,7 +176,7 @@ def test_kv_entry_buffers_match_concatenation() -> None:
             earlier.append(k.clone())
             expected = torch.cat(chunks[: i + 1], dim=-2)
             assert torch.equal(k, expected) and torch.equal(v, 2 * expected)
-        assert entry._k_buffer is not None and entry._k_buffer.shape[-2] > entry.k.shape[-2]
+        assert entry._k_buffer is not None and entry._k_buffer.data.shape[-2] > entry.k.shape[-2]
         # a view handed out earlier is never overwritten by later appends
         first_view = KVEntry()
         a, _ = first_view.append(chunks[0], chunks[0])

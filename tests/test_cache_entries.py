@@ -109,4 +109,4 @@ def test_padding_joins_the_entry_without_copying_the_held_keys() -> None:
             )
     expected = torch.cat((pad, torch.ones(2, 3, dtype=torch.bool)), dim=1)
     assert torch.equal(held.mask, expected) and held.span == Span(0, 6)
-    assert entry._mask_buffer.shape[-1] > 6  # grown geometrically, written in place
+    assert entry._mask_buffer.data.shape[-1] > 6  # grown geometrically, written in place

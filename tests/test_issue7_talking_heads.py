@@ -77,7 +77,12 @@ def test_cached_decoding_equals_full_forward_with_per_head_mask(flag):
     full = layers(x, attn_mask=mask)
     prompt = 2
     cache = KVCache.empty(layers.num_attention_layers)
-    steps = [layers(x[:, :prompt], attn_mask=mask[:, :, :prompt, :prompt], cache=cache)]
-    for t in range(prompt, N):
-        steps.append(layers(x[:, t : t + 1], attn_mask=mask[:, :, t : t + 1, : t + 1], cache=cache))
+    out, inter = layers(
+        x[:, :prompt], attn_mask=mask[:, :, :prompt, :prompt], cache=cache, return_hiddens=True
+    )
+    steps = [out]
+    for t in range(prompt, N):  # a cache is a value: continue from the one each call returns
+        step = mask[:, :, t : t + 1, : t + 1]
+        out, inter = layers(x[:, t : t + 1], attn_mask=step, cache=inter, return_hiddens=True)
+        steps.append(out)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-12, rtol=0)

@@ -409,7 +409,9 @@ def test_memory_tokens_are_prepended_always_visible_and_stripped():
     out = model(tokens, mask=mask, return_embeddings=True)
     assert out.shape == (B, N, D)
     h = model.token_emb.weight[tokens].masked_fill(~mask.unsqueeze(-1), 0.0)  # issue 7.12
-    h = h + model.pos_emb.emb.weight[:N]
+    # padding takes no position: row 1's real tokens count from 0, its two pads keep 0 and 1
+    pos = torch.tensor([list(range(N)), [0, 1] + list(range(N - 2))])
+    h = h + model.pos_emb.emb.weight[pos]
     full = torch.cat((model.memory_tokens.expand(B, -1, -1), h), dim=1)
     full_mask = torch.cat((torch.ones(B, m, dtype=torch.bool), mask), dim=1)
     expected = hand_stack(model.attn_layers, full, mask=full_mask)[0][:, m:]

@@ -188,3 +188,15 @@ def test_global_mask_refusals():
         Decoder(**DIMS)(x, global_mask=marked)
     with pytest.raises(ValueError, match="global_mask"):
         Decoder(**DIMS, attn_window_size=2)(x, global_mask=marked[:, :3])
+
+
+def test_a_window_cache_is_a_value():
+    """Decoding from a cache leaves it as it was: the same step twice gives the same logits."""
+    net = wrapper(attn_window_size=2, attn_global_tokens=(0,))
+    x = tokens(1, 9)
+    with torch.no_grad():
+        _, cache = net(x[:, :6], return_cache=True)
+        first, _ = net(x[:, 6:7], cache=cache, return_cache=True)
+        net(x[:, 7:8] * 0, cache=cache, return_cache=True)  # another branch from the same cache
+        again, _ = net(x[:, 6:7], cache=cache, return_cache=True)
+    assert torch.equal(first, again)

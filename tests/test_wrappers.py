@@ -158,8 +158,11 @@ def test_continuous_cache_decoding_equals_full_forward():
     x = torch.randn(2, 8, 6)
     full = model(x)
     cache = KVCache.empty(model.attn_layers.num_attention_layers)
-    steps = [model(x[:, :5], cache=cache)]
-    steps += [model(x[:, t : t + 1], cache=cache) for t in range(5, 8)]
+    out, cache = model(x[:, :5], cache=cache, return_cache=True)
+    steps = [out]
+    for t in range(5, 8):  # a cache is a value: continue from the one each call returns
+        out, cache = model(x[:, t : t + 1], cache=cache, return_cache=True)
+        steps.append(out)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
 
 

@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from x_attn.attention.attention import Attention
-from x_attn.cache import KVCache, KVEntry
+from x_attn.cache import KVCache, KVEntry, Mems
 from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
@@ -27,6 +27,7 @@ __all__ = [
     "FeedForward",
     "KVCache",
     "KVEntry",
+    "Mems",
     "TransformerWrapper",
     "ViTransformerWrapper",
     "XLAutoregressiveWrapper",

@@ -31,6 +31,9 @@ class FlagCase:
     cacheable: bool = True  # decodes with a KV cache (else generation falls back, with a warning)
     exact: bool = True  # exact attention (an approximation is compared with a tolerance)
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
+    row_conv: bool = (
+        False  # convolves over neighbouring positions: padding between real ones refused
+    )
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -129,6 +132,7 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_mta": True, "attn_mta_kernel_q": 3, "attn_mta_kernel_k": 3},
         needs_scores=True,
         kernel="manual",
+        row_conv=True,
     ),
     FlagCase(
         "attn_mta_post_conv",
@@ -144,6 +148,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="mixed",
+        row_conv=True,
     ),
     FlagCase(
         "attn_mta_post_head_mix",
@@ -165,6 +170,7 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="mixed",
+        row_conv=True,
     ),
     FlagCase(
         "attn_window_size",
@@ -173,6 +179,7 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_window_size": 3},
         kernel="window",
         probs="sparse",
+        row_conv=True,
     ),
     FlagCase(
         "attn_global_tokens",
@@ -181,6 +188,7 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_window_size": 2, "attn_window_dilation": 2, "attn_global_tokens": (0, 7)},
         kernel="window",
         probs="sparse",
+        row_conv=True,
     ),
     FlagCase(
         "attn_flash=False",

@@ -285,8 +285,8 @@ def check_cache(cache: Any, num_layers: int, b: int, owner: str) -> None:
         return
     if not isinstance(cache, KVCache):
         raise TypeError(
-            f"{owner}: 'cache' must be a KVCache (the one return_cache=True returned), got "
-            f"{type(cache).__name__}"
+            f"{owner}: 'cache' must be a KVCache (the one return_cache=True returned) or the "
+            f"intermediates return_intermediates=True returned, got {type(cache).__name__}"
         )
     if len(cache.entries) != num_layers:
         raise ValueError(
@@ -321,8 +321,12 @@ def check_batch_index(index: Any, b: int | None, owner: str) -> None:
         )
 
 
-def check_seq_start_pos(seq_start_pos: Any, b: int, length: int, owner: str) -> None:
-    """(b,) integer index of each row's first real token, in [0, length)."""
+def check_seq_start_pos(seq_start_pos: Any, b: int, length: int | None, owner: str) -> None:
+    """(b,) integer index of each row's first real token, in [0, length).
+
+    ``length`` None: a stream decoded call by call, where a row's first real token may come
+    in a later call (only negative values are refused).
+    """
     if seq_start_pos is None:
         return
     if (
@@ -339,6 +343,13 @@ def check_seq_start_pos(seq_start_pos: Any, b: int, length: int, owner: str) -> 
             f"{owner}: 'seq_start_pos' must have shape (batch={b},), got "
             f"{tuple(seq_start_pos.shape)}"
         )
+    if length is None:
+        if bool((seq_start_pos < 0).any()):
+            raise ValueError(
+                f"{owner}: 'seq_start_pos' must be >= 0 (each row's first real token), got "
+                f"{seq_start_pos.tolist()}"
+            )
+        return
     if bool(((seq_start_pos < 0) | (seq_start_pos >= length)).any()):
         raise ValueError(
             f"{owner}: 'seq_start_pos' must lie in [0, {length}) (a row needs one real token "
@@ -377,4 +388,6 @@ def check_mems(mems: Any, layers: int, b: int, dim: int, dtype: torch.dtype) -> 
                 f"each of 'mems' must have shape (batch={b}, mem_len, dim={dim}) with one "
                 f"mem_len, got {tuple(mem.shape)}"
             )
+    mask = getattr(mems, "mask", None)
+    check_bool_mask("mems.mask", mask, (b, m), "batch x mem_len, True = real row")
     return m

@@ -106,6 +106,7 @@ class Attention(nn.Module):
         self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
+        self.neighbour_flags = parts.neighbour_flags
         # mask rules of self-attention calls
         self.rules = ((CAUSAL,) if causal else ()) + parts.rules
 
@@ -142,6 +143,7 @@ class Attention(nn.Module):
         positions: PositionContext | None = None,
         prev_logits: Tensor | None = None,
         mem: Tensor | None = None,
+        mem_mask: Tensor | None = None,
         cache: CacheEntry | None = None,
         return_attn: bool = False,
         global_mask: Tensor | None = None,
@@ -149,13 +151,14 @@ class Attention(nn.Module):
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
         Args:
-            mask: (b, n) key padding of ``x`` (self-attention; memories are always real).
+            mask: (b, n) key padding of ``x`` (self-attention).
             context_mask: (b, j) padding mask of the context (cross-attention).
             attn_mask: (i, k), (h, i, k) or (b|1, h|1, i, k) bool mask, True = may attend,
                 over the positional keys held (right-aligned: the last column is the newest key).
             positions: positional tables of this forward (see PositionContext).
             prev_logits: previous layer's logits for residual attention.
             mem: (b, m, d) Transformer-XL memory prepended to the keys/values.
+            mem_mask: (b, m) padding of ``mem`` (True = real), or None when all rows are real.
             cache: this layer's cache entry (see :meth:`new_cache_entry`); updated in place.
             return_attn: run a kernel that forms the scores and return the attention maps.
             global_mask: (b, n) bool, True = a global token of ``x`` (self-attention without a
@@ -166,7 +169,15 @@ class Attention(nn.Module):
             (out (b, n, d), intermediates).
         """
         call = self._call(
-            x, context, mask, context_mask, attn_mask, positions, mem, cache, global_mask
+            x,
+            context,
+            mask,
+            context_mask,
+            attn_mask,
+            positions,
+            (mem, mem_mask),
+            cache,
+            global_mask,
         )
         proj = self.proj
         q = proj.queries(x, call.query_rows)
@@ -197,6 +208,6 @@ class Attention(nn.Module):
             )
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
-            return self_call(x, mem, mask, attn_mask, positions, entry, self.rules, marked)
+            return self_call(x, *mem, mask, attn_mask, positions, entry, self.rules, marked)
         entry = cache if cache is not None else self.new_context_entry()
         return cross_call(x, context, context_mask, attn_mask, entry)

@@ -44,9 +44,19 @@ class AttendCall:
     positions: PositionContext
 
 
+def real_rows(rows: Tensor, mask: Tensor | None) -> Tensor:
+    """Key/value rows (b, j, d) with the masked ones zeroed.
+
+    A masked key gets probability 0, but 0 * NaN is NaN: whatever a masked row holds (a NaN
+    in a padded context, an inf) must not reach a real output, so it enters as zeros.
+    """
+    return rows if mask is None else rows.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
 def self_call(
     x: Tensor,
     mem: Tensor | None,
+    mem_mask: Tensor | None,
     mask: Tensor | None,
     attn_mask: Tensor | None,
     positions: PositionContext | None,
@@ -65,12 +75,16 @@ def self_call(
         positions = PositionContext(n, j, start=entry.next_position())
     stop = positions.start + positions.k_len
     new, queries = Span(stop - j, stop), Span(stop - n, stop)
-    if mask is not None and j > n:  # memory rows are always real
-        mask = torch.cat((mask.new_ones(mask.shape[0], j - n), mask), dim=1)
+    if j > n and (mask is not None or mem_mask is not None):  # the padding of [mem; x]
+        mem_mask = (
+            mem_mask if mem_mask is not None else x.new_ones(x.shape[0], j - n, dtype=torch.bool)
+        )
+        mask = mask if mask is not None else x.new_ones(x.shape[0], n, dtype=torch.bool)
+        mask = torch.cat((mem_mask, mask), dim=1)
     if global_mask is not None:
         marked = torch.cat((global_mask.new_zeros(global_mask.shape[0], j - n), global_mask), 1)
         rules = tuple(rule.with_global_tokens(new, marked) for rule in rules)
-    keys = KeyRows(rows, new, mask, positions.rows(new))
+    keys = KeyRows(real_rows(rows, mask), new, mask, positions.rows(new))
     return AttendCall(keys, entry, queries, positions.rows(queries), rules, attn_mask, positions)
 
 
@@ -82,6 +96,7 @@ def cross_call(
     entry: CacheEntry,
 ) -> AttendCall:
     """Cross-attention: keys from the context (no positions, no rules, no bias)."""
-    keys = KeyRows(context, Span(0, context.shape[1]), context_mask, NO_POSITIONS)
+    rows = real_rows(context, context_mask)
+    keys = KeyRows(rows, Span(0, context.shape[1]), context_mask, NO_POSITIONS)
     queries = Span(0, x.shape[1])
     return AttendCall(keys, entry, queries, NO_POSITIONS, (), attn_mask, _NO_TABLES)

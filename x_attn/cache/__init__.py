@@ -4,13 +4,14 @@ A :class:`KVCache` holds one :class:`CacheEntry` per attention layer of a stack,
 layer: :class:`KVEntry` (self-attention keys and values, stored after rotary rotation) or
 :class:`ContextEntry` (a cross-attention context projected once), possibly wrapped (an
 :class:`EntryWrapper`, e.g. :class:`x_attn.cache.query_tail.QueryTailEntry`) by a feature that
-keeps more state next to it.
+keeps more state next to it. :class:`Mems` are Transformer-XL memories with their padding.
 """
 
 from x_attn.cache.context import ContextEntry
 from x_attn.cache.entry import CacheEntry, EntryWrapper, HeldKeys, KeyRows
 from x_attn.cache.kv import KVEntry
 from x_attn.cache.kv_cache import KVCache
+from x_attn.cache.mems import Mems
 
 __all__ = [
     "CacheEntry",
@@ -20,4 +21,5 @@ __all__ = [
     "KVCache",
     "KVEntry",
     "KeyRows",
+    "Mems",
 ]

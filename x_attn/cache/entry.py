@@ -7,16 +7,19 @@ different things: keys and values (:class:`x_attn.cache.kv.KVEntry`), a context 
 latent, a running state, or the last query rows a convolution needs. An entry knows the
 absolute positions and the padding of what it holds; the stack only counts positions.
 
-Per call, the layer hands the entry the new key rows (:class:`KeyRows`) and its projection's
-``keys`` function; the entry projects what it needs, stores it and returns every key the layer
-attends to now (:class:`HeldKeys`). Adding a cache kind: one file with a :class:`CacheEntry`
-subclass, chosen by the feature that needs it.
+Entries are values: a forward updates a :meth:`CacheEntry.fork` of each entry and returns a
+new cache, so one cache can be continued several times. Per call, the layer hands the entry
+the new key rows (:class:`KeyRows`) and its projection's ``keys`` function; the entry projects
+what it needs, stores it and returns every key the layer attends to now (:class:`HeldKeys`).
+Adding a cache kind: one file with a :class:`CacheEntry` subclass, chosen by the feature that
+needs it.
 
 Shape legend: b batch, j keys, d input dim.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -119,6 +122,14 @@ class CacheEntry:
         """A copy restricted to the batch rows ``index``."""
         raise NotImplementedError
 
+    def fork(self) -> CacheEntry:
+        """A copy that a forward may update, leaving this entry as it is.
+
+        The default is a shallow copy: updates rebind the copy's fields (new tensors, or
+        views of a shared buffer past this entry's rows), they never write into this one's.
+        """
+        return copy.copy(self)
+
     def keep_newest(self, keep: int) -> None:
         """Drop all but the newest ``keep`` positions (no-op for non-positional entries)."""
 
@@ -173,6 +184,12 @@ class EntryWrapper(CacheEntry):
     def rewrap(self, inner: CacheEntry, index: Tensor) -> CacheEntry:
         """A wrapper of the same kind around ``inner`` (this one's state at batch ``index``)."""
         return type(self)(inner)
+
+    def fork(self) -> CacheEntry:
+        """A shallow copy around a fork of ``inner`` (a subclass copies its mutable state)."""
+        twin = copy.copy(self)
+        twin.inner = self.inner.fork()
+        return twin
 
     def keep_newest(self, keep: int) -> None:
         self.inner.keep_newest(keep)

@@ -1,35 +1,54 @@
 """Append along one axis into a buffer that grows geometrically (no autograd).
 
-A decode step then copies only the new rows instead of the whole cache.
+A decode step then copies only the new rows instead of the whole cache. Caches are values (a
+forward returns a new cache and leaves the one it was given intact), so several caches may
+view prefixes of one buffer: only the one that wrote last may write after its prefix; any
+other copies its rows into a buffer of its own, so no view handed out is ever overwritten.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 
-def grow(buffer: Tensor | None, old: Tensor, new: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+@dataclass(eq=False)
+class GrowBuffer:
+    """A preallocated tensor and how far along the growth axis it has been written."""
+
+    data: Tensor
+    filled: int
+
+
+def grow(
+    buffer: GrowBuffer | None, old: Tensor, new: Tensor, dim: int
+) -> tuple[Tensor, GrowBuffer]:
     """Write ``new`` after ``old`` (a prefix view of ``buffer`` or not) along ``dim``.
 
     Returns (view of the filled prefix, buffer). The buffer is (re)allocated with room to spare
-    when ``old`` is not its prefix (first append, after a slide or select) or it is full.
+    when ``old`` is not its newest prefix (first append, after a slide or select, or a second
+    continuation of one cache) or it is full.
     """
     n_old = old.shape[dim]
     n = n_old + new.shape[dim]
     d = dim % old.ndim
+    data = None if buffer is None else buffer.data
     reusable = (
-        buffer is not None
-        and buffer.shape[dim] >= n
-        and buffer.shape[:d] == old.shape[:d]
-        and buffer.shape[d + 1 :] == old.shape[d + 1 :]
-        and buffer.dtype == old.dtype
-        and buffer.data_ptr() == old.data_ptr()
-        and buffer.stride() == old.stride()
+        data is not None
+        and buffer.filled == n_old
+        and data.shape[dim] >= n
+        and data.shape[:d] == old.shape[:d]
+        and data.shape[d + 1 :] == old.shape[d + 1 :]
+        and data.dtype == old.dtype
+        and data.data_ptr() == old.data_ptr()
+        and data.stride() == old.stride()
     )
     if not reusable:
         shape = list(old.shape)
         shape[dim] = n + max(n, 64)
-        buffer = old.new_empty(shape)
-        buffer.narrow(dim, 0, n_old).copy_(old)
-    buffer.narrow(dim, n_old, n - n_old).copy_(new)
-    return buffer.narrow(dim, 0, n), buffer
+        buffer = GrowBuffer(old.new_empty(shape), n_old)
+        buffer.data.narrow(dim, 0, n_old).copy_(old)
+    buffer.data.narrow(dim, n_old, n - n_old).copy_(new)
+    buffer.filled = n
+    return buffer.data.narrow(dim, 0, n), buffer

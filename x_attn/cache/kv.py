@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from x_attn.cache.entry import CacheEntry, HeldKeys, KeyRows, Project
-from x_attn.cache.grow import grow
+from x_attn.cache.grow import GrowBuffer, grow
 from x_attn.masks.spec import Span
 
 
@@ -35,9 +35,9 @@ class KVEntry(CacheEntry):
     v: Tensor | None = None
     mask: Tensor | None = None
     start: int | None = None
-    _k_buffer: Tensor | None = field(default=None, repr=False)
-    _v_buffer: Tensor | None = field(default=None, repr=False)
-    _mask_buffer: Tensor | None = field(default=None, repr=False)
+    _k_buffer: GrowBuffer | None = field(default=None, repr=False)
+    _v_buffer: GrowBuffer | None = field(default=None, repr=False)
+    _mask_buffer: GrowBuffer | None = field(default=None, repr=False)
 
     kind = "kv"
 

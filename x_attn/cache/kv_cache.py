@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor
 
 from x_attn.cache.entry import CacheEntry
+from x_attn.cache.inputs import SeenInputs
 from x_attn.masks.spec import Span
 from x_attn.validation import check_batch_index
 
@@ -19,7 +20,11 @@ class KVCache:
 
     Each layer creates its own entry on first use (``KVCache.empty`` leaves the slots empty),
     so layers may keep different things. Entries know the absolute positions and padding of
-    what they hold; the cache counts the positions processed.
+    what they hold; the cache counts the positions processed, and how many were real per row
+    (padding takes no position, see :mod:`x_attn.positional.row_positions`).
+
+    A cache is a value: a forward given a cache works on a :meth:`fork` and returns it, so the
+    cache passed in still describes the same sequence and can be continued again.
 
     Args:
         entries: the entries (or None for slots the layers fill).
@@ -38,6 +43,10 @@ class KVCache:
     ) -> None:
         self.entries: list[CacheEntry | None] = list(entries) if entries is not None else []
         self.length = length
+        # (b,) real positions among 0 ... length - 1 per row; None: all were real
+        self._real: Tensor | None = None
+        # what a sequence wrapper fed in (bookkeeping, not keys: kept out of cache byte counts)
+        self._inputs = SeenInputs()
         for entry in self.entries:
             if entry is not None:
                 entry.adopt(dropped, key_mask)
@@ -95,11 +104,41 @@ class KVCache:
         """Batch size of what the entries hold, or None while they hold nothing."""
         return next((e.batch for e in self.entries if e is not None and e.batch), None)
 
+    @property
+    def real(self) -> Tensor | None:
+        """(b,) real (unpadded) positions processed per row, or None when all were real."""
+        return self._real
+
+    @property
+    def inputs(self) -> SeenInputs:
+        """The inputs a sequence wrapper has fed into this cache (memory tokens excluded)."""
+        return self._inputs
+
+    def _copy(self, entries: list[CacheEntry | None], real, inputs: SeenInputs) -> KVCache:
+        out = KVCache(entries=entries, length=self.length)
+        out._real, out._inputs = real, inputs
+        return out
+
+    def fork(self) -> KVCache:
+        """A copy a forward may update, leaving this cache as it is (entries share storage)."""
+        entries = [None if e is None else e.fork() for e in self.entries]
+        return self._copy(entries, self._real, self._inputs)
+
+    def advance(self, n: int, real: Tensor | None) -> None:
+        """Count ``n`` more positions (``real``: real positions per row after them, or None)."""
+        self.length += n
+        self._real = real
+
+    def record_inputs(self, inputs: SeenInputs) -> None:
+        """What the sequence wrapper has fed in, after this forward."""
+        self._inputs = inputs
+
     def select(self, index: Tensor) -> KVCache:
         """A cache restricted to the batch rows in ``index`` (for beam or batch pruning)."""
         check_batch_index(index, self.batch, "KVCache.select")
         entries = [None if e is None else e.select(index) for e in self.entries]
-        return KVCache(entries=entries, length=self.length)
+        real = None if self._real is None else self._real[index]
+        return self._copy(entries, real, self._inputs.select(index))
 
     def slide(self, keep: int, layers: Sequence[int] | None = None) -> None:
         """Keep only the newest ``keep`` positions in the self-attention entries ``layers``.
@@ -114,3 +153,13 @@ class KVCache:
             entry = self.entries[index]
             if entry is not None and entry.positional:
                 entry.keep_newest(keep)
+
+
+def stale_loop_message(owner: str, how: str) -> str:
+    """Why a call with only new inputs and a cache must return the updated cache."""
+    return (
+        f"{owner}: a forward with 'cache' and only the new inputs must return the updated "
+        f"cache: pass {how} and continue from the cache it returns. The cache passed in is "
+        "left as it was (caches are values), so a loop that keeps passing it would put every "
+        "new input at the same position"
+    )

@@ -87,6 +87,12 @@ class QueryTailEntry(EntryWrapper):
         }
         return QueryTailEntry(inner, picked)
 
+    def fork(self) -> QueryTailEntry:
+        twin = super().fork()
+        assert isinstance(twin, QueryTailEntry)
+        twin.tails = dict(self.tails)  # _keep rebinds a stage, never writes into a TailRows
+        return twin
+
     def stack(
         self, stage: str, free: Tensor, keys: Tensor, q: Span, k: Span, rows: int, reach: int
     ) -> Canvas:

@@ -5,7 +5,6 @@ Shape legend: b batch, n sequence, d model dim, m memory length, j context lengt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,10 +12,14 @@ from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
 from x_attn.cache import CacheEntry, KVCache
+from x_attn.cache.kv_cache import stale_loop_message
+from x_attn.cache.mems import mems_mask
 from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
+from x_attn.positional.row_positions import row_positions, rows_mask
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
@@ -28,23 +31,6 @@ from x_attn.validation import (
     normalize_attn_mask,
     stack_layer_types,
 )
-
-
-@dataclass
-class LayerIntermediates:
-    """What a stack forward leaves behind.
-
-    Attributes:
-        hiddens: the input of every self-attention layer (b, n, d), for Transformer-XL mems.
-        attn_maps: attention probabilities (b, h, i, j) of every attention layer, when asked.
-        kernels: the kernel each attention layer ran ("sdpa" / "manual").
-        cache: the KV cache, updated, when one was passed.
-    """
-
-    hiddens: list[Tensor] = field(default_factory=list)
-    attn_maps: list[Tensor] = field(default_factory=list)
-    kernels: list[str] = field(default_factory=list)
-    cache: KVCache | None = None
 
 
 @records_config
@@ -171,7 +157,7 @@ class AttentionLayers(nn.Module):
         context_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         mems: list[Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
         global_mask: Tensor | None = None,
@@ -180,14 +166,22 @@ class AttentionLayers(nn.Module):
 
         Args:
             context: (b, j, d) for cross-attending stacks.
-            mask: (b, n) key padding mask, True = real token.
+            mask: (b, n) key padding mask, True = real token. Padding takes no position:
+                each row numbers its real positions 0, 1, 2, ... (relative schemes).
             context_mask: (b, j) padding mask of ``context``.
             attn_mask: bool mask, True = may attend, k = keys with positions: (n, k),
                 (h, n, k) per head (as in x-transformers) or (b, h, n, k), where b and h may
                 be 1 to broadcast.
-            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer.
-            cache: KV cache (see :class:`x_attn.cache.KVCache`), updated in place.
-            return_hiddens: also return a :class:`LayerIntermediates`.
+            mems: Transformer-XL memories, one (b, m, d) tensor per self-attention layer (a
+                :class:`x_attn.cache.Mems` also carries their padding). With a cache, mems
+                are the context before its first position: the first call (empty cache)
+                takes them in, later calls find them in the cache.
+            cache: a :class:`x_attn.cache.KVCache`, or the intermediates a call with
+                ``return_hiddens=True`` returned (x-transformers style); ``x`` then holds only
+                the new rows. The cache is left as it was: the updated copy is returned in the
+                intermediates (``return_hiddens=True``).
+            return_hiddens: also return a :class:`LayerIntermediates` (with a cache to
+                continue from, for a causal stack that can cache).
             return_attn: run the manual kernel everywhere and collect attention maps.
             global_mask: (b, n) bool, True = global token (Longformer's global attention):
                 it attends to every key and every query attends to it, in the sliding-window
@@ -196,17 +190,27 @@ class AttentionLayers(nn.Module):
         """
         check_float_input("x", x, self.dim, type(self).__name__)
         b, n = x.shape[:2]
-        check_cache(cache, self.num_attention_layers, b, type(self).__name__)
+        self._check_global_mask(global_mask, b, n, cache)
+        self._check_global_padding(mask)
+        # per-call global tokens are not kept by a cache: no cache to continue from is started
+        cache = self._working_cache(cache, b, return_hiddens and global_mask is None)
+        mem_len = self._check_mems(mems, b, x.dtype, cache)
         past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
-        mem_len = self._check_mems(mems, b, x.dtype)
         attn_mask = self._check_inputs(
             x, context, mask, context_mask, attn_mask, kept + mem_len + n
         )
-        self._check_global_mask(global_mask, b, n, cache)
+        mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
         start = cache.first_position if cache is not None else 0
-        positions = self.positions(n, past + mem_len + n - start, x.device, x.dtype, start)
+        held_real = None if cache is None else cache.real  # None: nothing padded so far
+        held_mask = None if held_real is None else cache.key_mask
+        new_mask = rows_mask(mem_mask, mask, mem_len, x)
+        span = (start, past, past + mem_len + n)
+        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
+        positions = self.positions(
+            n, past + mem_len + n - start, x.device, x.dtype, start, rows=rows
+        )
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn or global_mask is not None:
                 raise ValueError(
@@ -215,7 +219,7 @@ class AttentionLayers(nn.Module):
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
             return (out, inter) if return_hiddens else out
-        inter = LayerIntermediates(cache=cache)
+        inter = LayerIntermediates(cache=cache, mask=mask)
         state = dict(
             context=context,
             context_mask=context_mask,
@@ -223,15 +227,42 @@ class AttentionLayers(nn.Module):
             positions=positions,
             mask=mask,
             mems=mems,
+            mem_mask=mem_mask,
             entries=self._cache_entries(cache),
             return_attn=return_attn,
             global_mask=global_mask,
         )
         x = self._run_layers(x, state, inter)
         if cache is not None:
-            cache.length = past + mem_len + n
+            cache.advance(mem_len + n, real)
         out = self.final_norm(x)
         return (out, inter) if return_hiddens else out
+
+    def _working_cache(self, cache: Any, b: int, return_hiddens: bool) -> KVCache | None:
+        """The cache this forward updates: a fork of the one given, or a new one.
+
+        A :class:`LayerIntermediates` stands for its cache (x-transformers passes the
+        intermediates back). Without a cache, ``return_hiddens=True`` on a causal stack that
+        can cache starts one, so the intermediates can be continued.
+        """
+        if isinstance(cache, LayerIntermediates):
+            cache = cache.cache
+            if cache is None:
+                raise ValueError(
+                    f"{type(self).__name__}: the intermediates passed as 'cache' hold no cache "
+                    "(this stack is not causal or cannot cache); pass a KVCache"
+                )
+        check_cache(cache, self.num_attention_layers, b, type(self).__name__)
+        reason = self.uncacheable_reason
+        if cache is not None and reason is not None:
+            raise ValueError(f"{type(self).__name__}: this stack cannot use a 'cache': {reason}")
+        if cache is not None and not return_hiddens:
+            raise ValueError(stale_loop_message(type(self).__name__, "return_hiddens=True"))
+        if cache is not None:
+            return cache.fork()
+        if return_hiddens and self.causal and reason is None:
+            return self.new_cache()
+        return None
 
     def _run_reversible(self, x, mask, attn_mask, positions):
         """The reversible two-stream stack (Reformer) on x (b, n, d)."""
@@ -261,6 +292,7 @@ class AttentionLayers(nn.Module):
                     out, ai = layer["block"](
                         h,
                         mask=state["mask"],
+                        mem_mask=state["mem_mask"],
                         attn_mask=state["attn_mask"],
                         positions=state["positions"],
                         prev_logits=prev["a"],
@@ -316,7 +348,20 @@ class AttentionLayers(nn.Module):
                 cache.entry(i, create)
         return cache.entries
 
-    def _check_global_mask(self, global_mask, b: int, n: int, cache: KVCache | None) -> None:
+    def _check_global_padding(self, mask: Tensor | None) -> None:
+        """attn_global_tokens name absolute slots, which padding would shift: refused."""
+        if mask is None or bool(mask.all()):
+            return
+        if any(
+            blk.takes_global_tokens and blk.config.global_tokens for blk in self._attention_blocks()
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: attn_global_tokens names absolute positions, and the "
+                "padding in 'mask' would shift them in the padded rows; pass the global tokens "
+                "per call as global_mask (without a cache), or run rows without padding"
+            )
+
+    def _check_global_mask(self, global_mask, b: int, n: int, cache: Any) -> None:
         """A (b, n) bool global_mask, for a stack with a sliding-window layer, without a cache."""
         if global_mask is None:
             return
@@ -333,9 +378,18 @@ class AttentionLayers(nn.Module):
                 "with a cache, give the global positions at construction (attn_global_tokens)"
             )
 
-    def _check_mems(self, mems: list[Tensor] | None, b: int, dtype: torch.dtype) -> int:
+    def _check_mems(
+        self, mems: list[Tensor] | None, b: int, dtype: torch.dtype, cache: KVCache | None
+    ) -> int:
+        """Memory length (0 without mems); mems join a cache only at its first call."""
         if mems is None:
             return 0
+        if cache is not None and cache.length > 0:
+            raise ValueError(
+                f"{type(self).__name__}: 'mems' given with a 'cache' that already holds "
+                f"{cache.length} positions; the cache took the mems in at its first call (they "
+                "are the context before its first position): pass mems only with an empty cache"
+            )
         return check_mems(mems, self.num_self_attention_layers, b, self.dim, dtype)
 
     def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> Tensor | None:

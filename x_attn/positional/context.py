@@ -7,7 +7,7 @@ and the bias of the keys it holds (:meth:`PositionContext.bias_for`), so layers 
 different keys (a window next to a full layer) share one context. Queries are always the
 newest ``q_len`` positions.
 
-Shape legend: n rows, r rotary dim, d model dim, h heads, i queries, j keys.
+Shape legend: b batch, n rows, r rotary dim, d model dim, h heads, i queries, j keys.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class RowPositions:
     """Positional tables of the rows one projection call projects (queries or new keys).
 
     Attributes:
-        rotary: (n, r/2) rotary angles or None.
-        infused: (n, d) sinusoids added to the query/key inputs or None.
+        rotary: (n, r/2) rotary angles, (b, 1, n, r/2) per row, or None.
+        infused: (n, d) sinusoids added to the query/key inputs, (b, n, d) per row, or None.
     """
 
     rotary: Tensor | None = None
@@ -49,12 +49,17 @@ NO_POSITIONS = RowPositions()
 class PositionContext:
     """Positional tables for one forward.
 
+    The tables are shared by every row, or per row when padding gives rows different
+    positions (see :mod:`x_attn.positional.row_positions`); the position axis is always the
+    second to last (rotary, infused) or the last two (bias).
+
     Attributes:
         q_len: number of queries (the newest positions).
         k_len: number of positions the tables cover, ending with the queries' last one.
-        rotary: (k_len, r/2) rotary angles or None.
-        bias: (h, q_len, k_len) additive logit bias (T5 / ALiBi) or None.
-        infused: (k_len, d) sinusoids added to query/key inputs (position-infused attention).
+        rotary: (k_len, r/2) or (b, 1, k_len, r/2) rotary angles, or None.
+        bias: (h, q_len, k_len) or (b, h, q_len, k_len) additive logit bias (T5 / ALiBi).
+        infused: (k_len, d) or (b, k_len, d) sinusoids added to query/key inputs
+            (position-infused attention).
         start: absolute position of the first table row (0 unless the stack dropped older
             positions from every layer).
     """
@@ -81,8 +86,8 @@ class PositionContext:
         if self.rotary is None and self.infused is None:
             return NO_POSITIONS
         a, b = span.start - self.start, span.stop - self.start
-        rotary = None if self.rotary is None else self.rotary[a:b]
-        infused = None if self.infused is None else self.infused[a:b]
+        rotary = None if self.rotary is None else self.rotary[..., a:b, :]
+        infused = None if self.infused is None else self.infused[..., a:b, :]
         return RowPositions(rotary, infused)
 
     def bias_for(self, q: Span, k: Span, pinned: tuple[int, ...] = ()) -> Tensor | None:

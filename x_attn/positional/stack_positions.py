@@ -1,9 +1,12 @@
-"""Builds the per-forward PositionContext of a stack from its positional flags."""
+"""Builds the per-forward PositionContext of a stack from its positional flags.
+
+Shape legend: b batch, h heads, i queries, j / k positions covered, r rotary dim.
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from x_attn.config import LayersConfig
 from x_attn.positional.absolute import sinusoidal_table
@@ -58,19 +61,47 @@ class StackPositions(nn.Module):
         return any(x is not None for x in (self.rotary, self.rel_pos, self.infused_dim))
 
     def forward(
-        self, q_len: int, k_len: int, device: torch.device, dtype: torch.dtype, start: int = 0
+        self,
+        q_len: int,
+        k_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        start: int = 0,
+        rows: Tensor | None = None,
     ) -> PositionContext:
-        """Tables for positions start ... start + k_len - 1, the last q_len being the queries."""
+        """Tables for positions start ... start + k_len - 1, the last q_len being the queries.
+
+        ``rows`` (b, k_len): each row's own positions of those absolute positions (padding
+        takes none, see :mod:`x_attn.positional.row_positions`); the tables are then per row.
+        """
         context = PositionContext(q_len=q_len, k_len=k_len, start=start)
         if not self.is_relative:
             return context
-        k_pos = torch.arange(start, start + k_len, device=device)
-        q_pos = k_pos[k_len - q_len :]
+        k_pos = torch.arange(start, start + k_len, device=device) if rows is None else rows
+        q_pos = k_pos[..., k_len - q_len :]
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         if self.rotary is not None:
-            context.rotary = self.rotary(k_pos, dtype=table_dtype)
+            angles = self.rotary(k_pos, dtype=table_dtype)  # (k, r/2) or (b, k, r/2)
+            context.rotary = angles if rows is None else angles.unsqueeze(1)
         if self.rel_pos is not None:
-            context.bias = self.rel_pos(q_pos, k_pos)
+            context.bias = (
+                self.rel_pos(q_pos, k_pos) if rows is None else self._row_bias(q_pos, k_pos)
+            )
         if self.infused_dim is not None:
-            context.infused = sinusoidal_table(k_pos, self.infused_dim, dtype=table_dtype)
+            table = sinusoidal_table(k_pos.flatten(), self.infused_dim, dtype=table_dtype)
+            context.infused = table.unflatten(0, k_pos.shape)
         return context
+
+    def _row_bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """(b, h, i, j) T5 / ALiBi bias of per-row positions q_pos (b, i) and k_pos (b, j).
+
+        Both depend on the distance k - q only: the bias of every distance that occurs is
+        computed once (one query at 0, keys at each distance) and gathered per row.
+        """
+        rel = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)  # (b, i, j)
+        low, high = int(rel.min()), int(rel.max())
+        by_distance = self.rel_pos(
+            torch.zeros(1, dtype=torch.long, device=rel.device),
+            torch.arange(low, high + 1, device=rel.device),
+        )[:, 0]  # (h, distances)
+        return by_distance[:, rel - low].transpose(0, 1)

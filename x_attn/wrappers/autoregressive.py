@@ -5,9 +5,9 @@ Martins et al., arXiv 2004.02644) live in :mod:`x_attn.wrappers.sampling`; this 
 the decoding loop around them.
 
 Generation semantics:
-    * prompts of different lengths are left-padded and masked (padding keys are never
-      attended); absolute positions count from each row's first real token
-      (``seq_start_pos``), relative schemes are shift-invariant;
+    * prompts of different lengths are left-padded and masked: padding is never attended
+      and takes no position, so each row gets the positions (absolute, relative, memory
+      tokens included) and the tokens it gets alone;
     * past ``max_seq_len`` (relative positions only) every layer attends to the newest
       ``max_seq_len`` positions, a sliding window; the cached path evicts the oldest keys,
       the uncached path applies the same band mask over the whole sequence, so both give the

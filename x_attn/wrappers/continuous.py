@@ -15,11 +15,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from x_attn.cache import KVCache
-from x_attn.layers.stack import AttentionLayers
+from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, check_float_input
+from x_attn.wrappers.cache_input import new_inputs
 from x_attn.wrappers.token import SequenceWrapper
 
 
@@ -81,9 +82,10 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         return_mems: bool = False,
         return_attn: bool = False,
         mems: list[Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
         return_intermediates: bool = False,
         return_cache: bool = False,
+        input_not_include_cache: bool | None = None,
         **kwargs: Any,
     ):
         """Outputs (b, n, dim_out), or the stack's (b, n, d) with ``return_embeddings``.
@@ -93,7 +95,10 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             mask: (b, n) bool padding mask, True = real position; masked inputs have no
                 effect at all (whatever they hold, NaN included).
             mems: Transformer-XL memories returned by a previous call with ``return_mems``.
-            cache: a :class:`KVCache` for incremental decoding, updated in place.
+            cache: a :class:`KVCache` (``x`` = the new inputs) or the intermediates of an
+                earlier call (``x`` = the whole sequence so far, as in x-transformers); only
+                the inputs the cache has not seen run. The cache passed is left as it was.
+            input_not_include_cache: with a cache, whether ``x`` holds only new inputs.
             **kwargs: context, context_mask, attn_mask, passed to the stack.
 
         Returns:
@@ -103,6 +108,17 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         """
         check_float_input("x", x, self.dim_in, "ContinuousTransformerWrapper")
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
+        layers = self.attn_layers.num_attention_layers
+        owner = type(self).__name__
+        cache, x, mask = new_inputs(
+            owner,
+            cache,
+            x,
+            mask,
+            input_not_include_cache,
+            layers,
+            return_cache or return_intermediates,
+        )
         if mask is not None:  # before project_in: a NaN there would reach its weight gradient
             x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         out, inter = self._run_stack(

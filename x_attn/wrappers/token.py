@@ -15,13 +15,17 @@ import torch
 from einops import repeat
 from torch import Tensor, nn
 
-from x_attn.cache import KVCache
+from x_attn.cache import KVCache, Mems
+from x_attn.cache.inputs import SeenInputs
+from x_attn.cache.mems import next_mems
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
+from x_attn.positional.row_positions import counted_positions, left_padding
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
-from x_attn.utils import check_positive_int, check_probability
-from x_attn.validation import check_bool_mask, check_cache, check_seq_start_pos, token_ids
+from x_attn.utils import check_positive_int, check_probability, default
+from x_attn.validation import check_bool_mask, check_seq_start_pos, token_ids
+from x_attn.wrappers.cache_input import new_inputs
 
 
 def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
@@ -137,29 +141,34 @@ class SequenceWrapper(nn.Module):
         return_intermediates: bool,
         seq_start_pos: Tensor | None = None,
         return_cache: bool = False,
+        tokens: Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[Tensor, LayerIntermediates]:
         """Positions, dropout, memory tokens, then the stack on embeddings ``h`` (b, n, d).
 
-        ``seq_start_pos`` (b,): per-sample index of the first real token of left-padded rows;
-        absolute positions count from there (relative schemes are shift-invariant already).
-        Memory tokens open the stream: they are prepended when neither a cache nor mems hold
-        them yet. Masked positions enter as zeros, so what they hold (a NaN in a padded
-        continuous input) has no effect at all. Returns the stack output (b, n, d) with memory
-        tokens stripped, and its intermediates.
+        ``h`` holds only inputs the cache has not seen (see :mod:`x_attn.wrappers.cache_input`);
+        ``tokens`` are their ids, kept in the cache. ``seq_start_pos`` (b,): index of each
+        row's first real input in the whole sequence; the positions before it are padding,
+        masked as in x-transformers. Padding takes no position: absolute positions count each
+        row's real inputs. Memory tokens open the stream: they are prepended when neither a
+        cache nor mems hold them yet. Masked positions enter as zeros, so what they hold (a NaN
+        in a padded continuous input) has no effect at all. Returns the stack output (b, n, d)
+        with memory tokens stripped, and its intermediates.
         """
-        n = h.shape[1]
+        b, n = h.shape[:2]
+        owner = type(self).__name__
+        seen = cache.inputs if cache is not None else SeenInputs()
+        streaming = cache is not None or return_intermediates or return_cache
+        check_seq_start_pos(seq_start_pos, b, None if streaming else seen.count + n, owner)
+        mask = left_padding(mask, seq_start_pos, seen.count, n)
         if mask is not None:  # else 0 * NaN in the attention weights reaches every output
             h = h.masked_fill(~mask.unsqueeze(-1), 0.0)
-        owner = type(self).__name__
-        check_cache(cache, self.attn_layers.num_attention_layers, h.shape[0], owner)
-        # a cache holds the memory tokens after its first call; an empty one holds nothing
-        past = max(cache.length - self.num_memory_tokens, 0) if cache is not None else 0
-        check_seq_start_pos(seq_start_pos, h.shape[0], past + n, owner)
         if self.pos_emb is not None:
-            h = h + self._positions(past, n, h.device, seq_start_pos).to(h.dtype)
+            h = h + self._positions(seen.real_before(), n, mask, h.device).to(h.dtype)
         h = self.emb_dropout(h)
-        prepend = self.memory_tokens is not None and past <= 0 and mems is None
+        first = cache is None or cache.length == 0
+        prepend = self.memory_tokens is not None and first and mems is None
+        inputs_mask = mask
         if prepend:
             h, mask = self._prepend_memory(h, mask)
             if kwargs.get("global_mask") is not None:  # memory tokens are not global tokens
@@ -176,6 +185,8 @@ class SequenceWrapper(nn.Module):
             return_attn=return_attn,
             **kwargs,
         )
+        if inter.cache is not None:
+            inter.cache.record_inputs(seen.extend(tokens, inputs_mask, n))
         if prepend:
             out = out[:, self.num_memory_tokens :]
         return out, inter
@@ -198,27 +209,47 @@ class SequenceWrapper(nn.Module):
         return self.attn_layers.explain()
 
     def _positions(
-        self, past: int, n: int, device: torch.device, seq_start_pos: Tensor | None = None
+        self, real_before: Tensor | int, n: int, mask: Tensor | None, device: torch.device
     ) -> Tensor:
-        if self.has_abs_positions and past + n > self.max_seq_len:
+        """Absolute position embeddings of ``n`` new inputs: each row counts its real ones."""
+        if mask is None:
+            positions = torch.arange(n, device=device) + (
+                real_before if isinstance(real_before, int) else real_before.unsqueeze(-1)
+            )
+        else:
+            positions = counted_positions(mask, real_before)
+        plain = mask is None and isinstance(real_before, int)
+        top = real_before + n if plain else int(positions.max()) + 1
+        if self.has_abs_positions and top > self.max_seq_len:
             raise ValueError(
-                f"sequence of {past + n} positions exceeds max_seq_len={self.max_seq_len} while "
+                f"sequence of {top} positions exceeds max_seq_len={self.max_seq_len} while "
                 "learned absolute positions are in use; raise max_seq_len, or go longer with a "
                 "relative scheme (rotary_pos_emb=True, rel_pos_bias=True or alibi_pos_bias=True "
                 "on the layers, which turns absolute positions off) or use_abs_pos_emb=False"
             )
-        positions = torch.arange(past, past + n, device=device)
-        if seq_start_pos is None:
+        if positions.ndim == 1:
             return self.pos_emb(positions)
-        positions = (positions - seq_start_pos.to(device).unsqueeze(-1)).clamp(min=0)  # (b, n)
         return self.pos_emb(positions.flatten()).unflatten(0, positions.shape)
 
     def _prepend_memory(self, h: Tensor, mask: Tensor | None):
+        if mask is not None and not bool(mask[:, 0].all()):
+            self._refuse_gap()
         mem = repeat(self.memory_tokens, "m d -> b m d", b=h.shape[0]).to(h.dtype)
         if mask is not None:
             ones = torch.ones(h.shape[0], mem.shape[1], dtype=torch.bool, device=h.device)
             mask = torch.cat((ones, mask), dim=1)
         return torch.cat((mem, h), dim=1), mask
+
+    def _refuse_gap(self) -> None:
+        """Memory tokens in front of left padding leave a gap that convolutions would read."""
+        flags = {f for m in self.attn_layers.modules() for f in getattr(m, "neighbour_flags", ())}
+        if flags:
+            raise ValueError(
+                f"{type(self).__name__}: num_memory_tokens with a left-padded mask puts padding "
+                f"between the memory tokens and the row, and {sorted(flags)} mix neighbouring "
+                "positions, so a padded row would not compute what it computes alone; pad on "
+                "the right, or drop num_memory_tokens"
+            )
 
     def _package(
         self,
@@ -232,7 +263,7 @@ class SequenceWrapper(nn.Module):
     ):
         extras = []
         if return_mems:
-            extras.append(self.next_mems(inter.hiddens, mems))
+            extras.append(self.next_mems(inter.hiddens, mems, inter.mask))
         if return_attn:
             extras.append(inter.attn_maps)
         if return_cache:
@@ -241,17 +272,17 @@ class SequenceWrapper(nn.Module):
             extras.append(inter)
         return (result, *extras) if extras else result
 
-    def next_mems(self, hiddens: list[Tensor], mems: list[Tensor] | None) -> list[Tensor]:
-        """Transformer-XL: old mems + this segment's layer inputs, detached, last max_mem_len."""
+    def next_mems(
+        self, hiddens: list[Tensor], mems: list[Tensor] | None, mask: Tensor | None = None
+    ) -> Mems:
+        """Transformer-XL: old mems + this segment's layer inputs (padding ``mask``), detached,
+        the last max_mem_len (see :func:`x_attn.cache.mems.next_mems`)."""
         if not hiddens:
             raise ValueError(
                 "return_mems=True: this stack keeps no per-layer hidden states "
                 f"({self.attn_layers.uncacheable_reason or 'no self-attention layers'})"
             )
-        if mems is not None:
-            hiddens = [torch.cat((m, h), dim=1) for m, h in zip(mems, hiddens)]
-        keep = self.max_mem_len if self.max_mem_len > 0 else hiddens[0].shape[1]
-        return [h[:, -keep:].detach() for h in hiddens]
+        return next_mems(hiddens, mems, mask, self.max_mem_len)
 
 
 @records_config
@@ -271,6 +302,9 @@ class TransformerWrapper(SequenceWrapper):
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
             arXiv 2006.11527); stripped from the output.
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
+        input_not_include_cache: with a cache, ``x`` holds only the new tokens (True) or the
+            whole sequence so far (False); None: a KVCache takes new tokens, intermediates
+            the whole sequence (see :mod:`x_attn.wrappers.cache_input`).
     """
 
     @checked_keywords
@@ -287,6 +321,7 @@ class TransformerWrapper(SequenceWrapper):
         logits_dim: int | None = None,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        input_not_include_cache: bool | None = None,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -304,6 +339,12 @@ class TransformerWrapper(SequenceWrapper):
             raise ValueError(
                 "TransformerWrapper: tie_embedding=True needs logits_dim == num_tokens"
             )
+        if input_not_include_cache is not None and not isinstance(input_not_include_cache, bool):
+            raise TypeError(
+                "TransformerWrapper: 'input_not_include_cache' must be a bool or None, got "
+                f"{input_not_include_cache!r}"
+            )
+        self.input_not_include_cache = input_not_include_cache
         dim = attn_layers.dim
         self.num_tokens = num_tokens
         self.token_emb = nn.Embedding(num_tokens, dim)
@@ -318,20 +359,37 @@ class TransformerWrapper(SequenceWrapper):
         return_mems: bool = False,
         return_attn: bool = False,
         mems: list[Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | LayerIntermediates | None = None,
         return_intermediates: bool = False,
         return_cache: bool = False,
+        input_not_include_cache: bool | None = None,
         **kwargs: Any,
     ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
 
-        Extra returns, in this order when asked: mems (``return_mems``), attention maps
-        (``return_attn``), the KV cache (``return_cache``; a new one when ``cache`` is None),
-        intermediates with the cache (``return_intermediates``). ``seq_start_pos`` (b,) shifts
-        absolute positions of left-padded rows; other keywords (context, context_mask,
-        attn_mask) go to the stack.
+        With a cache (a :class:`KVCache`, or the intermediates of an earlier call as in
+        x-transformers), only the tokens the cache has not seen run, and only their logits
+        are returned; ``input_not_include_cache`` says whether ``x`` holds only those (see
+        :mod:`x_attn.wrappers.cache_input`). The cache passed is left as it was.
+
+        Extra returns, in this order when asked: mems (``return_mems``, a :class:`Mems` with
+        their padding), attention maps (``return_attn``), the KV cache (``return_cache``),
+        intermediates with the cache (``return_intermediates``). ``seq_start_pos`` (b,) marks
+        the left padding of each row (masked; padding takes no position); other keywords
+        (context, context_mask, attn_mask) go to the stack.
         """
         x = self._check_tokens(x, mask)
+        not_include = default(input_not_include_cache, self.input_not_include_cache)
+        layers = self.attn_layers.num_attention_layers
+        cache, x, mask = new_inputs(
+            type(self).__name__,
+            cache,
+            x,
+            mask,
+            not_include,
+            layers,
+            return_cache or return_intermediates,
+        )
         out, inter = self._run_stack(
             self.token_emb(x),
             mask,
@@ -340,6 +398,7 @@ class TransformerWrapper(SequenceWrapper):
             return_attn,
             return_intermediates,
             return_cache=return_cache,
+            tokens=x,
             **kwargs,
         )
         result = out if return_embeddings else self._logits(out)

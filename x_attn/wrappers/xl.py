@@ -83,7 +83,7 @@ class XLAutoregressiveWrapper(nn.Module):
             x: (b, n) token ids, n >= 2 (n - 1 predictions).
             mems: mems returned by an earlier call, to continue a stream.
             return_mems: also return the mems after the last segment.
-            **kwargs: other model inputs (no padding ``mask``: mems carry none).
+            **kwargs: other model inputs (no padding ``mask``).
 
         Returns:
             loss, or (loss, mems).
@@ -137,8 +137,9 @@ class XLAutoregressiveWrapper(nn.Module):
         batch = prepare_prompts(prompts, None, self.pad_value, owner)
         if batch.mask is not None:
             raise ValueError(
-                f"{owner}: prompts of different lengths are not supported (mems carry no "
-                "padding mask); generate each length separately or trim them to one length"
+                f"{owner}: prompts of different lengths are not supported (segments are cut at "
+                "the same index in every row, so padding would move a row's segment "
+                "boundaries); generate each length separately or trim them to one length"
             )
         check_positive_int("seq_len", seq_len, owner)
         sampler = make_sampler(

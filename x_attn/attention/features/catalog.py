@@ -66,6 +66,7 @@ class AttentionParts:
     rules: tuple[MaskRule, ...] = ()
     new_entry: Callable[[], CacheEntry] = KVEntry
     needs: list[Need] = field(default_factory=list)
+    neighbour_flags: tuple[str, ...] = ()  # flags of features that read neighbouring positions
 
 
 def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
@@ -91,6 +92,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         rules=rules,
         new_entry=entry,
         needs=_needs(active, ctx),
+        neighbour_flags=tuple(s.flag(ctx) for s in active if s.reads_neighbours),
     )
 
 

@@ -234,6 +234,7 @@ MTA_SPEC = FeatureSpec(
     needs_scores=True,
     flag_of=_flag,
     wrap_entry=lambda ctx: QueryTailEntry,
+    reads_neighbours=True,
 )
 
 MTA_HEAD_NORM_SPEC = FeatureSpec(

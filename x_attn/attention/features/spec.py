@@ -93,6 +93,9 @@ class FeatureSpec:
         wrap_entry: for a layer's context, a function that wraps the layer's self-attention
             entry (whichever kind) in one that keeps more state; wrappers compose.
         needs: further kernel capabilities it needs (e.g. "cache:state").
+        reads_neighbours: it mixes neighbouring positions (a convolution over rows or keys),
+            so padding placed between real positions changes a row's result; wrappers refuse
+            to create such gaps (memory tokens in front of left padding).
     """
 
     name: str
@@ -108,6 +111,7 @@ class FeatureSpec:
     cache_entry: Callable[[FeatureContext], Callable[[], CacheEntry]] | None = None
     wrap_entry: Callable[[FeatureContext], Callable[[CacheEntry], CacheEntry]] | None = None
     needs: tuple[str, ...] = ()
+    reads_neighbours: bool = False
 
     def flag(self, ctx: FeatureContext) -> str:
         return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)

@@ -38,4 +38,5 @@ WINDOW_SPEC = FeatureSpec(
     rules=lambda ctx: (_rule(ctx),),
     cache_entry=_entry,
     needs=("fast:window",),
+    reads_neighbours=True,  # the window counts slots: padding inside it would take places
 )

@@ -1,0 +1,37 @@
+"""What a stack forward leaves behind: hidden states, attention maps, kernels, the cache.
+
+Shape legend: b batch, n sequence, d model dim, h heads, i queries, j keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from x_attn.cache import KVCache
+
+
+@dataclass
+class LayerIntermediates:
+    """What a stack forward leaves behind.
+
+    Attributes:
+        hiddens: the input of every self-attention layer (b, n, d), for Transformer-XL mems.
+        attn_maps: attention probabilities (b, h, i, j) of every attention layer, when asked.
+        kernels: the kernel each attention layer ran ("sdpa" / "manual").
+        cache: the KV cache after this forward (a new one; the cache passed in is unchanged),
+            or None. Pass the intermediates (or this cache) as ``cache=`` to continue.
+        mask: (b, n) padding of the rows this forward ran (for the mems they become).
+    """
+
+    hiddens: list[Tensor] = field(default_factory=list)
+    attn_maps: list[Tensor] = field(default_factory=list)
+    kernels: list[str] = field(default_factory=list)
+    cache: KVCache | None = None
+    mask: Tensor | None = None
+
+    @property
+    def cache_length(self) -> int:
+        """Positions the cache holds (x-transformers' name), 0 without a cache."""
+        return 0 if self.cache is None else self.cache.length
