@@ -349,16 +349,17 @@ class AttentionLayers(nn.Module):
         return cache.entries
 
     def _check_global_padding(self, mask: Tensor | None) -> None:
-        """attn_global_tokens name absolute slots, which padding would shift: refused."""
-        if mask is None or bool(mask.all()):
+        """attn_global_tokens name absolute slots, which padding in front of a real token
+        (left padding) would shift: refused. Right padding shifts nothing."""
+        if mask is None or not bool((mask[:, 1:] & ~mask[:, :-1]).any()):
             return
         if any(
             blk.takes_global_tokens and blk.config.global_tokens for blk in self._attention_blocks()
         ):
             raise ValueError(
                 f"{type(self).__name__}: attn_global_tokens names absolute positions, and the "
-                "padding in 'mask' would shift them in the padded rows; pass the global tokens "
-                "per call as global_mask (without a cache), or run rows without padding"
+                "left padding in 'mask' would shift them in the padded rows; pass the global "
+                "tokens per call as global_mask (without a cache), or pad on the right"
             )
 
     def _check_global_mask(self, global_mask, b: int, n: int, cache: Any) -> None:
