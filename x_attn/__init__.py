@@ -9,6 +9,7 @@ from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
 from x_attn.per_layer import per_layer
 from x_attn.serialization import from_config, to_config
+from x_attn.uptrain import group_kv_heads
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
 from x_attn.wrappers.token import TransformerWrapper
@@ -34,6 +35,7 @@ __all__ = [
     "XTransformer",
     "__version__",
     "from_config",
+    "group_kv_heads",
     "load",
     "per_layer",
     "to_config",

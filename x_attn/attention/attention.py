@@ -3,9 +3,9 @@
 resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
 the projection applies positions) -> cache entry (takes the new key rows, returns every key
 held, with positions and padding) -> mask description + bias of (queries, held keys) ->
-extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> per-head
-output stages -> output (merge heads, out projection or AoA). The parts come from the feature
-catalog; forward has no flag if.
+extend k/v (memory kv) -> query-dependent bias (Shaw's relative keys) -> kernel (chosen per
+layer from the kernel registry) -> per-head output stages -> output (merge heads, out
+projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -24,7 +24,7 @@ from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.projections import Projection
 from x_attn.cache import CacheEntry, ContextEntry
-from x_attn.config import AttentionConfig
+from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.select import KernelChoice, choose_kernel
@@ -32,7 +32,7 @@ from x_attn.masks.causal import CAUSAL
 from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
 from x_attn.routing import build_config
-from x_attn.utils import check_positive_int
+from x_attn.utils import check_positive_int, default
 
 
 @dataclass
@@ -58,13 +58,18 @@ class Attention(nn.Module):
         dim: model dimension of the queries' input.
         heads: number of heads.
         causal: bottom-right aligned causal masking (self-attention only).
-        dim_context: dimension of the context for cross-attention (default ``dim``).
+        dim_context: width of the context for cross-attention (default: the config's
+            ``dim_context``, else ``dim``); x-transformers' ``attn_dim_context``.
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
+        rotary_dim: the stack's rotary dim, for projections that size their rotary part by it
+            (MLA's decoupled rotary dims); None when the stack has no rotary positions.
         layer_index: the layer's index among its stack's self- (or cross-) attention layers,
             from 0; set by the stack (features that act on chosen layers, or scale with depth,
             read it).
+        stack_config: the stack's flags, given by a stack to its self-attention layers
+            (positional features such as ``shaw_rel_pos`` live in each layer).
     """
 
     def __init__(
@@ -76,7 +81,9 @@ class Attention(nn.Module):
         config: AttentionConfig | None = None,
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
+        rotary_dim: int | None = None,
         layer_index: int = 0,
+        stack_config: LayersConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -87,16 +94,28 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
-        self.scale = config.dim_head**-0.5
+        self.dim, self.dim_context = dim, _context_width(dim, dim_context, config, flag_prefix)
         if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
             raise ValueError(f"Attention: 'layer_index' must be an int >= 0, got {layer_index!r}")
         ctx = FeatureContext(
-            dim, heads, dim_context, config, flag_prefix, residual_attn, layer_index, causal=causal
+            dim,
+            heads,
+            self.dim_context,
+            config,
+            flag_prefix,
+            residual_attn,
+            layer_index,
+            rotary_dim=rotary_dim,
+            stack=stack_config,
+            causal=causal,
         )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
-        for attr, module in parts.extensions:  # registered under their own names (or None)
+        self.scale = default(self.proj.scale, config.dim_head**-0.5)
+        for attr, module in [*parts.biases, *parts.extensions]:  # under their own names (or None)
             setattr(self, attr, module)
+        # bias stage: (q, positions, mask, bias, hooks) -> (bias, hooks), after extend k/v
+        self.bias_stages = [module for _, module in parts.biases if module is not None]
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = [module for _, module in parts.extensions if module is not None]
         self.scores = parts.scores
@@ -182,18 +201,21 @@ class Attention(nn.Module):
         proj = self.proj
         q = proj.queries(x, call.query_rows)
         held = call.entry.update(call.keys, proj.keys)
-        k, v = proj.expand(held.payload)
+        q, k, v, finish = proj.operands(q, held.payload)
         mask_spec = AttnMask(
             call.queries, held.span, call.rules, held.mask, call.user_mask, pinned=held.pinned
         )
         bias = call.positions.bias_for(call.queries, held.span, held.pinned)
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
+        hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
+        for stage in self.bias_stages:
+            bias, hooks = stage(q, call.positions, mask_spec, bias, hooks)
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
-        hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
         out, maps = kernel.run(inputs, hooks, call.entry)
+        out = finish(out)
         for stage in self.head_stages:
             out = stage(out)
         out = rearrange(out, "b h n d -> b n (h d)")
@@ -206,8 +228,32 @@ class Attention(nn.Module):
                 "global_mask marks global tokens of a self-attention call without a KV cache; "
                 "give the positions at construction (attn_global_tokens) to decode with a cache"
             )
+        if context is None and self.dim_context != self.dim:
+            raise ValueError(
+                f"Attention: this layer reads keys of width dim_context={self.dim_context}, "
+                f"but was called without a context (self-attention keys come from x, width "
+                f"{self.dim}); pass context=, or build it without dim_context"
+            )
+        if context is not None and context.shape[-1] != self.dim_context:
+            raise ValueError(
+                f"Attention: 'context' has width {context.shape[-1]}, but this layer reads "
+                f"width {self.dim_context}; build it with dim_context={context.shape[-1]} "
+                f"(cross_attn_dim_context in a stack)"
+            )
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
             return self_call(x, *mem, mask, attn_mask, positions, entry, self.rules, marked)
         entry = cache if cache is not None else self.new_context_entry()
-        return cross_call(x, context, context_mask, attn_mask, entry)
+        return cross_call(x, context, context_mask, attn_mask, entry, positions)
+
+
+def _context_width(dim: int, given: int | None, config: AttentionConfig, prefix: str) -> int:
+    """The key/value input width: ``dim_context=`` or the config's, which must agree."""
+    if given is not None:
+        check_positive_int("dim_context", given, "Attention")
+    if given is not None and config.dim_context is not None and given != config.dim_context:
+        raise ValueError(
+            f"Attention: dim_context={given} and {prefix}dim_context={config.dim_context} "
+            "disagree; give the context width once"
+        )
+    return default(given, default(config.dim_context, dim))

@@ -18,18 +18,22 @@ from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
+from x_attn.attention.features.shaw import SHAW_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
 from x_attn.attention.features.window import WINDOW_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
+from x_attn.attention.projections.latent import LATENT_KV_SPEC
 from x_attn.cache import CacheEntry, KVEntry
 from x_attn.kernels.registry import Need
 from x_attn.masks.spec import MaskRule
 
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
+    LATENT_KV_SPEC,
+    SHAW_SPEC,
     WINDOW_SPEC,
     MEMORY_KV_SPEC,
     RESIDUAL_ATTN_SPEC,
@@ -50,6 +54,7 @@ class AttentionParts:
     Attributes:
         projection: the project stage.
         extensions: (attribute, module or None) of every extend-stage feature.
+        biases: (attribute, module or None) of every bias-stage feature.
         scores: the score features and the normalizer.
         output: the output stage.
         head_stages: (attribute, module) of the "heads" stage: modules on the per-head output.
@@ -60,6 +65,7 @@ class AttentionParts:
 
     projection: Projection
     extensions: list[tuple[str, nn.Module | None]]
+    biases: list[tuple[str, nn.Module | None]]
     scores: ScorePipeline
     output: nn.Module
     head_stages: list[tuple[str, nn.Module]] = field(default_factory=list)
@@ -85,7 +91,8 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
             entry = _wrapped(entry, spec.wrap_entry(ctx))
     return AttentionParts(
         projection=projection,
-        extensions=_extensions(built),
+        extensions=_stage_modules(built, "extend"),
+        biases=_stage_modules(built, "bias"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
         head_stages=[(s.attr or s.name, m) for s, m in built if s.stage == "heads"],
@@ -107,20 +114,37 @@ def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
     """Kernel capabilities the active features need, each with its flag."""
     needs = []
     for spec in active:
-        capabilities = [*(["scores"] if spec.needs_scores else []), *spec.needs]
+        capabilities = [*(["scores"] if spec.scores_needed(ctx) else []), *spec.needs]
         capabilities += [f"rule:{rule.kind}" for rule in (spec.rules(ctx) if spec.rules else ())]
         needs += [Need(spec.flag(ctx), capability) for capability in capabilities]
     return needs
 
 
-def _extensions(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, nn.Module | None]]:
-    """(attribute, module or None) for every extend-stage feature of the catalog, in order."""
+def _stage_modules(
+    built: list[tuple[FeatureSpec, nn.Module]], stage: str
+) -> list[tuple[str, nn.Module | None]]:
+    """(attribute, module or None) for every feature of ``stage`` in the catalog, in order."""
     on = {spec.name: module for spec, module in built}
-    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == "extend"]
+    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == stage]
 
 
 def _default_projection(ctx: FeatureContext) -> Projection:
-    return MultiHeadProjection(ctx.dim, ctx.heads, ctx.config.dim_head, ctx.dim_context)
+    kv_heads = ctx.config.key_value_heads(ctx.heads)
+    if ctx.heads % kv_heads:
+        divisors = [d for d in range(1, ctx.heads + 1) if ctx.heads % d == 0]
+        raise ValueError(
+            f"Attention: {ctx.flag('kv_heads')}={kv_heads} does not divide heads={ctx.heads}: "
+            f"each key/value head serves a group of heads / kv_heads query heads; use one of "
+            f"{divisors}"
+        )
+    return MultiHeadProjection(
+        ctx.dim,
+        ctx.heads,
+        ctx.config.dim_head,
+        ctx.dim_context,
+        kv_heads=kv_heads,
+        dim_latent_q=ctx.config.dim_latent_q,
+    )
 
 
 def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> nn.Module | None:
@@ -128,14 +152,15 @@ def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> n
 
 
 def _check_slots(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> None:
-    """At most one active feature per exclusive slot; a clash names both flags."""
+    """At most one active feature per exclusive slot (a cache entry factory takes the "cache"
+    slot too); a clash names both flags."""
     taken: dict[str, FeatureSpec] = {}
     for spec in active:
-        if spec.slot is None:
-            continue
-        other = taken.setdefault(spec.slot, spec)
-        if other is not spec:
-            raise ValueError(
-                f"{owner}: {other.flag(ctx)} and {spec.flag(ctx)} both replace the layer's "
-                f"{spec.slot}; choose one"
-            )
+        slots = {spec.slot} | ({"cache"} if spec.cache_entry is not None else set())
+        for slot in slots - {None}:
+            other = taken.setdefault(slot, spec)
+            if other is not spec:
+                raise ValueError(
+                    f"{owner}: {other.flag(ctx)} and {spec.flag(ctx)} both replace the layer's "
+                    f"{slot}; choose one"
+                )
