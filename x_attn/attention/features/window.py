@@ -22,6 +22,12 @@ from x_attn.masks.window import SlidingWindow
 
 def _rule(ctx: FeatureContext) -> SlidingWindow:
     cfg = ctx.config
+    if cfg.global_tokens and ctx.stack is not None and ctx.stack.shaw_rel_pos:
+        raise ValueError(
+            f"{ctx.flag('global_tokens')} with shaw_rel_pos: a decoding window cache keeps the "
+            "global keys in front of the window's keys, out of position order, and Shaw's "
+            "relative embeddings are laid out over one contiguous span of keys; drop one of them"
+        )
     return SlidingWindow(cfg.window_size, cfg.window_dilation, ctx.causal, cfg.global_tokens)
 
 
