@@ -59,15 +59,16 @@ def padding_mask(s: Subject, n: int | None = None) -> Tensor | None:
 def usable_mask(s: Subject) -> Tensor | None:
     """:func:`padding_mask`, or None where the model refuses it by design (the wrapper's
     ValueError naming num_memory_tokens: memory tokens in front of left padding with a feature
-    that mixes neighbouring positions); the draw's other properties still run."""
+    that mixes neighbouring positions; or naming attn_global_tokens: global positions that
+    left padding would move); the draw's other properties still run."""
     mask = padding_mask(s)
-    if mask is None or not s.net.num_memory_tokens:
+    if mask is None or not (s.net.num_memory_tokens or s.case.layer_kw.get("attn_global_tokens")):
         return mask
     try:
         with torch.no_grad():
             s(s.inputs(), mask=mask)
     except ValueError as error:
-        if "num_memory_tokens" not in str(error):
+        if "num_memory_tokens" not in str(error) and "attn_global_tokens" not in str(error):
             raise
         return None
     return mask
@@ -253,6 +254,7 @@ def _effect_exempt(s: Subject, name: str) -> bool:
     case, types = s.case, getattr(s.net.attn_layers, "types", ())
     context = CTX if case.arch in ("cross", "crossattender", "xtransformer") else 0
     keys = max(case.n + s.net.num_memory_tokens, context) + case.layer_kw.get("attn_num_mem_kv", 0)
+    slots = case.n + s.net.num_memory_tokens  # positions a self-attention window counts
     if _top1(case):
         return True  # top-1 attention copies one value: the logits only matter through an argmax
     rules = {
@@ -273,6 +275,9 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "rotary_emb_dim": case.layer_kw.get("rotary_emb_dim", 0) >= _qk_dim(s),  # all of it
         # one rotated pair (rotary dim 2): the interleaved and half layouts are the same
         "rotary_interleaved": _rotary_pairs(s) <= 1,
+        # a window at least as long as the sequence is full attention (by definition)
+        "attn_window_size": case.layer_kw.get("attn_window_size", 0) >= slots,
+        "attn_global_tokens": slots <= 1,
         # synonyms: attn_talking_heads = attn_pre_talking_heads + attn_post_talking_heads
         "attn_pre_talking_heads": "attn_talking_heads" in case.flags,
         "attn_post_talking_heads": "attn_talking_heads" in case.flags,

@@ -93,8 +93,12 @@ def test_sliding_cache_equals_band_mask_forward(name: str) -> None:
             cache.slide(window + m - 1, self_attention_entries(net))
             logits, cache = net(x[:, t : t + 1], cache=cache, return_cache=True)
             torch.testing.assert_close(logits[:, -1], reference[:, t], atol=ATOL, rtol=0)
-        assert cache.kept == window + m and cache.length == n + m
+        assert cache.length == n + m
         unbounded = net(x)
+    if flag_case(name).kernel == "window":  # its own window (3 keys) is inside the band
+        assert cache.kept < window + m  # and its layers hold only what that window reaches
+        return
+    assert cache.kept == window + m
     assert not torch.allclose(reference[:, -1], unbounded[:, -1])  # the band did cut keys
 
 

@@ -174,6 +174,10 @@ def test_eos_on_a_real_model_keeps_tokens_up_to_eos() -> None:
 def test_prompts_of_different_lengths_match_generating_each_alone(name: str) -> None:
     ar = AutoregressiveWrapper(build(flag_case(name)))
     prompts = [tokens(1, n, seed=n)[0] for n in (2, 5, 3)]
+    if name == "attn_global_tokens":  # absolute global positions would shift in padded rows
+        with pytest.raises(ValueError, match="attn_global_tokens"):
+            ar.generate(prompts, 6, temperature=0.0, cache_kv=False)
+        return
     batch = ar.generate(prompts, 6, temperature=0.0, cache_kv=False)  # the uncached path
     for row, p in enumerate(prompts):
         assert torch.equal(batch[row], ar.generate(p, 6, temperature=0.0))

@@ -60,9 +60,18 @@ def tokens(seed: int = 1, n: int = SEQ) -> Tensor:
     return torch.randint(0, VOCAB, (BATCH, n), generator=torch.Generator().manual_seed(seed))
 
 
-def padding_mask(n: int = SEQ) -> Tensor:
-    """(b, n): sample 0 hides a middle and the last positions, sample 1 the first two."""
+# global tokens named by absolute slot: padding in front of a real token is refused
+LEFT_PADDING_REFUSED = {"attn_global_tokens"}
+
+
+def padding_mask(n: int = SEQ, name: str = "") -> Tensor:
+    """(b, n): sample 0 hides a middle and the last positions, sample 1 the first two (for a
+    flag that refuses padding in front of real tokens: the last two and three)."""
     mask = torch.ones(BATCH, n, dtype=torch.bool)
+    if name in LEFT_PADDING_REFUSED:
+        mask[0, -2:] = False
+        mask[1, -3:] = False
+        return mask
     mask[0, 3] = False
     mask[0, -2:] = False
     mask[1, :2] = False
@@ -112,6 +121,10 @@ def test_masked_keys_have_no_effect(name: str, stack: type) -> None:
     model = build(case, stack)
     mask = padding_mask()
     x = tokens()
+    if name in LEFT_PADDING_REFUSED:
+        with pytest.raises(ValueError, match="attn_global_tokens"):  # slots would shift
+            model(x, mask=mask)
+        return
     y = torch.where(mask, x, (x + 7) % VOCAB)  # change every hidden token
     with torch.no_grad():
         a, b = model(x, mask=mask), model(y, mask=mask)
@@ -159,9 +172,9 @@ def test_sdpa_path_equals_manual_path(name: str, masked: bool) -> None:
     case = flag_case(name)
     model = build(case)
     twin = _manual_twin(case, model)
-    assert all(": sdpa:" in line for line in model.attn_layers.explain())
+    assert all(f": {case.kernel}:" in line for line in model.attn_layers.explain())
     assert all(": manual:" in line for line in twin.attn_layers.explain())
-    _assert_same_run(model, twin, tokens(), mask=padding_mask() if masked else None)
+    _assert_same_run(model, twin, tokens(), mask=padding_mask(name=name) if masked else None)
 
 
 CROSS_NAMES = [
@@ -207,7 +220,7 @@ def test_sdpa_equals_manual_encoder_with_cross_attention(name: str) -> None:
 def test_reported_kernel(name: str) -> None:
     case = flag_case(name)
     model = build(case, jitter=False)
-    expected = "manual" if name in MANUAL_FLAGS else "sdpa"
+    expected = case.kernel
     lines = model.attn_layers.explain()
     assert len(lines) == model.attn_layers.num_attention_layers == 2
     assert all(line.split(": ")[1] == expected for line in lines), lines
@@ -238,7 +251,7 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     case = flag_case(name)
     # train mode: the reversible stack's own backward (eval for stochastic depth: no skips)
     model = build(case).train(not case.stochastic)
-    _, grads = _logits_and_grads(model, tokens(), mask=padding_mask())
+    _, grads = _logits_and_grads(model, tokens(), mask=padding_mask(name=name))
     for n, g in grads.items():
         assert g is not None, f"{n} got no gradient"
         assert torch.isfinite(g).all(), n
@@ -251,7 +264,7 @@ def test_train_mode_computes_the_eval_function(name: str) -> None:
     if flag_case(name).stochastic:
         pytest.skip(f"{name} is random in training (tests/test_layer_plan.py checks it)")
     model = build(flag_case(name))
-    x, mask = tokens(), padding_mask()
+    x, mask = tokens(), padding_mask(name=name)
     with torch.no_grad():
         expected = model(x, mask=mask)
     got = model.train()(x, mask=mask)
@@ -307,7 +320,7 @@ def test_return_attn_maps_encoder_padding(name: str) -> None:
     if not case.encoder_ok:
         pytest.skip(f"{name} is refused on an Encoder (registry: encoder_ok=False)")
     model = build(case, Encoder)
-    mask = padding_mask()
+    mask = padding_mask(name=name)
     if name == "reversible":
         pytest.skip("reversible=True refuses return_attn (checked in the Decoder test)")
     with torch.no_grad():

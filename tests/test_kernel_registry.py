@@ -40,5 +40,5 @@ def test_impossible_requests_name_every_flag() -> None:
     assert "attn_sparse_topk" in str(err.value) and "attn_linear" in str(err.value)
     with pytest.raises(ValueError, match="attn_flash=False"):
         choose_kernel(False, [], needs=[state])
-    with pytest.raises(KeyError, match="sdpa, manual"):
+    with pytest.raises(KeyError, match="sdpa, window, manual"):
         kernel_named("flex")

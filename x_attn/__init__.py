@@ -8,6 +8,7 @@ from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.plan import layer_schedule
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
+from x_attn.per_layer import per_layer
 from x_attn.serialization import from_config, to_config
 from x_attn.uptrain import group_kv_heads
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
@@ -46,5 +47,6 @@ __all__ = [
     "group_kv_heads",
     "layer_schedule",
     "load",
+    "per_layer",
     "to_config",
 ]

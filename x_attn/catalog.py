@@ -91,10 +91,9 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "sliding-window",
-        "causal sliding-window attention",
-        None,
+        "causal sliding window: each query sees itself and the 63 keys before it",
+        {"attn_window_size": 64},
         "2004.05150",
-        note="its flags are not settled yet",
     ),
     Mechanism(
         "sparse-transformer",

@@ -93,6 +93,10 @@ class AttentionConfig:
     mta_depth_scale: bool = False
     mta_gate: bool = False
     mta_layers: tuple[int, ...] | None = None
+    # sliding window + global tokens (x_attn/attention/features/window.py); self-attention only
+    window_size: int | None = None
+    window_dilation: int = 1
+    global_tokens: tuple[int, ...] = ()
 
     @property
     def uses_pre_talking_heads(self) -> bool:
@@ -127,6 +131,7 @@ class AttentionConfig:
             )
         validate_attention_extras(self, owner, prefix)
         _validate_mta(self, owner, prefix)
+        _validate_window(self, owner, prefix)
 
     def _grouped_flag(self) -> str | None:
         """The flag that sets fewer key/value heads ("one_kv_head" or "kv_heads"), if any."""
@@ -180,13 +185,10 @@ class AttentionConfig:
 def _validate_mta(config: AttentionConfig, owner: str, prefix: str) -> None:
     """Multi-Token Attention options: sizes, and no option that would have no effect."""
     if not config.mta:
-        for option in fields(config):
-            if option.name.startswith("mta_") and getattr(config, option.name) != option.default:
-                name = option.name
-                raise ValueError(
-                    f"{owner}: '{prefix}{name}' is set but '{prefix}mta' is False; "
-                    f"set {prefix}mta=True or drop {prefix}{name}"
-                )
+        names = [option.name for option in fields(config) if option.name.startswith("mta_")]
+        _refuse_set(
+            config, names, f"'{prefix}mta' is False", f"set {prefix}mta=True", owner, prefix
+        )
         return
     check_positive_int(f"{prefix}mta_kernel_q", config.mta_kernel_q, owner)
     check_positive_int(f"{prefix}mta_kernel_k", config.mta_kernel_k, owner)
@@ -225,6 +227,39 @@ def _validate_mta_layers(layers: tuple[int, ...] | None, owner: str, prefix: str
         raise ValueError(
             f"{owner}: '{prefix}mta_layers' must be a non-empty tuple of distinct self-attention "
             f"layer indices (ints >= 0, e.g. (2, 6, 10)), got {layers!r}"
+        )
+
+
+def _refuse_set(config, names, why: str, fix: str, owner: str, prefix: str) -> None:
+    """ValueError for the first option of ``names`` set away from its default (it has no effect)."""
+    for name in names:
+        if getattr(config, name) != getattr(AttentionConfig, name):
+            raise ValueError(
+                f"{owner}: '{prefix}{name}' is set but {why}; {fix} or drop {prefix}{name}"
+            )
+
+
+def _validate_window(config: AttentionConfig, owner: str, prefix: str) -> None:
+    """Sliding-window options: positive sizes, distinct positions, nothing set without a window."""
+    if config.window_size is None:
+        names = ("window_dilation", "global_tokens")
+        fix = f"set {prefix}window_size (keys per window)"
+        _refuse_set(config, names, f"'{prefix}window_size' is None", fix, owner, prefix)
+        return
+    check_positive_int(f"{prefix}window_size", config.window_size, owner)
+    check_positive_int(f"{prefix}window_dilation", config.window_dilation, owner)
+    tokens = config.global_tokens
+    if tokens and config.mta:
+        raise ValueError(
+            f"{owner}: '{prefix}global_tokens' with '{prefix}mta': a decoding window cache keeps "
+            "the global keys next to the window's keys, out of position order, which the key "
+            f"convolution of Multi-Token Attention would mix as neighbours; drop one of them"
+        )
+    ok = all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in tokens)
+    if not ok or len(set(tokens)) != len(tokens):
+        raise ValueError(
+            f"{owner}: '{prefix}global_tokens' must be a tuple of distinct absolute positions "
+            f"(ints >= 0, e.g. (0,)), got {tokens!r}"
         )
 
 

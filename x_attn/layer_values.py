@@ -21,7 +21,7 @@ _KIND["ff"] = ("f", FeedForwardConfig)
 _PREFIX = {"attn": "attn_", "cross_attn": "cross_attn_", "ff": "ff_"}
 
 
-def _tuple_typed(cls: type, name: str) -> bool:
+def tuple_typed(cls: type, name: str) -> bool:
     annotation = {f.name: str(f.type) for f in fields(cls)}.get(name, "")
     return annotation.startswith("tuple")
 
@@ -38,7 +38,7 @@ def split_layer_values(buckets: dict[str, dict[str, Any]]) -> dict[str, dict[str
         found = {
             name: tuple(value)
             for name, value in buckets[bucket].items()
-            if isinstance(value, tuple) and value and not _tuple_typed(cls, name)
+            if isinstance(value, tuple) and value and not tuple_typed(cls, name)
         }
         per_layer[bucket] = found
         buckets[bucket].update({name: values[0] for name, values in found.items()})

@@ -18,7 +18,8 @@ from typing import Any
 
 from x_attn.compat import is_unsupported_noop
 from x_attn.config import AttentionConfig, FeedForwardConfig, LayersConfig
-from x_attn.layer_values import split_layer_values, with_layer_values
+from x_attn.layer_values import split_layer_values, tuple_typed, with_layer_values
+from x_attn.per_layer import PerLayer, unwrap
 from x_attn.validation import check_field_types, check_value_type, validate_layers
 
 ATTN_FIELDS = {f.name for f in fields(AttentionConfig)}
@@ -90,6 +91,8 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
         if target is None:
             raise unknown_argument(owner, key, known_layer_arguments())
         bucket, name = target
+        if isinstance(value, PerLayer):
+            value = unwrap(owner, key, name, value, _tuple_typed(bucket, name))
         buckets[bucket][name] = tuple(value) if isinstance(value, list) else value
     per_layer = split_layer_values(buckets)  # one value per layer -> the first one, for now
     attn = AttentionConfig(**buckets["attn"])
@@ -104,6 +107,13 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
     check_field_types(config, owner, "")
     validate_layers(config, owner, explicit=set(kwargs) - dropped)
     return with_layer_values(config, per_layer, owner)
+
+
+
+def _tuple_typed(bucket: str, name: str) -> bool:
+    """Whether option ``name`` of ``bucket`` takes a tuple as its own value."""
+    cls = {"attn": AttentionConfig, "cross_attn": AttentionConfig, "ff": FeedForwardConfig}
+    return bucket in cls and tuple_typed(cls[bucket], name)
 
 
 def _set_choice(owner: str, layers: dict[str, Any], key: str, value: Any) -> None:

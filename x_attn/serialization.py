@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from x_attn.per_layer import PerLayer
+
 _REGISTRY: dict[str, type] = {}
 
 
@@ -89,6 +91,8 @@ def _encode(value: Any) -> Any:
         return {"model": to_config(value)}
     if isinstance(value, tuple):
         return {"tuple": [_encode(v) for v in value]}
+    if isinstance(value, PerLayer):
+        return {"per_layer": [_encode(v) for v in value.values]}
     if isinstance(value, list):
         return [_encode(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
@@ -110,6 +114,8 @@ def _decode(value: Any) -> Any:
         return cls()
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_decode(v) for v in value["tuple"])
+    if isinstance(value, dict) and set(value) == {"per_layer"}:
+        return PerLayer(tuple(_decode(v) for v in value["per_layer"]))
     if isinstance(value, dict) and set(value) == {"dict"}:
         return {k: _decode(v) for k, v in value["dict"].items()}
     if isinstance(value, list):

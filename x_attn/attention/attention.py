@@ -119,6 +119,7 @@ class Attention(nn.Module):
             value_residual=value_residual_role,
             rotary_dim=rotary_dim,
             stack=stack_config,
+            causal=causal,
         )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
@@ -151,6 +152,11 @@ class Attention(nn.Module):
         """The flags that set :attr:`qk_dim` (``attn_dim_head``, ...), for error messages."""
         return tuple(self.flag_prefix + name for name in self.proj.qk_dim_options)
 
+    @property
+    def takes_global_tokens(self) -> bool:
+        """Whether a call's ``global_mask`` changes this layer (a sliding window's rule)."""
+        return any(rule.takes_global_tokens for rule in self.rules)
+
     def explain(self) -> str:
         """Which kernel this layer uses by default and why."""
         return f"{self.kernel.name}: {self.kernel.reason}"
@@ -178,6 +184,7 @@ class Attention(nn.Module):
         cache: CacheEntry | None = None,
         return_attn: bool = False,
         causal: bool | None = None,
+        global_mask: Tensor | None = None,
         value_residual: Tensor | None = None,
         additional_key_values: tuple[Tensor, Tensor] | None = None,
         additional_key_value_mask: Tensor | None = None,
@@ -198,6 +205,9 @@ class Attention(nn.Module):
             return_attn: run a kernel that forms the scores and return the attention maps.
             causal: this call's self-attention causality instead of the layer's (None: the
                 layer's own).
+            global_mask: (b, n) bool, True = a global token of ``x`` (self-attention without a
+                cache): it attends to every key and every query attends to it, on layers with
+                a sliding window (Longformer); other layers see every key anyway.
             value_residual: (b, hv, j, dv) the first layer's raw values of the same key rows,
                 mixed into this layer's values (value residual learning; set by the stack).
             additional_key_values: (k, v) of shapes (b, ha, m, dq) and (b, ha, m, dv): keys and
@@ -210,15 +220,26 @@ class Attention(nn.Module):
             out (b, n, d), or (out, intermediates) as in x-transformers.
         """
         call = self._call(
-            x, context, mask, context_mask, attn_mask, positions, (mem, mem_mask), cache, causal
+            x,
+            context,
+            mask,
+            context_mask,
+            attn_mask,
+            positions,
+            (mem, mem_mask),
+            cache,
+            causal,
+            global_mask,
         )
         proj = self.proj
         q = proj.queries(x, call.query_rows)
         keys = BoundKeys(proj, self.value_transforms, value_residual)
         held = call.entry.update(call.keys, keys)
         q, k, v, finish = proj.operands(q, held.payload)
-        mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
-        bias = call.positions.bias_for(call.queries, held.span)
+        mask_spec = AttnMask(
+            call.queries, held.span, call.rules, held.mask, call.user_mask, pinned=held.pinned
+        )
+        bias = call.positions.bias_for(call.queries, held.span, held.pinned)
         k, v, mask_spec, bias = prepend_keys(
             (k, v, mask_spec, bias), additional_key_values, additional_key_value_mask, self.heads
         )
@@ -239,8 +260,15 @@ class Attention(nn.Module):
             return out
         return out, AttnIntermediates(kernel.name, maps, keys.values)
 
-    def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal):
+    def _call(
+        self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal, marked
+    ):
         """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
+        if marked is not None and (context is not None or cache is not None):
+            raise ValueError(
+                "global_mask marks global tokens of a self-attention call without a KV cache; "
+                "give the positions at construction (attn_global_tokens) to decode with a cache"
+            )
         if context is None and self.dim_context != self.dim:
             raise ValueError(
                 f"Attention: this layer reads keys of width dim_context={self.dim_context}, "
@@ -256,7 +284,7 @@ class Attention(nn.Module):
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
             rules = self.rules if causal is None else self._rules[bool(causal)]
-            return self_call(x, *mem, mask, attn_mask, positions, entry, rules)
+            return self_call(x, *mem, mask, attn_mask, positions, entry, rules, marked)
         if causal is not None:
             raise ValueError(
                 "Attention: 'causal' sets the causality of self-attention; a cross-attention "

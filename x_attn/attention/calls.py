@@ -62,8 +62,13 @@ def self_call(
     positions: PositionContext | None,
     entry: CacheEntry,
     rules: tuple[MaskRule, ...],
+    global_mask: Tensor | None = None,
 ) -> AttendCall:
-    """Self-attention: keys from [mem; x] at the newest positions, queries from x."""
+    """Self-attention: keys from [mem; x] at the newest positions, queries from x.
+
+    ``global_mask`` (b, n): global tokens of ``x`` (memory rows are never global); the rules
+    that take global tokens get them for this call.
+    """
     rows = x if mem is None else torch.cat((mem, x), dim=1)
     n, j = x.shape[1], rows.shape[1]
     if positions is None:  # a layer called on its own: continue after what its entry holds
@@ -76,6 +81,9 @@ def self_call(
         )
         mask = mask if mask is not None else x.new_ones(x.shape[0], n, dtype=torch.bool)
         mask = torch.cat((mem_mask, mask), dim=1)
+    if global_mask is not None:
+        marked = torch.cat((global_mask.new_zeros(global_mask.shape[0], j - n), global_mask), 1)
+        rules = tuple(rule.with_global_tokens(new, marked) for rule in rules)
     keys = KeyRows(real_rows(rows, mask), new, mask, positions.rows(new, key=True))
     return AttendCall(keys, entry, queries, positions.rows(queries), rules, attn_mask, positions)
 

@@ -55,13 +55,16 @@ class HeldKeys:
 
     Attributes:
         payload: what the projection made of them (for multi-head attention: (k, v)).
-        span: their absolute positions.
-        mask: (b, j) padding, True = real, or None.
+        span: absolute positions of the contiguous keys (the last ones of the payload).
+        mask: (b, j) padding of every key (pinned and span), True = real, or None.
+        pinned: absolute positions of older keys the entry keeps in front of the span (the
+            global tokens of a sliding-window cache); () for most entries.
     """
 
     payload: Any
     span: Span
     mask: Tensor | None
+    pinned: tuple[int, ...] = ()
 
 
 class CacheEntry:
@@ -98,6 +101,22 @@ class CacheEntry:
         """Where the next new keys start (0 for an empty entry)."""
         held = self.held
         return 0 if held is None else held.stop
+
+    @property
+    def oldest(self) -> int | None:
+        """The oldest absolute position whose key the entry holds (pinned keys included), or
+        None while empty; the stack's positional tables start there."""
+        held = self.held
+        return None if held is None else held.start
+
+    def check_continues(self, new: KeyRows, what: str) -> None:
+        """ValueError unless ``new`` starts right after the keys held (or nothing is held)."""
+        if self.held is not None and new.span.start != self.next_position():
+            raise ValueError(
+                f"{what}: this layer holds positions up to {self.next_position() - 1}, but the "
+                f"new keys start at position {new.span.start}; pass the cache this model "
+                "returned for this sequence (or a fresh one)"
+            )
 
     def select(self, index: Tensor) -> CacheEntry:
         """A copy restricted to the batch rows ``index``."""
@@ -154,6 +173,10 @@ class EntryWrapper(CacheEntry):
 
     def next_position(self) -> int:
         return self.inner.next_position()
+
+    @property
+    def oldest(self) -> int | None:
+        return self.inner.oldest
 
     def select(self, index: Tensor) -> CacheEntry:
         return self.rewrap(self.inner.select(index), index)

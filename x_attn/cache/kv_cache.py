@@ -90,7 +90,8 @@ class KVCache:
     @property
     def first_position(self) -> int:
         """The oldest absolute position any layer still holds (``length`` when none)."""
-        return min((span.start for span in self._spans()), default=self.length)
+        oldest = [e.oldest for e in self.entries if e is not None and e.positional]
+        return min((p for p in oldest if p is not None), default=self.length)
 
     @property
     def key_mask(self) -> Tensor | None:

@@ -62,12 +62,7 @@ class AppendedRows(CacheEntry):
 
     def update(self, new: KeyRows, project: Project) -> HeldKeys:
         """Project the new rows, append them after the held ones, return everything held."""
-        if self.start is not None and new.span.start != self.next_position():
-            raise ValueError(
-                f"KV cache: this layer holds positions up to {self.next_position() - 1}, but "
-                f"the new keys start at position {new.span.start}; pass the cache this model "
-                "returned for this sequence (or a fresh one)"
-            )
+        self.check_continues(new, "KV cache")
         payload = project(new.x, new.positions)
         parts = payload if isinstance(payload, tuple) else (payload,)
         self._append_mask(new.mask, parts[0].shape[0], parts[0].shape[-2])

@@ -12,6 +12,11 @@ Capabilities (what a layer may need, see :class:`Need`):
     "bias"        adds a float bias to the logits;
     "dense_mask"  applies a dense bool mask, hence every mask rule ("rule:<kind>");
     "rule:<kind>" understands that mask rule without a dense mask (e.g. "rule:window");
+    "fast:<kind>" computes the <kind> pattern without forming a dense (i, j) mask: a layer that
+                  needs it runs a dense kernel only where no allowed kernel computes the
+                  pattern with its other needs (attention maps, the manual path of
+                  ``attn_flash=False``, a feature that needs the scores), and ``explain()``
+                  says so;
     "cache:<kind>" reads a cache entry whose payload is not keys/values (e.g. "cache:state").
 
 Adding a kernel: one file with the computation, one line in ``KERNELS`` (order = preference).
@@ -27,6 +32,7 @@ from torch import Tensor
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps, ScoreHooks, manual_attention
 from x_attn.kernels.sdpa import sdpa_attention
+from x_attn.kernels.window import window_attention
 
 KernelFn = Callable[[AttnInputs, ScoreHooks, object], tuple[Tensor, AttnMaps | None]]
 
@@ -40,9 +46,19 @@ CAPABILITIES = {
 def describe(capability: str) -> str:
     """Words for a capability in error messages and ``explain()``."""
     kind, _, name = capability.partition(":")
-    if name:
-        return f"the {name} {'mask' if kind == 'rule' else 'cache entry'}"
+    words = {
+        "rule": f"the {name} mask",
+        "fast": f"the {name} pattern computed without a dense (i, j) mask",
+        "cache": f"the {name} cache entry",
+    }
+    if name and kind in words:
+        return words[kind]
     return CAPABILITIES.get(capability, capability)
+
+
+def dense_fallback(capability: str) -> bool:
+    """Needs a dense kernel may drop, saying so (see "fast:<kind>" above)."""
+    return capability.startswith("fast:")
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,10 @@ def _manual(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tenso
     return manual_attention(inputs, hooks)
 
 
+def _window(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, None]:
+    return window_attention(inputs), None
+
+
 KERNELS: tuple[Kernel, ...] = (
     Kernel(
         "sdpa",
@@ -92,6 +112,13 @@ KERNELS: tuple[Kernel, ...] = (
         fused=True,
         supports=frozenset({"bias", "dense_mask"}),
         default_reason="no active feature needs the attention scores",
+    ),
+    Kernel(
+        "window",
+        _window,
+        fused=True,
+        supports=frozenset({"bias", "dense_mask", "fast:window"}),
+        default_reason="blockwise sliding window: O(n w) time and memory, SDPA per block",
     ),
     Kernel(
         "manual",

@@ -42,11 +42,7 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
     fold = grouped and not _fused_serves_groups(inputs)
     fast_causal = inputs.spec.square_causal() and inputs.bias is None and not fold
     mask = None if fast_causal else merged_mask(inputs)
-    empty = None if mask is None else ~mask.any(dim=-1, keepdim=True)  # rows with no key
-    attn_mask = None if mask is None else mask | empty
-    if inputs.bias is not None:
-        bias = inputs.bias.to(q.dtype)
-        attn_mask = bias if mask is None else torch.where(attn_mask, bias, float("-inf"))
+    attn_mask, empty = _kernel_mask(mask, inputs.bias, q.dtype)
     if fold:
         out = _folded_groups(q, k, v, attn_mask, inputs)
     else:
@@ -61,6 +57,40 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
             enable_gqa=grouped,
         )
     return out if empty is None else out.masked_fill(empty, 0.0)
+
+
+def sdpa_masked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    bias: Tensor | None,
+    scale: float,
+    dropout: float,
+) -> Tensor:
+    """SDPA over (b, h, i, dh) queries and (b, h, j, d) keys/values with a bool ``mask``
+    (True = may attend) and a float ``bias``; query rows with no allowed key return zeros."""
+    attn_mask, empty = _kernel_mask(mask, bias, q.dtype)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout, scale=scale
+    )
+    return out if empty is None else out.masked_fill(empty, 0.0)
+
+
+def _kernel_mask(
+    mask: Tensor | None, bias: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """SDPA's mask and the query rows with no allowed key (None when nothing is masked).
+
+    Empty rows are left unmasked (their output is zeroed after the kernel); a bias becomes a
+    float mask with ``-inf`` at masked entries.
+    """
+    empty = None if mask is None else ~mask.any(dim=-1, keepdim=True)
+    attn_mask = None if mask is None else mask | empty
+    if bias is not None:
+        bias = bias.to(dtype)
+        attn_mask = bias if mask is None else torch.where(attn_mask, bias, float("-inf"))
+    return attn_mask, empty
 
 
 def _fused_serves_groups(inputs: AttnInputs) -> bool:

@@ -3,7 +3,11 @@
 The candidates are the registered kernels (:data:`x_attn.kernels.registry.KERNELS`, in order of
 preference); ``attn_flash=True`` keeps only fused ones, ``attn_flash=False`` only the others.
 The first candidate that supports every need wins. A request no candidate can serve is refused
-at construction, naming every flag involved.
+at construction, naming every flag involved. A need of an efficient path ("fast:<kind>": a
+pattern computed without a dense (i, j) mask) is dropped only where no allowed kernel meets it
+together with the other needs (attention maps, the manual path of ``attn_flash=False``, a
+feature that needs the scores); the reason then says that a dense mask is formed, and for
+which flags.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from x_attn.kernels.registry import KERNELS, Kernel, Need, describe
+from x_attn.kernels.registry import KERNELS, Kernel, Need, dense_fallback, describe
 
 
 @dataclass(frozen=True)
@@ -53,19 +57,33 @@ def choose_kernel(
         ValueError: no allowed kernel supports every need; the message names every flag.
     """
     wanted = [Need(flag, "scores") for flag in needs_scores] + list(needs)
-    maps = _first(KERNELS, [*wanted, Need("return_attn", "scores")])
+    dense = [n for n in wanted if not dense_fallback(n.capability)]
+    maps = _first(KERNELS, [*dense, Need("return_attn", "scores")])
     pool = [k for k in KERNELS if flash is None or k.fused == flash]
-    kernel = _first(pool, wanted)
+    kernel = _first(pool, wanted) or _first(pool, dense)
     if kernel is None:
-        raise ValueError(_refusal(flash, wanted, pool, owner))
+        raise ValueError(_refusal(flash, dense, pool, owner))
+    dropped = [n for n in wanted if not kernel.can(n.capability)]
     if flash is False:
-        return KernelChoice(
-            kernel.name, "attn_flash=False forces the manual softmax path", kernel, maps
-        )
+        reason = "attn_flash=False forces the manual softmax path"
+    else:
+        reason = _reason(kernel, [n for n in wanted if n not in dropped])
+    if dropped:
+        reason += f" (a dense (i, j) mask for {', '.join(_flags(dropped))})"
+    return KernelChoice(kernel.name, reason, kernel, maps)
+
+
+def _reason(kernel: Kernel, wanted: Sequence[Need]) -> str:
+    """The needs that ruled out the kernels before ``kernel``, or its default reason."""
     skipped = KERNELS[: KERNELS.index(kernel)]
     blockers = [n for n in wanted if any(not k.can(n.capability) for k in skipped)]
-    reason = _needs_text(blockers) if blockers else kernel.default_reason
-    return KernelChoice(kernel.name, reason, kernel, maps)
+    blockers = [n for n in blockers if kernel.can(n.capability)]
+    return _needs_text(blockers) if blockers else kernel.default_reason
+
+
+def _flags(needs: Sequence[Need]) -> list[str]:
+    """The flags of ``needs``, each once."""
+    return list(dict.fromkeys(n.flag for n in needs))
 
 
 def _first(kernels: Sequence[Kernel], wanted: Sequence[Need]) -> Kernel | None:

@@ -150,6 +150,7 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
         positions=state["positions"],
         mem=mem,
         causal=state["causal"],
+        global_mask=state["global_mask"],
         additional_key_values=kv,
         additional_key_value_mask=None if kv is None else state["additional_kv_mask"],
         **common,

@@ -13,7 +13,7 @@ from torch import Tensor
 from x_attn.cache import KVCache
 from x_attn.cache.kv_cache import stale_loop_message
 from x_attn.layers.intermediates import LayerIntermediates
-from x_attn.validation import check_cache
+from x_attn.validation import check_bool_mask, check_cache
 
 if TYPE_CHECKING:
     from x_attn.layers.stack import AttentionLayers
@@ -106,3 +106,35 @@ def working_cache(
     if return_hiddens and stack.causal and causal is not False and reason is None and fits:
         return stack.new_cache()
     return None
+
+
+def check_global_tokens(
+    stack: AttentionLayers, x: Tensor, global_mask: Any, mask: Tensor | None, cache: Any
+) -> None:
+    """Global tokens of the sliding-window layers: a per-call ``global_mask`` (b, n) needs a
+    window layer and no cache; ``attn_global_tokens`` (absolute slots) refuse left padding,
+    which would shift them in the padded rows (right padding shifts nothing)."""
+    owner = type(stack).__name__
+    blocks = [layer.block for layer in stack.layers if layer.kind == "a"]
+    if global_mask is not None:
+        b, n = x.shape[:2]
+        check_bool_mask("global_mask", global_mask, (b, n), "batch x sequence, True = global")
+        if not any(blk.takes_global_tokens for blk in blocks):
+            raise ValueError(
+                f"{owner}: global_mask marks global tokens of sliding-window layers, but no "
+                "layer has a window (attn_window_size), so every token already sees every key; "
+                "drop global_mask"
+            )
+        if cache is not None:
+            raise ValueError(
+                f"{owner}: global_mask is for calls without a KV cache; to decode with a cache, "
+                "give the global positions at construction (attn_global_tokens)"
+            )
+    if mask is None or not bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        return
+    if any(blk.takes_global_tokens and blk.config.global_tokens for blk in blocks):
+        raise ValueError(
+            f"{owner}: attn_global_tokens names absolute positions, and the left padding in "
+            "'mask' would shift them in the padded rows; pass the global tokens per call as "
+            "global_mask (without a cache), or pad on the right"
+        )

@@ -19,7 +19,12 @@ from x_attn.layers.conditioning import apply_norm, stack_condition
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.plan import make_plan
 from x_attn.layers.run import run_layers, start_dual
-from x_attn.layers.run_checks import check_run_inputs, run_order, working_cache
+from x_attn.layers.run_checks import (
+    check_global_tokens,
+    check_run_inputs,
+    run_order,
+    working_cache,
+)
 from x_attn.layers.stack_inputs import additional_kv_per_layer, check_stack_inputs
 from x_attn.positional.context import PositionContext
 from x_attn.positional.custom import position_values, table_values
@@ -162,6 +167,7 @@ class AttentionLayers(nn.Module):
         return_attn: bool = False,
         condition: Tensor | None = None,
         causal: bool | None = None,
+        global_mask: Tensor | None = None,
         layers_execute_order: tuple[int, ...] | None = None,
         repeat_blocks: Any = None,
         pos: Tensor | None = None,
@@ -197,6 +203,10 @@ class AttentionLayers(nn.Module):
             condition: (b, dc) or (b, n, dc) for adaptive norms / layerscale.
             causal: this call's self-attention causality instead of the stack's (a cached
                 call keeps the stack's).
+            global_mask: (b, n) bool, True = global token (Longformer's global attention):
+                it attends to every key and every query attends to it, in the sliding-window
+                layers (attn_window_size); without a cache. For decoding with a cache, give
+                the positions at construction (attn_global_tokens).
             layers_execute_order: module indices to run, in order, for this call.
             repeat_blocks: blocks to run again for this call (see x_attn.layers.plan).
             pos: positions of this call's tokens for the positional methods, (n,), (b, n) or,
@@ -220,7 +230,10 @@ class AttentionLayers(nn.Module):
         b, n = x.shape[:2]
         order = run_order(self, layers_execute_order, repeat_blocks, mems, cache)
         check_run_inputs(self, x, mems, cache, causal, order)
-        cache = working_cache(self, cache, b, return_hiddens, order, causal)
+        check_global_tokens(self, x, global_mask, mask, cache)
+        # per-call global tokens are not kept by a cache: no cache to continue from is started
+        hiddens_cache = return_hiddens and global_mask is None
+        cache = working_cache(self, cache, b, hiddens_cache, order, causal)
         mem_len = self._check_mems(mems, b, x.dtype, cache, order)
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         k_len = kept + mem_len + n
@@ -242,10 +255,11 @@ class AttentionLayers(nn.Module):
             x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
         )
         if self.reversible is not None:
-            if mems is not None or cache is not None or return_attn or extra_kv is not None:
+            per_call = (mems, cache, extra_kv, global_mask)
+            if return_attn or any(arg is not None for arg in per_call):
                 raise ValueError(
-                    "reversible=True stacks run without mems, cache, return_attn or "
-                    "self_attn_additional_kv "
+                    "reversible=True stacks run without mems, cache, return_attn, "
+                    "self_attn_additional_kv or global_mask "
                     "(the two-stream update has no per-layer hidden state to keep)"
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
@@ -267,6 +281,7 @@ class AttentionLayers(nn.Module):
             dual=start_dual(x, self.config.resi_dual, self.config.resi_dual_scale),
             additional_kv=extra_kv or [None] * self_runs,
             additional_kv_mask=additional_kv_mask,
+            global_mask=global_mask,
         )
         x = run_layers(list(self.layers), order, x, state, inter)
         inter.layer_hiddens.append(x)

@@ -69,14 +69,26 @@ class MaskRule:
     """
 
     kind: ClassVar[str] = ""
+    takes_global_tokens: ClassVar[bool] = False  # reads a call's global_mask (see below)
 
     def allows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        """(i, 1) query positions, (1, p) key positions -> (i, p) bool."""
+        """Query positions (..., i, 1), key positions (..., 1, p) -> (..., i, p) bool.
+
+        Any broadcastable position tensors work (kernels evaluate rules on blocks of positions).
+        A rule that depends on the batch row (per-sample global tokens) returns
+        (b, 1, i, p) for 2-D positions.
+        """
         raise NotImplementedError
 
     def hides_nothing(self, q: Span, k: Span) -> bool:
         """True when the rule allows every (query, key) pair of these spans (no mask needed)."""
         return False
+
+    def with_global_tokens(self, span: Span, marked: Tensor) -> MaskRule:
+        """This rule for a call whose key rows ``span`` have ``marked`` (b, j) global tokens
+        (True = global: attends everywhere, attended by all). Rules without global tokens
+        ignore them (``takes_global_tokens`` False)."""
+        return self
 
 
 @dataclass(slots=True)
@@ -94,6 +106,11 @@ class AttnMask:
         free: number of keys in front of the positional ones (no position; visible unless
             ``free_padding`` hides them).
         free_padding: (b, free) bool, True = the free key may be attended; None = all visible.
+        pinned: absolute positions of keys placed between the free keys and the span ``k``:
+            older keys a layer keeps outside its contiguous span (the global tokens a
+            sliding-window cache keeps). They count among the positional keys (``key_padding``
+            and the bias cover them; the rules see their positions); the user mask does not
+            reach them (they are visible to it).
     """
 
     q: Span
@@ -103,6 +120,14 @@ class AttnMask:
     user: Tensor | None = None
     free: int = 0
     free_padding: Tensor | None = None
+    pinned: tuple[int, ...] = ()
+
+    def key_positions(self, device: torch.device | None = None) -> Tensor:
+        """(p,) absolute positions of the positional keys: the pinned ones, then the span."""
+        span = self.k.arange(device)
+        if not self.pinned:
+            return span
+        return torch.cat((torch.tensor(self.pinned, device=device, dtype=span.dtype), span))
 
     def with_free(self, n: int, padding: Tensor | None = None) -> AttnMask:
         """The same mask with ``n`` more keys in front: always visible, or per ``padding``
@@ -118,14 +143,17 @@ class AttnMask:
 
     def active_rules(self) -> list[MaskRule]:
         """The rules that hide at least one (query, key) pair of this call."""
-        return [rule for rule in self.rules if not rule.hides_nothing(self.q, self.k)]
+        k = Span(min(self.pinned), self.k.stop) if self.pinned else self.k  # covers every key
+        return [rule for rule in self.rules if not rule.hides_nothing(self.q, k)]
 
     def square_causal(self) -> bool:
         """Exactly causal over identical query and key positions, nothing else hidden.
 
         This is the one case where SDPA's top-left aligned ``is_causal`` is correct.
         """
-        if self.key_padding is not None or self.user is not None or self.free or self.q != self.k:
+        if self.key_padding is not None or self.user is not None or self.free or self.pinned:
+            return False
+        if self.q != self.k:
             return False
         active = self.active_rules()
         return bool(active) and all(rule.kind == "causal" for rule in active)
@@ -133,29 +161,49 @@ class AttnMask:
     def dense(self, device: torch.device | None = None) -> Tensor | None:
         """One bool mask broadcastable to (b, h, i, f + p), True = may attend; None = all allowed.
 
-        Padding is (b, 1, 1, j); the rules alone give (i, j); the user mask keeps its own
-        leading dims.
+        Padding is (b, 1, 1, j); the rules alone give (i, j) (or (b, 1, i, j) for a rule that
+        depends on the batch row); the user mask keeps its own leading dims.
         """
+        rows = torch.arange(len(self.q), device=device)
+        return self.block(rows, torch.arange(self.free + self.width, device=device))
+
+    @property
+    def width(self) -> int:
+        """Number of positional keys (pinned and span)."""
+        return len(self.pinned) + len(self.k)
+
+    def block(self, rows: Tensor, cols: Tensor) -> Tensor | None:
+        """The mask of query rows ``rows`` (r,) and key columns ``cols`` (c,) (indices over the
+        f + p keys), broadcastable to (b, h, r, c); None = all allowed.
+
+        :meth:`dense` is the block of every row and column; a blockwise kernel asks for the
+        blocks it computes, so no (i, j) mask is formed.
+        """
+        pos = cols - self.free
+        free = pos < 0  # free keys: always visible
+        pos = pos.clamp(min=0)
         mask = None
         if self.key_padding is not None:
-            mask = rearrange(self.key_padding, "b j -> b 1 1 j")
+            mask = rearrange(self.key_padding.to(cols.device)[:, pos] | free, "b c -> b 1 1 c")
         if self.user is not None:
-            user = _as_4d(self.user)
-            user = user[..., user.shape[-1] - len(self.k) :]
+            user = _as_4d(self.user).to(cols.device)
+            span = pos - len(self.pinned)  # user columns cover the span only
+            user = user[..., user.shape[-1] - len(self.k) :][..., span.clamp(min=0)]
+            user = user if user.shape[-2] == 1 else user[..., rows, :]
+            user = user | (span < 0) | free
             mask = user if mask is None else mask & user
         rules = self.active_rules() if self.rules else ()
         if rules:
-            q_pos = self.q.arange(device).unsqueeze(-1)
-            k_pos = self.k.arange(device).unsqueeze(0)
+            q_pos = (self.q.start + rows).unsqueeze(-1)
+            k_pos = self.key_positions(cols.device)[pos].unsqueeze(0)
             grid = rules[0].allows(q_pos, k_pos)
             for rule in rules[1:]:
                 grid = grid & rule.allows(q_pos, k_pos)
+            grid = grid | free
             mask = grid if mask is None else mask & grid
-        if mask is not None and self.free:
-            mask = F.pad(mask, (self.free, 0), value=True)
-        if self.free_padding is not None:
-            columns = F.pad(self.free_padding, (0, len(self.k)), value=True)
-            columns = rearrange(columns, "b j -> b 1 1 j")
+        if self.free_padding is not None:  # free keys hidden per row; positional ones visible
+            columns = F.pad(self.free_padding, (0, self.width), value=True)
+            columns = rearrange(columns.to(cols.device)[:, cols], "b c -> b 1 1 c")
             mask = columns if mask is None else mask & columns
         return mask
 

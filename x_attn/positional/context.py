@@ -122,10 +122,17 @@ class PositionContext:
             return span.arange(device).unsqueeze(0)
         return self.values[..., span.start - self.start : span.stop - self.start]
 
-    def bias_for(self, q: Span, k: Span) -> Tensor | None:
-        """(..., i, j) bias of queries ``q`` and keys ``k`` (slots), or None."""
+    def bias_for(self, q: Span, k: Span, pinned: tuple[int, ...] = ()) -> Tensor | None:
+        """(..., i, j) bias of queries ``q`` and keys ``k`` (slots), or None.
+
+        ``pinned``: slots of older keys in front of ``k`` (their columns first).
+        """
         if self.bias is None:
             return None
         first_query = self.stop - self.q_len
-        rows = slice(q.start - first_query, q.stop - first_query)
-        return self.bias[..., rows, k.start - self.start : k.stop - self.start]
+        rows = self.bias[..., q.start - first_query : q.stop - first_query, :]
+        span = rows[..., k.start - self.start : k.stop - self.start]
+        if not pinned:
+            return span
+        columns = torch.tensor([p - self.start for p in pinned], device=rows.device)
+        return torch.cat((rows.index_select(-1, columns), span), dim=-1)

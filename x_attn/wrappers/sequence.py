@@ -268,6 +268,10 @@ class SequenceWrapper(nn.Module):
         prepend = prepend and mems is None
         if prepend:
             h, mask = self._prepend_memory(h, mask)
+            if kwargs.get("global_mask") is not None:  # memory tokens are not global tokens
+                marked = kwargs["global_mask"]
+                front = marked.new_zeros(marked.shape[0], self.num_memory_tokens)
+                kwargs["global_mask"] = torch.cat((front, marked), dim=1)
         cache = self._new_cache(cache, return_intermediates, return_cache)
         out, inter = self.attn_layers(
             h,

@@ -35,6 +35,7 @@ from x_attn.attention.features.spec import (
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
 from x_attn.attention.features.value_head_gates import VALUE_HEAD_GATES_SPEC
 from x_attn.attention.features.value_residual import VALUE_RESIDUAL_SPEC
+from x_attn.attention.features.window import WINDOW_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
 from x_attn.attention.projections.latent import LATENT_KV_SPEC
@@ -50,6 +51,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     VALUE_RESIDUAL_SPEC,
     VALUE_RMSNORM_SPEC,
     SHAW_SPEC,
+    WINDOW_SPEC,
     MEMORY_KV_SPEC,
     ZERO_KV_SPEC,
     HEAD_SINK_SPEC,

@@ -73,6 +73,7 @@ class FeatureContext:
         rotary_dim: the stack's rotary dim (None without rotary positions), for projections
             that size a separate rotary part by it.
         feature_scale: the logit scale an active feature implies (QK-norm), once assembled.
+        causal: the layer masks the future (self-attention of a causal stack).
     """
 
     dim: int
@@ -87,6 +88,7 @@ class FeatureContext:
     stack: LayersConfig | None = None
     rotary_dim: int | None = None
     feature_scale: float | None = None
+    causal: bool = False
 
     @property
     def scale(self) -> float:

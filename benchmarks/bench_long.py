@@ -1,0 +1,129 @@
+"""Long-context cost of one attention layer: full SDPA vs the efficient mechanisms (issue 9).
+
+For each mechanism and length: seconds of one forward + backward of one causal attention layer
+(dim 256, heads 4, head dim 64, batch 1, float32) and its peak memory, measured in a fresh
+process each (peak resident memory above the process's baseline on CPU, CUDA peak allocation
+on a GPU). Then the cached decode time per token at 1k and 16k tokens of context.
+
+Mechanisms: ``full`` (causal SDPA), ``window`` (attn_window_size=256, blockwise kernel) and
+``dense-window`` (SDPA with a dense (n, n) band mask, the way x-transformers' ``max_attend_past``
+does it). A case whose dense mask would not fit is skipped and the table says so.
+
+Run: ``python benchmarks/bench_long.py --lengths 1024 2048 4096 8192 16384``
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_lines, markdown_table  # noqa: E402
+
+DIM, HEADS, DIM_HEAD, WINDOW = 256, 4, 64, 256
+MECHANISMS = {"full": {}, "window": {"window_size": WINDOW}, "dense-window": {}}
+DENSE_LIMIT = 8192  # a dense band mask above this many tokens takes gigabytes
+
+
+def layer(name: str, device: torch.device):
+    from x_attn.attention.attention import Attention
+
+    torch.manual_seed(0)
+    return Attention(DIM, HEADS, causal=True, dim_head=DIM_HEAD, **MECHANISMS[name]).to(device)
+
+
+def band(n: int, device: torch.device) -> torch.Tensor:
+    pos = torch.arange(n, device=device)
+    dist = pos.unsqueeze(-1) - pos
+    return (dist >= 0) & (dist < WINDOW)
+
+
+def train_step(name: str, n: int, device: str, queue) -> None:
+    """One warm-up and one timed forward + backward; puts (seconds, peak MiB) on ``queue``."""
+    device = torch.device(device)
+    attn = layer(name, device)
+    mask = band(n, device) if name == "dense-window" else None
+    x = torch.randn(1, n, DIM, device=device, requires_grad=True)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(2):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out, _ = attn(x, attn_mask=mask)
+        out.sum().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    queue.put((times[-1], peak))
+
+
+def decode_step(name: str, n: int, device: str, queue, steps: int = 32) -> None:
+    """Seconds per decoded token after a prefill of ``n`` tokens (no autograd)."""
+    device = torch.device(device)
+    attn = layer(name, device).eval()
+    with torch.inference_mode():
+        entry = attn.new_cache_entry()
+        attn(torch.randn(1, n, DIM, device=device), cache=entry)
+        x = torch.randn(1, 1, DIM, device=device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            attn(x, cache=entry)
+        queue.put(((time.perf_counter() - start) / steps, 0.0))
+
+
+def measure(fn, *args) -> tuple[float, float] | None:
+    """Run ``fn`` in a fresh process; None when it dies (out of memory)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=fn, args=(*args, queue))
+    proc.start()
+    proc.join()
+    return queue.get() if proc.exitcode == 0 else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--decode", type=int, nargs="+", default=[1024, 16384])
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    rows = []
+    for n in args.lengths:
+        for name in MECHANISMS:
+            if name == "dense-window" and n > DENSE_LIMIT:
+                rows.append([name, n, "skipped: dense mask too large", "", ""])
+                continue
+            got = measure(train_step, name, n, args.device)
+            if got is None:
+                rows.append([name, n, "failed (out of memory?)", "", ""])
+                continue
+            full = next((r for r in rows if r[0] == "full" and r[1] == n), None)
+            ratio = f"{float(full[2]) / got[0]:.1f}x" if full and name != "full" else ""
+            rows.append([name, n, f"{got[0]:.3f}", f"{got[1]:.0f}", ratio])
+            print(rows[-1], flush=True)
+    decode = []
+    for name in ("full", "window"):
+        for n in args.decode:
+            got = measure(decode_step, name, n, args.device)
+            decode.append([name, n, f"{got[0] * 1e3:.2f}" if got else "failed"])
+            print(decode[-1], flush=True)
+    print(markdown_table(["mechanism", "tokens", "fwd+bwd s", "peak MiB", "speed-up"], rows))
+    print()
+    print(markdown_table(["mechanism", "context", "decode ms/token"], decode))
+    print("\n".join(machine_lines(torch.device(args.device))))
+
+
+if __name__ == "__main__":
+    main()
