@@ -109,7 +109,6 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
     return with_layer_values(config, per_layer, owner)
 
 
-
 def _tuple_typed(bucket: str, name: str) -> bool:
     """Whether option ``name`` of ``bucket`` takes a tuple as its own value."""
     cls = {"attn": AttentionConfig, "cross_attn": AttentionConfig, "ff": FeedForwardConfig}
