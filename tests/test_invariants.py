@@ -31,12 +31,11 @@ NAMES = [case.name for case in FLAGS]
 # Flags whose features need the raw scores (hand-written registry properties, independent of
 # the library's own bookkeeping), and the flag each one's refusal must name.
 SCORE_FLAGS = {case.name: case.name for case in FLAGS if case.needs_scores}
-MANUAL_FLAGS = {case.name for case in FLAGS if case.kernel == "manual"}
 # post-softmax head mixing: rows sum to the mixing weights, not 1
 MIXED_PROBS = {case.name for case in FLAGS if case.probs == "mixed"}
 # exact zeros among visible keys
 SPARSE_PROBS = {case.name for case in FLAGS if case.probs == "sparse"}
-SDPA_NAMES = [name for name in NAMES if name not in MANUAL_FLAGS]
+SDPA_NAMES = [case.name for case in FLAGS if case.kernel == "sdpa"]
 
 
 def build(
@@ -190,7 +189,7 @@ def test_sdpa_equals_manual_encoder_with_cross_attention(name: str) -> None:
 def test_reported_kernel(name: str) -> None:
     case = flag_case(name)
     model = build(case, jitter=False)
-    expected = "manual" if name in MANUAL_FLAGS else "sdpa"
+    expected = case.kernel
     lines = model.attn_layers.explain()
     assert len(lines) == model.attn_layers.num_attention_layers == 2
     assert all(line.split(": ")[1] == expected for line in lines), lines

@@ -13,6 +13,7 @@ dh head dim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from x_attn.cache import CacheEntry, ContextEntry
 from x_attn.config import AttentionConfig
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps
+from x_attn.kernels.registry import Need
 from x_attn.kernels.select import KernelChoice, choose_kernel
 from x_attn.masks.causal import CAUSAL
 from x_attn.masks.spec import AttnMask
@@ -65,6 +67,9 @@ class Attention(nn.Module):
         layer_index: the layer's index among its stack's self- (or cross-) attention layers,
             from 0; set by the stack (features that act on chosen layers, or scale with depth,
             read it).
+        needs: kernel capabilities the stack adds, each with its flag (a position bias:
+            ``Need("alibi_pos_bias", "bias")``), so a kernel that cannot serve them is refused
+            at construction; set by the stack.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class Attention(nn.Module):
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
         layer_index: int = 0,
+        needs: Sequence[Need] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -103,7 +109,9 @@ class Attention(nn.Module):
         for attr, module in parts.head_stages:  # per-head output stages, in catalog order
             setattr(self, attr, module)
         self.head_stages = [module for _, module in parts.head_stages]
-        self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
+        self.kernel: KernelChoice = choose_kernel(
+            config.flash, [], "Attention", [*parts.needs, *needs]
+        )
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
         self.neighbour_flags = parts.neighbour_flags

@@ -9,6 +9,9 @@ has any), ``entry`` (the layer's cache entry, for kernels that keep a state ther
 
 Capabilities (what a layer may need, see :class:`Need`):
     "scores"      forms the (b, h, i, j) scores: runs score hooks, returns maps;
+    "maps"        returns attention maps for ``return_attn`` (implied by "scores"; a kernel
+                  whose weights are not a softmax of scores, e.g. linear attention's implied
+                  matrix, declares only this);
     "bias"        adds a float bias to the logits;
     "dense_mask"  applies a dense bool mask, hence every mask rule ("rule:<kind>");
     "rule:<kind>" understands that mask rule without a dense mask (e.g. "rule:window");
@@ -34,6 +37,7 @@ CAPABILITIES = {
     "scores": "the raw attention scores",
     "bias": "an additive logit bias",
     "dense_mask": "a dense attention mask",
+    "maps": "attention maps (return_attn)",
 }
 
 
@@ -74,6 +78,8 @@ class Kernel:
     def can(self, capability: str) -> bool:
         if capability in self.supports:
             return True
+        if capability == "maps":
+            return "scores" in self.supports
         return capability.startswith("rule:") and "dense_mask" in self.supports
 
 

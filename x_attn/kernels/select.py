@@ -53,7 +53,7 @@ def choose_kernel(
         ValueError: no allowed kernel supports every need; the message names every flag.
     """
     wanted = [Need(flag, "scores") for flag in needs_scores] + list(needs)
-    maps = _first(KERNELS, [*wanted, Need("return_attn", "scores")])
+    maps = _first(KERNELS, [*wanted, Need("return_attn", "maps")])
     pool = [k for k in KERNELS if flash is None or k.fused == flash]
     kernel = _first(pool, wanted)
     if kernel is None:

@@ -14,6 +14,7 @@ from x_attn.attention.attention import Attention
 from x_attn.cache import CacheEntry, KVCache
 from x_attn.cache.kv_cache import stale_loop_message
 from x_attn.cache.mems import mems_mask
+from x_attn.kernels.registry import Need
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.norms import make_norm
@@ -31,6 +32,9 @@ from x_attn.validation import (
     normalize_attn_mask,
     stack_layer_types,
 )
+
+# stack flags whose position bias every self-attention kernel must add to its logits
+BIAS_FLAGS = ("rel_pos_bias", "alibi_pos_bias")
 
 
 @records_config
@@ -100,6 +104,7 @@ class AttentionLayers(nn.Module):
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
                 layer_index=index,
+                needs=[Need(flag, "bias") for flag in BIAS_FLAGS if getattr(cfg, flag)],
             )
         elif kind == "c":
             block = Attention(

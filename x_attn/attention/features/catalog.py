@@ -72,6 +72,9 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     active = [spec for spec in FEATURES if spec.enabled(ctx)]
     _check_slots(active, ctx, owner)
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
+    for spec in active:
+        if spec.wrap_projection is not None:
+            projection = spec.wrap_projection(ctx)(projection)
     ctx = replace(ctx, projection=projection)
     built = [(s, s.build(ctx)) for s in active if s.slot != "projection" and s.build is not None]
     scores = [m for s, m in built if s.stage in SCORE_STAGES]
