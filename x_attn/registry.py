@@ -31,6 +31,7 @@ class FlagCase:
     cacheable: bool = True  # decodes with a KV cache (else generation falls back, with a warning)
     exact: bool = True  # exact attention (an approximation is compared with a tolerance)
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
+    any_mask: bool = True  # applies an arbitrary attn_mask (False: only causality and padding)
     row_conv: bool = (
         False  # convolves over neighbouring positions: padding between real ones refused
     )
@@ -171,6 +172,23 @@ FLAGS: tuple[FlagCase, ...] = (
         kernel="manual",
         probs="mixed",
         row_conv=True,
+    ),
+    FlagCase(
+        "attn_linear_attn",
+        "linear attention: elu+1 feature map, O(n) sums, causal chunkwise, running-state decoding",
+        "2006.16236",
+        {"attn_linear_attn": True, "attn_linear_attn_chunk": 3},
+        kernel="linear",
+        any_mask=False,
+    ),
+    FlagCase(
+        "attn_performer",
+        "Performer FAVOR+: positive orthogonal random features estimate softmax attention",
+        "2009.14794",
+        {"attn_performer": True, "attn_performer_nb_features": 16, "attn_linear_attn_chunk": 3},
+        kernel="linear",
+        exact=False,
+        any_mask=False,
     ),
     FlagCase(
         "attn_flash=False",

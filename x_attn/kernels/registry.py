@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from x_attn.kernels.inputs import AttnInputs
+from x_attn.kernels.linear import linear_attention, linear_attention_maps
 from x_attn.kernels.manual import AttnMaps, ScoreHooks, manual_attention
 from x_attn.kernels.sdpa import sdpa_attention
 
@@ -91,6 +92,14 @@ def _manual(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tenso
     return manual_attention(inputs, hooks)
 
 
+def _linear(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, None]:
+    return linear_attention(inputs, entry), None
+
+
+def _linear_maps(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, AttnMaps]:
+    return linear_attention_maps(inputs, entry)
+
+
 KERNELS: tuple[Kernel, ...] = (
     Kernel(
         "sdpa",
@@ -105,6 +114,20 @@ KERNELS: tuple[Kernel, ...] = (
         fused=False,
         supports=frozenset({"scores", "bias", "dense_mask"}),
         default_reason="the reference softmax path",
+    ),
+    Kernel(
+        "linear",
+        _linear,
+        fused=False,
+        supports=frozenset({"cache:state"}),
+        default_reason="feature-mapped queries and keys: sums over keys, O(n)",
+    ),
+    Kernel(
+        "linear_maps",
+        _linear_maps,
+        fused=False,
+        supports=frozenset({"cache:state", "maps"}),
+        default_reason="linear attention through its implied attention matrix (return_attn)",
     ),
 )
 

@@ -58,7 +58,7 @@ def choose_kernel(
     kernel = _first(pool, wanted)
     if kernel is None:
         raise ValueError(_refusal(flash, wanted, pool, owner))
-    if flash is False:
+    if flash is False and kernel.name == "manual":
         return KernelChoice(
             kernel.name, "attn_flash=False forces the manual softmax path", kernel, maps
         )

@@ -15,8 +15,10 @@ from torch import nn
 from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
+from x_attn.attention.features.linear_attn import LINEAR_ATTN_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
+from x_attn.attention.features.performer import PERFORMER_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
@@ -29,6 +31,8 @@ from x_attn.masks.spec import MaskRule
 
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
+    LINEAR_ATTN_SPEC,
+    PERFORMER_SPEC,
     MEMORY_KV_SPEC,
     RESIDUAL_ATTN_SPEC,
     PRE_TALKING_SPEC,
