@@ -37,7 +37,7 @@ setup(
         "viz": ["matplotlib>=3.5"],
         "examples": _TRAIN,
         # ruff pinned: a newer release may add lint rules and turn CI red on its own
-        "test": ["pytest>=8", "ruff==0.17.6", *_TRAIN],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", *_TRAIN],
         "bench": ["x-transformers==2.31.*"],
     },
     entry_points={"console_scripts": ["x-attn-train = x_attn.train.cli:main"]},

@@ -49,3 +49,15 @@ def build(
 def tokens(b: int, n: int, seed: int = 1) -> Tensor:
     """(b, n) token ids from a seeded generator."""
     return torch.randint(0, VOCAB, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def prefill_then_steps(model: TransformerWrapper, ids: Tensor, prefill: int, **kwargs):
+    """(logits of a prefill of ``prefill`` tokens then one token per call with the cache,
+    concatenated; the final cache). ``kwargs`` reach every call (e.g. ``context``)."""
+    logits, cache = model(ids[:, :prefill], return_cache=True, **kwargs)
+    steps = [logits]
+    for t in range(prefill, ids.shape[1]):
+        step, cache = model(ids[:, t : t + 1], cache=cache, return_cache=True, **kwargs)
+        steps.append(step)
+    return torch.cat(steps, dim=1), cache

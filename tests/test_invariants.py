@@ -43,7 +43,7 @@ def build(
 ) -> TransformerWrapper:
     """Tiny float64 eval model for ``case``; ``layer_extra`` overrides the case's stack flags."""
     torch.manual_seed(seed)
-    layers = stack(**DIMS, **{**case.layers, **layer_extra})
+    layers = stack(**{**DIMS, **case.layers, **layer_extra})  # a case may set its heads
     model = TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=layers, **case.wrapper)
     model = model.double().eval()
     if jitter:

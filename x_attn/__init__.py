@@ -8,6 +8,7 @@ from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.stack import AttentionLayers, CrossAttender, Decoder, Encoder
 from x_attn.serialization import from_config, to_config
+from x_attn.uptrain import group_kv_heads
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
 from x_attn.wrappers.token import TransformerWrapper
@@ -33,6 +34,7 @@ __all__ = [
     "XTransformer",
     "__version__",
     "from_config",
+    "group_kv_heads",
     "load",
     "to_config",
 ]

@@ -32,6 +32,20 @@ class AttentionConfig:
     collab_heads: bool = False
     collab_compression: float = 0.3
     on_attn: bool = False
+    kv_heads: int | None = None  # key/value heads (grouped-query attention); None = heads
+    one_kv_head: bool = False  # multi-query attention: one key/value head
+    use_latent_kv: bool = False  # multi-head latent attention (MLA): keys/values from a latent
+    dim_latent_kv: int | None = None  # its width d_c
+    use_latent_q: bool = False  # queries through a low-rank latent
+    dim_latent_q: int | None = None  # its width
+    latent_rope_subheads: int | None = None  # MLA rotary key heads (default 1 with rotary)
+    latent_absorb: bool | None = None  # MLA: None = per call; True absorbed; False materialised
+    dim_context: int | None = None  # width of a cross-attention context (None = dim)
+
+    def key_value_heads(self, heads: int) -> int:
+        """Key/value heads of a layer with ``heads`` query heads."""
+        return 1 if self.one_kv_head else self.kv_heads or heads
+
     # Multi-Token Attention (x_attn/attention/features/multi_token.py); self-attention only
     mta: bool = False
     mta_kernel_q: int = 6
@@ -75,6 +89,10 @@ class AttentionConfig:
                 f"{owner}: '{prefix}sparse_topk' and '{prefix}use_entmax15' both replace the "
                 "softmax's support; choose one"
             )
+        if self.dim_context is not None:
+            check_positive_int(f"{prefix}dim_context", self.dim_context, owner)
+        self._validate_heads(owner, prefix)
+        self._validate_latent(owner, prefix)
         if not 0.0 < self.collab_compression <= 1.0:
             raise ValueError(
                 f"{owner}: '{prefix}collab_compression' must be in (0, 1], "
@@ -82,6 +100,54 @@ class AttentionConfig:
             )
         _validate_mta(self, owner, prefix)
         _validate_linear(self, owner, prefix)
+
+    def _grouped_flag(self) -> str | None:
+        """The flag that sets fewer key/value heads ("one_kv_head" or "kv_heads"), if any."""
+        if self.one_kv_head:
+            return "one_kv_head"
+        return "kv_heads" if self.kv_heads is not None else None
+
+    def _validate_heads(self, owner: str, prefix: str) -> None:
+        """Key/value head layouts: one spelling at a time, on a projection that has them."""
+        for name in ("kv_heads", "dim_latent_kv", "dim_latent_q", "latent_rope_subheads"):
+            if getattr(self, name) is not None:
+                check_positive_int(f"{prefix}{name}", getattr(self, name), owner)
+        grouped, mla = self._grouped_flag(), self.use_latent_kv
+        clashes = []
+        if self.one_kv_head and self.kv_heads is not None:
+            clashes.append(("one_kv_head", "kv_heads", "one_kv_head=True means kv_heads=1"))
+        if grouped and self.collab_heads:
+            clashes.append((grouped, "collab_heads", "collaborative heads share one key head"))
+        if grouped and mla:
+            clashes.append(("use_latent_kv", grouped, "every head already reads one latent"))
+        if mla and self.num_mem_kv > 0:
+            why = "memory key/values are per-head keys, which the absorbed latent path never forms"
+            clashes.append(("use_latent_kv", "num_mem_kv", why))
+        if self.use_latent_q and self.collab_heads:
+            clashes.append(("use_latent_q", "collab_heads", "collab heads project queries alike"))
+        for a, b, why in clashes:
+            raise ValueError(f"{owner}: '{prefix}{a}' and '{prefix}{b}': {why}; choose one")
+
+    def _validate_latent(self, owner: str, prefix: str) -> None:
+        """Latent widths come with their switch; the options of MLA need MLA."""
+        for switch, width in (("use_latent_kv", "dim_latent_kv"), ("use_latent_q", "dim_latent_q")):
+            on, given = getattr(self, switch), getattr(self, width) is not None
+            if on and not given:
+                raise ValueError(
+                    f"{owner}: '{prefix}{switch}=True' needs '{prefix}{width}', the width of the "
+                    "latent (DeepSeek-V2 uses 4 * dim_head for keys/values)"
+                )
+            if given and not on:
+                raise ValueError(
+                    f"{owner}: '{prefix}{width}' is set but '{prefix}{switch}' is False; set "
+                    f"{prefix}{switch}=True or drop {prefix}{width}"
+                )
+        for name in ("latent_rope_subheads", "latent_absorb"):
+            if getattr(self, name) is not None and not self.use_latent_kv:
+                raise ValueError(
+                    f"{owner}: '{prefix}{name}' is an option of multi-head latent attention; "
+                    f"set {prefix}use_latent_kv=True (and {prefix}dim_latent_kv) or drop it"
+                )
 
 
 def _validate_linear(config: AttentionConfig, owner: str, prefix: str) -> None:

@@ -127,6 +127,48 @@ FLAGS: tuple[FlagCase, ...] = (
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
     FlagCase(
+        "attn_kv_heads",
+        "grouped-query attention: each key/value head serves a group of query heads",
+        "2305.13245",
+        {"heads": 4, "attn_kv_heads": 2},
+    ),
+    FlagCase(
+        "attn_one_kv_head",
+        "multi-query attention: one key/value head for every query head",
+        "1911.02150",
+        {"attn_one_kv_head": True},
+    ),
+    FlagCase(
+        "attn_use_latent_kv",
+        "multi-head latent attention: keys/values from a cached low-rank latent",
+        "2405.04434",
+        {"attn_use_latent_kv": True, "attn_dim_latent_kv": 12},
+    ),
+    FlagCase(
+        "attn_latent_rope_subheads",
+        "MLA with decoupled rotary keys shared by the heads",
+        "2405.04434",
+        {
+            "attn_use_latent_kv": True,
+            "attn_dim_latent_kv": 12,
+            "attn_latent_rope_subheads": 1,
+            "rotary_pos_emb": True,
+        },
+        relative=True,
+    ),
+    FlagCase(
+        "attn_latent_absorb",
+        "MLA attending in the latent space (W_uk in the query, W_uv after) on every call",
+        "2405.04434",
+        {"attn_use_latent_kv": True, "attn_dim_latent_kv": 12, "attn_latent_absorb": True},
+    ),
+    FlagCase(
+        "attn_use_latent_q",
+        "queries through a low-rank latent",
+        "2405.04434",
+        {"attn_use_latent_q": True, "attn_dim_latent_q": 12},
+    ),
+    FlagCase(
         "attn_mta",
         "Multi-Token Attention: key-query convolution of the logits (query past, key both ways)",
         "2504.00927",

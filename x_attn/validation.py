@@ -60,6 +60,7 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
             f"got {config.alibi_num_heads}"
         )
     _validate_rotary(config, owner)
+    _validate_latent_positions(config, owner, explicit)
     _validate_layer_types(config, owner)
     _validate_residual_rules(config, owner, explicit)
     if config.reversible:
@@ -109,6 +110,27 @@ def _validate_rotary(config: LayersConfig, owner: str) -> None:
         raise ValueError(f"{owner}: rotary_interpolation_factor must be >= 1")
 
 
+def _validate_latent_positions(config: LayersConfig, owner: str, explicit: set[str]) -> None:
+    """Multi-head latent attention takes positions through its decoupled rotary keys only."""
+    if "cross_attn_latent_rope_subheads" in explicit:
+        raise ValueError(
+            f"{owner}: cross_attn_latent_rope_subheads: cross-attention has no positions, so "
+            "it has no rotary keys; drop it (attn_latent_rope_subheads sets self-attention's)"
+        )
+    if config.attn.latent_rope_subheads is not None and not config.rotary_pos_emb:
+        raise ValueError(
+            f"{owner}: attn_latent_rope_subheads sets the decoupled rotary keys of multi-head "
+            "latent attention, but rotary_pos_emb is False; set rotary_pos_emb=True or drop "
+            "attn_latent_rope_subheads"
+        )
+    if config.attn.use_latent_kv and config.position_infused_attn:
+        raise ValueError(
+            f"{owner}: attn_use_latent_kv and position_infused_attn: keys and values come from "
+            "one latent, so positions cannot enter the keys without the values; use "
+            "rotary_pos_emb (decoupled rotary keys) or an additive bias instead"
+        )
+
+
 def stack_layer_types(config: LayersConfig) -> tuple[str, ...]:
     """The layer letters of the stack ``config`` describes (see x_attn.layers.pattern)."""
     return layer_types(
@@ -126,6 +148,13 @@ def _validate_layer_types(config: LayersConfig, owner: str) -> None:
     types = stack_layer_types(config)
     if "a" not in types:
         _refuse_self_attention_flags(config, types, owner)
+    width = config.attn.dim_context
+    if "a" in types and width is not None and width != config.dim:
+        raise ValueError(
+            f"{owner}: attn_dim_context={width} sets the key/value input width of every "
+            f"attention layer, but self-attention layers read x (width dim={config.dim}); use "
+            f"cross_attn_dim_context={width} for the cross-attention layers only"
+        )
     if config.custom_layers is None:
         return
     if (config.cross_attend or config.only_cross) and "c" not in types:

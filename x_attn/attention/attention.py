@@ -34,7 +34,7 @@ from x_attn.masks.causal import CAUSAL
 from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
 from x_attn.routing import build_config
-from x_attn.utils import check_positive_int
+from x_attn.utils import check_positive_int, default
 
 
 @dataclass
@@ -60,10 +60,13 @@ class Attention(nn.Module):
         dim: model dimension of the queries' input.
         heads: number of heads.
         causal: bottom-right aligned causal masking (self-attention only).
-        dim_context: dimension of the context for cross-attention (default ``dim``).
+        dim_context: width of the context for cross-attention (default: the config's
+            ``dim_context``, else ``dim``); x-transformers' ``attn_dim_context``.
         config: an :class:`AttentionConfig`; alternatively pass its fields as keywords
             (x-transformers spelling: ``dim_head``, ``flash``, ``num_mem_kv``, ...).
         residual_attn: add the previous layer's logits (RealFormer); set by the stack.
+        rotary_dim: the stack's rotary dim, for projections that size their rotary part by it
+            (MLA's decoupled rotary dims); None when the stack has no rotary positions.
         layer_index: the layer's index among its stack's self- (or cross-) attention layers,
             from 0; set by the stack (features that act on chosen layers, or scale with depth,
             read it).
@@ -81,6 +84,7 @@ class Attention(nn.Module):
         config: AttentionConfig | None = None,
         residual_attn: bool = False,
         flag_prefix: str = "attn_",
+        rotary_dim: int | None = None,
         layer_index: int = 0,
         needs: Sequence[Need] = (),
         **kwargs: Any,
@@ -93,14 +97,22 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
-        self.scale = config.dim_head**-0.5
+        self.dim, self.dim_context = dim, _context_width(dim, dim_context, config, flag_prefix)
         if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
             raise ValueError(f"Attention: 'layer_index' must be an int >= 0, got {layer_index!r}")
         ctx = FeatureContext(
-            dim, heads, dim_context, config, flag_prefix, residual_attn, layer_index
+            dim,
+            heads,
+            self.dim_context,
+            config,
+            flag_prefix,
+            residual_attn,
+            layer_index,
+            rotary_dim=rotary_dim,
         )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
+        self.scale = default(self.proj.scale, config.dim_head**-0.5)
         for attr, module in parts.extensions:  # registered under their own names (or None)
             setattr(self, attr, module)
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
@@ -173,7 +185,7 @@ class Attention(nn.Module):
         proj = self.proj
         q = proj.queries(x, call.query_rows)
         held = call.entry.update(call.keys, proj.keys)
-        k, v = proj.expand(held.payload)
+        q, k, v, finish = proj.operands(q, held.payload)
         mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
         bias = call.positions.bias_for(call.queries, held.span)
         for extension in self.kv_extensions:
@@ -183,6 +195,7 @@ class Attention(nn.Module):
         kernel = self.kernel.for_call(return_attn)
         hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
         out, maps = kernel.run(inputs, hooks, call.entry)
+        out = finish(out)
         for stage in self.head_stages:
             out = stage(out)
         out = rearrange(out, "b h n d -> b n (h d)")
@@ -190,8 +203,32 @@ class Attention(nn.Module):
 
     def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache):
         """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
+        if context is None and self.dim_context != self.dim:
+            raise ValueError(
+                f"Attention: this layer reads keys of width dim_context={self.dim_context}, "
+                f"but was called without a context (self-attention keys come from x, width "
+                f"{self.dim}); pass context=, or build it without dim_context"
+            )
+        if context is not None and context.shape[-1] != self.dim_context:
+            raise ValueError(
+                f"Attention: 'context' has width {context.shape[-1]}, but this layer reads "
+                f"width {self.dim_context}; build it with dim_context={context.shape[-1]} "
+                f"(cross_attn_dim_context in a stack)"
+            )
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
             return self_call(x, *mem, mask, attn_mask, positions, entry, self.rules)
         entry = cache if cache is not None else self.new_context_entry()
         return cross_call(x, context, context_mask, attn_mask, entry)
+
+
+def _context_width(dim: int, given: int | None, config: AttentionConfig, prefix: str) -> int:
+    """The key/value input width: ``dim_context=`` or the config's, which must agree."""
+    if given is not None:
+        check_positive_int("dim_context", given, "Attention")
+    if given is not None and config.dim_context is not None and given != config.dim_context:
+        raise ValueError(
+            f"Attention: dim_context={given} and {prefix}dim_context={config.dim_context} "
+            "disagree; give the context width once"
+        )
+    return default(given, default(config.dim_context, dim))

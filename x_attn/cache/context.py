@@ -16,7 +16,8 @@ from x_attn.masks.spec import Span
 
 @dataclass
 class ContextEntry(CacheEntry):
-    """The projected context (payload), its padding (b, j) and its length.
+    """The projected context (payload: a (k, v) tuple or one tensor), its padding (b, j) and
+    its length.
 
     The context is projected at the first call; later calls reuse it. A call's own
     ``context_mask`` wins over the stored one (they are the same in generation).
@@ -39,7 +40,7 @@ class ContextEntry(CacheEntry):
 
     @property
     def batch(self) -> int | None:
-        return None if self.payload is None else self.payload[0].shape[0]
+        return None if self.payload is None else _parts(self.payload)[0].shape[0]
 
     def update(self, new: KeyRows, project: Project) -> HeldKeys:
         if self.payload is None:
@@ -55,6 +56,15 @@ class ContextEntry(CacheEntry):
         return HeldKeys(self.payload, Span(0, self.length), mask)
 
     def select(self, index: Tensor) -> ContextEntry:
-        payload = None if self.payload is None else tuple(t[index] for t in self.payload)
+        payload = self.payload
+        if payload is not None:
+            payload = (
+                payload[index] if isinstance(payload, Tensor) else tuple(t[index] for t in payload)
+            )
         mask = None if self.mask is None else self.mask[index]
         return ContextEntry(payload, mask, self.length)
+
+
+def _parts(payload: Any) -> tuple[Tensor, ...]:
+    """A payload's tensors: a (k, v) tuple, or one tensor (a latent)."""
+    return (payload,) if isinstance(payload, Tensor) else tuple(payload)

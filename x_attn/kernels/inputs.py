@@ -70,7 +70,8 @@ def merged_mask(inputs: AttnInputs) -> Tensor | None:
 def expand_kv_heads(t: Tensor, heads: int) -> Tensor:
     """(b, hk, j, d) -> (b, heads, j, d); query head t uses key/value head t // (heads / hk).
 
-    No copy when hk is 1 or ``heads``; other divisors repeat each key/value head (a copy).
+    No copy when hk is 1 or ``heads``; other divisors repeat each key/value head (a copy). The
+    kernels avoid it (see :func:`group_queries`); this is for callers that need per-head keys.
     """
     hk = t.shape[1]
     if hk == heads:
@@ -80,3 +81,12 @@ def expand_kv_heads(t: Tensor, heads: int) -> Tensor:
     if heads % hk:
         raise AssertionError(f"key/value heads {hk} cannot serve {heads} query heads")
     return t.repeat_interleave(heads // hk, dim=1)
+
+
+def group_queries(t: Tensor, kv_heads: int) -> Tensor:
+    """(b, h, i, ...) -> (b, hk, g, i, ...): the g = h / hk query heads of each key/value head.
+
+    Contiguous grouping: query head t = kv * g + r reads key/value head kv = t // g (SDPA's
+    ``enable_gqa``, Hugging Face's ``repeat_kv``). A view; no key or value is copied.
+    """
+    return t.unflatten(1, (kv_heads, t.shape[1] // kv_heads))

@@ -1,6 +1,10 @@
 """Readable softmax attention: the reference path, with hooks for features that need scores.
 
-Shape legend: b batch, h heads, i queries, j keys, dh head dim, dv value head dim.
+Key/value heads that serve a group of query heads are never copied per query head: queries are
+viewed as (b, hk, g, i, d) against (b, hk, j, d) keys.
+
+Shape legend: b batch, h heads, hk key/value heads, g = h / hk query heads per key/value head,
+i queries, j keys, dh head dim, dv value head dim.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch.nn.functional as F
 from einops import einsum
 from torch import Tensor
 
-from x_attn.kernels.inputs import AttnInputs, expand_kv_heads, merged_mask
+from x_attn.kernels.inputs import AttnInputs, group_queries, merged_mask
 from x_attn.utils import compute_dtype
 
 
@@ -58,22 +62,24 @@ def manual_attention(
     masked softmax returns.
     """
     hooks = hooks or ScoreHooks()
-    v = expand_kv_heads(inputs.v, inputs.q.shape[1])
+    v = inputs.v
     # autocast would run the score products (q k^T, talking heads' mixing) in its low dtype,
     # below the float32 in which the masking constants and the softmax are meant to work
     with torch.autocast(inputs.q.device.type, enabled=False):
         logits, attn = _weights(inputs, hooks)
     dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
-    out = einsum(dropped.to(v.dtype), v, "b h i j, b h j d -> b h i d")
+    grouped = group_queries(dropped.to(v.dtype), v.shape[1])
+    out = einsum(grouped, v, "b hk g i j, b hk j d -> b hk g i d").flatten(1, 2)
     return out, AttnMaps(logits=logits, probs=attn)
 
 
 def _weights(inputs: AttnInputs, hooks: ScoreHooks) -> tuple[Tensor, Tensor]:
     """(logits before masking, attention weights), both (b, h, i, j) in the compute dtype."""
-    q = inputs.q
-    k = expand_kv_heads(inputs.k, q.shape[1])
+    q, k = inputs.q, inputs.k
     compute = compute_dtype(q.dtype)  # q.k^T of float16 inputs overflows before the scale
-    sim = einsum(q.to(compute), k.to(compute), "b h i d, b h j d -> b h i j") * inputs.scale
+    grouped = group_queries(q.to(compute), k.shape[1])
+    sim = einsum(grouped, k.to(compute), "b hk g i d, b hk j d -> b hk g i j").flatten(1, 2)
+    sim = sim * inputs.scale
     if inputs.bias is not None:
         sim = sim + inputs.bias.to(compute)
     sim = hooks.on_logits(sim)

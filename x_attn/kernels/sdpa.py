@@ -1,12 +1,23 @@
 """Thin adapter over ``torch.nn.functional.scaled_dot_product_attention`` (no feature logic).
 
-Shape legend: b batch, h heads, i queries, j keys, dh head dim.
+Grouped key/value heads (hk < h, query head t reads kv head t // (h / hk)) are never copied per
+query head. SDPA's ``enable_gqa=True`` serves them without a copy on its fused CPU kernel (torch
+2.13: ``_scaled_dot_product_flash_attention_for_cpu``), which needs equal query/key and value
+head dims, no dropout and no bias that requires a gradient; otherwise SDPA falls back to its
+math path, which repeats k and v for every query head (``repeat_interleave``: at 8k keys,
+8 query heads on one latent key head, ~20x slower than the alternative). Then the g query heads
+of each kv head are folded into the query axis instead: (b, hk, g * i, d) queries against the
+hk kv heads, which is the same attention with nothing copied but the mask.
+
+Shape legend: b batch, h heads, hk key/value heads, g = h / hk, i queries, j keys, dh head dim,
+dv value head dim.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from x_attn.kernels.inputs import AttnInputs, expand_kv_heads, merged_mask
@@ -21,26 +32,56 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
     mask with masked entries at a large finite negative value. Query rows with no allowed key
     return zeros.
     """
-    q = inputs.q
+    q, k, v = inputs.q, inputs.k, inputs.v
     heads = q.shape[1]
-    k = expand_kv_heads(inputs.k, heads)
-    v = expand_kv_heads(inputs.v, heads)
-    fast_causal = inputs.spec.square_causal() and inputs.bias is None
+    if k.shape[1] != v.shape[1]:  # e.g. collaborative heads: one key head, a value per head
+        k, v = expand_kv_heads(k, heads), expand_kv_heads(v, heads)
+    grouped = k.shape[1] != heads
+    fold = grouped and not _fused_serves_groups(inputs)
+    fast_causal = inputs.spec.square_causal() and inputs.bias is None and not fold
     mask = None if fast_causal else merged_mask(inputs)
     attn_mask = mask
     if inputs.bias is not None:
         attn_mask = inputs.bias.to(q.dtype)
         if mask is not None:
             attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).max / -2)
-    out = F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=attn_mask,
-        dropout_p=inputs.dropout,
-        is_causal=fast_causal,
-        scale=inputs.scale,
-    )
+    if fold:
+        out = _folded_groups(q, k, v, attn_mask, inputs)
+    else:
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=inputs.dropout,
+            is_causal=fast_causal,
+            scale=inputs.scale,
+            enable_gqa=grouped,
+        )
     if mask is not None:
         out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     return out
+
+
+def _fused_serves_groups(inputs: AttnInputs) -> bool:
+    """Whether SDPA's fused kernel can take grouped k/v as they are (``enable_gqa``)."""
+    bias_grad = inputs.bias is not None and inputs.bias.requires_grad
+    same_dims = inputs.q.shape[-1] == inputs.v.shape[-1]
+    return same_dims and inputs.dropout == 0 and not bias_grad
+
+
+def _folded_groups(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, inputs: AttnInputs
+) -> Tensor:
+    """Grouped attention as hk-head attention over g * i queries (no k/v copy)."""
+    hk = k.shape[1]
+    folded_q = rearrange(q, "b (hk g) i d -> b hk (g i) d", hk=hk)
+    if attn_mask is not None:
+        while attn_mask.ndim < 4:
+            attn_mask = attn_mask.unsqueeze(0)
+        per_head = attn_mask.expand(-1, q.shape[1], q.shape[2], -1)
+        attn_mask = rearrange(per_head, "b (hk g) i j -> b hk (g i) j", hk=hk)
+    out = F.scaled_dot_product_attention(
+        folded_q, k, v, attn_mask=attn_mask, dropout_p=inputs.dropout, scale=inputs.scale
+    )
+    return rearrange(out, "b hk (g i) d -> b (hk g) i d", i=q.shape[2])

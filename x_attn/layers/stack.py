@@ -21,7 +21,7 @@ from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
 from x_attn.positional.row_positions import row_positions, rows_mask
-from x_attn.positional.stack_positions import StackPositions
+from x_attn.positional.stack_positions import StackPositions, requested_rotary_dim
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
 from x_attn.validation import (
@@ -82,8 +82,10 @@ class AttentionLayers(nn.Module):
             self._make_layer(t, s, self.types[:i].count(t))
             for i, (t, s) in enumerate(zip(self.types, scales))
         )
-        qk_dim = next((blk.qk_dim for blk in self._attention_blocks()), cfg.attn.dim_head)
-        self.positions = StackPositions(cfg, qk_dim, owner)
+        blocks = self._attention_blocks()
+        qk_dim = next((blk.qk_dim for blk in blocks), cfg.attn.dim_head)
+        fixed = next((blk.proj.rotary_dim for blk in blocks if blk.proj.rotary_dim), None)
+        self.positions = StackPositions(cfg, qk_dim, owner, rotary_dim=fixed)
         use_final = cfg.pre_norm and not cfg.use_rezero
         self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
         # not registered as a submodule: it only re-wires the modules of self.layers
@@ -103,6 +105,7 @@ class AttentionLayers(nn.Module):
                 causal=cfg.causal,
                 config=cfg.attn,
                 residual_attn=cfg.residual_attn,
+                rotary_dim=requested_rotary_dim(cfg),
                 layer_index=index,
                 needs=[Need(flag, "bias") for flag in BIAS_FLAGS if getattr(cfg, flag)],
             )
@@ -373,7 +376,14 @@ class AttentionLayers(nn.Module):
             raise ValueError("'context_mask' given to a stack that does not cross-attend")
         check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
         if context is not None:
-            check_float_input("context", context, self.dim, type(self).__name__)
+            width = self.config.cross_attn.dim_context or self.dim
+            if isinstance(context, Tensor) and context.ndim == 3 and context.shape[-1] != width:
+                raise ValueError(
+                    f"{type(self).__name__}: 'context' has width {context.shape[-1]}, but the "
+                    f"cross-attention layers read width {width}; build the stack with "
+                    f"cross_attn_dim_context={context.shape[-1]}"
+                )
+            check_float_input("context", context, width, type(self).__name__)
             if context.shape[0] != b:
                 raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
             check_bool_mask(

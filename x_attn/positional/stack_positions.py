@@ -22,6 +22,16 @@ def default_rotary_dim(dim_head: int) -> int:
     return r - r % 2
 
 
+def requested_rotary_dim(config: LayersConfig) -> int | None:
+    """The rotary dim a stack offers its self-attention projections (None without rotary).
+
+    A projection with a separate rotary part (MLA's decoupled rotary dims) is sized by it.
+    """
+    if not config.rotary_pos_emb:
+        return None
+    return config.rotary_emb_dim or default_rotary_dim(config.attn.dim_head)
+
+
 class StackPositions(nn.Module):
     """The positional modules shared by every layer of one stack (computed once per forward).
 
@@ -29,12 +39,15 @@ class StackPositions(nn.Module):
     sinusoids of position-infused attention.
     """
 
-    def __init__(self, config: LayersConfig, qk_dim: int, owner: str) -> None:
+    def __init__(
+        self, config: LayersConfig, qk_dim: int, owner: str, rotary_dim: int | None = None
+    ) -> None:
+        """``rotary_dim``: the rotary dim the layers' projections were built for, if fixed."""
         super().__init__()
         self.rotary = self.rel_pos = None
         self.infused_dim = config.dim if config.position_infused_attn else None
         if config.rotary_pos_emb:
-            r = config.rotary_emb_dim or default_rotary_dim(qk_dim)
+            r = rotary_dim or config.rotary_emb_dim or default_rotary_dim(qk_dim)
             if r > qk_dim:
                 raise ValueError(
                     f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "

@@ -28,8 +28,16 @@ from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.token import TransformerWrapper
 
 OWNER = "XTransformer"
-# set by XTransformer itself: the shared width, and the roles of the two stacks
-FIXED = {"dim", "causal", "cross_attend", "only_cross"}
+# set by XTransformer itself: the shared width (the encoder's output, which the decoder's
+# cross-attention reads), and the roles of the two stacks
+FIXED = {
+    "dim",
+    "causal",
+    "cross_attend",
+    "only_cross",
+    "attn_dim_context",
+    "cross_attn_dim_context",
+}
 # the encoder returns embeddings, so it has no logits head of its own
 ENCODER_FIXED = FIXED | {"tie_embedding", "logits_dim"}
 REQUIRED = ("num_tokens", "max_seq_len", "depth")

@@ -25,12 +25,14 @@ from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, Feature
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
+from x_attn.attention.projections.latent import LATENT_KV_SPEC
 from x_attn.cache import CacheEntry, KVEntry
 from x_attn.kernels.registry import Need
 from x_attn.masks.spec import MaskRule
 
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
+    LATENT_KV_SPEC,
     LINEAR_ATTN_SPEC,
     PERFORMER_SPEC,
     MEMORY_KV_SPEC,
@@ -125,7 +127,22 @@ def _extensions(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, n
 
 
 def _default_projection(ctx: FeatureContext) -> Projection:
-    return MultiHeadProjection(ctx.dim, ctx.heads, ctx.config.dim_head, ctx.dim_context)
+    kv_heads = ctx.config.key_value_heads(ctx.heads)
+    if ctx.heads % kv_heads:
+        divisors = [d for d in range(1, ctx.heads + 1) if ctx.heads % d == 0]
+        raise ValueError(
+            f"Attention: {ctx.flag('kv_heads')}={kv_heads} does not divide heads={ctx.heads}: "
+            f"each key/value head serves a group of heads / kv_heads query heads; use one of "
+            f"{divisors}"
+        )
+    return MultiHeadProjection(
+        ctx.dim,
+        ctx.heads,
+        ctx.config.dim_head,
+        ctx.dim_context,
+        kv_heads=kv_heads,
+        dim_latent_q=ctx.config.dim_latent_q,
+    )
 
 
 def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> nn.Module | None:
@@ -133,14 +150,15 @@ def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> n
 
 
 def _check_slots(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> None:
-    """At most one active feature per exclusive slot; a clash names both flags."""
+    """At most one active feature per exclusive slot (a cache entry factory takes the "cache"
+    slot too); a clash names both flags."""
     taken: dict[str, FeatureSpec] = {}
     for spec in active:
-        if spec.slot is None:
-            continue
-        other = taken.setdefault(spec.slot, spec)
-        if other is not spec:
-            raise ValueError(
-                f"{owner}: {other.flag(ctx)} and {spec.flag(ctx)} both replace the layer's "
-                f"{spec.slot}; choose one"
-            )
+        slots = {spec.slot} | ({"cache"} if spec.cache_entry is not None else set())
+        for slot in slots - {None}:
+            other = taken.setdefault(slot, spec)
+            if other is not spec:
+                raise ValueError(
+                    f"{owner}: {other.flag(ctx)} and {spec.flag(ctx)} both replace the layer's "
+                    f"{slot}; choose one"
+                )

@@ -53,6 +53,8 @@ class FeatureContext:
         layer: index of the layer among its stack's layers of the same kind (self- or
             cross-attention), from 0; 0 for a layer built on its own.
         projection: the layer's projection, once the project stage is built.
+        rotary_dim: the stack's rotary dim (None without rotary positions), for projections
+            that size a separate rotary part by it.
     """
 
     dim: int
@@ -63,6 +65,7 @@ class FeatureContext:
     residual_attn: bool = False
     layer: int = 0
     projection: Projection | None = None
+    rotary_dim: int | None = None
 
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""

@@ -8,6 +8,13 @@ payload is (k, v); a latent projection (MLA) would store a latent and a rotary k
 sinusoids) arrive as :class:`RowPositions` of exactly the rows projected, and the projection
 applies them to the dims it owns (rotary: the first r dims of its query/key head dim).
 
+Before the kernel, :meth:`Projection.operands` turns (queries, payload) into the kernel's q, k, v
+and a ``finish`` map applied to the kernel's output; by default k, v = ``expand(payload)`` and
+``finish`` is the identity. A projection that attends in another space (MLA's absorbed decode:
+queries folded into the latent, values up-projected after attention) overrides it. The logit
+scale is the projection's (``scale``; None = the layer's ``dim_head ** -0.5``), and a projection
+whose rotary dims are a separate part of each head says how wide it is (``rotary_dim``).
+
 Adding a head layout: one file with a :class:`Projection` subclass and its feature declaration
 (slot "projection"), one line in the feature catalog.
 
@@ -18,11 +25,32 @@ query/key head dim, dv value head dim.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
 from x_attn.positional.context import RowPositions
+
+
+def _unchanged(out: Tensor) -> Tensor:
+    return out
+
+
+class Operands(NamedTuple):
+    """What the kernel attends with, and the map from its output to per-head values.
+
+    Attributes:
+        q: (b, h, i, dq') queries.
+        k: (b, hk', j, dq') keys.
+        v: (b, hv', j, dv') values.
+        finish: (b, h, i, dv') kernel output -> (b, h, i, v_dim).
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    finish: Callable[[Tensor], Tensor] = _unchanged
 
 
 class Projection(nn.Module):
@@ -34,6 +62,10 @@ class Projection(nn.Module):
         v_heads: value heads (divides h).
         qk_dim: per-head query/key dim (where rotary acts).
         v_dim: per-head value dim.
+        scale: logit scale, or None for the layer's ``dim_head ** -0.5``.
+        rotary_dim: the exact rotary dim the projection was built for (a separate part of each
+            head, e.g. MLA's decoupled rotary dims), or None: rotary acts on the first r dims
+            of ``qk_dim``, r chosen by the stack.
     """
 
     heads: int
@@ -41,6 +73,8 @@ class Projection(nn.Module):
     v_heads: int
     qk_dim: int
     v_dim: int
+    scale: float | None = None
+    rotary_dim: int | None = None
 
     def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
         """(b, i, d) -> (b, h, i, dq) with the positions of these rows applied."""
@@ -53,6 +87,11 @@ class Projection(nn.Module):
     def expand(self, payload: Any) -> tuple[Tensor, Tensor]:
         """Payload -> keys (b, hk, j, dq), values (b, hv, j, dv); (k, v) payloads pass through."""
         return payload
+
+    def operands(self, q: Tensor, payload: Any) -> Operands:
+        """Queries and every held key's payload -> the kernel's q, k, v and output map."""
+        k, v = self.expand(payload)
+        return Operands(q, k, v)
 
     def project(
         self, x: Tensor, kv_input: Tensor, q_pos: RowPositions, k_pos: RowPositions
