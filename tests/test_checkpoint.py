@@ -84,6 +84,24 @@ def test_pickle_and_torch_save_files_are_refused_unopened(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(("start", "modulus"), [(0x80, 256), (0x4B50, 65536)], ids=["x80", "PK"])
+def test_safetensors_header_length_that_looks_like_a_pickle_still_loads(start, modulus, tmp_path):
+    """The first byte of a safetensors file is the low byte of its header length: 0x80 (the
+    pickle opcode) or "PK" must not make a valid weights file look like a pickle."""
+    model = _tiny()
+    folder = model.save(tmp_path / "ckpt")
+    raw = (folder / WEIGHTS_NAME).read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = raw[8 : 8 + size].rstrip(b" ")
+    header += b" " * ((start - len(header)) % modulus)  # JSON allows trailing spaces
+    assert len(header) % modulus == start
+    length = len(header).to_bytes(8, "little")
+    (folder / WEIGHTS_NAME).write_bytes(length + header + raw[8 + size :])
+    x = torch.randint(0, 10, (1, 5))
+    with torch.no_grad():
+        assert torch.equal(x_attn.load(folder)(x), model.eval()(x))
+
+
 def test_broken_checkpoints_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint at"):
         x_attn.load(tmp_path / "nowhere")

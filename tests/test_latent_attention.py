@@ -129,7 +129,7 @@ def test_automatic_mode_absorbs_single_token_decoding_only() -> None:
     proj, x, ctx = _layer().proj, _x(64), _positions(64)
     rows = ctx.rows(ctx.queries)
     payload = proj.keys(x, rows)
-    q_last = proj.queries(x[:, -1:], RowPositions(rotary=ctx.rotary[-1:]))
+    q_last = proj.queries(x[:, -1:], RowPositions(rotary=ctx.rotary.rows(63, 64)))
     decode = proj.operands(q_last, payload)
     assert decode.k.shape == (B, 1, 64, C + R) and decode.v.shape == (B, 1, 64, C)
     prefill = proj.operands(proj.queries(x, rows), payload)

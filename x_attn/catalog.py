@@ -155,6 +155,27 @@ CATALOG: tuple[Mechanism, ...] = (
         {"residual_attn": True},
         "2012.11747",
     ),
+    Mechanism(
+        "xpos", "xPos: rotary with a decay over distance", {"rotary_xpos": True}, "2212.10554"
+    ),
+    Mechanism(
+        "alibi",
+        "ALiBi distance penalty instead of rotary",
+        {"rotary_pos_emb": False, "alibi_pos_bias": True},
+        "2108.12409",
+    ),
+    Mechanism(
+        "dynamic-bias",
+        "dynamic position bias (an MLP of the log distance) instead of rotary",
+        {"rotary_pos_emb": False, "dynamic_pos_bias": True, "dynamic_pos_bias_log_distance": True},
+        "2111.09883",
+    ),
+    Mechanism(
+        "shaw",
+        "Shaw et al. relative keys and values (k = 16) instead of rotary",
+        {"rotary_pos_emb": False, "shaw_rel_pos": True},
+        "1803.02155",
+    ),
 )
 
 

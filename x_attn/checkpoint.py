@@ -127,7 +127,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _refuse_pickle(file: Path) -> None:
     """ValueError when ``file`` is a pickle or a torch.save archive (which holds a pickle)."""
     with open(file, "rb") as handle:
-        head = handle.read(4)
+        head = handle.read(9)
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return  # (its first byte may be anything, 0x80 or "P" included)
     if head[:2] == b"PK":
         kind = "zip archive, the format of torch.save (its data.pkl is a pickle)"
     elif head[:1] == b"\x80":

@@ -32,6 +32,7 @@ class FlagCase:
     exact: bool = True  # exact attention (an approximation is compared with a tolerance)
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
     any_mask: bool = True  # applies an arbitrary attn_mask (False: only causality and padding)
+    encoder_ok: bool = True  # meaningful without a causal mask (else refused on an Encoder)
     row_conv: bool = (
         False  # convolves over neighbouring positions: padding between real ones refused
     )
@@ -47,6 +48,56 @@ FLAGS: tuple[FlagCase, ...] = (
         relative=True,
     ),
     FlagCase(
+        "rotary_emb_dim",
+        "partial rotary: only the first dims of each head rotate",
+        "2104.09864",
+        {"rotary_pos_emb": True, "rotary_emb_dim": 4},
+        relative=True,
+    ),
+    FlagCase(
+        "rotary_interleaved",
+        "rotary pairs (2i, 2i + 1) instead of (i, i + r/2)",
+        "2104.09864",
+        {"rotary_pos_emb": True, "rotary_interleaved": True},
+        relative=True,
+    ),
+    FlagCase(
+        "rotary_interpolation_factor",
+        "position interpolation: positions divided by the factor",
+        "2306.15595",
+        {"rotary_pos_emb": True, "rotary_interpolation_factor": 2.0},
+        relative=True,
+    ),
+    FlagCase(
+        "rotary_base_rescale_factor",
+        "NTK-aware rotary base rescaling",
+        "",
+        {"rotary_pos_emb": True, "rotary_base_rescale_factor": 4.0},
+        relative=True,
+    ),
+    FlagCase(
+        "rotary_yarn_factor",
+        "YaRN: NTK-by-parts frequencies and attention temperature",
+        "2309.00071",
+        {"rotary_pos_emb": True, "rotary_yarn_factor": 4.0, "rotary_yarn_original_max_len": 8},
+        relative=True,
+    ),
+    FlagCase(
+        "rotary_llama3_factor",
+        "Llama 3.1 rotary frequency rescaling",
+        "",
+        {"rotary_pos_emb": True, "rotary_llama3_factor": 8.0, "rotary_llama3_original_max_len": 16},
+        relative=True,
+    ),
+    FlagCase(
+        "rotary_xpos",
+        "xPos: rotary with a per-pair exponential decay over distance",
+        "2212.10554",
+        {"rotary_xpos": True, "rotary_xpos_scale_base": 64},
+        relative=True,
+        encoder_ok=False,
+    ),
+    FlagCase(
         "rel_pos_bias",
         "T5 bucketed relative position bias, shared by all layers",
         "1910.10683",
@@ -58,6 +109,48 @@ FLAGS: tuple[FlagCase, ...] = (
         "ALiBi linear distance penalty per head",
         "2108.12409",
         {"alibi_pos_bias": True},
+        relative=True,
+    ),
+    FlagCase(
+        "rel_pos_kwargs",
+        "custom ALiBi slopes (here on the first head only)",
+        "2108.12409",
+        {"alibi_pos_bias": True, "alibi_num_heads": 1, "rel_pos_kwargs": {"slopes": [0.7]}},
+        relative=True,
+    ),
+    FlagCase(
+        "dynamic_pos_bias",
+        "an MLP maps each distance to a bias per head",
+        "2111.09883",
+        {"dynamic_pos_bias": True},
+        relative=True,
+    ),
+    FlagCase(
+        "dynamic_pos_bias_log_distance",
+        "dynamic bias on log distances, 3 layers with LayerNorm",
+        "2111.09883",
+        {
+            "dynamic_pos_bias": True,
+            "dynamic_pos_bias_log_distance": True,
+            "dynamic_pos_bias_mlp_depth": 3,
+            "dynamic_pos_bias_norm": True,
+        },
+        relative=True,
+    ),
+    FlagCase(
+        "shaw_rel_pos",
+        "learned clipped relative keys and values (Shaw et al.)",
+        "1803.02155",
+        {"shaw_rel_pos": True, "shaw_max_distance": 3},
+        needs_scores=True,
+        kernel="manual",
+        relative=True,
+    ),
+    FlagCase(
+        "shaw_rel_values",
+        "Shaw relative keys only (=False): a bias, fused kernel",
+        "1803.02155",
+        {"shaw_rel_pos": True, "shaw_max_distance": 3, "shaw_rel_values": False},
         relative=True,
     ),
     FlagCase(
@@ -296,6 +389,13 @@ FLAGS: tuple[FlagCase, ...] = (
         "",
         {},
         {"scaled_sinu_pos_emb": True},
+    ),
+    FlagCase(
+        "sinusoidal_pos_emb",
+        "the paper's fixed sinusoidal absolute positions",
+        "1706.03762",
+        {},
+        {"sinusoidal_pos_emb": True},
     ),
     FlagCase(
         "tie_embedding",

@@ -80,6 +80,8 @@ def _encode(value: Any) -> Any:
         return {"tuple": [_encode(v) for v in value]}
     if isinstance(value, list):
         return [_encode(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"dict": {k: _encode(v) for k, v in value.items()}}  # e.g. embed_num_tokens
     if isinstance(value, dict) or not _is_plain(value):
         raise TypeError(
             f"to_config: cannot store a constructor argument of type {type(value).__name__}"
@@ -92,6 +94,8 @@ def _decode(value: Any) -> Any:
         return from_config(value["model"])
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_decode(v) for v in value["tuple"])
+    if isinstance(value, dict) and set(value) == {"dict"}:
+        return {k: _decode(v) for k, v in value["dict"].items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value

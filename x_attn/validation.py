@@ -13,6 +13,7 @@ from torch import Tensor
 
 from x_attn.config import LayersConfig
 from x_attn.layers.pattern import layer_types
+from x_attn.positional.checks import uses_rotary, validate_positional
 from x_attn.utils import check_positive_int
 
 # annotation (as written in x_attn.config) -> accepted Python types; None allowed if "| None"
@@ -49,17 +50,7 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
     """Refuse flag combinations that cannot work; ``explicit`` = keywords the user passed."""
     for name in ("dim", "depth", "heads"):
         check_positive_int(name, getattr(config, name), owner)
-    if config.rel_pos_bias and config.alibi_pos_bias:
-        raise ValueError(
-            f"{owner}: rel_pos_bias (T5) and alibi_pos_bias are two additive position biases; "
-            "choose one"
-        )
-    if config.alibi_num_heads is not None and not 1 <= config.alibi_num_heads <= config.heads:
-        raise ValueError(
-            f"{owner}: alibi_num_heads must be between 1 and heads={config.heads}, "
-            f"got {config.alibi_num_heads}"
-        )
-    _validate_rotary(config, owner)
+    validate_positional(config, owner)
     _validate_latent_positions(config, owner, explicit)
     _validate_layer_types(config, owner)
     _validate_residual_rules(config, owner, explicit)
@@ -95,21 +86,6 @@ def _validate_mta(config: LayersConfig, owner: str, explicit: set[str]) -> None:
         )
 
 
-def _validate_rotary(config: LayersConfig, owner: str) -> None:
-    if config.rotary_emb_dim is None:
-        return
-    if not config.rotary_pos_emb:
-        raise ValueError(
-            f"{owner}: rotary_emb_dim is set but rotary_pos_emb is False; "
-            "set rotary_pos_emb=True or drop rotary_emb_dim"
-        )
-    r = config.rotary_emb_dim
-    if r < 2 or r % 2:
-        raise ValueError(f"{owner}: rotary_emb_dim must be an even number >= 2, got {r}")
-    if config.rotary_interpolation_factor < 1:
-        raise ValueError(f"{owner}: rotary_interpolation_factor must be >= 1")
-
-
 def _validate_latent_positions(config: LayersConfig, owner: str, explicit: set[str]) -> None:
     """Multi-head latent attention takes positions through its decoupled rotary keys only."""
     if "cross_attn_latent_rope_subheads" in explicit:
@@ -117,7 +93,7 @@ def _validate_latent_positions(config: LayersConfig, owner: str, explicit: set[s
             f"{owner}: cross_attn_latent_rope_subheads: cross-attention has no positions, so "
             "it has no rotary keys; drop it (attn_latent_rope_subheads sets self-attention's)"
         )
-    if config.attn.latent_rope_subheads is not None and not config.rotary_pos_emb:
+    if config.attn.latent_rope_subheads is not None and not uses_rotary(config):
         raise ValueError(
             f"{owner}: attn_latent_rope_subheads sets the decoupled rotary keys of multi-head "
             "latent attention, but rotary_pos_emb is False; set rotary_pos_emb=True or drop "
@@ -128,6 +104,12 @@ def _validate_latent_positions(config: LayersConfig, owner: str, explicit: set[s
             f"{owner}: attn_use_latent_kv and position_infused_attn: keys and values come from "
             "one latent, so positions cannot enter the keys without the values; use "
             "rotary_pos_emb (decoupled rotary keys) or an additive bias instead"
+        )
+    if config.attn.use_latent_kv and config.shaw_rel_pos:
+        raise ValueError(
+            f"{owner}: attn_use_latent_kv and shaw_rel_pos: Shaw's relative keys and values "
+            "act on per-head queries and value mixes, which absorbed latent decoding never "
+            "forms; use rotary_pos_emb (decoupled rotary keys) or an additive bias instead"
         )
 
 
@@ -174,8 +156,11 @@ def _refuse_self_attention_flags(config: LayersConfig, types: tuple[str, ...], o
     """Flags that act only on self-attention, in a stack that has none."""
     positional = {
         "rotary_pos_emb": "rotates self-attention queries/keys",
+        "rotary_xpos": "rotates and scales self-attention queries/keys",
         "rel_pos_bias": "biases self-attention scores by distance",
         "alibi_pos_bias": "biases self-attention scores by distance",
+        "dynamic_pos_bias": "biases self-attention scores by distance",
+        "shaw_rel_pos": "adds relative embeddings to self-attention keys/values",
         "position_infused_attn": "adds positions to self-attention queries/keys",
     }
     other = {

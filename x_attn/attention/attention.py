@@ -3,9 +3,9 @@
 resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
 the projection applies positions) -> cache entry (takes the new key rows, returns every key
 held, with positions and padding) -> mask description + bias of (queries, held keys) ->
-extend k/v (memory kv) -> kernel (chosen per layer from the kernel registry) -> per-head
-output stages -> output (merge heads, out projection or AoA). The parts come from the feature
-catalog; forward has no flag if.
+extend k/v (memory kv) -> query-dependent bias (Shaw's relative keys) -> kernel (chosen per
+layer from the kernel registry) -> per-head output stages -> output (merge heads, out
+projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -13,7 +13,6 @@ dh head dim.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.projections import Projection
 from x_attn.cache import CacheEntry, ContextEntry
-from x_attn.config import AttentionConfig
+from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.registry import Need
@@ -53,6 +52,15 @@ class AttnIntermediates:
         return None if self.maps is None else self.maps.probs
 
 
+# stack flags whose position bias every self-attention kernel must add to its logits
+BIAS_FLAGS = ("rel_pos_bias", "alibi_pos_bias", "dynamic_pos_bias")
+
+
+def bias_needs(stack: LayersConfig | None) -> list[Need]:
+    """The "bias" kernel need of each position bias the stack turns on (none on its own)."""
+    return [Need(flag, "bias") for flag in BIAS_FLAGS if stack and getattr(stack, flag)]
+
+
 class Attention(nn.Module):
     """Multi-head (self or cross) attention.
 
@@ -70,9 +78,8 @@ class Attention(nn.Module):
         layer_index: the layer's index among its stack's self- (or cross-) attention layers,
             from 0; set by the stack (features that act on chosen layers, or scale with depth,
             read it).
-        needs: kernel capabilities the stack adds, each with its flag (a position bias:
-            ``Need("alibi_pos_bias", "bias")``), so a kernel that cannot serve them is refused
-            at construction; set by the stack.
+        stack_config: the stack's flags, given by a stack to its self-attention layers
+            (positional features such as ``shaw_rel_pos`` live in each layer).
     """
 
     def __init__(
@@ -86,7 +93,7 @@ class Attention(nn.Module):
         flag_prefix: str = "attn_",
         rotary_dim: int | None = None,
         layer_index: int = 0,
-        needs: Sequence[Need] = (),
+        stack_config: LayersConfig | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -109,12 +116,15 @@ class Attention(nn.Module):
             residual_attn,
             layer_index,
             rotary_dim=rotary_dim,
+            stack=stack_config,
         )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
         self.scale = default(self.proj.scale, config.dim_head**-0.5)
-        for attr, module in parts.extensions:  # registered under their own names (or None)
+        for attr, module in [*parts.biases, *parts.extensions]:  # under their own names (or None)
             setattr(self, attr, module)
+        # bias stage: (q, positions, mask, bias, hooks) -> (bias, hooks), after extend k/v
+        self.bias_stages = [module for _, module in parts.biases if module is not None]
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = [module for _, module in parts.extensions if module is not None]
         self.scores = parts.scores
@@ -122,7 +132,7 @@ class Attention(nn.Module):
             setattr(self, attr, module)
         self.head_stages = [module for _, module in parts.head_stages]
         self.kernel: KernelChoice = choose_kernel(
-            config.flash, [], "Attention", [*parts.needs, *needs]
+            config.flash, [], "Attention", [*parts.needs, *bias_needs(stack_config)]
         )
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
@@ -190,10 +200,12 @@ class Attention(nn.Module):
         bias = call.positions.bias_for(call.queries, held.span)
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
+        hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
+        for stage in self.bias_stages:
+            bias, hooks = stage(q, call.positions, mask_spec, bias, hooks)
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
-        hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
         out, maps = kernel.run(inputs, hooks, call.entry)
         out = finish(out)
         for stage in self.head_stages:
@@ -219,7 +231,7 @@ class Attention(nn.Module):
             entry = cache if cache is not None else self.new_cache_entry()
             return self_call(x, *mem, mask, attn_mask, positions, entry, self.rules)
         entry = cache if cache is not None else self.new_context_entry()
-        return cross_call(x, context, context_mask, attn_mask, entry)
+        return cross_call(x, context, context_mask, attn_mask, entry, positions)
 
 
 def _context_width(dim: int, given: int | None, config: AttentionConfig, prefix: str) -> int:

@@ -76,7 +76,7 @@ def self_call(
         )
         mask = mask if mask is not None else x.new_ones(x.shape[0], n, dtype=torch.bool)
         mask = torch.cat((mem_mask, mask), dim=1)
-    keys = KeyRows(real_rows(rows, mask), new, mask, positions.rows(new))
+    keys = KeyRows(real_rows(rows, mask), new, mask, positions.rows(new, key=True))
     return AttendCall(keys, entry, queries, positions.rows(queries), rules, attn_mask, positions)
 
 
@@ -86,9 +86,18 @@ def cross_call(
     context_mask: Tensor | None,
     attn_mask: Tensor | None,
     entry: CacheEntry,
+    positions: PositionContext | None = None,
 ) -> AttendCall:
-    """Cross-attention: keys from the context (no positions, no rules, no bias)."""
+    """Cross-attention: keys from the context (no rules, no bias).
+
+    Neither side has positions, unless the stack was given ``context_pos``: then the context
+    keys and the queries are rotated at their positions (rotary embeddings only).
+    """
+    key_rows = query_rows = NO_POSITIONS
+    if positions is not None and positions.context_rotary is not None:
+        key_rows = positions.context_rows()
+        query_rows = positions.rows(positions.queries)
     rows = real_rows(context, context_mask)
-    keys = KeyRows(rows, Span(0, context.shape[1]), context_mask, NO_POSITIONS)
+    keys = KeyRows(rows, Span(0, context.shape[1]), context_mask, key_rows)
     queries = Span(0, x.shape[1])
-    return AttendCall(keys, entry, queries, NO_POSITIONS, (), attn_mask, _NO_TABLES)
+    return AttendCall(keys, entry, queries, query_rows, (), attn_mask, _NO_TABLES)

@@ -47,6 +47,8 @@ class KVCache:
         self._real: Tensor | None = None
         # what a sequence wrapper fed in (bookkeeping, not keys: kept out of cache byte counts)
         self._inputs = SeenInputs()
+        # custom positions (forward's pos=) of every slot so far, (b|1, h|1, length), else None
+        self.position_values: Tensor | None = None
         for entry in self.entries:
             if entry is not None:
                 entry.adopt(dropped, key_mask)
@@ -113,15 +115,21 @@ class KVCache:
         """The inputs a sequence wrapper has fed into this cache (memory tokens excluded)."""
         return self._inputs
 
-    def _copy(self, entries: list[CacheEntry | None], real, inputs: SeenInputs) -> KVCache:
+    def _copy(
+        self,
+        entries: list[CacheEntry | None],
+        real: Tensor | None,
+        inputs: SeenInputs,
+        values: Tensor | None,
+    ) -> KVCache:
         out = KVCache(entries=entries, length=self.length)
-        out._real, out._inputs = real, inputs
+        out._real, out._inputs, out.position_values = real, inputs, values
         return out
 
     def fork(self) -> KVCache:
         """A copy a forward may update, leaving this cache as it is (entries share storage)."""
         entries = [None if e is None else e.fork() for e in self.entries]
-        return self._copy(entries, self._real, self._inputs)
+        return self._copy(entries, self._real, self._inputs, self.position_values)
 
     def advance(self, n: int, real: Tensor | None) -> None:
         """Count ``n`` more positions (``real``: real positions per row after them, or None)."""
@@ -137,7 +145,10 @@ class KVCache:
         check_batch_index(index, self.batch, "KVCache.select")
         entries = [None if e is None else e.select(index) for e in self.entries]
         real = None if self._real is None else self._real[index]
-        return self._copy(entries, real, self._inputs.select(index))
+        values = self.position_values
+        if values is not None and values.shape[0] > 1:
+            values = values[index.to(values.device)]
+        return self._copy(entries, real, self._inputs.select(index), values)
 
     def slide(self, keep: int, layers: Sequence[int] | None = None) -> None:
         """Keep only the newest ``keep`` positions in the self-attention entries ``layers``.

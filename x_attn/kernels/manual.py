@@ -25,7 +25,9 @@ class ScoreHooks:
 
     Stages, in order: ``on_logits`` (scaled logits + bias, before masking), ``on_masked``
     (after masked entries are set to a large negative value), ``normalize`` (logits ->
-    probabilities), ``on_probs`` (after normalisation, before dropout).
+    probabilities), ``on_probs`` (after normalisation, before dropout), ``on_output`` (the
+    weighted sum of values, with the weights after dropout: for terms that need the weights
+    themselves, such as Shaw et al.'s relative values).
     """
 
     def on_logits(self, sim: Tensor) -> Tensor:
@@ -39,6 +41,10 @@ class ScoreHooks:
 
     def on_probs(self, attn: Tensor) -> Tensor:
         return attn
+
+    def on_output(self, out: Tensor, attn: Tensor) -> Tensor:
+        """out (b, h, i, dv) = attn (b, h, i, j) @ v; returns the layer's attention output."""
+        return out
 
 
 @dataclass
@@ -68,8 +74,10 @@ def manual_attention(
     with torch.autocast(inputs.q.device.type, enabled=False):
         logits, attn = _weights(inputs, hooks)
     dropped = F.dropout(attn, inputs.dropout) if inputs.dropout > 0 else attn
-    grouped = group_queries(dropped.to(v.dtype), v.shape[1])
+    dropped = dropped.to(v.dtype)
+    grouped = group_queries(dropped, v.shape[1])
     out = einsum(grouped, v, "b hk g i j, b hk j d -> b hk g i d").flatten(1, 2)
+    out = hooks.on_output(out, dropped)
     return out, AttnMaps(logits=logits, probs=attn)
 
 

@@ -21,11 +21,18 @@ class _AttentionBranch(nn.Module):
         self.norm, self.attn = layer["norm"], layer["block"]
 
     def forward(
-        self, x: Tensor, *, mask=None, attn_mask=None, rotary=None, bias=None, infused=None
+        self,
+        x: Tensor,
+        *,
+        mask=None,
+        attn_mask=None,
+        rotary=None,
+        bias=None,
+        infused=None,
+        values=None,
     ) -> Tensor:
-        positions = PositionContext(
-            q_len=x.shape[1], k_len=x.shape[1], rotary=rotary, bias=bias, infused=infused
-        )
+        n = x.shape[1]
+        positions = PositionContext(n, n, rotary=rotary, bias=bias, infused=infused, values=values)
         out, _ = self.attn(self.norm(x), mask=mask, attn_mask=attn_mask, positions=positions)
         return out
 
@@ -63,4 +70,5 @@ def run_reversible(
         rotary=positions.rotary,
         bias=positions.bias,
         infused=positions.infused,
+        values=positions.values,
     )

@@ -14,12 +14,13 @@ from x_attn.attention.attention import Attention
 from x_attn.cache import CacheEntry, KVCache
 from x_attn.cache.kv_cache import stale_loop_message
 from x_attn.cache.mems import mems_mask
-from x_attn.kernels.registry import Need
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.norms import make_norm
 from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.residual import make_residual
+from x_attn.positional.context import PositionContext
+from x_attn.positional.custom import position_values, table_values
 from x_attn.positional.row_positions import row_positions, rows_mask
 from x_attn.positional.stack_positions import StackPositions, requested_rotary_dim
 from x_attn.routing import checked_keywords, route_layer_kwargs
@@ -107,7 +108,7 @@ class AttentionLayers(nn.Module):
                 residual_attn=cfg.residual_attn,
                 rotary_dim=requested_rotary_dim(cfg),
                 layer_index=index,
-                needs=[Need(flag, "bias") for flag in BIAS_FLAGS if getattr(cfg, flag)],
+                stack_config=cfg,
             )
         elif kind == "c":
             block = Attention(
@@ -168,6 +169,8 @@ class AttentionLayers(nn.Module):
         cache: KVCache | LayerIntermediates | None = None,
         return_hiddens: bool = False,
         return_attn: bool = False,
+        pos: Tensor | None = None,
+        context_pos: Tensor | None = None,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -190,26 +193,24 @@ class AttentionLayers(nn.Module):
             return_hiddens: also return a :class:`LayerIntermediates` (with a cache to
                 continue from, for a causal stack that can cache).
             return_attn: run the manual kernel everywhere and collect attention maps.
+            pos: positions of this call's tokens for the positional methods, (n,), (b, n) or,
+                for an additive bias only, (b, heads, n); default: their index in the stream
+                (see :mod:`x_attn.positional.custom`). A cache keeps them for later calls.
+            context_pos: (j,) or (b, j) positions of ``context`` for rotary embeddings in
+                cross-attention.
         """
         check_float_input("x", x, self.dim, type(self).__name__)
         b, n = x.shape[:2]
         cache = self._working_cache(cache, b, return_hiddens)
         mem_len = self._check_mems(mems, b, x.dtype, cache)
-        past = cache.length if cache is not None else 0
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         attn_mask = self._check_inputs(
             x, context, mask, context_mask, attn_mask, kept + mem_len + n
         )
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
-        start = cache.first_position if cache is not None else 0
-        held_real = None if cache is None else cache.real  # None: nothing padded so far
-        held_mask = None if held_real is None else cache.key_mask
-        new_mask = rows_mask(mem_mask, mask, mem_len, x)
-        span = (start, past, past + mem_len + n)
-        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
-        positions = self.positions(
-            n, past + mem_len + n - start, x.device, x.dtype, start, rows=rows
+        positions, values, real = self._position_context(
+            x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
         )
         if self.reversible is not None:
             if mems is not None or cache is not None or return_attn:
@@ -234,8 +235,45 @@ class AttentionLayers(nn.Module):
         x = self._run_layers(x, state, inter)
         if cache is not None:
             cache.advance(mem_len + n, real)
+            cache.position_values = values
         out = self.final_norm(x)
         return (out, inter) if return_hiddens else out
+
+    def _position_context(
+        self,
+        x: Tensor,
+        given: tuple[Tensor | None, Tensor | None],
+        context: Tensor | None,
+        cache: KVCache | None,
+        rows_in: tuple[list[Tensor] | None, Tensor | None, Tensor | None],
+    ) -> tuple[PositionContext, Tensor | None, Tensor | None]:
+        """The forward's positional tables, from the oldest position a layer holds on.
+
+        ``given``: the forward's (pos, context_pos); ``rows_in``: (mems, their padding, the
+        padding of ``x``). Padding renumbers the rows (``row_positions``), custom positions
+        replace the numbers (``position_values``). Returns the tables, the custom position
+        values of every slot for the cache (or None) and the real positions per row after this
+        forward (or None when all were real).
+        """
+        mems, mem_mask, mask = rows_in
+        b, n = x.shape[:2]
+        mem_len = 0 if mems is None else mems[0].shape[1]
+        past = cache.length if cache is not None else 0
+        start = cache.first_position if cache is not None else 0
+        held_real = None if cache is None else cache.real  # None: nothing padded so far
+        held_mask = None if held_real is None else cache.key_mask
+        new_mask = rows_mask(mem_mask, mask, mem_len, x)
+        span = (start, past, past + mem_len + n)
+        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
+        heads = self.config.heads
+        values = position_values(
+            self.positions, heads, given, x, context, cache, mems, (start, rows)
+        )
+        if values is not None:
+            rows = table_values(values, start)
+        k_len = past + mem_len + n - start
+        tables = self.positions(n, k_len, x.device, x.dtype, start, rows, given[1])
+        return tables, values, real
 
     def _working_cache(self, cache: Any, b: int, return_hiddens: bool) -> KVCache | None:
         """The cache this forward updates: a fork of the one given, or a new one.
@@ -305,6 +343,7 @@ class AttentionLayers(nn.Module):
                         h,
                         state["context"],
                         context_mask=state["context_mask"],
+                        positions=state["positions"],
                         prev_logits=prev["c"],
                         cache=entry,
                         return_attn=state["return_attn"],

@@ -1,4 +1,4 @@
-"""Absolute positional embeddings: sinusoidal, learned, and scaled sinusoidal.
+"""Absolute positional embeddings: sinusoidal (fixed), learned, and scaled sinusoidal.
 
 Sinusoidal encoding from Attention Is All You Need (Vaswani et al., arXiv 1706.03762),
 section 3.5, in the paper's interleaved layout. The learned table is the alternative of the same
@@ -105,7 +105,35 @@ class AbsolutePositionalEmbedding(nn.Module):
         return self.emb(positions.long())
 
 
-class ScaledSinusoidalEmbedding(nn.Module):
+class SinusoidalEmbedding(nn.Module):
+    """The fixed sinusoids of Attention Is All You Need (arXiv 1706.03762), section 3.5.
+
+    ``PE[p, 2i] = sin(p / base ** (2i / dim))``, ``PE[p, 2i + 1] = cos(...)``: no parameters,
+    defined for any position (computed in float64, then cast). The paper also multiplies the
+    token embeddings by ``sqrt(dim)``; x_attn's token embedding does not.
+
+    Args:
+        dim: embedding size (even).
+        base: wavelength base (10000 in the paper).
+    """
+
+    def __init__(self, dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        owner = "SinusoidalEmbedding"
+        check_positive_int("dim", dim, owner)
+        if dim % 2 != 0:
+            raise ValueError(f"{owner}: 'dim' must be even, got {dim}; use {dim - 1} or {dim + 1}")
+        self.dim, self.base = dim, float(base)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """``(n,)`` absolute positions -> ``(n, dim)`` float32 sinusoids."""
+        return sinusoidal_table(positions, self.dim, self.base)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, base={self.base}"
+
+
+class ScaledSinusoidalEmbedding(SinusoidalEmbedding):
     """Fixed sinusoid times one learned scalar, initialised to ``dim ** -0.5``.
 
     Args:
@@ -114,13 +142,7 @@ class ScaledSinusoidalEmbedding(nn.Module):
     """
 
     def __init__(self, dim: int, base: float = 10000.0) -> None:
-        super().__init__()
-        owner = "ScaledSinusoidalEmbedding"
-        check_positive_int("dim", dim, owner)
-        if dim % 2 != 0:
-            raise ValueError(f"{owner}: 'dim' must be even, got {dim}; use {dim - 1} or {dim + 1}")
-        self.dim = dim
-        self.base = float(base)
+        super().__init__(dim, base)
         self.scale = nn.Parameter(torch.tensor(dim**-0.5))
 
     def forward(self, positions: Tensor) -> Tensor:

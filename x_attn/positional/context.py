@@ -1,23 +1,31 @@
 """Per-forward positional context shared by every layer of a stack.
 
-The stack computes positional tables once per forward (rotary angles, the T5 / ALiBi bias,
-position-infused sinusoids) over a range of absolute positions and hands them to each attention
-layer. Each layer takes the rows of the positions it projects (:meth:`PositionContext.rows`)
-and the bias of the keys it holds (:meth:`PositionContext.bias_for`), so layers that hold
-different keys (a window next to a full layer) share one context. Queries are always the
-newest ``q_len`` positions.
+The stack computes positional tables once per forward (rotary cos/sin, the T5 / ALiBi /
+dynamic bias, position-infused sinusoids) over a range of absolute positions and hands them to
+each attention layer. Each layer takes the rows of the positions it projects
+(:meth:`PositionContext.rows`) and the bias of the keys it holds
+(:meth:`PositionContext.bias_for`), so layers that hold different keys (a window next to a full
+layer) share one context. Queries are always the newest ``q_len`` positions.
 
-Shape legend: b batch, n rows, r rotary dim, d model dim, h heads, i queries, j keys.
+Positions are *slots* (the index of a token in the stream, what caches and masks count) with
+*values* (the position a positional method sees): by default the value of slot ``p`` is ``p``;
+custom positions (``pos=`` in forward) give other values (:meth:`PositionContext.values_of`),
+and so does padding, which takes no position (see :mod:`x_attn.positional.row_positions`): the
+tables are then per row.
+
+Shape legend: n rows, f rotary frequencies (r/2), d model dim, h heads, i queries, j keys,
+b batch (1 when shared).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from x_attn.masks.spec import Span
-from x_attn.positional.rotary import apply_rotary
+from x_attn.positional.rotary import RotaryTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,12 +33,14 @@ class RowPositions:
     """Positional tables of the rows one projection call projects (queries or new keys).
 
     Attributes:
-        rotary: (n, r/2) rotary angles, (b, 1, n, r/2) per row, or None.
-        infused: (n, d) sinusoids added to the query/key inputs, (b, n, d) per row, or None.
+        rotary: the rotary table of these rows, or None.
+        infused: (b, n, d) or (n, d) sinusoids added to the query/key inputs, or None.
+        key: these rows are keys (xPos divides keys by the factor that multiplies queries).
     """
 
-    rotary: Tensor | None = None
+    rotary: RotaryTable | None = None
     infused: Tensor | None = None
+    key: bool = False
 
     def infuse(self, x: Tensor) -> Tensor:
         """Query/key input (b, n, d) plus the position-infused sinusoids of these rows."""
@@ -38,7 +48,7 @@ class RowPositions:
 
     def rotate(self, t: Tensor) -> Tensor:
         """Rotary rotation of (..., n, dq) queries or keys at these rows' positions."""
-        return t if self.rotary is None else apply_rotary(t, self.rotary)
+        return t if self.rotary is None else self.rotary.rotate(t, key=self.key)
 
 
 NO_POSITIONS = RowPositions()
@@ -55,20 +65,31 @@ class PositionContext:
     Attributes:
         q_len: number of queries (the newest positions).
         k_len: number of positions the tables cover, ending with the queries' last one.
-        rotary: (k_len, r/2) or (b, 1, k_len, r/2) rotary angles, or None.
-        bias: (h, q_len, k_len) or (b, h, q_len, k_len) additive logit bias (T5 / ALiBi).
+        rotary: rotary table of the k_len positions (rows (b, k_len, f) or (k_len, f)), or
+            None. Raw (k_len, f) angles are accepted and turned into a table.
+        bias: (h, q_len, k_len) or (b, h, q_len, k_len) additive logit bias (T5 / ALiBi /
+            dynamic) or None.
         infused: (k_len, d) or (b, k_len, d) sinusoids added to query/key inputs
             (position-infused attention).
-        start: absolute position of the first table row (0 unless the stack dropped older
-            positions from every layer).
+        start: slot of the first table row (0 unless the stack dropped older positions from
+            every layer).
+        values: (b, k_len) position values of the k_len slots when they are not the slots
+            themselves (custom positions), else None.
+        context_rotary: rotary table of a cross-attention context (``context_pos``), or None.
     """
 
     q_len: int
     k_len: int
-    rotary: Tensor | None = None
+    rotary: RotaryTable | Tensor | None = None
     bias: Tensor | None = None
     infused: Tensor | None = None
     start: int = 0
+    values: Tensor | None = None
+    context_rotary: RotaryTable | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rotary, Tensor):
+            self.rotary = RotaryTable.from_angles(self.rotary)
 
     @property
     def stop(self) -> int:
@@ -77,20 +98,32 @@ class PositionContext:
 
     @property
     def queries(self) -> Span:
-        """Absolute positions of the queries."""
+        """Absolute positions (slots) of the queries."""
         return Span(self.stop - self.q_len, self.stop)
 
-    def rows(self, span: Span) -> RowPositions:
-        """The rotary / infused rows of the absolute positions ``span``."""
+    def rows(self, span: Span, key: bool = False) -> RowPositions:
+        """The rotary / infused rows of the slots ``span`` (as keys when ``key``)."""
         if self.rotary is None and self.infused is None:
             return NO_POSITIONS
         a, b = span.start - self.start, span.stop - self.start
-        rotary = None if self.rotary is None else self.rotary[..., a:b, :]
+        rotary = None if self.rotary is None else self.rotary.rows(a, b)
         infused = None if self.infused is None else self.infused[..., a:b, :]
-        return RowPositions(rotary, infused)
+        return RowPositions(rotary, infused, key)
+
+    def context_rows(self) -> RowPositions:
+        """The rotary rows of a cross-attention context (keys), or no positions."""
+        if self.context_rotary is None:
+            return NO_POSITIONS
+        return RowPositions(self.context_rotary, None, key=True)
+
+    def values_of(self, span: Span, device: torch.device | None = None) -> Tensor:
+        """(b or 1, n) position values of the slots ``span`` (the slots themselves by default)."""
+        if self.values is None:
+            return span.arange(device).unsqueeze(0)
+        return self.values[..., span.start - self.start : span.stop - self.start]
 
     def bias_for(self, q: Span, k: Span) -> Tensor | None:
-        """(..., i, j) bias of queries ``q`` and keys ``k`` (absolute positions), or None."""
+        """(..., i, j) bias of queries ``q`` and keys ``k`` (slots), or None."""
         if self.bias is None:
             return None
         first_query = self.stop - self.q_len

@@ -1,6 +1,6 @@
 """Builds the per-forward PositionContext of a stack from its positional flags.
 
-Shape legend: b batch, h heads, i queries, j / k positions covered, r rotary dim.
+Shape legend: b batch (1 when shared), h heads, n / k_len positions, j context length.
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ from torch import Tensor, nn
 from x_attn.config import LayersConfig
 from x_attn.positional.absolute import sinusoidal_table
 from x_attn.positional.alibi import AlibiPositionalBias
+from x_attn.positional.checks import uses_rotary
 from x_attn.positional.context import PositionContext
+from x_attn.positional.dynamic import DynamicPositionBias
 from x_attn.positional.rotary import RotaryEmbedding
+from x_attn.positional.rotary_scaling import FrequencyScaling, Llama3Scaling, YarnScaling
 from x_attn.positional.t5 import T5RelativePositionBias
+from x_attn.positional.xpos import xpos_max_position
 
 
 def default_rotary_dim(dim_head: int) -> int:
-    """x-transformers' default rotary dim: max(dim_head // 2, 32), capped at dim_head, even."""
+    """x_attn's default rotary dim: max(dim_head // 2, 32), capped at dim_head, even."""
     r = min(max(dim_head // 2, 32), dim_head)
     return r - r % 2
 
@@ -27,16 +31,83 @@ def requested_rotary_dim(config: LayersConfig) -> int | None:
 
     A projection with a separate rotary part (MLA's decoupled rotary dims) is sized by it.
     """
-    if not config.rotary_pos_emb:
+    if not uses_rotary(config):
         return None
     return config.rotary_emb_dim or default_rotary_dim(config.attn.dim_head)
+
+
+def _scaling(config: LayersConfig) -> FrequencyScaling | None:
+    if config.rotary_yarn_factor is not None:
+        return YarnScaling(
+            config.rotary_yarn_factor,
+            config.rotary_yarn_original_max_len,
+            config.rotary_yarn_beta_fast,
+            config.rotary_yarn_beta_slow,
+            config.rotary_yarn_attn_factor,
+        )
+    if config.rotary_llama3_factor is not None:
+        return Llama3Scaling(
+            config.rotary_llama3_factor,
+            config.rotary_llama3_original_max_len,
+            config.rotary_llama3_low_freq_factor,
+            config.rotary_llama3_high_freq_factor,
+        )
+    return None
+
+
+def _rotary(config: LayersConfig, qk_dim: int, owner: str, fixed: int | None) -> RotaryEmbedding:
+    r = fixed or config.rotary_emb_dim or default_rotary_dim(qk_dim)
+    if r > qk_dim:
+        raise ValueError(
+            f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "
+            "lower rotary_emb_dim or raise attn_dim_head"
+        )
+    try:
+        scaling = _scaling(config)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{owner}: {error}") from None
+    return RotaryEmbedding(
+        r,
+        base=config.rotary_base,
+        interpolation_factor=config.rotary_interpolation_factor,
+        base_rescale_factor=config.rotary_base_rescale_factor,
+        scaling=scaling,
+        xpos_scale_base=config.rotary_xpos_scale_base if config.rotary_xpos else None,
+        interleaved=config.rotary_interleaved,
+    )
+
+
+def _bias(config: LayersConfig) -> nn.Module | None:
+    if config.rel_pos_bias:
+        return T5RelativePositionBias(
+            config.heads,
+            causal=config.causal,
+            num_buckets=config.rel_pos_num_buckets,
+            max_distance=config.rel_pos_max_distance,
+        )
+    if config.alibi_pos_bias:
+        return AlibiPositionalBias(
+            config.alibi_num_heads or config.heads,
+            total_heads=config.heads,
+            slopes=config.rel_pos_kwargs.get("slopes"),
+        )
+    if config.dynamic_pos_bias:
+        return DynamicPositionBias(
+            config.dim // 4,
+            config.heads,
+            depth=config.dynamic_pos_bias_mlp_depth,
+            log_distance=config.dynamic_pos_bias_log_distance,
+            norm=config.dynamic_pos_bias_norm,
+        )
+    return None
 
 
 class StackPositions(nn.Module):
     """The positional modules shared by every layer of one stack (computed once per forward).
 
-    T5 bias (one learned table for the whole stack, as in T5), ALiBi, rotary angles and the
-    sinusoids of position-infused attention.
+    Rotary tables, one additive bias (T5: one learned table for the whole stack, as in T5;
+    ALiBi; a dynamic-bias MLP), the sinusoids of position-infused attention. Shaw's relative
+    embeddings belong to each layer; the stack only provides their positions.
     """
 
     def __init__(
@@ -44,34 +115,21 @@ class StackPositions(nn.Module):
     ) -> None:
         """``rotary_dim``: the rotary dim the layers' projections were built for, if fixed."""
         super().__init__()
-        self.rotary = self.rel_pos = None
+        self.rotary = _rotary(config, qk_dim, owner, rotary_dim) if uses_rotary(config) else None
+        self.rel_pos = _bias(config)
         self.infused_dim = config.dim if config.position_infused_attn else None
-        if config.rotary_pos_emb:
-            r = rotary_dim or config.rotary_emb_dim or default_rotary_dim(qk_dim)
-            if r > qk_dim:
-                raise ValueError(
-                    f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "
-                    "lower rotary_emb_dim or raise attn_dim_head"
-                )
-            self.rotary = RotaryEmbedding(
-                r, base=config.rotary_base, interpolation_factor=config.rotary_interpolation_factor
-            )
-        if config.rel_pos_bias:
-            self.rel_pos = T5RelativePositionBias(
-                config.heads,
-                causal=config.causal,
-                num_buckets=config.rel_pos_num_buckets,
-                max_distance=config.rel_pos_max_distance,
-            )
-        elif config.alibi_pos_bias:
-            self.rel_pos = AlibiPositionalBias(
-                config.alibi_num_heads or config.heads, total_heads=config.heads
-            )
+        self.per_layer = config.shaw_rel_pos  # relative embeddings inside each layer
 
     @property
     def is_relative(self) -> bool:
-        """True when positions enter every layer (rotary, T5, ALiBi, infused)."""
-        return any(x is not None for x in (self.rotary, self.rel_pos, self.infused_dim))
+        """True when positions enter every layer (rotary, a bias, infused, Shaw)."""
+        tables = (self.rotary, self.rel_pos, self.infused_dim)
+        return self.per_layer or any(x is not None for x in tables)
+
+    @property
+    def takes_per_head_positions(self) -> bool:
+        """Per-head positions (b, h, n) reach only an additive bias."""
+        return self.rotary is None and self.infused_dim is None and not self.per_layer
 
     def forward(
         self,
@@ -80,41 +138,45 @@ class StackPositions(nn.Module):
         device: torch.device,
         dtype: torch.dtype,
         start: int = 0,
-        rows: Tensor | None = None,
+        values: Tensor | None = None,
+        context_values: Tensor | None = None,
     ) -> PositionContext:
-        """Tables for positions start ... start + k_len - 1, the last q_len being the queries.
+        """Tables for slots start ... start + k_len - 1, the last q_len being the queries.
 
-        ``rows`` (b, k_len): each row's own positions of those absolute positions (padding
-        takes none, see :mod:`x_attn.positional.row_positions`); the tables are then per row.
+        ``values``: the position of each of the k_len slots ((k_len,), (b, k_len) or
+        (b, h, k_len)) when not the slot itself; ``context_values``: (j,) or (b, j) positions
+        of a cross-attention context (rotary only).
         """
-        context = PositionContext(q_len=q_len, k_len=k_len, start=start)
+        context = PositionContext(q_len=q_len, k_len=k_len, start=start, values=values)
         if not self.is_relative:
             return context
-        k_pos = torch.arange(start, start + k_len, device=device) if rows is None else rows
+        k_pos = torch.arange(start, start + k_len, device=device) if values is None else values
         q_pos = k_pos[..., k_len - q_len :]
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         if self.rotary is not None:
-            angles = self.rotary(k_pos, dtype=table_dtype)  # (k, r/2) or (b, k, r/2)
-            context.rotary = angles if rows is None else angles.unsqueeze(1)
+            self._check_xpos_range(k_pos, dtype)
+            context.rotary = self.rotary.table(k_pos, dtype=table_dtype)
+            if context_values is not None:
+                self._check_xpos_range(context_values, dtype)
+                context.context_rotary = self.rotary.table(context_values, dtype=table_dtype)
         if self.rel_pos is not None:
-            context.bias = (
-                self.rel_pos(q_pos, k_pos) if rows is None else self._row_bias(q_pos, k_pos)
-            )
+            context.bias = self.rel_pos(q_pos, k_pos)
         if self.infused_dim is not None:
-            table = sinusoidal_table(k_pos.flatten(), self.infused_dim, dtype=table_dtype)
-            context.infused = table.unflatten(0, k_pos.shape)
+            context.infused = sinusoidal_table(
+                k_pos.flatten(), self.infused_dim, dtype=table_dtype
+            ).unflatten(0, k_pos.shape)
         return context
 
-    def _row_bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        """(b, h, i, j) T5 / ALiBi bias of per-row positions q_pos (b, i) and k_pos (b, j).
-
-        Both depend on the distance k - q only: the bias of every distance that occurs is
-        computed once (one query at 0, keys at each distance) and gathered per row.
-        """
-        rel = k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)  # (b, i, j)
-        low, high = int(rel.min()), int(rel.max())
-        by_distance = self.rel_pos(
-            torch.zeros(1, dtype=torch.long, device=rel.device),
-            torch.arange(low, high + 1, device=rel.device),
-        )[:, 0]  # (h, distances)
-        return by_distance[:, rel - low].transpose(0, 1)
+    def _check_xpos_range(self, positions: Tensor, dtype: torch.dtype) -> None:
+        rotary = self.rotary
+        if rotary.xpos_scale_base is None or positions.numel() == 0:
+            return
+        limit = xpos_max_position(rotary.dim, rotary.xpos_scale_base, dtype)
+        far = float(positions.abs().max())
+        if far > limit:
+            raise ValueError(
+                f"rotary_xpos: position {far:g} is beyond {limit}, the furthest whose xPos "
+                f"factors zeta ** (p / rotary_xpos_scale_base={rotary.xpos_scale_base:g}) stay "
+                f"finite in {dtype} (keys grow, queries shrink with the position); raise "
+                "rotary_xpos_scale_base, use a wider dtype, or drop rotary_xpos"
+            )

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
+from x_attn.positional.bias import check_positions, heads_first, pairwise
 from x_attn.utils import check_positive_int
 
 
@@ -109,22 +109,25 @@ class T5RelativePositionBias(nn.Module):
         """Bias for every (query, key) pair.
 
         Args:
-            q_pos: ``(i,)`` absolute query positions (integer; ``p0 + arange(i)`` with a cache).
-            k_pos: ``(j,)`` absolute key positions (integer).
+            q_pos: integer query positions: ``(i,)`` (``p0 + arange(i)`` with a cache),
+                ``(b, i)`` per sample or ``(b, heads, i)`` per head.
+            k_pos: integer key positions in the same layout.
 
         Returns:
-            ``(h, i, j)`` float bias with ``bias[h, a, b] = emb[bucket(k_pos[b] - q_pos[a]), h]``.
+            ``(h, i, j)`` (shared positions) or ``(b, h, i, j)`` float bias with
+            ``bias[.., h, a, b] = emb[bucket(k_pos[b] - q_pos[a]), h]``.
         """
+        owner = "T5RelativePositionBias"
         for name, pos in (("q_pos", q_pos), ("k_pos", k_pos)):
-            if pos.ndim != 1 or pos.is_floating_point():
-                raise ValueError(
-                    f"T5RelativePositionBias: '{name}' must be a 1-D integer tensor of absolute "
-                    f"positions, got shape {tuple(pos.shape)} and dtype {pos.dtype}"
+            check_positions(name, pos, owner, self.heads)
+            if pos.is_floating_point():
+                raise TypeError(
+                    f"{owner}: '{name}' must hold integer positions (T5 buckets integer "
+                    f"distances), got {pos.dtype}"
                 )
-        rel = rearrange(k_pos, "j -> 1 j") - rearrange(q_pos, "i -> i 1")
+        rel = -pairwise(q_pos, k_pos)  # key - query
         buckets = t5_relative_bucket(rel, self.causal, self.num_buckets, self.max_distance)
-        bias = self.relative_attention_bias(buckets)
-        return rearrange(bias, "i j h -> h i j")
+        return heads_first(self.relative_attention_bias(buckets), q_pos.ndim)
 
     def extra_repr(self) -> str:
         return (

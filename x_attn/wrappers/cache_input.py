@@ -102,3 +102,21 @@ def _check_whole(owner: str, x: Tensor, t: int, held: Tensor | None) -> None:
             "tokens differ from the cached ones); pass the sequence this cache was built "
             "from, or start without a cache"
         )
+
+
+def new_positions(owner: str, kwargs: dict[str, Any], given: int, new: int) -> None:
+    """Keep only the new inputs' part of ``kwargs['pos']`` when ``x`` was the whole sequence.
+
+    ``pos`` ((given,) or (b, given)) describes ``x`` as passed (x-transformers computes the
+    positions of the whole sequence); the stack sees only the ``new`` inputs that run.
+    """
+    pos = kwargs.get("pos")
+    if given == new or not isinstance(pos, Tensor) or pos.ndim not in (1, 2):
+        return
+    if pos.shape[-1] != given:
+        raise ValueError(
+            f"{owner}: 'x' is the whole sequence so far ({given} inputs, of which the cache "
+            f"holds {given - new}), so 'pos' must give the positions of all {given}, got shape "
+            f"{tuple(pos.shape)}"
+        )
+    kwargs["pos"] = pos[..., given - new :]

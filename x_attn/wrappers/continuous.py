@@ -20,7 +20,7 @@ from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, check_float_input
-from x_attn.wrappers.cache_input import new_inputs
+from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.token import SequenceWrapper
 
 
@@ -37,6 +37,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         use_abs_pos_emb: absolute positions; turned off automatically when the stack has
             relative positions (rotary, T5, ALiBi, position-infused).
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the paper's fixed sinusoids (arXiv 1706.03762) instead of a table.
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
             arXiv 2006.11527); stripped from the output.
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
@@ -55,6 +56,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         scaled_sinu_pos_emb: bool = False,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -64,6 +66,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             scaled_sinu_pos_emb=scaled_sinu_pos_emb,
             num_memory_tokens=num_memory_tokens,
             max_mem_len=max_mem_len,
+            sinusoidal_pos_emb=sinusoidal_pos_emb,
         )
         owner = "ContinuousTransformerWrapper"
         for name, value in (("dim_in", dim_in), ("dim_out", dim_out)):
@@ -110,6 +113,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
         check_bool_mask("mask", mask, tuple(x.shape[:2]), "batch x sequence, True = real position")
         layers = self.attn_layers.num_attention_layers
         owner = type(self).__name__
+        given = x.shape[1]
         cache, x, mask = new_inputs(
             owner,
             cache,
@@ -119,6 +123,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             layers,
             return_cache or return_intermediates,
         )
+        new_positions(owner, kwargs, given, x.shape[1])
         if mask is not None:  # before project_in: a NaN there would reach its weight gradient
             x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         out, inter = self._run_stack(

@@ -19,13 +19,18 @@ from x_attn.cache import KVCache, Mems
 from x_attn.cache.inputs import SeenInputs
 from x_attn.cache.mems import next_mems
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
-from x_attn.positional.absolute import AbsolutePositionalEmbedding, ScaledSinusoidalEmbedding
+from x_attn.positional.absolute import (
+    AbsolutePositionalEmbedding,
+    ScaledSinusoidalEmbedding,
+    SinusoidalEmbedding,
+)
+from x_attn.positional.custom import route_pos
 from x_attn.positional.row_positions import counted_positions, left_padding
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability, default
 from x_attn.validation import check_bool_mask, check_seq_start_pos, token_ids
-from x_attn.wrappers.cache_input import new_inputs
+from x_attn.wrappers.cache_input import new_inputs, new_positions
 
 
 def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
@@ -72,6 +77,24 @@ def _check_memory_args(
         )
 
 
+def _check_abs_kind(owner: str, dim: int, use: bool, scaled: bool, sinusoidal: bool) -> None:
+    """One kind of absolute embedding, and only when absolute embeddings are on."""
+    if not isinstance(sinusoidal, bool):
+        raise TypeError(f"{owner}: 'sinusoidal_pos_emb' must be a bool, got {sinusoidal!r}")
+    if sinusoidal and scaled:
+        raise ValueError(
+            f"{owner}: sinusoidal_pos_emb and scaled_sinu_pos_emb are two absolute embeddings; "
+            "choose one"
+        )
+    if sinusoidal and not use:
+        raise ValueError(
+            f"{owner}: sinusoidal_pos_emb=True chooses the absolute embedding, but "
+            "use_abs_pos_emb=False turns absolute embeddings off; drop one"
+        )
+    if sinusoidal and dim % 2:
+        raise ValueError(f"{owner}: sinusoidal_pos_emb needs an even dim, got dim={dim}")
+
+
 class SequenceWrapper(nn.Module):
     """Shared core of the sequence wrappers: (b, n, d) embeddings in, stack output out.
 
@@ -82,6 +105,8 @@ class SequenceWrapper(nn.Module):
         use_abs_pos_emb: absolute positions; turned off automatically when the stack
             has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the fixed sinusoids of Attention Is All You Need instead of a
+            learned table (off, like every absolute embedding, with relative positions).
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
             arXiv 2006.11527); stripped from the output.
         max_mem_len: Transformer-XL memory length kept by ``return_mems``.
@@ -97,6 +122,7 @@ class SequenceWrapper(nn.Module):
         scaled_sinu_pos_emb: bool = False,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -112,10 +138,13 @@ class SequenceWrapper(nn.Module):
         self.max_seq_len, self.max_mem_len = max_seq_len, max_mem_len
         self.attn_layers = attn_layers
         self.pos_emb: nn.Module | None = None
+        _check_abs_kind(owner, dim, use_abs_pos_emb, scaled_sinu_pos_emb, sinusoidal_pos_emb)
         if use_abs_pos_emb and not relative_positions_in_self_attention(attn_layers):
             self.pos_emb = (
                 ScaledSinusoidalEmbedding(dim)
                 if scaled_sinu_pos_emb
+                else SinusoidalEmbedding(dim)
+                if sinusoidal_pos_emb
                 else AbsolutePositionalEmbedding(dim, max_seq_len)
             )
         self.emb_dropout = nn.Dropout(emb_dropout)
@@ -157,6 +186,7 @@ class SequenceWrapper(nn.Module):
         """
         b, n = h.shape[:2]
         owner = type(self).__name__
+        pos = self._route_pos(kwargs, b, n)
         seen = cache.inputs if cache is not None else SeenInputs()
         streaming = cache is not None or return_intermediates or return_cache
         check_seq_start_pos(seq_start_pos, b, None if streaming else seen.count + n, owner)
@@ -164,7 +194,7 @@ class SequenceWrapper(nn.Module):
         if mask is not None:  # else 0 * NaN in the attention weights reaches every output
             h = h.masked_fill(~mask.unsqueeze(-1), 0.0)
         if self.pos_emb is not None:
-            h = h + self._positions(seen.real_before(), n, mask, h.device).to(h.dtype)
+            h = h + self._positions(seen.real_before(), n, mask, h.device, pos).to(h.dtype)
         h = self.emb_dropout(h)
         first = cache is None or cache.length == 0
         prepend = self.memory_tokens is not None and first and mems is None
@@ -204,17 +234,32 @@ class SequenceWrapper(nn.Module):
         """Which kernel each attention layer uses by default, and why."""
         return self.attn_layers.explain()
 
+    def _route_pos(self, kwargs: dict[str, Any], b: int, n: int) -> Tensor | None:
+        """x-transformers' ``pos`` (see :func:`x_attn.positional.custom.route_pos`)."""
+        uses = (self.attn_layers.positions.is_relative, self.memory_tokens is not None)
+        return route_pos(type(self).__name__, kwargs, (b, n), uses, self.pos_emb is not None)
+
     def _positions(
-        self, real_before: Tensor | int, n: int, mask: Tensor | None, device: torch.device
+        self,
+        real_before: Tensor | int,
+        n: int,
+        mask: Tensor | None,
+        device: torch.device,
+        pos: Tensor | None = None,
     ) -> Tensor:
-        """Absolute position embeddings of ``n`` new inputs: each row counts its real ones."""
-        if mask is None:
+        """Absolute position embeddings of ``n`` new inputs: each row counts its real ones.
+
+        ``pos`` (n,) or (b, n): the positions given in forward, taken as they are.
+        """
+        if pos is not None:
+            positions = pos.to(device)
+        elif mask is None:
             positions = torch.arange(n, device=device) + (
                 real_before if isinstance(real_before, int) else real_before.unsqueeze(-1)
             )
         else:
             positions = counted_positions(mask, real_before)
-        plain = mask is None and isinstance(real_before, int)
+        plain = pos is None and mask is None and isinstance(real_before, int)
         top = real_before + n if plain else int(positions.max()) + 1
         if self.has_abs_positions and top > self.max_seq_len:
             raise ValueError(
@@ -293,6 +338,7 @@ class TransformerWrapper(SequenceWrapper):
         use_abs_pos_emb: learned absolute positions; turned off automatically when the stack
             has relative positions (rotary, T5, ALiBi, position-infused), as in x-transformers.
         scaled_sinu_pos_emb: fixed sinusoids with a learned scale instead of a learned table.
+        sinusoidal_pos_emb: the paper's fixed sinusoids (arXiv 1706.03762) instead of a table.
         tie_embedding: logits use the token embedding matrix.
         logits_dim: output size (default num_tokens).
         num_memory_tokens: learned tokens prepended to every sequence (Memory Transformer,
@@ -317,6 +363,7 @@ class TransformerWrapper(SequenceWrapper):
         logits_dim: int | None = None,
         num_memory_tokens: int | None = None,
         max_mem_len: int = 0,
+        sinusoidal_pos_emb: bool = False,
         input_not_include_cache: bool | None = None,
     ) -> None:
         super().__init__(
@@ -327,6 +374,7 @@ class TransformerWrapper(SequenceWrapper):
             scaled_sinu_pos_emb=scaled_sinu_pos_emb,
             num_memory_tokens=num_memory_tokens,
             max_mem_len=max_mem_len,
+            sinusoidal_pos_emb=sinusoidal_pos_emb,
         )
         check_positive_int("num_tokens", num_tokens, "TransformerWrapper")
         if logits_dim is not None:
@@ -377,6 +425,7 @@ class TransformerWrapper(SequenceWrapper):
         x = self._check_tokens(x, mask)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
         layers = self.attn_layers.num_attention_layers
+        given = x.shape[1]
         cache, x, mask = new_inputs(
             type(self).__name__,
             cache,
@@ -386,6 +435,7 @@ class TransformerWrapper(SequenceWrapper):
             layers,
             return_cache or return_intermediates,
         )
+        new_positions(type(self).__name__, kwargs, given, x.shape[1])
         out, inter = self._run_stack(
             self.token_emb(x),
             mask,

@@ -20,6 +20,7 @@ from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.performer import PERFORMER_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
+from x_attn.attention.features.shaw import SHAW_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
@@ -35,6 +36,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     LATENT_KV_SPEC,
     LINEAR_ATTN_SPEC,
     PERFORMER_SPEC,
+    SHAW_SPEC,
     MEMORY_KV_SPEC,
     RESIDUAL_ATTN_SPEC,
     PRE_TALKING_SPEC,
@@ -54,6 +56,7 @@ class AttentionParts:
     Attributes:
         projection: the project stage.
         extensions: (attribute, module or None) of every extend-stage feature.
+        biases: (attribute, module or None) of every bias-stage feature.
         scores: the score features and the normalizer.
         output: the output stage.
         head_stages: (attribute, module) of the "heads" stage: modules on the per-head output.
@@ -64,6 +67,7 @@ class AttentionParts:
 
     projection: Projection
     extensions: list[tuple[str, nn.Module | None]]
+    biases: list[tuple[str, nn.Module | None]]
     scores: ScorePipeline
     output: nn.Module
     head_stages: list[tuple[str, nn.Module]] = field(default_factory=list)
@@ -92,7 +96,8 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
             entry = _wrapped(entry, spec.wrap_entry(ctx))
     return AttentionParts(
         projection=projection,
-        extensions=_extensions(built),
+        extensions=_stage_modules(built, "extend"),
+        biases=_stage_modules(built, "bias"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
         head_stages=[(s.attr or s.name, m) for s, m in built if s.stage == "heads"],
@@ -114,16 +119,18 @@ def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
     """Kernel capabilities the active features need, each with its flag."""
     needs = []
     for spec in active:
-        capabilities = [*(["scores"] if spec.needs_scores else []), *spec.needs]
+        capabilities = [*(["scores"] if spec.scores_needed(ctx) else []), *spec.needs]
         capabilities += [f"rule:{rule.kind}" for rule in (spec.rules(ctx) if spec.rules else ())]
         needs += [Need(spec.flag(ctx), capability) for capability in capabilities]
     return needs
 
 
-def _extensions(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, nn.Module | None]]:
-    """(attribute, module or None) for every extend-stage feature of the catalog, in order."""
+def _stage_modules(
+    built: list[tuple[FeatureSpec, nn.Module]], stage: str
+) -> list[tuple[str, nn.Module | None]]:
+    """(attribute, module or None) for every feature of ``stage`` in the catalog, in order."""
     on = {spec.name: module for spec, module in built}
-    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == "extend"]
+    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == stage]
 
 
 def _default_projection(ctx: FeatureContext) -> Projection:

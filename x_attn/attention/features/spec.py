@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from x_attn.config import AttentionConfig
+from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.masks.spec import MaskRule
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 Stage = Literal[
     "project",
+    "bias",
     "extend",
     "mask",
     "cache",
@@ -53,6 +54,8 @@ class FeatureContext:
         layer: index of the layer among its stack's layers of the same kind (self- or
             cross-attention), from 0; 0 for a layer built on its own.
         projection: the layer's projection, once the project stage is built.
+        stack: the stack's flags, for the self-attention layers of a stack (positional
+            features such as Shaw's relative embeddings read them); None otherwise.
         rotary_dim: the stack's rotary dim (None without rotary positions), for projections
             that size a separate rotary part by it.
     """
@@ -65,7 +68,14 @@ class FeatureContext:
     residual_attn: bool = False
     layer: int = 0
     projection: Projection | None = None
+    stack: LayersConfig | None = None
     rotary_dim: int | None = None
+
+    @property
+    def scale(self) -> float:
+        """The logit scale: the projection's, else ``dim_head ** -0.5``."""
+        scale = None if self.projection is None else self.projection.scale
+        return self.config.dim_head**-0.5 if scale is None else scale
 
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""
@@ -79,12 +89,15 @@ class FeatureSpec:
     Attributes:
         name: the option's name (the config field, e.g. "sparse_topk").
         paper: arXiv id of the paper it implements ("" for none).
-        stage: where it attaches: "project", "extend" (more keys/values), "mask", "cache",
-            "logits", "masked", "normalize", "probs" (score stages), "heads" (a module on
-            the per-head output (b, h, n, dv), before the heads are merged) or "output".
+        stage: where it attaches: "project", "extend" (more keys/values), "bias" (a
+            query-dependent logit bias over the held keys, possibly wrapping the score hooks),
+            "mask", "cache", "logits", "masked", "normalize", "probs" (score stages), "heads"
+            (a module on the per-head output (b, h, n, dv), before the heads are merged) or
+            "output".
         enabled: whether a layer's context turns it on.
         build: the module for a layer that turns it on (None: the feature has no module).
-        needs_scores: only kernels that form the scores can run it.
+        needs_scores: only kernels that form the scores can run it (a bool, or a function of
+            the layer's context when that depends on an option).
         slot: exclusive part it replaces ("projection", "normalizer", "output", "cache").
         attr: attribute name on the Attention module (its state-dict prefix) for "extend"
             and "heads" modules.
@@ -107,7 +120,7 @@ class FeatureSpec:
     stage: Stage
     enabled: Callable[[FeatureContext], bool]
     build: Callable[[FeatureContext], Any] | None = None
-    needs_scores: bool = False
+    needs_scores: bool | Callable[[FeatureContext], bool] = False
     slot: str | None = None
     attr: str | None = None
     flag_of: Callable[[FeatureContext], str] | None = None
@@ -120,3 +133,7 @@ class FeatureSpec:
 
     def flag(self, ctx: FeatureContext) -> str:
         return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)
+
+    def scores_needed(self, ctx: FeatureContext) -> bool:
+        """Whether this feature, as ``ctx`` configures it, needs the raw scores."""
+        return self.needs_scores(ctx) if callable(self.needs_scores) else self.needs_scores
