@@ -120,6 +120,7 @@ def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
     needs = []
     for spec in active:
         capabilities = [*(["scores"] if spec.scores_needed(ctx) else []), *spec.needs]
+        capabilities += ["bias"] if spec.stage == "bias" else []  # it adds to the logits
         capabilities += [f"rule:{rule.kind}" for rule in (spec.rules(ctx) if spec.rules else ())]
         needs += [Need(spec.flag(ctx), capability) for capability in capabilities]
     return needs
