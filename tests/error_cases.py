@@ -23,6 +23,10 @@ from x_attn.cache import KVCache, Mems
 from x_attn.layers.stack import LayerIntermediates
 
 DIMS = dict(dim=16, heads=2, attn_dim_head=8)
+# collaborative heads whose shared query/key dim rounds to 1 (0.25 x 1 head x 4 dims)
+ONE_DIM_QK_HEAD = dict(
+    dim=16, heads=1, attn_dim_head=4, attn_collab_heads=True, attn_collab_compression=0.25
+)
 
 
 def lm(depth: int = 2, **layer_flags) -> TransformerWrapper:
@@ -161,6 +165,14 @@ CASES: dict[str, Callable[[], object]] = {
     "no-self-attention-infused": lambda: CrossAttender(depth=1, position_infused_attn=True, **DIMS),
     "no-self-attention-residual": lambda: CrossAttender(depth=1, residual_attn=True, **DIMS),
     "no-self-attention-causal": lambda: Decoder(depth=1, only_cross=True, **DIMS),
+    "no-self-attention-custom-decoder": lambda: Decoder(dim=16, depth=1, custom_layers=("f", "f")),
+    # fuzzer: an option no layer of the stack reads
+    "ff-options-without-ff": lambda: Decoder(
+        depth=2, custom_layers=("a", "a"), ff_glu=True, **DIMS
+    ),
+    "attn-options-without-attention": lambda: Encoder(depth=1, custom_layers=("f", "f"), **DIMS),
+    "cross-attn-options-without-c": lambda: Decoder(depth=1, cross_attn_num_mem_kv=2, **DIMS),
+    "rotary-one-dim-head": lambda: Decoder(depth=1, rotary_pos_emb=True, **ONE_DIM_QK_HEAD),
     # issue 7.11
     "autoregressive-non-causal": lambda: AutoregressiveWrapper(
         small(attn_layers=Encoder(depth=1, **DIMS))

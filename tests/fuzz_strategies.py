@@ -267,7 +267,9 @@ class Subject:
 def construct(case: Case) -> nn.Module:
     """The case's root model (may raise the library's refusal)."""
     torch.manual_seed(case.seed)
-    layers = dict(case.layer_kw, depth=case.depth, heads=case.heads, attn_dim_head=case.dim_head)
+    layers = dict(case.layer_kw, depth=case.depth, heads=case.heads)
+    if set(layers.get("custom_layers", "a")) & {"a", "c"}:  # attention options need attention
+        layers["attn_dim_head"] = case.dim_head
     wrapper = dict(case.wrapper_kw, max_seq_len=32, max_mem_len=case.opt("max_mem_len", 0))
     arch = case.arch
     if arch == "xtransformer":

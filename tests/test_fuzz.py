@@ -46,53 +46,13 @@ class KnownOpen:
     regression: str  # the test in tests/test_fuzz_regressions.py that pins it
 
 
-def _lacks(c: Case, letter: str) -> bool:
-    """custom_layers without any layer of kind ``letter`` ('a', 'c' or 'f')."""
-    return "custom_layers" in c.layer_kw and letter not in c.layer_kw["custom_layers"]
-
-
-def _one_dim_rotary(c: Case) -> bool:
-    compression = c.layer_kw.get("attn_collab_compression", 0.3)
-    small = round(compression * c.heads * c.dim_head) < 2
-    return bool(c.layer_kw.get("rotary_pos_emb")) and c.has("attn_collab_heads") and small
-
-
 def _query_conv(c: Case) -> bool:
     """Multi-Token Attention with a key-query convolution that reaches earlier queries."""
     return c.has("attn_mta") and c.layer_kw.get("attn_mta_kernel_q", 6) > 1
 
 
 # Open bugs the fuzzer found. Delete an entry when its fix lands.
-KNOWN_OPEN: tuple[KnownOpen, ...] = (
-    KnownOpen(
-        "NEW: ff_* flags on a stack whose custom_layers have no feed-forward are ignored",
-        frozenset({"flag_effect"}),
-        lambda c: _lacks(c, "f"),
-        "test_feedforward_flags_on_a_stack_without_feedforward",
-    ),
-    KnownOpen(
-        "NEW: float16 SDPA with a position bias masks keys at -32752, not -inf",
-        frozenset({"low_precision_default"}),
-        lambda c: (
-            c.opt("dtype") == "float16"
-            and c.opt("scale", 1.0) > 1
-            and c.has("rel_pos_bias", "alibi_pos_bias")
-        ),
-        "test_float16_sdpa_with_a_position_bias_stays_causal",
-    ),
-    KnownOpen(
-        "NEW: Decoder(custom_layers without 'a') is refused naming causal=True only",
-        frozenset({"refusal"}),
-        lambda c: _lacks(c, "a") and c.causal,
-        "test_decoder_without_self_attention_refusal_names_custom_layers",
-    ),
-    KnownOpen(
-        "NEW: rotary on a 1-dim query/key head fails inside RotaryEmbedding, naming no flag",
-        frozenset({"refusal"}),
-        _one_dim_rotary,
-        "test_rotary_with_a_one_dim_query_key_head_names_the_flags",
-    ),
-)
+KNOWN_OPEN: tuple[KnownOpen, ...] = ()
 
 
 def expected(case: Case, prop: str) -> bool:

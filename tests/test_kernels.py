@@ -192,3 +192,22 @@ def test_choose_kernel_flash_true_with_score_feature_raises() -> None:
     with pytest.raises(ValueError, match="attn_flash=True") as err:
         choose_kernel(True, ["attn_sparse_topk", "attn_use_entmax15"], owner="Attention")
     assert "attn_sparse_topk" in str(err.value) and "attn_use_entmax15" in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["bias_and_mask", "bias_causal", "dead_rows_bias"])
+@pytest.mark.parametrize("kind", ["sdpa", "manual"])
+def test_low_precision_masks_hold_against_large_scores(kind: str, name: str, dtype) -> None:
+    """Scores far past half of float16's maximum (where a finite stand-in for -inf sits) with a
+    bias and a mask: masked keys stay out, in float16 and bfloat16, as the float64 reference
+    computes from the same rounded inputs; fully masked rows give zeros."""
+    case = CASES[name]
+    leaves = {n: t.detach() for n, t in _leaves(case).items()}
+    q, k = (200 * leaves["q"]).to(dtype), (200 * leaves["k"]).to(dtype)  # scores ~ 1e4..1e5
+    v, bias = leaves["v"].to(dtype), leaves["bias"].to(dtype)
+    inputs = AttnInputs(q, k, v, mask=case.mask, bias=bias, causal=case.causal, scale=0.37)
+    out = sdpa_attention(inputs) if kind == "sdpa" else manual_attention(inputs)[0]
+    low = [t.double() for t in (q, k, v, bias)]
+    ref = reference_attention(*low[:3], mask=case.mask, bias=low[3], causal=case.causal, scale=0.37)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=0)

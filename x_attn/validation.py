@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from x_attn.config import LayersConfig
+from x_attn.layer_plan import describe_plan, refuse_unread_options
 from x_attn.layers.pattern import layer_types
 from x_attn.positional.checks import uses_rotary, validate_positional
 from x_attn.utils import check_positive_int
@@ -53,6 +54,7 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
     validate_positional(config, owner)
     _validate_latent_positions(config, owner, explicit)
     _validate_layer_types(config, owner)
+    refuse_unread_options(config, stack_layer_types(config), owner, explicit)
     _validate_residual_rules(config, owner, explicit)
     if config.reversible:
         _validate_reversible(config, owner)
@@ -167,18 +169,21 @@ def _refuse_self_attention_flags(config: LayersConfig, types: tuple[str, ...], o
         "residual_attn": "chains self-attention logits (use cross_residual_attn)",
         "causal": "masks the future in self-attention",
     }
+    custom = config.custom_layers is not None
     for flag, what in {**positional, **other}.items():
         if not getattr(config, flag):
             continue
         why = "so it would have no effect"
         if flag in positional:
             why += " (and a wrapper would drop its absolute positions: a position-blind model)"
-        fix = f"drop {flag}"
-        if flag == "causal":
+        fix = f"drop {flag}" + (" or add 'a' to custom_layers" if custom else "")
+        if flag == "causal" and custom:
+            fix = "add 'a' to custom_layers (a Decoder is always causal) or use an Encoder"
+        elif flag == "causal":
             fix += " (a Decoder is always causal: use CrossAttender for cross-attention only)"
         raise ValueError(
-            f"{owner}: {flag}=True {what}, but the layers {types} have no self-attention "
-            f"layer, {why}; {fix}"
+            f"{owner}: {flag}=True {what}, but {describe_plan(types, custom)} no "
+            f"self-attention layer, {why}; {fix}"
         )
 
 

@@ -104,6 +104,7 @@ class Attention(nn.Module):
         check_positive_int("dim", dim, "Attention")
         check_positive_int("heads", heads, "Attention")
         self.config, self.heads, self.causal = config, heads, causal
+        self.flag_prefix = flag_prefix
         self.dim, self.dim_context = dim, _context_width(dim, dim_context, config, flag_prefix)
         if isinstance(layer_index, bool) or not isinstance(layer_index, int) or layer_index < 0:
             raise ValueError(f"Attention: 'layer_index' must be an int >= 0, got {layer_index!r}")
@@ -144,6 +145,11 @@ class Attention(nn.Module):
     def qk_dim(self) -> int:
         """Per-head dimension of queries and keys (where rotary embeddings act)."""
         return self.proj.qk_dim
+
+    @property
+    def qk_dim_flags(self) -> tuple[str, ...]:
+        """The flags that set :attr:`qk_dim` (``attn_dim_head``, ...), for error messages."""
+        return tuple(self.flag_prefix + name for name in self.proj.qk_dim_options)
 
     def explain(self) -> str:
         """Which kernel this layer uses by default and why."""

@@ -28,9 +28,11 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
 
     Uses ``is_causal=True`` only when the mask is causal over identical query and key positions
     and nothing else constrains the keys (SDPA's causal flag is top-left aligned), otherwise
-    one explicit mask. A bias becomes a float
-    mask with masked entries at a large finite negative value. Query rows with no allowed key
-    return zeros.
+    one explicit mask. A bias becomes a float mask with masked entries at ``-inf``: any finite
+    stand-in (such as half of float16's maximum) is beaten by large scores, which the kernels
+    form in float32, and the masked keys would leak in. Query rows with no allowed key return
+    zeros: the kernel sees them unmasked (no all ``-inf`` row whose softmax some backends turn
+    into NaN) and their output is replaced by zeros.
     """
     q, k, v = inputs.q, inputs.k, inputs.v
     heads = q.shape[1]
@@ -40,11 +42,11 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
     fold = grouped and not _fused_serves_groups(inputs)
     fast_causal = inputs.spec.square_causal() and inputs.bias is None and not fold
     mask = None if fast_causal else merged_mask(inputs)
-    attn_mask = mask
+    empty = None if mask is None else ~mask.any(dim=-1, keepdim=True)  # rows with no key
+    attn_mask = None if mask is None else mask | empty
     if inputs.bias is not None:
-        attn_mask = inputs.bias.to(q.dtype)
-        if mask is not None:
-            attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).max / -2)
+        bias = inputs.bias.to(q.dtype)
+        attn_mask = bias if mask is None else torch.where(attn_mask, bias, float("-inf"))
     if fold:
         out = _folded_groups(q, k, v, attn_mask, inputs)
     else:
@@ -58,9 +60,7 @@ def sdpa_attention(inputs: AttnInputs) -> Tensor:
             scale=inputs.scale,
             enable_gqa=grouped,
         )
-    if mask is not None:
-        out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
-    return out
+    return out if empty is None else out.masked_fill(empty, 0.0)
 
 
 def _fused_serves_groups(inputs: AttnInputs) -> bool:

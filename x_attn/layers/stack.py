@@ -83,10 +83,15 @@ class AttentionLayers(nn.Module):
             self._make_layer(t, s, self.types[:i].count(t))
             for i, (t, s) in enumerate(zip(self.types, scales))
         )
-        blocks = self._attention_blocks()
-        qk_dim = next((blk.qk_dim for blk in blocks), cfg.attn.dim_head)
-        fixed = next((blk.proj.rotary_dim for blk in blocks if blk.proj.rotary_dim), None)
-        self.positions = StackPositions(cfg, qk_dim, owner, rotary_dim=fixed)
+        # rotary needs self-attention (refused without): its dims come from the first one
+        first = next((lay["block"] for t, lay in zip(self.types, self.layers) if t == "a"), None)
+        self.positions = StackPositions(
+            cfg,
+            first.qk_dim if first else cfg.attn.dim_head,
+            owner,
+            rotary_dim=first.proj.rotary_dim if first else None,
+            qk_flags=first.qk_dim_flags if first else ("attn_dim_head",),
+        )
         use_final = cfg.pre_norm and not cfg.use_rezero
         self.final_norm = make_norm(cfg.norm, cfg.dim) if use_final else nn.Identity()
         # not registered as a submodule: it only re-wires the modules of self.layers

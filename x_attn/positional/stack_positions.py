@@ -55,12 +55,24 @@ def _scaling(config: LayersConfig) -> FrequencyScaling | None:
     return None
 
 
-def _rotary(config: LayersConfig, qk_dim: int, owner: str, fixed: int | None) -> RotaryEmbedding:
+def _rotary(
+    config: LayersConfig, qk_dim: int, qk_flags: tuple[str, ...], owner: str, fixed: int | None
+) -> RotaryEmbedding:
+    """The stack's RotaryEmbedding (``fixed``: the dim the projections were built for, if any),
+    refused when the query/key head has no pair of dims to rotate."""
+    flag = "rotary_pos_emb" if config.rotary_pos_emb else "rotary_xpos"
+    raise_flags = " or ".join(qk_flags)
+    if fixed is None and qk_dim < 2:
+        raise ValueError(
+            f"{owner}: {flag}=True rotates query/key dims in pairs, but the "
+            f"self-attention query/key head dim is {qk_dim} (set by {', '.join(qk_flags)}); "
+            f"raise {raise_flags} to give it at least 2 dims, or drop {flag}"
+        )
     r = fixed or config.rotary_emb_dim or default_rotary_dim(qk_dim)
     if r > qk_dim:
         raise ValueError(
             f"{owner}: rotary_emb_dim={r} exceeds the query/key head dim {qk_dim}; "
-            "lower rotary_emb_dim or raise attn_dim_head"
+            f"lower rotary_emb_dim or raise {raise_flags}"
         )
     try:
         scaling = _scaling(config)
@@ -111,11 +123,18 @@ class StackPositions(nn.Module):
     """
 
     def __init__(
-        self, config: LayersConfig, qk_dim: int, owner: str, rotary_dim: int | None = None
+        self,
+        config: LayersConfig,
+        qk_dim: int,
+        owner: str,
+        rotary_dim: int | None = None,
+        qk_flags: tuple[str, ...] = ("attn_dim_head",),
     ) -> None:
-        """``rotary_dim``: the rotary dim the layers' projections were built for, if fixed."""
+        """``qk_dim``: the self-attention query/key head dim, set by the flags ``qk_flags``;
+        ``rotary_dim``: the rotary dim the layers' projections were built for, if fixed."""
         super().__init__()
-        self.rotary = _rotary(config, qk_dim, owner, rotary_dim) if uses_rotary(config) else None
+        rotary = uses_rotary(config)
+        self.rotary = _rotary(config, qk_dim, qk_flags, owner, rotary_dim) if rotary else None
         self.rel_pos = _bias(config)
         self.infused_dim = config.dim if config.position_infused_attn else None
         self.per_layer = config.shaw_rel_pos  # relative embeddings inside each layer

@@ -61,6 +61,8 @@ class Projection(nn.Module):
         k_heads: key heads (divides h).
         v_heads: value heads (divides h).
         qk_dim: per-head query/key dim (where rotary acts).
+        qk_dim_options: the attention options (without prefix) that set ``qk_dim``, for
+            error messages.
         v_dim: per-head value dim.
         scale: logit scale, or None for the layer's ``dim_head ** -0.5``.
         rotary_dim: the exact rotary dim the projection was built for (a separate part of each
@@ -72,6 +74,7 @@ class Projection(nn.Module):
     k_heads: int
     v_heads: int
     qk_dim: int
+    qk_dim_options: tuple[str, ...] = ("dim_head",)
     v_dim: int
     scale: float | None = None
     rotary_dim: int | None = None

@@ -23,6 +23,8 @@ from x_attn.positional.context import RowPositions
 class CollaborativeProjection(Projection):
     """Shared queries times each head's mixing vector; one shared key head."""
 
+    qk_dim_options = ("collab_compression", "dim_head")  # dk = round(compression * h * dh)
+
     def __init__(
         self,
         dim: int,
