@@ -254,7 +254,12 @@ def seq_start_pos_masks_padding(s: Subject, x: Tensor, start: Tensor) -> None:
     """Left padding given by seq_start_pos: changing the pad tokens moves no real output."""
     pad = torch.arange(x.shape[1]) < start.unsqueeze(-1)
     with torch.no_grad():
-        a = s(x, seq_start_pos=start)
+        try:
+            a = s(x, seq_start_pos=start)
+        except ValueError as error:  # refused by design, as in fuzz_properties.usable_mask:
+            if "num_memory_tokens" not in str(error):  # memory tokens before left padding
+                raise  # with a feature that mixes neighbouring positions
+            return
         b = s(s.changed(x, pad), seq_start_pos=start)
     close(a[~pad], b[~pad], msg="pad tokens before seq_start_pos changed real outputs")
 

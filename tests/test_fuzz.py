@@ -33,6 +33,8 @@ from fuzz_strategies import CAUSAL_ARCHS, TOKEN_ARCHS, Case, build, cases
 from hypothesis import assume, given, seed, settings
 from hypothesis import strategies as st
 
+from x_attn.registry import flag_case
+
 
 @dataclass(frozen=True)
 class KnownOpen:
@@ -98,8 +100,9 @@ def test_known_open_entries_point_at_strict_xfail_regressions() -> None:
 
 def forward_opts(draw: st.DrawFn, case: Case) -> dict[str, Any]:
     opts = {"mask": draw(st.sampled_from((None, "padding", "empty-row")))}
-    if case.arch != "crossattender":
-        opts["head_mask"] = draw(st.booleans())
+    if case.arch != "crossattender":  # no attn_mask where a flag applies none (any_mask=False)
+        any_mask = all(flag_case(f).any_mask for f in case.flags)
+        opts["head_mask"] = draw(st.booleans()) and any_mask
     if case.arch in ("cross", "crossattender", "xtransformer"):
         opts["empty_context_row"] = draw(st.booleans())
     if case.arch.startswith("continuous"):

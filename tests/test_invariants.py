@@ -32,12 +32,11 @@ NAMES = [case.name for case in FLAGS]
 # Flags whose features need the raw scores (hand-written registry properties, independent of
 # the library's own bookkeeping), and the flag each one's refusal must name.
 SCORE_FLAGS = {case.name: case.name for case in FLAGS if case.needs_scores}
-MANUAL_FLAGS = {case.name for case in FLAGS if case.kernel == "manual"}
 # post-softmax head mixing: rows sum to the mixing weights, not 1
 MIXED_PROBS = {case.name for case in FLAGS if case.probs == "mixed"}
 # exact zeros among visible keys
 SPARSE_PROBS = {case.name for case in FLAGS if case.probs == "sparse"}
-SDPA_NAMES = [name for name in NAMES if name not in MANUAL_FLAGS]
+SDPA_NAMES = [case.name for case in FLAGS if case.kernel == "sdpa"]
 
 
 def build(

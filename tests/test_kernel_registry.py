@@ -18,9 +18,11 @@ def test_every_kernel_runs_with_one_signature() -> None:
     outs = {}
     for kernel in KERNELS:
         out, maps = kernel.run(AttnInputs(q, k, v, scale=0.5, spec=spec), None, None)
-        assert (maps is not None) == kernel.can("scores"), kernel.name
+        assert (maps is not None) == kernel.can("maps"), kernel.name
         outs[kernel.name] = out
     torch.testing.assert_close(outs["sdpa"], outs["manual"], atol=1e-12, rtol=0)
+    # linear attention (inputs taken as features): the O(n) scan equals its implied matrix
+    torch.testing.assert_close(outs["linear"], outs["linear_maps"], atol=1e-12, rtol=0)
 
 
 def test_a_mask_rule_is_served_by_dense_kernels_and_reported() -> None:
@@ -31,14 +33,16 @@ def test_a_mask_rule_is_served_by_dense_kernels_and_reported() -> None:
 
 
 def test_impossible_requests_name_every_flag() -> None:
-    state = Need("attn_linear", "cache:state")  # no registered kernel reads a running state
+    state = Need("attn_linear", "cache:state")  # the linear kernels form no softmax scores
     with pytest.raises(ValueError, match="attn_linear") as err:
         choose_kernel(None, ["attn_talking_heads"], needs=[state])
     assert "attn_talking_heads" in str(err.value) and "state cache entry" in str(err.value)
     with pytest.raises(ValueError, match="attn_flash=True") as err:
         choose_kernel(True, ["attn_sparse_topk"], needs=[state])
     assert "attn_sparse_topk" in str(err.value) and "attn_linear" in str(err.value)
+    latent = Need("attn_latent", "cache:latent")  # no registered kernel reads a latent entry
     with pytest.raises(ValueError, match="attn_flash=False"):
-        choose_kernel(False, [], needs=[state])
-    with pytest.raises(KeyError, match="sdpa, window, manual"):
+        choose_kernel(False, [], needs=[latent])
+    assert choose_kernel(False, [], needs=[state]).name == "linear"  # the non-fused state reader
+    with pytest.raises(KeyError, match="sdpa, window, manual, linear"):
         kernel_named("flex")

@@ -77,17 +77,15 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "linear",
-        "linear attention (elu + 1 feature map)",
-        None,
+        "linear attention (elu + 1 feature map), running-state decoding",
+        {"attn_linear_attn": True},
         "2006.16236",
-        note="its flags are not settled yet",
     ),
     Mechanism(
         "performer",
-        "Performer FAVOR+ random features",
-        None,
+        "Performer FAVOR+ random features (256), running-state decoding",
+        {"attn_performer": True, "attn_performer_nb_features": 256},
         "2009.14794",
-        note="its flags are not settled yet",
     ),
     Mechanism(
         "sliding-window",

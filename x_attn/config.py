@@ -97,6 +97,13 @@ class AttentionConfig:
     window_size: int | None = None
     window_dilation: int = 1
     global_tokens: tuple[int, ...] = ()
+    # linear attention (x_attn/attention/features/linear_attn.py, kernels/linear.py)
+    linear_attn: bool = False
+    linear_attn_chunk: int = 64  # causal chunk of linear_attn and performer
+    # Performer FAVOR+ (x_attn/attention/features/performer.py)
+    performer: bool = False
+    performer_nb_features: int | None = None  # default int(d ln d), d the query/key head dim
+    performer_redraw_interval: int | None = 1000  # training forward calls; None: never
 
     @property
     def uses_pre_talking_heads(self) -> bool:
@@ -132,6 +139,7 @@ class AttentionConfig:
         validate_attention_extras(self, owner, prefix)
         _validate_mta(self, owner, prefix)
         _validate_window(self, owner, prefix)
+        _validate_linear(self, owner, prefix)
 
     def _grouped_flag(self) -> str | None:
         """The flag that sets fewer key/value heads ("one_kv_head" or "kv_heads"), if any."""
@@ -180,6 +188,26 @@ class AttentionConfig:
                     f"{owner}: '{prefix}{name}' is an option of multi-head latent attention; "
                     f"set {prefix}use_latent_kv=True (and {prefix}dim_latent_kv) or drop it"
                 )
+
+
+def _validate_linear(config: AttentionConfig, owner: str, prefix: str) -> None:
+    """Linear attention and Performer options: sizes, and none without its mechanism."""
+    check_positive_int(f"{prefix}linear_attn_chunk", config.linear_attn_chunk, owner)
+    if config.linear_attn_chunk != 64 and not (config.linear_attn or config.performer):
+        raise ValueError(
+            f"{owner}: '{prefix}linear_attn_chunk' sizes the causal scan of linear attention, "
+            f"which is off; set {prefix}linear_attn=True (or {prefix}performer=True) or drop "
+            f"{prefix}linear_attn_chunk"
+        )
+    for name, unset in (("performer_nb_features", None), ("performer_redraw_interval", 1000)):
+        value = getattr(config, name)
+        if value is not None:
+            check_positive_int(f"{prefix}{name}", value, owner)
+        if value != unset and not config.performer:
+            raise ValueError(
+                f"{owner}: '{prefix}{name}' sets Performer's random features, which are off; "
+                f"set {prefix}performer=True or drop {prefix}{name}"
+            )
 
 
 def _validate_mta(config: AttentionConfig, owner: str, prefix: str) -> None:

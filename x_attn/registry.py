@@ -36,6 +36,7 @@ class FlagCase:
     stochastic: bool = False  # training mode is random by design (stochastic depth), eval is not
     mems_ok: bool = True  # takes Transformer-XL memories (else max_mem_len is refused)
     extra_keys: int = 0  # keys without position in front of every call's (beyond attn_num_mem_kv)
+    any_mask: bool = True  # applies an arbitrary attn_mask (False: only causality and padding)
     encoder_ok: bool = True  # meaningful without a causal mask (else refused on an Encoder)
     row_conv: bool = (
         False  # convolves over neighbouring positions: padding between real ones refused
@@ -405,6 +406,23 @@ FLAGS: tuple[FlagCase, ...] = (
         kernel="window",
         probs="sparse",
         row_conv=True,
+    ),
+    FlagCase(
+        "attn_linear_attn",
+        "linear attention: elu+1 feature map, O(n) sums, causal chunkwise, running-state decoding",
+        "2006.16236",
+        {"attn_linear_attn": True, "attn_linear_attn_chunk": 3},
+        kernel="linear",
+        any_mask=False,
+    ),
+    FlagCase(
+        "attn_performer",
+        "Performer FAVOR+: positive orthogonal random features estimate softmax attention",
+        "2009.14794",
+        {"attn_performer": True, "attn_performer_nb_features": 16, "attn_linear_attn_chunk": 3},
+        kernel="linear",
+        exact=False,
+        any_mask=False,
     ),
     FlagCase(
         "attn_flash=False",

@@ -31,6 +31,7 @@ from x_attn.cache import CacheEntry, ContextEntry
 from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.manual import AttnMaps
+from x_attn.kernels.registry import Need
 from x_attn.kernels.select import KernelChoice, choose_kernel
 from x_attn.masks.causal import CAUSAL
 from x_attn.masks.spec import AttnMask
@@ -56,6 +57,15 @@ class AttnIntermediates:
     @property
     def probs(self) -> Tensor | None:
         return None if self.maps is None else self.maps.probs
+
+
+# stack flags whose position bias every self-attention kernel must add to its logits
+BIAS_FLAGS = ("rel_pos_bias", "alibi_pos_bias", "dynamic_pos_bias")
+
+
+def bias_needs(stack: LayersConfig | None) -> list[Need]:
+    """The "bias" kernel need of each position bias the stack turns on (none on its own)."""
+    return [Need(flag, "bias") for flag in BIAS_FLAGS if stack and getattr(stack, flag)]
 
 
 class Attention(nn.Module):
@@ -134,7 +144,9 @@ class Attention(nn.Module):
         # per-head output stages, in catalog order: (out per head, query input) -> out per head
         self.head_stages = parts.head_stages
         self.scores = parts.scores
-        self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
+        self.kernel: KernelChoice = choose_kernel(
+            config.flash, [], "Attention", [*parts.needs, *bias_needs(stack_config)]
+        )
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
         self.neighbour_flags = parts.neighbour_flags

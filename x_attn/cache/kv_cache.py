@@ -162,7 +162,8 @@ class KVCache:
         indices = range(len(self.entries)) if layers is None else layers
         for index in indices:
             entry = self.entries[index]
-            if entry is not None and entry.positional:
+            # named layers all slide: an entry that cannot drop keys (a running sum) refuses
+            if entry is not None and (entry.positional or layers is not None):
                 entry.keep_newest(keep)
 
 

@@ -9,6 +9,9 @@ has any), ``entry`` (the layer's cache entry, for kernels that keep a state ther
 
 Capabilities (what a layer may need, see :class:`Need`):
     "scores"      forms the (b, h, i, j) scores: runs score hooks, returns maps;
+    "maps"        returns attention maps for ``return_attn`` (implied by "scores"; a kernel
+                  whose weights are not a softmax of scores, e.g. linear attention's implied
+                  matrix, declares only this);
     "bias"        adds a float bias to the logits;
     "dense_mask"  applies a dense bool mask, hence every mask rule ("rule:<kind>");
     "rule:<kind>" understands that mask rule without a dense mask (e.g. "rule:window");
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from x_attn.kernels.inputs import AttnInputs
+from x_attn.kernels.linear import linear_attention, linear_attention_maps
 from x_attn.kernels.manual import AttnMaps, ScoreHooks, manual_attention
 from x_attn.kernels.sdpa import sdpa_attention
 from x_attn.kernels.window import window_attention
@@ -40,6 +44,7 @@ CAPABILITIES = {
     "scores": "the raw attention scores",
     "bias": "an additive logit bias",
     "dense_mask": "a dense attention mask",
+    "maps": "attention maps (return_attn)",
 }
 
 
@@ -90,6 +95,8 @@ class Kernel:
     def can(self, capability: str) -> bool:
         if capability in self.supports:
             return True
+        if capability == "maps":
+            return "scores" in self.supports
         return capability.startswith("rule:") and "dense_mask" in self.supports
 
 
@@ -103,6 +110,14 @@ def _manual(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tenso
 
 def _window(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, None]:
     return window_attention(inputs), None
+
+
+def _linear(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, None]:
+    return linear_attention(inputs, entry), None
+
+
+def _linear_maps(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, AttnMaps]:
+    return linear_attention_maps(inputs, entry)
 
 
 KERNELS: tuple[Kernel, ...] = (
@@ -126,6 +141,20 @@ KERNELS: tuple[Kernel, ...] = (
         fused=False,
         supports=frozenset({"scores", "bias", "dense_mask"}),
         default_reason="the reference softmax path",
+    ),
+    Kernel(
+        "linear",
+        _linear,
+        fused=False,
+        supports=frozenset({"cache:state"}),
+        default_reason="feature-mapped queries and keys: sums over keys, O(n)",
+    ),
+    Kernel(
+        "linear_maps",
+        _linear_maps,
+        fused=False,
+        supports=frozenset({"cache:state", "maps"}),
+        default_reason="linear attention through its implied attention matrix (return_attn)",
     ),
 )
 

@@ -58,13 +58,13 @@ def choose_kernel(
     """
     wanted = [Need(flag, "scores") for flag in needs_scores] + list(needs)
     dense = [n for n in wanted if not dense_fallback(n.capability)]
-    maps = _first(KERNELS, [*dense, Need("return_attn", "scores")])
+    maps = _first(KERNELS, [*dense, Need("return_attn", "maps")])
     pool = [k for k in KERNELS if flash is None or k.fused == flash]
     kernel = _first(pool, wanted) or _first(pool, dense)
     if kernel is None:
         raise ValueError(_refusal(flash, dense, pool, owner))
     dropped = [n for n in wanted if not kernel.can(n.capability)]
-    if flash is False:
+    if flash is False and kernel.name == "manual":
         reason = "attn_flash=False forces the manual softmax path"
     else:
         reason = _reason(kernel, [n for n in wanted if n not in dropped])

@@ -34,6 +34,9 @@ from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
 from x_attn.validation import check_float_input, check_mems, merge_kv_mask
 
+# stack flags whose position bias every self-attention kernel must add to its logits
+BIAS_FLAGS = ("rel_pos_bias", "alibi_pos_bias")
+
 
 @records_config
 class AttentionLayers(nn.Module):

@@ -18,9 +18,11 @@ from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
+from x_attn.attention.features.linear_attn import LINEAR_ATTN_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
+from x_attn.attention.features.performer import PERFORMER_SPEC
 from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.shaw import SHAW_SPEC
@@ -50,6 +52,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     QK_RMSNORM_SPEC,
     VALUE_RESIDUAL_SPEC,
     VALUE_RMSNORM_SPEC,
+    LINEAR_ATTN_SPEC,
+    PERFORMER_SPEC,
     SHAW_SPEC,
     WINDOW_SPEC,
     MEMORY_KV_SPEC,
@@ -110,6 +114,9 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     active = [spec for spec in FEATURES if spec.enabled(ctx)]
     _check_slots(active, ctx, owner)
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
+    for spec in active:
+        if spec.wrap_projection is not None:
+            projection = spec.wrap_projection(ctx)(projection)
     ctx = replace(ctx, projection=projection)
     _check_transformable(active, projection, ctx, owner)
     ctx = replace(ctx, feature_scale=_scale(active, ctx, owner))
@@ -153,6 +160,7 @@ def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
     needs = []
     for spec in active:
         capabilities = [*(["scores"] if spec.scores_needed(ctx) else []), *spec.needs]
+        capabilities += ["bias"] if spec.stage == "bias" else []  # it adds to the logits
         capabilities += [f"rule:{rule.kind}" for rule in (spec.rules(ctx) if spec.rules else ())]
         needs += [Need(spec.flag(ctx), capability) for capability in capabilities]
     return needs

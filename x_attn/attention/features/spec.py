@@ -129,6 +129,9 @@ class FeatureSpec:
         cache_entry: factory of its layers' self-attention cache entries (slot "cache").
         wrap_entry: for a layer's context, a function that wraps the layer's self-attention
             entry (whichever kind) in one that keeps more state; wrappers compose.
+        wrap_projection: for a layer's context, a function that wraps the layer's projection
+            (whichever head layout) in one that transforms its queries and keys (a feature
+            map of linear attention); applied in catalog order, after the projection is built.
         needs: further kernel capabilities it needs (e.g. "cache:state").
         scale: the logit scale it implies instead of ``dim_head ** -0.5`` (at most one active
             feature may set it).
@@ -149,6 +152,7 @@ class FeatureSpec:
     rules: Callable[[FeatureContext], tuple[MaskRule, ...]] | None = None
     cache_entry: Callable[[FeatureContext], Callable[[], CacheEntry]] | None = None
     wrap_entry: Callable[[FeatureContext], Callable[[CacheEntry], CacheEntry]] | None = None
+    wrap_projection: Callable[[FeatureContext], Callable[[Projection], Projection]] | None = None
     needs: tuple[str, ...] = ()
     scale: Callable[[FeatureContext], float] | None = None
     reads_neighbours: bool = False
