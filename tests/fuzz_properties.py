@@ -267,6 +267,7 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "use_abs_pos_emb=False": case.relative,  # relative schemes turn them off already
         "scaled_sinu_pos_emb": case.relative or "use_abs_pos_emb=False" in case.flags,
         "sandwich_coef": case.depth == 1,
+        "pre_norm=False": bool(case.layer_kw.get("resi_dual")),  # ResiDual sets its own norms
         "weight_tie_layers": case.depth == 1,  # one layer of each kind: nothing to tie
         "rotary_pos_emb": bool(case.layer_kw.get("rotary_xpos")),  # xPos implies rotary
         # as many kv heads as query heads (the case's heads win over the entry's) is MHA
