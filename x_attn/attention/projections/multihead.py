@@ -3,8 +3,9 @@
 ``kv_heads`` key/value heads serve ``heads`` query heads: hk == h is multi-head attention,
 hk == 1 shares one key/value head, any divisor groups the query heads (query head t uses kv
 head t // (h / hk)). ``bias=True`` gives the three maps biases (``attn_qkv_bias``; GPT-2 and
-Qwen2 checkpoints have them). Queries may pass through a low-rank latent first (``dim_latent_q``: the
-query compression of DeepSeek-V2, arXiv 2405.04434, also available without latent keys).
+Qwen2 checkpoints have them). Queries may pass through a low-rank latent first
+(``dim_latent_q``: the query compression of DeepSeek-V2, arXiv 2405.04434, also available
+without latent keys).
 
 Shape legend: b batch, i / j sequence, h query heads, hk key/value heads, d model dim,
 dh head dim.
