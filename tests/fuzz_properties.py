@@ -260,6 +260,8 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "attn_flash=False": True,  # by design: the same function on another kernel
         "attn_sparse_topk": case.layer_kw.get("attn_sparse_topk", 0) >= keys,
         "residual_attn": types.count("a") == 1,
+        # later layers of a kind mix in the first one's values: none with one layer per kind
+        "add_value_residual": max(types.count("a"), types.count("c")) < 2,
         "use_abs_pos_emb=False": case.relative,  # relative schemes turn them off already
         "scaled_sinu_pos_emb": case.relative or "use_abs_pos_emb=False" in case.flags,
         "sandwich_coef": case.depth == 1,

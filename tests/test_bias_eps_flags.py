@@ -43,7 +43,7 @@ def test_qkv_and_out_biases_match_the_formula():
     assert attn.proj.to_q.bias is not None and attn.to_out.bias is not None
     out = rearrange(reference_attention(q, k, v, causal=True), "b h n d -> b n (h d)")
     expected = out @ attn.to_out.weight.T + attn.to_out.bias
-    torch.testing.assert_close(attn(x)[0], expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(attn(x), expected, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])

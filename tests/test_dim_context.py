@@ -47,7 +47,7 @@ def test_cross_attention_reads_a_wider_context() -> None:
     )
     out = reference_attention(q, k, v, mask=context_mask[:, None, None, :])
     expected = out.transpose(1, 2).flatten(2) @ layer.to_out.weight.T
-    got, _ = layer(x, context, context_mask=context_mask)
+    got = layer(x, context, context_mask=context_mask)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
 

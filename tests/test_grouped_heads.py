@@ -67,7 +67,7 @@ def test_query_head_t_reads_kv_head_t_floordiv_group(kv_heads: int, flash) -> No
     assert k.shape == (B, kv_heads, N, DH)
     out = reference_attention(q, _repeat_kv_hf(k, g), _repeat_kv_hf(v, g), causal=True)
     expected = layer.to_out(out.transpose(1, 2).flatten(2), x)
-    torch.testing.assert_close(layer(x)[0], expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=0)
     if kv_heads > 1:  # the tiled layout (head t reads kv head t % hk) is a different model
         tiled = k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1)
         other = layer.to_out(
@@ -94,7 +94,7 @@ def test_grouped_equals_multi_head_with_k_v_tied_within_groups(kv_heads: int) ->
     mask = torch.ones(B, N, dtype=torch.bool)
     mask[0, 2] = False
     x = _x(seed=1)
-    torch.testing.assert_close(grouped(x, mask=mask)[0], mha(x, mask=mask)[0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(grouped(x, mask=mask), mha(x, mask=mask), atol=1e-12, rtol=0)
 
 
 def test_kv_heads_equal_to_heads_is_multi_head_attention_exactly() -> None:
@@ -103,7 +103,7 @@ def test_kv_heads_equal_to_heads_is_multi_head_attention_exactly() -> None:
     assert same.state_dict().keys() == mha.state_dict().keys()
     same.load_state_dict(mha.state_dict())
     x = _x(seed=2)
-    assert torch.equal(same(x)[0], mha(x)[0])
+    assert torch.equal(same(x), mha(x))
 
 
 def _lm(**flags) -> TransformerWrapper:

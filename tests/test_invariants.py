@@ -74,7 +74,8 @@ def mem_tokens(model: TransformerWrapper) -> int:
 
 
 def mem_kv(case: FlagCase) -> int:
-    return case.layers.get("attn_num_mem_kv", 0)
+    """Keys without position in front of every call's: memory key/values and null keys."""
+    return case.layers.get("attn_num_mem_kv", 0) + case.extra_keys
 
 
 def assert_exact(a: Tensor, b: Tensor, atol: float = 1e-12) -> None:
@@ -173,6 +174,15 @@ CROSS_NAMES = [
     "attn_collab_heads",
     "attn_on_attn",
     "num_memory_tokens",
+    "attn_qk_norm",
+    "attn_qk_rmsnorm",
+    "attn_value_rmsnorm",
+    "attn_add_zero_kv",
+    "attn_head_learned_sink",
+    "attn_head_scale",
+    "attn_gate_value_heads",
+    "attn_output_gate",
+    "add_value_residual",
 ]
 
 
@@ -318,7 +328,7 @@ def test_return_attn_maps_encoder_padding(name: str) -> None:
 
 def _attend(layer: Attention, x: Tensor, positions: PositionContext) -> Tensor:
     with torch.no_grad():
-        return layer(x, positions=positions)[0]
+        return layer(x, positions=positions)
 
 
 def _layer_and_input(causal: bool) -> tuple[Attention, Tensor]:

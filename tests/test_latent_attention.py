@@ -99,7 +99,7 @@ def test_layer_equals_the_papers_equations(absorb, s: int, latent_q, flash) -> N
     if latent_q:
         flags.update(use_latent_q=True, dim_latent_q=latent_q)
     layer, x = _layer(s, **flags), _x()
-    out, _ = layer(x, mask=MASK, positions=_positions(N))
+    out = layer(x, mask=MASK, positions=_positions(N))
     expected = mla_reference(layer, x, MASK, s)
     torch.testing.assert_close(out[1, 2:], expected[1, 2:], atol=1e-12, rtol=0)
     torch.testing.assert_close(out[0], expected[0], atol=1e-12, rtol=0)
@@ -115,7 +115,7 @@ def test_absorbed_decoding_equals_materialised(s: int) -> None:
         entry = layer.new_cache_entry()
         for start, stop in ((0, 4), (4, 5), (5, 6), (6, 7)):
             ctx = _positions(stop, 0, q_len=stop - start)
-            out, _ = layer(x[:, start:stop], mask=MASK[:, start:stop], positions=ctx, cache=entry)
+            out = layer(x[:, start:stop], mask=MASK[:, start:stop], positions=ctx, cache=entry)
             steps.append(out)
         outs[absorb] = torch.cat(steps, dim=1)
         assert isinstance(entry, LatentEntry) and entry.latent.shape == (B, 1, N, C + s * R)

@@ -170,7 +170,7 @@ def test_layer_matches_the_paper_equations(variant: str, causal: bool, n: int) -
     x = torch.randn(2, n, DIM, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
     for mask in (None, _padding(2, n)):
         with torch.no_grad():
-            got = layer(x, mask=mask)[0]
+            got = layer(x, mask=mask)
         torch.testing.assert_close(got, reference(layer, x, mask), atol=1e-12, rtol=0)
 
 
@@ -367,7 +367,7 @@ def test_gradcheck_through_input_kernels_and_mixes() -> None:
     assert len(names) == 4
 
     def run(x: Tensor, *weights: Tensor) -> Tensor:
-        return functional_call(layer, {**params, **dict(zip(names, weights))}, (x,))[0]
+        return functional_call(layer, {**params, **dict(zip(names, weights))}, (x,))
 
     x = torch.randn(2, 4, 8, dtype=torch.float64, requires_grad=True)
     weights = [

@@ -72,7 +72,7 @@ def test_shaw_matches_the_papers_equations(k: int, causal: bool) -> None:
     layer = shaw_layer(k, causal=causal)
     x = torch.randn(2, 7, 16, dtype=F64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        got, _ = layer(x)
+        got = layer(x)
         expected = shaw_reference(layer, x, causal)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
@@ -83,8 +83,8 @@ def test_shaw_with_k_zero_is_standard_attention_plus_w_v0() -> None:
     plain.load_state_dict({n: p for n, p in layer.state_dict().items() if "shaw" not in n})
     x = torch.randn(1, 6, 16, dtype=F64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        got, _ = layer(x)
-        base, _ = plain(x)
+        got = layer(x)
+        base = plain(x)
         shift = layer.to_out.weight @ layer.shaw.rel_v[0].repeat(2)  # w^V_0 in every head
     torch.testing.assert_close(got, base + shift, atol=1e-12, rtol=0)
 
@@ -95,10 +95,10 @@ def test_shaw_offsets_beyond_k_share_the_edge_vectors() -> None:
     layer = shaw_layer(2)
     x = torch.randn(1, 3, 16, dtype=F64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        before, _ = layer(x)
+        before = layer(x)
         layer.shaw.rel_k[4].add_(1.0)  # offset +2: future keys only, masked in a decoder
         layer.shaw.rel_v[4].add_(1.0)
-        after, _ = layer(x)
+        after = layer(x)
     torch.testing.assert_close(after, before, atol=0, rtol=0)
 
 

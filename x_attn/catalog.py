@@ -158,6 +158,42 @@ CATALOG: tuple[Mechanism, ...] = (
         "2012.11747",
     ),
     Mechanism(
+        "qk-norm",
+        "cosine-similarity attention: L2-normalized queries/keys, temperature 10",
+        {"attn_qk_norm": True},
+        "2010.04245",
+    ),
+    Mechanism(
+        "qk-rmsnorm", "RMSNorm of query and key heads", {"attn_qk_rmsnorm": True}, "2302.05442"
+    ),
+    Mechanism(
+        "softclamp",
+        "attention logits soft-capped with tanh at 50 (Gemma 2)",
+        {"attn_softclamp_logits": True},
+        "2408.00118",
+    ),
+    Mechanism(
+        "attn-sink",
+        "a null key with a learned logit per head (attention sink)",
+        {"attn_head_learned_sink": True},
+        "2508.10925",
+    ),
+    Mechanism(
+        "zero-kv", "a zero key/value: attention may go to nothing", {"attn_add_zero_kv": True}
+    ),
+    Mechanism(
+        "gated-attn",
+        "attention output gated by a sigmoid of the input",
+        {"attn_gate_values": True},
+        "2505.06708",
+    ),
+    Mechanism(
+        "value-residual",
+        "ResFormer: the first layer's values mixed into every later layer's",
+        {"add_value_residual": True},
+        "2410.17897",
+    ),
+    Mechanism(
         "xpos", "xPos: rotary with a decay over distance", {"rotary_xpos": True}, "2212.10554"
     ),
     Mechanism(

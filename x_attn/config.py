@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from torch.nn import Module
 
+from x_attn.config_checks import validate_attention_extras
 from x_attn.utils import check_positive_int, check_probability
 
 NormKind = Literal[
@@ -44,6 +45,27 @@ class AttentionConfig:
     collab_heads: bool = False
     collab_compression: float = 0.3
     on_attn: bool = False
+    qk_norm: bool = False
+    qk_norm_groups: int = 1
+    qk_norm_scale: float = 10.0
+    qk_norm_dim_scale: bool = False
+    qk_rmsnorm: bool = False
+    k_rmsnorm: bool = False
+    value_rmsnorm: bool = False
+    softclamp_logits: bool = False
+    logit_softclamp_value: float = 50.0
+    add_zero_kv: bool = False
+    head_learned_sink: bool = False
+    gate_value_heads: bool = False
+    head_scale: bool = False
+    gate_values: bool = False
+    gate_values_rank: int | None = None
+    gate_values_headwise: bool = False
+    output_gate: bool = False
+    output_gate_rank: int | None = None
+    output_gate_headwise: bool = False
+    low_rank_silu_gates: bool = True
+    swiglu_values: bool = False
     kv_heads: int | None = None  # key/value heads (grouped-query attention); None = heads
     one_kv_head: bool = False  # multi-query attention: one key/value head
     use_latent_kv: bool = False  # multi-head latent attention (MLA): keys/values from a latent
@@ -105,6 +127,7 @@ class AttentionConfig:
                 f"{owner}: '{prefix}collab_compression' must be in (0, 1], "
                 f"got {self.collab_compression}"
             )
+        validate_attention_extras(self, owner, prefix)
         _validate_mta(self, owner, prefix)
 
     def _grouped_flag(self) -> str | None:
@@ -361,6 +384,8 @@ class LayersConfig:
     scale_residual: bool | float = False
     scale_residual_constant: float = 1.0
     zero_init_branch_output: bool = False
+    add_value_residual: bool = False
+    learned_value_residual_mix: bool = True
     softclamp_output: bool = False
     softclamp_output_value: float = 30.0
     dynamic_tanh_init_alpha: float = 1.0

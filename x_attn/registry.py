@@ -35,6 +35,7 @@ class FlagCase:
     relative: bool = False  # a relative position scheme (absolute positions are switched off)
     stochastic: bool = False  # training mode is random by design (stochastic depth), eval is not
     mems_ok: bool = True  # takes Transformer-XL memories (else max_mem_len is refused)
+    extra_keys: int = 0  # keys without position in front of every call's (beyond attn_num_mem_kv)
     encoder_ok: bool = True  # meaningful without a causal mask (else refused on an Encoder)
     row_conv: bool = (
         False  # convolves over neighbouring positions: padding between real ones refused
@@ -223,6 +224,79 @@ FLAGS: tuple[FlagCase, ...] = (
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
     FlagCase(
+        "attn_qk_norm",
+        "L2-normalized query/key heads (by groups), learned dim scales, fixed temperature",
+        "2010.04245",
+        {"attn_qk_norm": True, "attn_qk_norm_groups": 2, "attn_qk_norm_dim_scale": True},
+    ),
+    FlagCase(
+        "attn_qk_rmsnorm",
+        "RMSNorm of every query and key head before positions",
+        "2302.05442",
+        {"attn_qk_rmsnorm": True},
+    ),
+    FlagCase(
+        "attn_k_rmsnorm", "RMSNorm of every key head before positions", "", {"attn_k_rmsnorm": True}
+    ),
+    FlagCase(
+        "attn_value_rmsnorm",
+        "RMSNorm of every value head before the cache",
+        "",
+        {"attn_value_rmsnorm": True},
+    ),
+    FlagCase(
+        "attn_softclamp_logits",
+        "tanh soft-capping of the attention logits (Gemma 2)",
+        "2408.00118",
+        {"attn_softclamp_logits": True, "attn_logit_softclamp_value": 2.0},
+        needs_scores=True,
+        kernel="manual",
+    ),
+    FlagCase(
+        "attn_add_zero_kv",
+        "a zero key/value in front: attention may go to nothing",
+        "",
+        {"attn_add_zero_kv": True},
+        extra_keys=1,
+    ),
+    FlagCase(
+        "attn_head_learned_sink",
+        "a null key with a learned logit per head (attention sink)",
+        "2508.10925",
+        {"attn_head_learned_sink": True},
+        extra_keys=1,
+    ),
+    FlagCase(
+        "attn_head_scale",
+        "a learned scale per head on the attention output",
+        "2110.09456",
+        {"attn_head_scale": True},
+    ),
+    FlagCase(
+        "attn_gate_value_heads",
+        "a sigmoid gate per head from the query input",
+        "2306.12929",
+        {"attn_gate_value_heads": True},
+    ),
+    FlagCase(
+        "attn_gate_values",
+        "output gated per dimension by sigmoid of a map of the query input",
+        "2505.06708",
+        {"attn_gate_values": True},
+    ),
+    FlagCase(
+        "attn_output_gate",
+        "low-rank gates from the input and the output itself, SiLU (SwiGLU-style)",
+        "2505.06708",
+        {
+            "attn_output_gate": True,
+            "attn_output_gate_rank": 4,
+            "attn_gate_values": True,
+            "attn_gate_values_headwise": True,
+            "attn_swiglu_values": True,
+        },
+    ),
+    FlagCase(
         "attn_kv_heads",
         "grouped-query attention: each key/value head serves a group of query heads",
         "2305.13245",
@@ -363,6 +437,12 @@ FLAGS: tuple[FlagCase, ...] = (
     ),
     FlagCase(
         "gate_residual", "GRU-gated residual connections", "1910.06764", {"gate_residual": True}
+    ),
+    FlagCase(
+        "add_value_residual",
+        "later layers mix the first layer's values into theirs (learned mix per token)",
+        "2410.17897",
+        {"add_value_residual": True},
     ),
     FlagCase(
         "macaron",

@@ -223,6 +223,7 @@ def _validate_reversible(config: LayersConfig, owner: str) -> None:
         "cross_attend": config.cross_attend or config.only_cross,
         "pre_norm=False": not config.pre_norm,
         **reversible_refusals(config),
+        "add_value_residual": config.add_value_residual,
     }
     bad = [name for name, on in refused.items() if on]
     if bad:
@@ -270,6 +271,25 @@ def normalize_attn_mask(attn_mask: Tensor | None, b: int, h: int, i: int, j: int
             f"(batch, 1, {i}, {j})), got {tuple(attn_mask.shape)}"
         )
     return attn_mask.reshape(shape)
+
+
+def merge_kv_mask(
+    kv_mask: Tensor | None, attn_mask: Tensor | None, b: int, n: int, k: int
+) -> Tensor | None:
+    """``self_attn_kv_mask`` (b, k) merged into the (normalized) attention mask.
+
+    A key hidden by either is hidden: the result is (b|1, h|1, n, k) or None.
+    """
+    if kv_mask is None:
+        return attn_mask
+    check_bool_mask(
+        "self_attn_kv_mask",
+        kv_mask,
+        (b, k),
+        "batch x keys self-attention holds: cached, memories and new, True = may attend",
+    )
+    keys = kv_mask[:, None, None, :].expand(b, 1, n, k)
+    return keys if attn_mask is None else attn_mask & keys
 
 
 def token_ids(name: str, x: Any, owner: str, hint: str = "") -> Tensor:

@@ -1,10 +1,12 @@
 """Attention: a fixed pipeline of stages; features attach to one stage each.
 
 resolve the call (self- or cross-attention, :mod:`x_attn.attention.calls`) -> project (queries;
-the projection applies positions) -> cache entry (takes the new key rows, returns every key
-held, with positions and padding) -> mask description + bias of (queries, held keys) ->
-extend k/v (memory kv) -> query-dependent bias (Shaw's relative keys) -> kernel (chosen per
-layer from the kernel registry) -> per-head output stages -> output (merge heads, out
+the projection applies "qk" transforms such as QK-norm, then positions) -> cache entry (takes
+the new key rows, projects them, transforms their values, returns every key held, with
+positions and padding) -> mask description + bias of (queries, held keys) -> extend k/v (the
+caller's additional keys, memory kv, null keys) -> query-dependent bias (Shaw's relative keys)
+-> kernel (chosen per layer from the kernel registry) -> per-head output stages (with the
+query input) -> output (merge heads, out
 projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
@@ -19,9 +21,11 @@ from typing import Any
 from einops import rearrange
 from torch import Tensor, nn
 
+from x_attn.attention.additional_kv import prepend_keys
 from x_attn.attention.calls import cross_call, self_call
 from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
+from x_attn.attention.features.stages import BoundKeys
 from x_attn.attention.projections import Projection
 from x_attn.cache import CacheEntry, ContextEntry
 from x_attn.config import AttentionConfig, LayersConfig
@@ -37,10 +41,13 @@ from x_attn.utils import check_positive_int, default
 
 @dataclass
 class AttnIntermediates:
-    """What one attention call leaves behind: the kernel used and, on the manual path, scores."""
+    """What one attention call leaves behind: the kernel used, on the manual path the scores,
+    and the raw values of the key rows it projected when the layer transforms its values (the
+    first layer's are the value residual of the later ones)."""
 
     kernel: str
     maps: AttnMaps | None = None
+    values: Tensor | None = None
 
     @property
     def logits(self) -> Tensor | None:
@@ -70,6 +77,8 @@ class Attention(nn.Module):
             read it).
         stack_config: the stack's flags, given by a stack to its self-attention layers
             (positional features such as ``shaw_rel_pos`` live in each layer).
+        value_residual_role: the layer's value residual role ("source", "fixed" or "learned",
+            see :class:`x_attn.attention.features.spec.FeatureContext`); set by the stack.
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class Attention(nn.Module):
         flag_prefix: str = "attn_",
         rotary_dim: int | None = None,
         layer_index: int = 0,
+        value_residual_role: str | None = None,
         stack_config: LayersConfig | None = None,
         **kwargs: Any,
     ) -> None:
@@ -105,30 +115,31 @@ class Attention(nn.Module):
             config,
             flag_prefix,
             residual_attn,
-            layer_index,
+            layer=layer_index,
+            value_residual=value_residual_role,
             rotary_dim=rotary_dim,
             stack=stack_config,
         )
         parts = assemble(ctx)
         self.proj: Projection = parts.projection
-        self.scale = default(self.proj.scale, config.dim_head**-0.5)
-        for attr, module in [*parts.biases, *parts.extensions]:  # under their own names (or None)
+        self.scale = parts.scale  # a feature's (QK-norm), the projection's or dim_head^-0.5
+        for attr, module in parts.named:  # registered under their own names (or None)
             setattr(self, attr, module)
         # bias stage: (q, positions, mask, bias, hooks) -> (bias, hooks), after extend k/v
-        self.bias_stages = [module for _, module in parts.biases if module is not None]
+        self.bias_stages = parts.biases
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
-        self.kv_extensions = [module for _, module in parts.extensions if module is not None]
+        self.kv_extensions = list(parts.extensions)
+        self.value_transforms = parts.values  # values of the new key rows, before the cache
+        # per-head output stages, in catalog order: (out per head, query input) -> out per head
+        self.head_stages = parts.head_stages
         self.scores = parts.scores
-        for attr, module in parts.head_stages:  # per-head output stages, in catalog order
-            setattr(self, attr, module)
-        self.head_stages = [module for _, module in parts.head_stages]
         self.kernel: KernelChoice = choose_kernel(config.flash, [], "Attention", parts.needs)
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
         self.neighbour_flags = parts.neighbour_flags
-        # mask rules of self-attention calls
-        self.feature_rules = parts.rules
-        self.rules = ((CAUSAL,) if causal else ()) + parts.rules
+        # mask rules of self-attention calls, by causality (a call may override the layer's)
+        self._rules = {True: (CAUSAL, *parts.rules), False: parts.rules}
+        self.rules = self._rules[causal]
 
     @property
     def qk_dim(self) -> int:
@@ -167,7 +178,11 @@ class Attention(nn.Module):
         cache: CacheEntry | None = None,
         return_attn: bool = False,
         causal: bool | None = None,
-    ) -> tuple[Tensor, AttnIntermediates]:
+        value_residual: Tensor | None = None,
+        additional_key_values: tuple[Tensor, Tensor] | None = None,
+        additional_key_value_mask: Tensor | None = None,
+        return_intermediates: bool = False,
+    ) -> Tensor | tuple[Tensor, AttnIntermediates]:
         """Attend from ``x`` (b, n, d) to itself, or to ``context`` (b, j, dc).
 
         Args:
@@ -181,20 +196,32 @@ class Attention(nn.Module):
             mem_mask: (b, m) padding of ``mem`` (True = real), or None when all rows are real.
             cache: this layer's cache entry (see :meth:`new_cache_entry`); updated in place.
             return_attn: run a kernel that forms the scores and return the attention maps.
-            causal: self-attention only: override the layer's causal masking for this call.
+            causal: this call's self-attention causality instead of the layer's (None: the
+                layer's own).
+            value_residual: (b, hv, j, dv) the first layer's raw values of the same key rows,
+                mixed into this layer's values (value residual learning; set by the stack).
+            additional_key_values: (k, v) of shapes (b, ha, m, dq) and (b, ha, m, dv): keys and
+                values without positions, prepended to this call's keys (ha divides the heads).
+            additional_key_value_mask: (b, m) bool, True = that additional key may be attended.
+            return_intermediates: also return the :class:`AttnIntermediates` (kernel, maps,
+                values); ``return_attn=True`` implies it.
 
         Returns:
-            (out (b, n, d), intermediates).
+            out (b, n, d), or (out, intermediates) as in x-transformers.
         """
         call = self._call(
             x, context, mask, context_mask, attn_mask, positions, (mem, mem_mask), cache, causal
         )
         proj = self.proj
         q = proj.queries(x, call.query_rows)
-        held = call.entry.update(call.keys, proj.keys)
+        keys = BoundKeys(proj, self.value_transforms, value_residual)
+        held = call.entry.update(call.keys, keys)
         q, k, v, finish = proj.operands(q, held.payload)
         mask_spec = AttnMask(call.queries, held.span, call.rules, held.mask, call.user_mask)
         bias = call.positions.bias_for(call.queries, held.span)
+        k, v, mask_spec, bias = prepend_keys(
+            (k, v, mask_spec, bias), additional_key_values, additional_key_value_mask, self.heads
+        )
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
@@ -206,9 +233,11 @@ class Attention(nn.Module):
         out, maps = kernel.run(inputs, hooks, call.entry)
         out = finish(out)
         for stage in self.head_stages:
-            out = stage(out)
-        out = rearrange(out, "b h n d -> b n (h d)")
-        return self.to_out(out, x), AttnIntermediates(kernel.name, maps)
+            out = stage(out, x)
+        out = self.to_out(rearrange(out, "b h n d -> b n (h d)"), x)
+        if not (return_intermediates or return_attn):
+            return out
+        return out, AttnIntermediates(kernel.name, maps, keys.values)
 
     def _call(self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal):
         """Self-attention to ``x`` (and ``mem``), or cross-attention to ``context``."""
@@ -226,10 +255,13 @@ class Attention(nn.Module):
             )
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
-            rules = self.rules
-            if causal is not None and causal != self.causal:
-                rules = ((CAUSAL,) if causal else ()) + self.feature_rules
+            rules = self.rules if causal is None else self._rules[bool(causal)]
             return self_call(x, *mem, mask, attn_mask, positions, entry, rules)
+        if causal is not None:
+            raise ValueError(
+                "Attention: 'causal' sets the causality of self-attention; a cross-attention "
+                "call (with a context) has none, so drop causal="
+            )
         entry = cache if cache is not None else self.new_context_entry()
         return cross_call(x, context, context_mask, attn_mask, entry, positions)
 

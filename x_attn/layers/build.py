@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from x_attn.attention.attention import Attention
+from x_attn.attention.features.value_residual import value_residual_roles
 from x_attn.config import LayersConfig
 from x_attn.layer_values import layer_config
 from x_attn.layers.block import StackLayer
@@ -29,10 +30,11 @@ def build_layers(cfg: LayersConfig, plan: LayerPlan) -> nn.ModuleList:
     scales = macaron_ff_scale(plan.types, cfg.macaron)
     dropouts = per_module(cfg.layer_dropout, n, "layer_dropout", "")
     shifts = per_module(cfg.shift_tokens, n, "shift_tokens", "")
+    roles = value_residual_roles(plan.types, cfg.add_value_residual, cfg.learned_value_residual_mix)
     seen = {"a": 0, "c": 0, "f": 0}
     layers = []
-    for kind, scale, dropout, shift in zip(plan.types, scales, dropouts, shifts):
-        layer = build_layer(cfg, kind, seen[kind], scale)
+    for kind, scale, dropout, shift, role in zip(plan.types, scales, dropouts, shifts, roles):
+        layer = build_layer(cfg, kind, seen[kind], scale, role)
         seen[kind] += 1
         layer.dropout = float(dropout)
         if shift:
@@ -56,10 +58,13 @@ def make_condition_mlp(cfg: LayersConfig) -> nn.Module | None:
     return condition_mlp(cfg.dim_condition or cfg.dim, cfg.adaptive_condition_mlp_expansion)
 
 
-def build_layer(cfg: LayersConfig, kind: str, index: int, scale: float) -> StackLayer:
+def build_layer(
+    cfg: LayersConfig, kind: str, index: int, scale: float, value_role: str | None = None
+) -> StackLayer:
     """The layer of type ``kind`` (its ``index``-th of that type) of a stack configured by
-    ``cfg``; ``scale`` is its macaron half step (else 1)."""
-    block = _block(cfg, kind, index)
+    ``cfg``; ``scale`` is its macaron half step (else 1); ``value_role`` its value residual
+    role (see :func:`x_attn.attention.features.value_residual.value_residual_roles`)."""
+    block = _block(cfg, kind, index, value_role)
     norm_dim = condition_dim(cfg)
     norm = nn.Identity() if cfg.use_rezero else stack_norm(cfg)
     # under a sandwich norm the macaron half step acts before the norm, as in x-transformers
@@ -97,7 +102,7 @@ def condition_dim(cfg: LayersConfig) -> int:
     return dim * cfg.adaptive_condition_mlp_expansion if cfg.adaptive_condition_mlp else dim
 
 
-def _block(cfg: LayersConfig, kind: str, index: int) -> nn.Module:
+def _block(cfg: LayersConfig, kind: str, index: int, value_role: str | None) -> nn.Module:
     if kind == "f":
         block: nn.Module = FeedForward(cfg.dim, layer_config(cfg, "ff", index))
         if cfg.zero_init_branch_output:
@@ -112,6 +117,7 @@ def _block(cfg: LayersConfig, kind: str, index: int) -> nn.Module:
             residual_attn=cfg.residual_attn,
             rotary_dim=requested_rotary_dim(cfg),
             layer_index=index,
+            value_residual_role=value_role,
             stack_config=cfg,
         )
     else:
@@ -122,6 +128,7 @@ def _block(cfg: LayersConfig, kind: str, index: int) -> nn.Module:
             flag_prefix="cross_attn_",
             residual_attn=cfg.cross_residual_attn,
             layer_index=index,
+            value_residual_role=value_role,
         )
     if cfg.zero_init_branch_output:  # every linear map of the output stage: the output is 0
         for module in block.to_out.modules():

@@ -36,7 +36,7 @@ class _AttentionBranch(nn.Module):
         n = x.shape[1]
         positions = PositionContext(n, n, rotary=rotary, bias=bias, infused=infused, values=values)
         layer = self.layer
-        out, _ = layer.block(layer.normed(x), mask=mask, attn_mask=attn_mask, positions=positions)
+        out = layer.block(layer.normed(x), mask=mask, attn_mask=attn_mask, positions=positions)
         return layer.post_branch(out)
 
 

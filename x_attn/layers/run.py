@@ -30,6 +30,8 @@ class _Counters:
     self_attn: int = 0  # self-attention runs so far (one memory each)
     shift: int = 0  # shifted runs so far
     prev: dict[str, Tensor | None] = field(default_factory=lambda: {"a": None, "c": None})
+    # the first run's raw values, by kind (value residual learning, add_value_residual)
+    first_values: dict[str, Tensor | None] = field(default_factory=lambda: {"a": None, "c": None})
 
 
 def run_layers(
@@ -64,6 +66,8 @@ def run_layers(
         else:
             out, ai = _attend(layer, h, mem, state, counters)
             counters.prev[layer.kind] = ai.logits
+            if counters.first_values[layer.kind] is None:
+                counters.first_values[layer.kind] = ai.values
             inter.kernels.append(ai.kernel)
             if ai.probs is not None and state["return_attn"]:
                 inter.attn_maps.append(ai.probs)
@@ -121,16 +125,22 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
     """One attention run: self-attention (with its memory) or cross-attention."""
     entry = state["entries"][counters.attn]
     counters.attn += 1
+    common = dict(
+        prev_logits=counters.prev[layer.kind],
+        cache=entry,
+        return_attn=state["return_attn"],
+        value_residual=counters.first_values[layer.kind],
+        return_intermediates=True,
+    )
     if layer.kind == "c":
         return layer.block(
             h,
             state["context"],
             context_mask=state["context_mask"],
             positions=state["positions"],
-            prev_logits=counters.prev["c"],
-            cache=entry,
-            return_attn=state["return_attn"],
+            **common,
         )
+    kv = state["additional_kv"][counters.self_attn]
     counters.self_attn += 1
     return layer.block(
         h,
@@ -138,11 +148,11 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
         mem_mask=state["mem_mask"],
         attn_mask=state["attn_mask"],
         positions=state["positions"],
-        prev_logits=counters.prev["a"],
         mem=mem,
-        cache=entry,
-        return_attn=state["return_attn"],
         causal=state["causal"],
+        additional_key_values=kv,
+        additional_key_value_mask=None if kv is None else state["additional_kv_mask"],
+        **common,
     )
 
 

@@ -69,14 +69,21 @@ def check_run_inputs(
 
 
 def working_cache(
-    stack: AttentionLayers, cache: Any, b: int, return_hiddens: bool, order: tuple[int, ...]
+    stack: AttentionLayers,
+    cache: Any,
+    b: int,
+    return_hiddens: bool,
+    order: tuple[int, ...],
+    causal: bool | None = None,
 ) -> KVCache | None:
     """The cache a forward updates: a fork of the one given, or a new one.
 
     A :class:`LayerIntermediates` stands for its cache (x-transformers passes the
     intermediates back). Without a cache, ``return_hiddens=True`` on a causal stack that can
     cache starts one, so the intermediates can be continued (not when this call runs another
-    order than the built one, or may skip layers: the entries would not fit).
+    order than the built one, or may skip layers: the entries would not fit; nor when this
+    call's ``causal=False`` overrides the stack's: its keys would not continue a causal
+    sequence).
     """
     owner = type(stack).__name__
     if isinstance(cache, LayerIntermediates):
@@ -96,6 +103,6 @@ def working_cache(
         return cache.fork()
     skips = stack.training and any(layer.dropout > 0 for layer in stack.layers)
     fits = order == stack.plan.order and not skips
-    if return_hiddens and stack.causal and reason is None and fits:
+    if return_hiddens and stack.causal and causal is not False and reason is None and fits:
         return stack.new_cache()
     return None

@@ -20,18 +20,14 @@ from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.plan import make_plan
 from x_attn.layers.run import run_layers, start_dual
 from x_attn.layers.run_checks import check_run_inputs, run_order, working_cache
+from x_attn.layers.stack_inputs import additional_kv_per_layer, check_stack_inputs
 from x_attn.positional.context import PositionContext
 from x_attn.positional.custom import position_values, table_values
 from x_attn.positional.row_positions import row_positions, rows_mask
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
-from x_attn.validation import (
-    check_bool_mask,
-    check_float_input,
-    check_mems,
-    normalize_attn_mask,
-)
+from x_attn.validation import check_float_input, check_mems, merge_kv_mask
 
 
 @records_config
@@ -170,6 +166,12 @@ class AttentionLayers(nn.Module):
         repeat_blocks: Any = None,
         pos: Tensor | None = None,
         context_pos: Tensor | None = None,
+        *,
+        self_attn_kv_mask: Tensor | None = None,
+        self_attn_additional_kv: list | LayerIntermediates | None = None,
+        additional_kv_mask: Tensor | None = None,
+        detach_additional_kv: bool = False,
+        route_additional_kv_to_top: bool = True,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -193,7 +195,8 @@ class AttentionLayers(nn.Module):
                 continue from, for a causal stack that can cache).
             return_attn: run the manual kernel everywhere and collect attention maps.
             condition: (b, dc) or (b, n, dc) for adaptive norms / layerscale.
-            causal: override the stack's causal self-attention for this call.
+            causal: this call's self-attention causality instead of the stack's (a cached
+                call keeps the stack's).
             layers_execute_order: module indices to run, in order, for this call.
             repeat_blocks: blocks to run again for this call (see x_attn.layers.plan).
             pos: positions of this call's tokens for the positional methods, (n,), (b, n) or,
@@ -201,17 +204,36 @@ class AttentionLayers(nn.Module):
                 (see :mod:`x_attn.positional.custom`). A cache keeps them for later calls.
             context_pos: (j,) or (b, j) positions of ``context`` for rotary embeddings in
                 cross-attention.
+            self_attn_kv_mask: (b, k) bool over the keys self-attention holds (cached,
+                memories, new), True = may attend; combined with ``mask`` and ``attn_mask``.
+            self_attn_additional_kv: (k, v) pairs without positions prepended to the keys of
+                the self-attention runs (k (b, ha, m, dq), v (b, ha, m, dv), ha dividing the
+                heads; None for a run without), or the intermediates of a model run with a
+                cache (its self-attention keys and values).
+            additional_kv_mask: (b, m) bool, True = that additional key may be attended.
+            detach_additional_kv: stop gradients into the additional keys and values.
+            route_additional_kv_to_top: the last pairs go to the top layers (default), else
+                the first pairs to the bottom layers.
         """
         owner = type(self).__name__
         check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
         order = run_order(self, layers_execute_order, repeat_blocks, mems, cache)
         check_run_inputs(self, x, mems, cache, causal, order)
-        cache = working_cache(self, cache, b, return_hiddens, order)
+        cache = working_cache(self, cache, b, return_hiddens, order, causal)
         mem_len = self._check_mems(mems, b, x.dtype, cache, order)
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
-        attn_mask = self._check_inputs(
-            x, context, mask, context_mask, attn_mask, kept + mem_len + n
+        k_len = kept + mem_len + n
+        attn_mask = check_stack_inputs(self, x, context, mask, context_mask, attn_mask, k_len)
+        attn_mask = merge_kv_mask(self_attn_kv_mask, attn_mask, b, n, k_len)
+        self_runs = sum(self.layers[i].kind == "a" for i in order)
+        extra_kv = additional_kv_per_layer(
+            self_attn_additional_kv,
+            additional_kv_mask,
+            self_runs,
+            detach_additional_kv,
+            route_additional_kv_to_top,
+            owner,
         )
         condition = stack_condition(self, condition, b, n, mems)
         mem_mask = mems_mask(mems)
@@ -220,9 +242,10 @@ class AttentionLayers(nn.Module):
             x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
         )
         if self.reversible is not None:
-            if mems is not None or cache is not None or return_attn:
+            if mems is not None or cache is not None or return_attn or extra_kv is not None:
                 raise ValueError(
-                    "reversible=True stacks run without mems, cache or return_attn "
+                    "reversible=True stacks run without mems, cache, return_attn or "
+                    "self_attn_additional_kv "
                     "(the two-stream update has no per-layer hidden state to keep)"
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
@@ -242,6 +265,8 @@ class AttentionLayers(nn.Module):
             condition=condition,
             causal=causal,
             dual=start_dual(x, self.config.resi_dual, self.config.resi_dual_scale),
+            additional_kv=extra_kv or [None] * self_runs,
+            additional_kv_mask=additional_kv_mask,
         )
         x = run_layers(list(self.layers), order, x, state, inter)
         inter.layer_hiddens.append(x)
@@ -357,37 +382,6 @@ class AttentionLayers(nn.Module):
             )
         runs = sum(self.layers[i].kind == "a" for i in order)
         return check_mems(mems, runs, b, self.dim, dtype)
-
-    def _check_inputs(self, x, context, mask, context_mask, attn_mask, k_len) -> Tensor | None:
-        """Check the forward's inputs; returns attn_mask as (b|1, h|1, n, k_len) or None."""
-        b, n = x.shape[:2]
-        if self.cross_attend and context is None:
-            raise ValueError(
-                f"{type(self).__name__} cross-attends: pass context=(batch, context_len, dim)"
-            )
-        if not self.cross_attend and context is not None:
-            raise ValueError(
-                f"{type(self).__name__} does not cross-attend, but 'context' was "
-                "given; build it with cross_attend=True"
-            )
-        if not self.cross_attend and context_mask is not None:
-            raise ValueError("'context_mask' given to a stack that does not cross-attend")
-        check_bool_mask("mask", mask, (b, n), "batch x sequence, True = real token")
-        if context is not None:
-            width = self.config.cross_attn.dim_context or self.dim
-            if isinstance(context, Tensor) and context.ndim == 3 and context.shape[-1] != width:
-                raise ValueError(
-                    f"{type(self).__name__}: 'context' has width {context.shape[-1]}, but the "
-                    f"cross-attention layers read width {width}; build the stack with "
-                    f"cross_attn_dim_context={context.shape[-1]}"
-                )
-            check_float_input("context", context, width, type(self).__name__)
-            if context.shape[0] != b:
-                raise ValueError(f"'context' batch {context.shape[0]} != input batch {b}")
-            check_bool_mask(
-                "context_mask", context_mask, tuple(context.shape[:2]), "batch x context length"
-            )
-        return normalize_attn_mask(attn_mask, b, self.config.heads, n, k_len)
 
 
 @records_config

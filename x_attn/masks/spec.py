@@ -91,7 +91,9 @@ class AttnMask:
         user: the caller's bool mask over (queries, positional keys): (i, p'), (h, i, p') or
             (b|1, h|1, i, p'), right-aligned on the key axis (its last column is the newest
             key), p' >= p; None = no user mask.
-        free: number of keys in front of the positional ones (no position, always visible).
+        free: number of keys in front of the positional ones (no position; visible unless
+            ``free_padding`` hides them).
+        free_padding: (b, free) bool, True = the free key may be attended; None = all visible.
     """
 
     q: Span
@@ -100,10 +102,19 @@ class AttnMask:
     key_padding: Tensor | None = None
     user: Tensor | None = None
     free: int = 0
+    free_padding: Tensor | None = None
 
-    def with_free(self, n: int) -> AttnMask:
-        """The same mask with ``n`` more always-visible keys in front."""
-        return replace(self, free=self.free + n)
+    def with_free(self, n: int, padding: Tensor | None = None) -> AttnMask:
+        """The same mask with ``n`` more keys in front: always visible, or per ``padding``
+        (b, n) bool, True = may attend."""
+        held = self.free_padding
+        if padding is not None or held is not None:
+            b = (padding if padding is not None else held).shape[0]
+            device = (padding if padding is not None else held).device
+            new = padding if padding is not None else torch.ones(b, n, dtype=torch.bool)
+            old = held if held is not None else torch.ones(b, self.free, dtype=torch.bool)
+            padding = torch.cat((new.to(device), old.to(device)), dim=-1)
+        return replace(self, free=self.free + n, free_padding=padding)
 
     def active_rules(self) -> list[MaskRule]:
         """The rules that hide at least one (query, key) pair of this call."""
@@ -142,6 +153,10 @@ class AttnMask:
             mask = grid if mask is None else mask & grid
         if mask is not None and self.free:
             mask = F.pad(mask, (self.free, 0), value=True)
+        if self.free_padding is not None:
+            columns = F.pad(self.free_padding, (0, len(self.k)), value=True)
+            columns = rearrange(columns, "b j -> b 1 1 j")
+            mask = columns if mask is None else mask & columns
         return mask
 
 

@@ -133,9 +133,9 @@ class RotaryEmbedding(nn.Module):
         )
         if self.base_rescale_factor != 1.0 and dim < 4:
             raise ValueError(
-                f"{owner}: 'base_rescale_factor' (rotary_base_rescale_factor) rescales the base "
-                f"by s ** (r / (r - 2)), which needs a rotary dim r >= 4 (rotary_emb_dim or the "
-                f"query/key head dim), got {dim}"
+                f"{owner}: 'base_rescale_factor' (a stack's rotary_base_rescale_factor) "
+                f"rescales the base by s ** (r / (r - 2)), which needs a rotary dim r >= 4, "
+                f"got {dim}; raise rotary_emb_dim (or the head dim) or drop the factor"
             )
         if xpos_scale_base is not None:
             xpos_scale_base = _check_number("xpos_scale_base", xpos_scale_base, owner, 0.0, True)

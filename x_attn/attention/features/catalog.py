@@ -15,13 +15,26 @@ from torch import nn
 from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
+from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
+from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
+from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
+from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
+from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.shaw import SHAW_SPEC
+from x_attn.attention.features.softclamp import SOFTCLAMP_LOGITS_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
-from x_attn.attention.features.spec import SCORE_STAGES, FeatureContext, FeatureSpec
+from x_attn.attention.features.spec import (
+    NAMED_STAGES,
+    SCORE_STAGES,
+    FeatureContext,
+    FeatureSpec,
+)
 from x_attn.attention.features.talking_heads import POST_TALKING_SPEC, PRE_TALKING_SPEC
+from x_attn.attention.features.value_head_gates import VALUE_HEAD_GATES_SPEC
+from x_attn.attention.features.value_residual import VALUE_RESIDUAL_SPEC
 from x_attn.attention.projections import MultiHeadProjection, Projection
 from x_attn.attention.projections.collaborative import COLLAB_HEADS_SPEC
 from x_attn.attention.projections.latent import LATENT_KV_SPEC
@@ -32,15 +45,25 @@ from x_attn.masks.spec import MaskRule
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
     LATENT_KV_SPEC,
+    QK_NORM_SPEC,
+    QK_RMSNORM_SPEC,
+    VALUE_RESIDUAL_SPEC,
+    VALUE_RMSNORM_SPEC,
     SHAW_SPEC,
     MEMORY_KV_SPEC,
+    ZERO_KV_SPEC,
+    HEAD_SINK_SPEC,
     RESIDUAL_ATTN_SPEC,
     PRE_TALKING_SPEC,
+    SOFTCLAMP_LOGITS_SPEC,
     MTA_SPEC,
     SPARSE_TOPK_SPEC,
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
     MTA_HEAD_NORM_SPEC,
+    HEAD_SCALE_SPEC,
+    VALUE_HEAD_GATES_SPEC,
+    GATED_VALUES_SPEC,
     AOA_SPEC,
 )
 
@@ -50,23 +73,30 @@ class AttentionParts:
     """The parts of one attention layer, by stage, and what its kernel must support.
 
     Attributes:
-        projection: the project stage.
-        extensions: (attribute, module or None) of every extend-stage feature.
-        biases: (attribute, module or None) of every bias-stage feature.
+        projection: the project stage (its "qk" transforms installed).
+        named: (attribute, module or None) of every feature of the "qk", "values", "extend",
+            "bias" and "heads" stages in the catalog, for the Attention module to register.
+        extensions: the active extend-stage modules, in order.
+        values: the active values-stage modules, in order.
+        biases: the active bias-stage modules (query-dependent logit bias), in order.
+        head_stages: the active "heads"-stage modules (per-head output), in order.
         scores: the score features and the normalizer.
         output: the output stage.
-        head_stages: (attribute, module) of the "heads" stage: modules on the per-head output.
         rules: mask rules of self-attention calls (besides causality).
         new_entry: factory of the layer's self-attention cache entries.
         needs: what the layer's kernel must support, each with the flag that asks.
+        scale: the logit scale (see :attr:`FeatureContext.scale`).
     """
 
     projection: Projection
-    extensions: list[tuple[str, nn.Module | None]]
-    biases: list[tuple[str, nn.Module | None]]
+    named: list[tuple[str, nn.Module | None]]
+    extensions: tuple[nn.Module, ...]
+    values: tuple[nn.Module, ...]
+    biases: tuple[nn.Module, ...]
+    head_stages: tuple[nn.Module, ...]
     scores: ScorePipeline
     output: nn.Module
-    head_stages: list[tuple[str, nn.Module]] = field(default_factory=list)
+    scale: float
     rules: tuple[MaskRule, ...] = ()
     new_entry: Callable[[], CacheEntry] = KVEntry
     needs: list[Need] = field(default_factory=list)
@@ -81,7 +111,12 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
     bias = ctx.config.out_bias
     ctx = replace(ctx, projection=projection)
-    built = [(s, s.build(ctx)) for s in active if s.slot != "projection" and s.build is not None]
+    _check_transformable(active, projection, ctx, owner)
+    ctx = replace(ctx, feature_scale=_scale(active, ctx, owner))
+    qk = [(s, s.build(ctx)) for s in active if s.stage == "qk"]
+    projection.use_head_transforms([m for _, m in qk])  # before the others read it
+    later = [s for s in active if s.slot != "projection" and s.stage != "qk" and s.build]
+    built = qk + [(s, s.build(ctx)) for s in later]
     scores = [m for s, m in built if s.stage in SCORE_STAGES]
     output = next((m for s, m in built if s.slot == "output"), None)
     rules = tuple(rule for s in active if s.rules is not None for rule in s.rules(ctx))
@@ -91,14 +126,17 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
             entry = _wrapped(entry, spec.wrap_entry(ctx))
     return AttentionParts(
         projection=projection,
-        extensions=_stage_modules(built, "extend"),
-        biases=_stage_modules(built, "bias"),
+        named=_named(built),
+        extensions=_in_stage(built, "extend"),
+        values=_in_stage(built, "values"),
+        biases=_in_stage(built, "bias"),
+        head_stages=_in_stage(built, "heads"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
         output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim, bias),
-        head_stages=[(s.attr or s.name, m) for s, m in built if s.stage == "heads"],
         rules=rules,
         new_entry=entry,
         needs=_needs(active, ctx),
+        scale=ctx.scale,
         neighbour_flags=tuple(s.flag(ctx) for s in active if s.reads_neighbours),
     )
 
@@ -120,12 +158,37 @@ def _needs(active: list[FeatureSpec], ctx: FeatureContext) -> list[Need]:
     return needs
 
 
-def _stage_modules(
-    built: list[tuple[FeatureSpec, nn.Module]], stage: str
-) -> list[tuple[str, nn.Module | None]]:
-    """(attribute, module or None) for every feature of ``stage`` in the catalog, in order."""
+def _named(built: list[tuple[FeatureSpec, nn.Module]]) -> list[tuple[str, nn.Module | None]]:
+    """(attribute, module or None) for every feature of a named stage in the catalog."""
     on = {spec.name: module for spec, module in built}
-    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage == stage]
+    return [(s.attr or s.name, on.get(s.name)) for s in FEATURES if s.stage in NAMED_STAGES]
+
+
+def _in_stage(built: list[tuple[FeatureSpec, nn.Module]], stage: str) -> tuple[nn.Module, ...]:
+    """The built modules of one stage, in catalog order."""
+    return tuple(module for spec, module in built if spec.stage == stage)
+
+
+def _check_transformable(
+    active: list[FeatureSpec], projection: Projection, ctx: FeatureContext, owner: str
+) -> None:
+    """Refuse "qk" and "values" transforms on a projection that cannot apply them."""
+    transforms = [s.flag(ctx) for s in active if s.stage in ("qk", "values")]
+    if transforms and not projection.transformable:
+        slot = next(s.flag(ctx) for s in active if s.slot == "projection")
+        raise ValueError(
+            f"{owner}: {', '.join(transforms)} transform the per-head keys or values, which "
+            f"{slot} never forms (it attends through a shared latent); drop one of them"
+        )
+
+
+def _scale(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> float | None:
+    """The logit scale an active feature implies (at most one may set it)."""
+    setting = [spec for spec in active if spec.scale is not None]
+    if len(setting) > 1:
+        flags = " and ".join(spec.flag(ctx) for spec in setting)
+        raise ValueError(f"{owner}: {flags} both set the attention logit scale; choose one")
+    return setting[0].scale(ctx) if setting else None
 
 
 def _default_projection(ctx: FeatureContext) -> Projection:

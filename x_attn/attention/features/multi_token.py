@@ -198,8 +198,8 @@ class HeadNorm(nn.Module):
         self.scale = scale
         self.gate = nn.Linear(dim_head, 1) if gate else None
 
-    def forward(self, out: Tensor) -> Tensor:
-        """(b, h, n, d) -> (b, h, n, d)."""
+    def forward(self, out: Tensor, x: Tensor | None = None) -> Tensor:
+        """(b, h, n, d) -> (b, h, n, d); the query input ``x`` of the "heads" stage is unused."""
         if self.norm is not None:
             out = self.norm(out) * self.scale
         if self.gate is not None:

@@ -7,8 +7,15 @@ exclusive slot when the feature replaces a part that exists once per layer ("pro
 self-attention calls (a window, global tokens, ...), the self-attention cache entry of its
 layers (slot "cache": a ring buffer, a latent, a running state), a wrapper around whatever
 entry the layer has (to keep more state, e.g. the last query rows of a convolution over the
-scores) and further kernel capabilities it needs. :mod:`x_attn.attention.features.catalog`
-lists the specs and builds a layer's parts from them; Attention never tests a flag itself.
+scores), further kernel capabilities it needs and the logit scale it implies (QK-norm's
+temperature).
+
+The stages of modules that act on head tensors (see :mod:`x_attn.attention.features.stages`):
+"qk" (per-head query/key transforms inside the projection, before positions: QK-norm),
+"values" (the values of the new key rows, before the cache: value residual, value RMSNorm),
+"heads" (the per-head attention output, with the query input, before the heads merge: head
+scale, value gates, MTA's head norm). :mod:`x_attn.attention.features.catalog` lists the specs
+and builds a layer's parts from them; Attention never tests a flag itself.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ if TYPE_CHECKING:
 
 Stage = Literal[
     "project",
+    "qk",
+    "values",
     "bias",
     "extend",
     "mask",
@@ -38,6 +47,8 @@ Stage = Literal[
     "output",
 ]
 SCORE_STAGES: tuple[Stage, ...] = ("logits", "masked", "probs")
+# stages whose modules are attributes of the Attention module (named by ``attr`` or ``name``)
+NAMED_STAGES: tuple[Stage, ...] = ("qk", "values", "extend", "bias", "heads")
 
 
 @dataclass(frozen=True)
@@ -53,11 +64,15 @@ class FeatureContext:
         residual_attn: the stack's residual-attention flag for this kind of layer.
         layer: index of the layer among its stack's layers of the same kind (self- or
             cross-attention), from 0; 0 for a layer built on its own.
+        value_residual: the stack's value residual role for this layer: "source" (the first
+            layer of its kind, whose values the later ones mix in), "fixed" or "learned" (the
+            mix of a later layer), None (no value residual).
         projection: the layer's projection, once the project stage is built.
         stack: the stack's flags, for the self-attention layers of a stack (positional
             features such as Shaw's relative embeddings read them); None otherwise.
         rotary_dim: the stack's rotary dim (None without rotary positions), for projections
             that size a separate rotary part by it.
+        feature_scale: the logit scale an active feature implies (QK-norm), once assembled.
     """
 
     dim: int
@@ -67,13 +82,18 @@ class FeatureContext:
     prefix: str = "attn_"
     residual_attn: bool = False
     layer: int = 0
+    value_residual: str | None = None
     projection: Projection | None = None
     stack: LayersConfig | None = None
     rotary_dim: int | None = None
+    feature_scale: float | None = None
 
     @property
     def scale(self) -> float:
-        """The logit scale: the projection's, else ``dim_head ** -0.5``."""
+        """The logit scale: a feature's (QK-norm's temperature), else the projection's, else
+        ``dim_head ** -0.5``."""
+        if self.feature_scale is not None:
+            return self.feature_scale
         scale = None if self.projection is None else self.projection.scale
         return self.config.dim_head**-0.5 if scale is None else scale
 
@@ -89,24 +109,27 @@ class FeatureSpec:
     Attributes:
         name: the option's name (the config field, e.g. "sparse_topk").
         paper: arXiv id of the paper it implements ("" for none).
-        stage: where it attaches: "project", "extend" (more keys/values), "bias" (a
+        stage: where it attaches: "project", "qk" (query/key transforms before positions),
+            "values" (new values before the cache), "extend" (more keys/values), "bias" (a
             query-dependent logit bias over the held keys, possibly wrapping the score hooks),
-            "mask", "cache", "logits", "masked", "normalize", "probs" (score stages), "heads"
-            (a module on the per-head output (b, h, n, dv), before the heads are merged) or
-            "output".
+            "mask", "cache", "logits", "masked", "normalize", "probs" (score stages), "heads" (a
+            module on the per-head output (b, h, n, dv) and the query input, before the heads
+            are merged) or "output".
         enabled: whether a layer's context turns it on.
         build: the module for a layer that turns it on (None: the feature has no module).
         needs_scores: only kernels that form the scores can run it (a bool, or a function of
             the layer's context when that depends on an option).
         slot: exclusive part it replaces ("projection", "normalizer", "output", "cache").
-        attr: attribute name on the Attention module (its state-dict prefix) for "extend"
-            and "heads" modules.
+        attr: attribute name on the Attention module (its state-dict prefix) for "qk",
+            "values", "extend" and "heads" modules (default: ``name``).
         flag_of: the user-facing flag for messages (default: prefix + name).
         rules: mask rules it adds to self-attention calls (kernels then need "rule:<kind>").
         cache_entry: factory of its layers' self-attention cache entries (slot "cache").
         wrap_entry: for a layer's context, a function that wraps the layer's self-attention
             entry (whichever kind) in one that keeps more state; wrappers compose.
         needs: further kernel capabilities it needs (e.g. "cache:state").
+        scale: the logit scale it implies instead of ``dim_head ** -0.5`` (at most one active
+            feature may set it).
         reads_neighbours: it mixes neighbouring positions (a convolution over rows or keys),
             so padding placed between real positions changes a row's result; wrappers refuse
             to create such gaps (memory tokens in front of left padding).
@@ -125,6 +148,7 @@ class FeatureSpec:
     cache_entry: Callable[[FeatureContext], Callable[[], CacheEntry]] | None = None
     wrap_entry: Callable[[FeatureContext], Callable[[CacheEntry], CacheEntry]] | None = None
     needs: tuple[str, ...] = ()
+    scale: Callable[[FeatureContext], float] | None = None
     reads_neighbours: bool = False
 
     def flag(self, ctx: FeatureContext) -> str:

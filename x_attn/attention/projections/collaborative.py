@@ -46,13 +46,13 @@ class CollaborativeProjection(Projection):
         """(b i d) -> (b h i dk)."""
         q = rearrange(self.to_q(pos.infuse(x)), "b i dk -> b 1 i dk")
         q = q * rearrange(self.mixing, "h dk -> 1 h 1 dk").to(q.dtype)
-        return pos.rotate(q)
+        return self.finish_queries(q, pos)
 
     def keys(self, x: Tensor, pos: RowPositions) -> tuple[Tensor, Tensor]:
         """(b j d) -> shared keys (b 1 j dk), values (b h j dh)."""
         k = rearrange(self.to_k(pos.infuse(x)), "b j dk -> b 1 j dk")
         v = rearrange(self.to_v(x), "b j (h d) -> b h j d", h=self.heads)
-        return pos.rotate(k), v
+        return self.finish_keys(k, pos), v
 
 
 COLLAB_HEADS_SPEC = FeatureSpec(

@@ -47,7 +47,13 @@ def latent_input(dim: int, latent: int | None) -> nn.Module:
 
 
 class LatentProjection(Projection):
-    """Queries (b, h, i, dh + r); payload: the latent and rotary keys (b, 1, j, w)."""
+    """Queries (b, h, i, dh + r); payload: the latent and rotary keys (b, 1, j, w).
+
+    Not ``transformable``: per-head key transforms (QK-norm) and value transforms (value
+    residual) would break the absorbed form, which never forms per-head keys or values.
+    """
+
+    transformable = False
 
     def __init__(
         self,

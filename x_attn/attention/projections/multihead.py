@@ -52,10 +52,10 @@ class MultiHeadProjection(Projection):
     def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
         q = self.to_q(self.to_latent_q(pos.infuse(x)))
         q = rearrange(q, "b i (h d) -> b h i d", h=self.heads)
-        return pos.rotate(q)
+        return self.finish_queries(q, pos)
 
     def keys(self, x: Tensor, pos: RowPositions) -> tuple[Tensor, Tensor]:
         split = "b j (h d) -> b h j d"
         k = rearrange(self.to_k(pos.infuse(x)), split, h=self.k_heads)
         v = rearrange(self.to_v(x), split, h=self.v_heads)
-        return pos.rotate(k), v
+        return self.finish_keys(k, pos), v
