@@ -66,7 +66,7 @@ def test_stack_flag_at_other_value_is_refused(name: str) -> None:
 
 def test_unsupported_is_a_type_error_without_did_you_mean() -> None:
     with pytest.raises(TypeError) as info:
-        Decoder(dim=16, depth=1, heads=2, attn_qk_norm=True)
+        Decoder(dim=16, depth=1, heads=2, polar_pos_emb=True)  # attn_qk_norm is supported now
     assert "did you mean" not in str(info.value)
 
 
