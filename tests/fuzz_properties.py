@@ -282,6 +282,8 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "layer_dropout": not s.root.training,  # stochastic depth acts in training only
         # it clamps the plain hidden layer; with ff_glu it warns at construction that it does not
         "ff_softclamp_value": case.has("ff_glu"),
+        # ResiDual is its own norm structure (pre_norm=True is refused with it): False is a no-op
+        "pre_norm=False": case.has("resi_dual"),
     }
     return bool(rules.get(name, False))
 
