@@ -272,7 +272,6 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "scaled_sinu_pos_emb": absolute_off,
         "sinusoidal_pos_emb": absolute_off,
         "sandwich_coef": case.depth == 1,
-        "pre_norm=False": bool(case.layer_kw.get("resi_dual")),  # ResiDual sets its own norms
         "weight_tie_layers": case.depth == 1,  # one layer of each kind: nothing to tie
         "rotary_pos_emb": bool(case.layer_kw.get("rotary_xpos")),  # xPos implies rotary
         # as many kv heads as query heads (the case's heads win over the entry's) is MHA
@@ -293,6 +292,8 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "layer_dropout": not s.root.training,  # stochastic depth acts in training only
         # it clamps the plain hidden layer; with ff_glu it warns at construction that it does not
         "ff_softclamp_value": case.has("ff_glu"),
+        # ResiDual is its own norm structure (pre_norm=True is refused with it): False is a no-op
+        "pre_norm=False": case.has("resi_dual"),
     }
     return bool(rules.get(name, False))
 
