@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,20 +45,21 @@ def band(n: int, device: torch.device) -> torch.Tensor:
     return (dist >= 0) & (dist < WINDOW)
 
 
-def train_step(name: str, n: int, device: str, queue) -> None:
-    """One warm-up and one timed forward + backward; puts (seconds, peak MiB) on ``queue``."""
+def train_step(name: str, n: int, device: str, queue, repeats: int = 3) -> None:
+    """One warm-up, then ``repeats`` timed forward + backward passes; puts (median seconds,
+    peak MiB) on ``queue``."""
     device = torch.device(device)
     attn = layer(name, device)
     mask = band(n, device) if name == "dense-window" else None
     x = torch.randn(1, n, DIM, device=device, requires_grad=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
-    for _ in range(2):
+    for _ in range(1 + repeats):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        out, _ = attn(x, attn_mask=mask)
+        out = attn(x, attn_mask=mask)
         out.sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -66,7 +68,7 @@ def train_step(name: str, n: int, device: str, queue) -> None:
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    queue.put((times[-1], peak))
+    queue.put((statistics.median(times[1:]), peak))
 
 
 def decode_step(name: str, n: int, device: str, queue, steps: int = 32) -> None:
