@@ -48,7 +48,9 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "nanogpt": Recipe(wrapper_flags={"tie_embedding": True}),
+    # tied logits without a scale, as in nanoGPT (x_attn's default scale is x-transformers'
+    # dim ** -0.5, which slows these small models down: 1.75 instead of 1.61 nats/char)
+    "nanogpt": Recipe(wrapper_flags={"tie_embedding": True, "tie_embedding_scale": 1.0}),
     "default": Recipe(
         dim=128,
         context=128,
@@ -57,7 +59,7 @@ RECIPES: dict[str, Recipe] = {
         time_budget=270.0,
         lr=2e-3,
         layer_flags={"rotary_pos_emb": True, "ff_glu": True, "use_rmsnorm": True},
-        wrapper_flags={"tie_embedding": True, "use_abs_pos_emb": False},
+        wrapper_flags={"tie_embedding": True, "tie_embedding_scale": 1.0, "use_abs_pos_emb": False},
     ),
 }
 
