@@ -71,6 +71,7 @@ CASES = {
         {"use_abs_pos_emb": False, "tie_embedding": True, "tie_embedding_scale": 1.0},
     ),
     "qwen2": ({**LLAMA_FLAGS, "attn_qkv_bias": True}, {"use_abs_pos_emb": False}),
+    "mistral": ({**LLAMA_FLAGS, "attn_window_size": 6}, {"use_abs_pos_emb": False}),
     "gpt2": (GPT2_FLAGS, {"tie_embedding": True, "tie_embedding_scale": 1.0}),
 }
 
@@ -150,7 +151,6 @@ REFUSED = {
             }
         },
     ),
-    "sliding_window": ("mistral", {"sliding_window": 8}),
     "use_sliding_window": ("qwen2", {"use_sliding_window": True, "sliding_window": 8}),
     "scale_attn_by_inverse_layer_idx": ("gpt2", {"scale_attn_by_inverse_layer_idx": True}),
     "activation_function": ("gpt2", {"activation_function": "quick_gelu"}),

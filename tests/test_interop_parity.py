@@ -100,3 +100,25 @@ def test_saved_directory_loads_offline(family, tmp_path, monkeypatch):
     x = tokens(1, 12)
     with torch.no_grad():
         torch.testing.assert_close(model(x), hf(x).logits, atol=1e-4, rtol=0)
+
+
+def test_mistral_sliding_window_that_matters():
+    """A window of 4 over 24 tokens (and 25 generated with the ring-buffer cache) hides most
+    keys: logits, padded logits and greedy generation still equal Hugging Face's."""
+    hf = tiny_hf("mistral", sliding_window=4)
+    model = from_hf(hf)
+    assert model.attn_layers.config.attn.window_size == 4
+    x = tokens(2, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf(x).logits, atol=1e-4, rtol=0)
+        full = from_hf(tiny_hf("mistral"))(x)
+    assert (full - model(x)).abs().max() > 1e-2  # the window changes the function
+    prompt = tokens(1, 5)
+    ours = AutoregressiveWrapper(model).generate(prompt, STEPS, temperature=0.0, cache_kv=True)
+    theirs = hf_generate(hf, prompt, torch.ones_like(prompt, dtype=torch.bool), STEPS)
+    assert torch.equal(ours, theirs)
+    ids, mask = left_pad([tokens(1, n, seed=n)[0] for n in (9, 4, 7)])
+    with torch.no_grad():
+        ours = model(ids, mask=mask)
+        theirs = hf(ids, attention_mask=mask.long(), position_ids=position_ids(mask)).logits
+    torch.testing.assert_close(ours[mask], theirs[mask], atol=1e-4, rtol=0)

@@ -95,7 +95,8 @@ def to_hf(model: nn.Module, family: str | None = None) -> nn.Module:
     Args:
         model: a TransformerWrapper around a Decoder whose flags one family expresses.
         family: "gpt2", "llama", "qwen2" or "mistral"; None picks from the flags (learned
-            absolute positions: gpt2; q/k/v biases without an output bias: qwen2; else llama).
+            absolute positions: gpt2; a sliding window: mistral; q/k/v biases without an output
+            bias: qwen2; else llama).
 
     Raises:
         ValueError: a flag (or a non-zero head bias) the family cannot express (named).
@@ -133,6 +134,8 @@ def to_hf(model: nn.Module, family: str | None = None) -> nn.Module:
 def _pick_family(wrapper: dict[str, Any], layers: dict[str, Any]) -> str:
     if wrapper.get("use_abs_pos_emb", True) and not layers.get("rotary_pos_emb", False):
         return "gpt2"
+    if layers.get("attn_window_size"):
+        return "mistral"
     if layers.get("attn_qkv_bias") and not layers.get("attn_out_bias"):
         return "qwen2"
     return "llama"

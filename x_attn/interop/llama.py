@@ -8,10 +8,11 @@ layout, grouped-query attention (``attn_kv_heads``) and a SwiGLU feed-forward
 
 * Llama: ``attention_bias`` (q/k/v and output: ``attn_qkv_bias`` + ``attn_out_bias``) and
   ``mlp_bias`` (``ff_no_bias=False``);
-* Qwen2: biases on q/k/v only (``attn_qkv_bias``); sliding windows are refused
-  (``use_sliding_window``);
-* Mistral: no biases; ``sliding_window`` is accepted only when it covers every position
-  (None or >= ``max_position_embeddings``): x_attn has no sliding-window attention yet.
+* Qwen2: biases on q/k/v only (``attn_qkv_bias``); its per-layer sliding windows
+  (``use_sliding_window`` with ``max_window_layers``) are refused;
+* Mistral: no biases; ``sliding_window`` w becomes ``attn_window_size=w`` (each query sees
+  itself and the w - 1 keys before it, Hugging Face's convention and x_attn's; decoding keeps a
+  ring buffer of the last w - 1 keys); a window covering every position is full attention.
 
 Per-family differences are :class:`Family` entries; the weights are renamed by
 :func:`to_x_state` / :func:`to_hf_state`.
@@ -67,20 +68,21 @@ class Family:
             return {"attn_qkv_bias": attn, "attn_out_bias": attn, "ff_no_bias": not mlp}
         return {"attn_qkv_bias": self.name == "qwen2", "ff_no_bias": True}
 
-    def check_window(self, config: Any) -> None:
-        """Refuse a sliding window that hides keys (x_attn has full causal attention only)."""
+    def window(self, config: Any) -> int | None:
+        """The ``attn_window_size`` of ``config`` (None: full attention)."""
         window = getattr(config, "sliding_window", None)
         if self.name == "qwen2":
             if config.use_sliding_window:
-                raise refuse(self.name, "use_sliding_window", True, _NO_WINDOW)
-            return
-        if window is not None and window < config.max_position_embeddings:
-            raise refuse(self.name, "sliding_window", window, _NO_WINDOW)
+                raise refuse(self.name, "use_sliding_window", True, _PER_LAYER_WINDOWS)
+            return None
+        if window is None or window >= config.max_position_embeddings:
+            return None  # it hides no key
+        return int(window)
 
 
-_NO_WINDOW = (
-    "x_attn has no sliding-window attention yet; a window shorter than "
-    "max_position_embeddings would hide keys that the x_attn model attends to"
+_PER_LAYER_WINDOWS = (
+    "Qwen2 windows only the layers from max_window_layers on; this mapping does not build "
+    "per-layer windows yet"
 )
 
 FAMILIES = {
@@ -107,7 +109,6 @@ def flags(config: Any, family: Family) -> tuple[dict[str, Any], dict[str, Any]]:
     refuse_unread_fields(config, _READ | family.extra_fields, family.name)
     if config.hidden_act != "silu":
         raise refuse(family.name, "hidden_act", config.hidden_act, "x_attn's GLU needs 'silu'")
-    family.check_window(config)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = config.num_key_value_heads or heads
@@ -127,6 +128,7 @@ def flags(config: Any, family: Family) -> tuple[dict[str, Any], dict[str, Any]]:
         "rotary_emb_dim": head_dim,
         **rotary_flags(config.rope_parameters, family.name, config.max_position_embeddings),
         **family.biases(config),
+        "attn_window_size": family.window(config),
     }
     if config.attention_dropout:
         layers["attn_dropout"] = float(config.attention_dropout)
@@ -171,7 +173,7 @@ def config_kwargs(
         kwargs["attention_bias"] = bool(layers.get("attn_qkv_bias", False))
         kwargs["mlp_bias"] = not layers.get("ff_no_bias", False)
     if family.name == "mistral":
-        kwargs["sliding_window"] = None
+        kwargs["sliding_window"] = layers.get("attn_window_size")
     return kwargs
 
 
