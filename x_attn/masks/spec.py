@@ -84,6 +84,12 @@ class MaskRule:
         """True when the rule allows every (query, key) pair of these spans (no mask needed)."""
         return False
 
+    def for_length(self, length: int) -> MaskRule:
+        """This rule for a self-attention call whose newest key sits at position
+        ``length - 1``. Rules whose pattern depends on the sequence length (BigBird's last
+        global block) bind it here; the others return themselves."""
+        return self
+
     def with_global_tokens(self, span: Span, marked: Tensor) -> MaskRule:
         """This rule for a call whose key rows ``span`` have ``marked`` (b, j) global tokens
         (True = global: attends everywhere, attended by all). Rules without global tokens
