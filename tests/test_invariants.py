@@ -40,9 +40,13 @@ SDPA_NAMES = [case.name for case in FLAGS if case.kernel == "sdpa"]
 
 
 def build(
-    case: FlagCase, stack: type = Decoder, seed: int = 0, jitter: bool = True, **layer_extra
+    case: FlagCase, stack: type | None = None, seed: int = 0, jitter: bool = True, **layer_extra
 ) -> TransformerWrapper:
-    """Tiny float64 eval model for ``case``; ``layer_extra`` overrides the case's stack flags."""
+    """Tiny float64 eval model for ``case``; ``layer_extra`` overrides the case's stack flags.
+
+    The default stack is a Decoder, or an Encoder for a flag refused on one (causal_ok=False).
+    """
+    stack = stack or (Decoder if case.causal_ok else Encoder)
     torch.manual_seed(seed)
     layers = stack(**{**DIMS, **case.layers, **layer_extra})  # a case may set its heads
     model = TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=layers, **case.wrapper)
@@ -117,6 +121,10 @@ def test_masked_keys_have_no_effect(name: str, stack: type) -> None:
         with pytest.raises(ValueError, match=name):
             build(case, stack)
         pytest.skip(f"{name} is refused on an Encoder (registry: encoder_ok=False)")
+    if stack is Decoder and not case.causal_ok:
+        with pytest.raises(ValueError, match=name):
+            build(case, stack)
+        pytest.skip(f"{name} is refused on a Decoder (registry: causal_ok=False)")
     model = build(case, stack)
     mask = padding_mask()
     x = tokens()
@@ -302,6 +310,8 @@ def test_return_attn_maps_decoder(name: str) -> None:
     i = SEQ + mem_tokens(model)
     j = i + mem_kv(case)
     assert len(maps) == model.attn_layers.num_attention_layers == 2
+    if not case.causal_ok:  # built as an Encoder: the maps, compared above, see the future
+        return
     future = ~torch.ones(i, j, dtype=torch.bool).tril(j - i)
     for attn in maps:
         assert attn.shape == (BATCH, HEADS, i, j)
