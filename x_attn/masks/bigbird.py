@@ -23,6 +23,8 @@ Shape legend: r rows (queries) of a group, c columns (keys) of a group.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
@@ -43,6 +45,8 @@ class BigBird(BlockPattern):
         seed, layer: the random table's generator is seeded from them (and n_b).
         length: the sequence length n this rule is bound to (None: not bound yet).
     """
+
+    slot_anchored: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -98,6 +98,8 @@ class Strided(BlockPattern):
 class Fixed(BlockPattern):
     """Fixed pattern, block ``l``, summary ``c``: ``j // l = i // l`` or ``j mod l >= l - c``."""
 
+    slot_anchored: ClassVar[bool] = True
+
     def __init__(self, block: int, summary: int) -> None:
         self.block, self.summary = block, summary
 

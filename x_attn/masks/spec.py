@@ -70,6 +70,9 @@ class MaskRule:
 
     kind: ClassVar[str] = ""
     takes_global_tokens: ClassVar[bool] = False  # reads a call's global_mask (see below)
+    # its pattern is anchored at absolute slots (block boundaries), not only at distances:
+    # left padding would move a padded row's tokens across them, so it is refused
+    slot_anchored: ClassVar[bool] = False
 
     def allows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """Query positions (..., i, 1), key positions (..., 1, p) -> (..., i, p) bool.
