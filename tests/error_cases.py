@@ -180,4 +180,10 @@ CASES: dict[str, Callable[[], object]] = {
     # x-transformers input conventions
     "token-ids-non-integral": lambda: lm()(ids().double() + 0.5),
     "attn-mask-shape": lambda: lm()(ids(), attn_mask=torch.ones(3, 4, 4, dtype=torch.bool)),
+    # issue 9: block-sparse patterns
+    "bigbird-causal": lambda: Decoder(depth=1, attn_bigbird=True, **DIMS),
+    "sparse-option-without-pattern": lambda: Decoder(depth=1, attn_sparse_block=16, **DIMS),
+    "sparse-summary-too-large": lambda: Decoder(
+        depth=1, attn_sparse_pattern="fixed", attn_sparse_block=4, attn_sparse_summary=8, **DIMS
+    ),
 }

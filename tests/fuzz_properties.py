@@ -21,6 +21,7 @@ from fuzz_strategies import CTX, RELATIVE, Case, Subject, build
 from torch import Tensor
 
 from x_attn import from_config, to_config
+from x_attn.masks.spec import AttnMask, Span
 
 EXACT = 1e-10
 
@@ -56,19 +57,30 @@ def padding_mask(s: Subject, n: int | None = None) -> Tensor | None:
     return mask
 
 
+# what a refusal of left padding by design names: memory tokens in front of it with a feature
+# that mixes neighbouring positions; global positions or block boundaries (the fixed sparse
+# pattern, BigBird) at absolute slots that it would move
+LEFT_PADDING_REFUSALS = ("num_memory_tokens", "attn_global_tokens", "block boundaries")
+SLOT_ANCHORED = ("attn_global_tokens", "attn_sparse_summary", "attn_bigbird")
+
+
+def left_padding_refused(error: ValueError) -> bool:
+    """Whether ``error`` is a refusal of left padding by design (see LEFT_PADDING_REFUSALS)."""
+    return any(word in str(error) for word in LEFT_PADDING_REFUSALS)
+
+
 def usable_mask(s: Subject) -> Tensor | None:
-    """:func:`padding_mask`, or None where the model refuses it by design (the wrapper's
-    ValueError naming num_memory_tokens: memory tokens in front of left padding with a feature
-    that mixes neighbouring positions; or naming attn_global_tokens: global positions that
-    left padding would move); the draw's other properties still run."""
+    """:func:`padding_mask`, or None where the model refuses it by design (a ValueError of
+    :func:`left_padding_refused`); the draw's other properties still run."""
     mask = padding_mask(s)
-    if mask is None or not (s.net.num_memory_tokens or s.case.layer_kw.get("attn_global_tokens")):
+    anchored = any(flag in s.case.flags for flag in SLOT_ANCHORED)
+    if mask is None or not (s.net.num_memory_tokens or anchored):
         return mask
     try:
         with torch.no_grad():
             s(s.inputs(), mask=mask)
     except ValueError as error:
-        if "num_memory_tokens" not in str(error) and "attn_global_tokens" not in str(error):
+        if not left_padding_refused(error):
             raise
         return None
     return mask
@@ -249,6 +261,22 @@ def _rotary_pairs(s: Subject) -> int:
     return min(s.case.layer_kw.get("rotary_emb_dim") or qk, qk) // 2
 
 
+def _pattern_hides_nothing(s: Subject, slots: int) -> bool:
+    """Whether no self-attention layer's pattern rule (window, block-sparse) hides a pair of
+    ``slots`` positions beyond what causality hides (true without self-attention layers)."""
+    layers = getattr(s.net.attn_layers, "layers", ())
+    for rules in (layer.block.rules for layer in layers if layer.kind == "a"):
+        bound = tuple(rule.for_length(slots) for rule in rules)
+        span = Span(0, slots)
+        plain = AttnMask(span, span, tuple(r for r in bound if r.kind == "causal")).dense()
+        full = AttnMask(span, span, bound).dense()
+        if full is None:
+            continue
+        if not torch.equal(full, plain if plain is not None else torch.ones_like(full)):
+            return False
+    return True
+
+
 def _effect_exempt(s: Subject, name: str) -> bool:
     """Flags that legitimately leave the function unchanged in this case."""
     case, types = s.case, getattr(s.net.attn_layers, "types", ())
@@ -280,15 +308,22 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "rotary_emb_dim": case.layer_kw.get("rotary_emb_dim", 0) >= _qk_dim(s),  # all of it
         # one rotated pair (rotary dim 2): the interleaved and half layouts are the same
         "rotary_interleaved": _rotary_pairs(s) <= 1,
-        # a window at least as long as the sequence is full attention (by definition)
-        "attn_window_size": case.layer_kw.get("attn_window_size", 0) >= slots,
-        "attn_global_tokens": slots <= 1,
+        # a window at least as long as the sequence is full attention (by definition); no
+        # self-attention layer (a CrossAttender): nothing to window
+        "attn_window_size": case.layer_kw.get("attn_window_size", 0) >= slots
+        or _pattern_hides_nothing(s, slots),
+        "attn_global_tokens": slots <= 1 or _pattern_hides_nothing(s, slots),
+        # a block-sparse pattern covering every (causal) pair of this length is full attention
+        "attn_sparse_pattern": _pattern_hides_nothing(s, slots),
+        "attn_sparse_summary": _pattern_hides_nothing(s, slots),
+        "attn_bigbird": _pattern_hides_nothing(s, slots),
         # synonyms: attn_talking_heads = attn_pre_talking_heads + attn_post_talking_heads
         "attn_pre_talking_heads": "attn_talking_heads" in case.flags,
         "attn_post_talking_heads": "attn_talking_heads" in case.flags,
         "attn_talking_heads": {"attn_pre_talking_heads", "attn_post_talking_heads"}
         <= set(case.flags),
         "zero_init_branch_output": True,  # an initialisation: the twin loads the same weights
+        "emb_frac_gradient": True,  # it scales the embedding gradient; the forward is unchanged
         "layer_dropout": not s.root.training,  # stochastic depth acts in training only
         # it clamps the plain hidden layer; with ff_glu it warns at construction that it does not
         "ff_softclamp_value": case.has("ff_glu"),

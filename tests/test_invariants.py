@@ -40,9 +40,13 @@ SDPA_NAMES = [case.name for case in FLAGS if case.kernel == "sdpa"]
 
 
 def build(
-    case: FlagCase, stack: type = Decoder, seed: int = 0, jitter: bool = True, **layer_extra
+    case: FlagCase, stack: type | None = None, seed: int = 0, jitter: bool = True, **layer_extra
 ) -> TransformerWrapper:
-    """Tiny float64 eval model for ``case``; ``layer_extra`` overrides the case's stack flags."""
+    """Tiny float64 eval model for ``case``; ``layer_extra`` overrides the case's stack flags.
+
+    The default stack is a Decoder, or an Encoder for a flag refused on one (causal_ok=False).
+    """
+    stack = stack or (Decoder if case.causal_ok else Encoder)
     torch.manual_seed(seed)
     layers = stack(**{**DIMS, **case.layers, **layer_extra})  # a case may set its heads
     model = TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=layers, **case.wrapper)
@@ -60,7 +64,12 @@ def tokens(seed: int = 1, n: int = SEQ) -> Tensor:
 
 
 # global tokens named by absolute slot: padding in front of a real token is refused
-LEFT_PADDING_REFUSED = {"attn_global_tokens"}
+# flags anchored at absolute slots refuse padding in front of a real token (the error names this)
+LEFT_PADDING_REFUSED = {
+    "attn_global_tokens": "attn_global_tokens",
+    "attn_sparse_summary": "fixed",
+    "attn_bigbird": "attn_bigbird",
+}
 
 
 def padding_mask(n: int = SEQ, name: str = "") -> Tensor:
@@ -117,11 +126,15 @@ def test_masked_keys_have_no_effect(name: str, stack: type) -> None:
         with pytest.raises(ValueError, match=name):
             build(case, stack)
         pytest.skip(f"{name} is refused on an Encoder (registry: encoder_ok=False)")
+    if stack is Decoder and not case.causal_ok:
+        with pytest.raises(ValueError, match=name):
+            build(case, stack)
+        pytest.skip(f"{name} is refused on a Decoder (registry: causal_ok=False)")
     model = build(case, stack)
     mask = padding_mask()
     x = tokens()
     if name in LEFT_PADDING_REFUSED:
-        with pytest.raises(ValueError, match="attn_global_tokens"):  # slots would shift
+        with pytest.raises(ValueError, match=LEFT_PADDING_REFUSED[name]):  # slots would shift
             model(x, mask=mask)
         return
     y = torch.where(mask, x, (x + 7) % VOCAB)  # change every hidden token
@@ -302,6 +315,8 @@ def test_return_attn_maps_decoder(name: str) -> None:
     i = SEQ + mem_tokens(model)
     j = i + mem_kv(case)
     assert len(maps) == model.attn_layers.num_attention_layers == 2
+    if not case.causal_ok:  # built as an Encoder: the maps, compared above, see the future
+        return
     future = ~torch.ones(i, j, dtype=torch.bool).tril(j - i)
     for attn in maps:
         assert attn.shape == (BATCH, HEADS, i, j)

@@ -95,10 +95,9 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "sparse-transformer",
-        "strided / fixed sparse patterns",
-        None,
+        "Sparse Transformer fixed pattern: own block of 16 and the last 4 of every block",
+        {"attn_sparse_pattern": "fixed", "attn_sparse_block": 16, "attn_sparse_summary": 4},
         "1904.10509",
-        note="its flags are not settled yet",
     ),
     Mechanism(
         "lsh",
@@ -117,8 +116,8 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "bigbird",
-        "window + global + random blocks",
-        None,
+        "BigBird: 3 window, 2 global and 3 random blocks of 8 (encoder only)",
+        {"attn_bigbird": True, "attn_bigbird_block": 8},
         "2007.14062",
         causal=False,
         note="its global tokens attend to, and are attended by, every position",

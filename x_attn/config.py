@@ -15,6 +15,7 @@ from typing import Any, Literal
 from torch.nn import Module
 
 from x_attn.config_checks import validate_attention_extras
+from x_attn.config_sparse import validate_sparse
 from x_attn.utils import check_positive_int, check_probability
 
 NormKind = Literal[
@@ -99,6 +100,16 @@ class AttentionConfig:
     window_size: int | None = None
     window_dilation: int = 1
     global_tokens: tuple[int, ...] = ()
+    # Sparse Transformer patterns and BigBird (x_attn/attention/features/sparse.py)
+    sparse_pattern: str | None = None  # "strided" | "fixed"
+    sparse_block: int = 128  # l: the stride (strided) or the block (fixed)
+    sparse_summary: int | None = None  # c: summary positions per block (fixed; default 8)
+    bigbird: bool = False
+    bigbird_block: int = 64
+    bigbird_window_blocks: int = 3
+    bigbird_global_blocks: int = 2
+    bigbird_random_blocks: int = 3
+    bigbird_seed: int = 0
     # linear attention (x_attn/attention/features/linear_attn.py, kernels/linear.py)
     linear_attn: bool = False
     linear_attn_chunk: int = 64  # causal chunk of linear_attn and performer
@@ -142,6 +153,7 @@ class AttentionConfig:
         _validate_mta(self, owner, prefix)
         _validate_window(self, owner, prefix)
         _validate_linear(self, owner, prefix)
+        validate_sparse(self, owner, prefix)
 
     def _grouped_flag(self) -> str | None:
         """The flag that sets fewer key/value heads ("one_kv_head" or "kv_heads"), if any."""

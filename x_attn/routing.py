@@ -18,6 +18,7 @@ from typing import Any
 
 from x_attn.compat import is_unsupported_noop
 from x_attn.config import AttentionConfig, FeedForwardConfig, LayersConfig
+from x_attn.config_sparse import check_sparse_used
 from x_attn.layer_values import split_layer_values, tuple_typed, with_layer_values
 from x_attn.per_layer import PerLayer, unwrap
 from x_attn.validation import check_field_types, check_value_type, validate_layers
@@ -106,7 +107,9 @@ def route_layer_kwargs(owner: str, kwargs: dict[str, Any]) -> LayersConfig:
     config = LayersConfig(**buckets["layers"], attn=attn, cross_attn=cross, ff=ff)
     check_field_types(config, owner, "")
     validate_layers(config, owner, explicit=set(kwargs) - dropped)
-    return with_layer_values(config, per_layer, owner)
+    config = with_layer_values(config, per_layer, owner)
+    check_sparse_used(config, owner)
+    return config
 
 
 def _tuple_typed(bucket: str, name: str) -> bool:

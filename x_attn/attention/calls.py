@@ -81,6 +81,7 @@ def self_call(
         )
         mask = mask if mask is not None else x.new_ones(x.shape[0], n, dtype=torch.bool)
         mask = torch.cat((mem_mask, mask), dim=1)
+    rules = tuple(rule.for_length(stop) for rule in rules)
     if global_mask is not None:
         marked = torch.cat((global_mask.new_zeros(global_mask.shape[0], j - n), global_mask), 1)
         rules = tuple(rule.with_global_tokens(new, marked) for rule in rules)

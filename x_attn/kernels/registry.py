@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from x_attn.kernels.block_sparse import block_sparse_attention
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.linear import linear_attention, linear_attention_maps
 from x_attn.kernels.manual import AttnMaps, ScoreHooks, manual_attention
@@ -112,6 +113,10 @@ def _window(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tenso
     return window_attention(inputs), None
 
 
+def _block_sparse(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, None]:
+    return block_sparse_attention(inputs), None
+
+
 def _linear(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, None]:
     return linear_attention(inputs, entry), None
 
@@ -155,6 +160,13 @@ KERNELS: tuple[Kernel, ...] = (
         fused=False,
         supports=frozenset({"cache:state", "maps"}),
         default_reason="linear attention through its implied attention matrix (return_attn)",
+    ),
+    Kernel(
+        "block_sparse",
+        _block_sparse,
+        fused=False,
+        supports=frozenset({"bias", "dense_mask", "fast:block_sparse"}),
+        default_reason="block-sparse pattern: only the gathered key blocks, one softmax per row",
     ),
 )
 

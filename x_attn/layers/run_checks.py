@@ -138,3 +138,11 @@ def check_global_tokens(
             "'mask' would shift them in the padded rows; pass the global tokens per call as "
             "global_mask (without a cache), or pad on the right"
         )
+    anchored = [r for blk in blocks for r in blk.rules if r.slot_anchored]
+    if anchored:
+        raise ValueError(
+            f"{owner}: the {type(anchored[0]).__name__} block pattern (attn_sparse_pattern="
+            "'fixed' / attn_bigbird) is anchored at absolute positions, and the left padding "
+            "in 'mask' would move the padded rows' tokens across its block boundaries; pad on "
+            "the right"
+        )

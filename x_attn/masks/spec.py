@@ -70,6 +70,9 @@ class MaskRule:
 
     kind: ClassVar[str] = ""
     takes_global_tokens: ClassVar[bool] = False  # reads a call's global_mask (see below)
+    # its pattern is anchored at absolute slots (block boundaries), not only at distances:
+    # left padding would move a padded row's tokens across them, so it is refused
+    slot_anchored: ClassVar[bool] = False
 
     def allows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """Query positions (..., i, 1), key positions (..., 1, p) -> (..., i, p) bool.
@@ -83,6 +86,12 @@ class MaskRule:
     def hides_nothing(self, q: Span, k: Span) -> bool:
         """True when the rule allows every (query, key) pair of these spans (no mask needed)."""
         return False
+
+    def for_length(self, length: int) -> MaskRule:
+        """This rule for a self-attention call whose newest key sits at position
+        ``length - 1``. Rules whose pattern depends on the sequence length (BigBird's last
+        global block) bind it here; the others return themselves."""
+        return self
 
     def with_global_tokens(self, span: Span, marked: Tensor) -> MaskRule:
         """This rule for a call whose key rows ``span`` have ``marked`` (b, j) global tokens

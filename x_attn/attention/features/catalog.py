@@ -27,6 +27,7 @@ from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.shaw import SHAW_SPEC
 from x_attn.attention.features.softclamp import SOFTCLAMP_LOGITS_SPEC
+from x_attn.attention.features.sparse import BIGBIRD_SPEC, SPARSE_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
 from x_attn.attention.features.spec import (
     NAMED_STAGES,
@@ -56,6 +57,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     PERFORMER_SPEC,
     SHAW_SPEC,
     WINDOW_SPEC,
+    SPARSE_SPEC,
+    BIGBIRD_SPEC,
     MEMORY_KV_SPEC,
     ZERO_KV_SPEC,
     HEAD_SINK_SPEC,
