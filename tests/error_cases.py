@@ -180,4 +180,12 @@ CASES: dict[str, Callable[[], object]] = {
     # x-transformers input conventions
     "token-ids-non-integral": lambda: lm()(ids().double() + 0.5),
     "attn-mask-shape": lambda: lm()(ids(), attn_mask=torch.ones(3, 4, 4, dtype=torch.bool)),
+    # issue 9: Reformer LSH attention
+    "lsh-option-without-lsh": lambda: Decoder(depth=1, attn_lsh_bucket_size=32, **DIMS),
+    "lsh-odd-buckets": lambda: Decoder(depth=1, attn_lsh=True, attn_lsh_n_buckets=3, **DIMS),
+    "lsh-cross-attention": lambda: Encoder(depth=1, cross_attend=True, cross_attn_lsh=True, **DIMS),
+    "lsh-attn-mask": lambda: lm(attn_lsh=True)(ids(), attn_mask=torch.ones(4, 4, dtype=torch.bool)),
+    "lsh-cache": lambda: Decoder(depth=1, attn_lsh=True, **DIMS)(
+        torch.randn(2, 1, 16), cache=KVCache.empty(1), return_hiddens=True
+    ),
 }

@@ -30,6 +30,7 @@ MEMS_REFUSED = {
     "attn_mta_post_conv": "attn_mta",
     "attn_mta_post_head_mix": "attn_mta",
     "shift_tokens": "shift_tokens",
+    "attn_lsh": "attn_lsh",
 }
 ATOL = 1e-9
 

@@ -102,10 +102,9 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "lsh",
-        "Reformer locality-sensitive hashing attention",
-        None,
+        "Reformer LSH attention: shared QK, 4 hash rounds, buckets of 64 (no KV cache)",
+        {"attn_lsh": True, "attn_lsh_bucket_size": 64, "attn_lsh_n_hashes": 4},
         "2001.04451",
-        note="its flags are not settled yet",
     ),
     Mechanism(
         "linformer",

@@ -425,6 +425,19 @@ FLAGS: tuple[FlagCase, ...] = (
         any_mask=False,
     ),
     FlagCase(
+        "attn_lsh",
+        "Reformer LSH attention: shared QK, angular hashing, sorted chunks, hash rounds combined",
+        "2001.04451",
+        {"attn_lsh": True, "attn_lsh_bucket_size": 3, "attn_lsh_n_hashes": 2},
+        kernel="lsh",
+        probs="sparse",
+        cacheable=False,
+        exact=False,
+        stochastic=True,  # fresh rotations at every training forward (the paper)
+        mems_ok=False,
+        any_mask=False,
+    ),
+    FlagCase(
         "attn_flash=False",
         "force the manual softmax kernel",
         "",
