@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from x_attn import Decoder, TransformerWrapper
+from x_attn import Decoder, Encoder, TransformerWrapper
 from x_attn.catalog import CATALOG
 from x_attn.layers.conditioning import fix_condition
 from x_attn.registry import FLAGS
@@ -112,7 +112,9 @@ def example_model(meta: dict) -> TransformerWrapper:
     model = TransformerWrapper(
         num_tokens=128,
         max_seq_len=64,
-        attn_layers=Decoder(**EXAMPLE, **meta["layers"]),
+        attn_layers=(Encoder if meta.get("stack") == "encoder" else Decoder)(
+            **EXAMPLE, **meta["layers"]
+        ),
         **meta.get("wrapper", {}),
     )
     with torch.no_grad():  # jitter away from the initialisation so the maps show structure

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from x_attn import Decoder, TransformerWrapper
+from x_attn import Decoder, Encoder, TransformerWrapper
 from x_attn.layers.conditioning import fix_condition
 from x_attn.registry import FLAGS, FlagCase
 
@@ -25,7 +25,8 @@ def build(
     max_mem_len: int = 0,
     **extra,
 ) -> TransformerWrapper:
-    """Eval-mode float64 TransformerWrapper(Decoder) with ``case``'s flags (+ ``extra``).
+    """Eval-mode float64 TransformerWrapper(Decoder) with ``case``'s flags (+ ``extra``); an
+    Encoder for a flag that is not meaningful on a Decoder (registry: causal_ok=False).
 
     ``relative=True`` adds rotary positions when the case has no relative scheme of its own.
     """
@@ -37,7 +38,7 @@ def build(
         num_tokens=VOCAB,
         max_seq_len=max_seq_len,
         max_mem_len=max_mem_len,
-        attn_layers=Decoder(**{**DIMS, **layers}),
+        attn_layers=(Decoder if case.causal_ok else Encoder)(**{**DIMS, **layers}),
         **case.wrapper,
     )
     net = net.double().eval()

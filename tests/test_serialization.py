@@ -37,10 +37,11 @@ def same_outputs(a, b, *inputs):
 def test_every_flag_round_trips_through_json(case):
     torch.manual_seed(0)
     dims = dict(dim=16, depth=2, heads=2, attn_dim_head=8)
-    layers = Decoder(**{**dims, **case.layers})  # a case may set its own heads
+    stack = Decoder if case.causal_ok else Encoder  # registry: causal_ok=False is encoder-only
+    layers = stack(**{**dims, **case.layers})  # a case may set its own heads
     model = TransformerWrapper(num_tokens=20, max_seq_len=16, attn_layers=layers, **case.wrapper)
     rebuilt = json_round_trip(model)
-    assert type(rebuilt.attn_layers) is Decoder
+    assert type(rebuilt.attn_layers) is stack
     assert rebuilt.attn_layers.config == model.attn_layers.config
     for net in (model, rebuilt):  # adaptive norms: the same condition for both
         bind_condition(net.attn_layers)

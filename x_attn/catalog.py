@@ -108,8 +108,8 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "linformer",
-        "keys and values projected along the sequence",
-        None,
+        "keys and values projected along the sequence to 64 slots (encoder only)",
+        {"attn_linformer": True, "attn_linformer_k": 64, "attn_linformer_max_seq_len": 256},
         "2006.04768",
         causal=False,
         note="its sequence projection mixes future keys into every one",

@@ -110,6 +110,11 @@ class AttentionConfig:
     lsh_bucket_size: int = 64  # chunk length of the sorted sequence
     lsh_n_hashes: int = 8  # hash rounds
     lsh_n_buckets: int | None = None  # None: 1 when n <= bucket size, else about n / bucket size
+    # Linformer (x_attn/attention/features/linformer.py); encoder self-attention only
+    linformer: bool = False
+    linformer_k: int = 256  # projected length
+    linformer_max_seq_len: int | None = None  # the fixed length n of the projections (required)
+    linformer_share: str = "none"  # "none", "headwise" (one E, F per layer) or "kv" (E = F)
 
     @property
     def uses_pre_talking_heads(self) -> bool:

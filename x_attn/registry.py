@@ -438,6 +438,17 @@ FLAGS: tuple[FlagCase, ...] = (
         any_mask=False,
     ),
     FlagCase(
+        "attn_linformer",
+        "Linformer: keys and values projected along the sequence to k slots (encoder only)",
+        "2006.04768",
+        {"attn_linformer": True, "attn_linformer_k": 4, "attn_linformer_max_seq_len": 40},
+        causal_ok=False,
+        cacheable=False,
+        exact=False,
+        mems_ok=False,
+        any_mask=False,
+    ),
+    FlagCase(
         "attn_flash=False",
         "force the manual softmax kernel",
         "",

@@ -88,6 +88,9 @@ _SELF_ONLY = {
     "cross_attn_lsh": "LSH attention shares queries and keys (keys are the normalised queries), "
     "which cross-attention cannot (its keys come from the context; attn_lsh acts on "
     "self-attention layers)",
+    "cross_attn_linformer": "Linformer projects a sequence's own keys over their fixed maximum "
+    "length, and a cross-attention context has no such length here (attn_linformer acts on "
+    "self-attention layers)",
 }
 
 

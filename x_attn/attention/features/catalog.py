@@ -19,6 +19,7 @@ from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.linear_attn import LINEAR_ATTN_SPEC
+from x_attn.attention.features.linformer import LINFORMER_SPEC
 from x_attn.attention.features.lsh import LSH_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
@@ -58,6 +59,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     PERFORMER_SPEC,
     SHAW_SPEC,
     WINDOW_SPEC,
+    LINFORMER_SPEC,
     MEMORY_KV_SPEC,
     ZERO_KV_SPEC,
     HEAD_SINK_SPEC,
