@@ -42,8 +42,7 @@ class FeatureMapProjection(Projection):
         self.qk_dim, self.v_dim = inner.qk_dim, inner.v_dim  # rotary acts on the inner dims
 
     def use_head_transforms(self, transforms: Sequence[HeadTransform]) -> None:
-        """The "qk" transforms (QK-norm) act inside the inner projection, before phi."""
-        super().use_head_transforms(transforms)
+        """The inner projection applies them (QK-norm), before positions and phi."""
         self.inner.use_head_transforms(transforms)
 
     def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
