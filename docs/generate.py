@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from x_attn import Decoder, TransformerWrapper
+from x_attn import Decoder, Encoder, TransformerWrapper
 from x_attn.catalog import CATALOG
 from x_attn.layers.conditioning import fix_condition
 from x_attn.registry import FLAGS
@@ -112,7 +112,9 @@ def example_model(meta: dict) -> TransformerWrapper:
     model = TransformerWrapper(
         num_tokens=128,
         max_seq_len=64,
-        attn_layers=Decoder(**EXAMPLE, **meta["layers"]),
+        attn_layers=(Encoder if meta.get("stack") == "encoder" else Decoder)(
+            **EXAMPLE, **meta["layers"]
+        ),
         **meta.get("wrapper", {}),
     )
     with torch.no_grad():  # jitter away from the initialisation so the maps show structure
@@ -126,15 +128,24 @@ def example_model(meta: dict) -> TransformerWrapper:
 
 def cost_section(meta: dict) -> str:
     model = example_model(meta)
-    per_token, fixed = cache_bytes_per_token(model)
     params = sum(p.numel() for p in model.parameters())
-    fixed_text = f", plus {fixed:,} bytes that do not grow" if fixed else ""
+    reason = model.attn_layers.uncacheable_reason
+    if reason is not None:
+        cache_text = (
+            f"- KV cache: none ({reason}); generation recomputes the whole sequence. The example "
+            "model below: `Decoder(dim=32, depth=2, heads=4, attn_dim_head=8)`, float32\n"
+        )
+    else:
+        per_token, fixed = cache_bytes_per_token(model)
+        fixed_text = f", plus {fixed:,} bytes that do not grow" if fixed else ""
+        cache_text = (
+            f"- KV cache: {per_token:,.0f} bytes per token{fixed_text}, measured on the example "
+            "model below (`Decoder(dim=32, depth=2, heads=4, attn_dim_head=8)`, float32) after a "
+            "prefill\n"
+        )
     return (
         "<!-- generated: cost -->\n"
-        f"- Time: {meta['time']}\n"
-        f"- KV cache: {per_token:,.0f} bytes per token{fixed_text}, measured on the example model "
-        f"below (`Decoder(dim=32, depth=2, heads=4, attn_dim_head=8)`, float32) after a prefill\n"
-        f"- Parameters of that model: {params:,}\n"
+        f"- Time: {meta['time']}\n" + cache_text + f"- Parameters of that model: {params:,}\n"
         "<!-- /generated -->\n"
     )
 

@@ -186,4 +186,23 @@ CASES: dict[str, Callable[[], object]] = {
     "sparse-summary-too-large": lambda: Decoder(
         depth=1, attn_sparse_pattern="fixed", attn_sparse_block=4, attn_sparse_summary=8, **DIMS
     ),
+    # issue 9: Reformer LSH attention
+    "lsh-option-without-lsh": lambda: Decoder(depth=1, attn_lsh_bucket_size=32, **DIMS),
+    "lsh-odd-buckets": lambda: Decoder(depth=1, attn_lsh=True, attn_lsh_n_buckets=3, **DIMS),
+    "lsh-cross-attention": lambda: Encoder(depth=1, cross_attend=True, cross_attn_lsh=True, **DIMS),
+    "lsh-attn-mask": lambda: lm(attn_lsh=True)(ids(), attn_mask=torch.ones(4, 4, dtype=torch.bool)),
+    "linformer-decoder": lambda: Decoder(
+        depth=1, attn_linformer=True, attn_linformer_k=4, attn_linformer_max_seq_len=8, **DIMS
+    ),
+    "linformer-no-max-len": lambda: Encoder(depth=1, attn_linformer=True, **DIMS),
+    "linformer-too-long": lambda: TransformerWrapper(
+        num_tokens=10,
+        max_seq_len=16,
+        attn_layers=Encoder(
+            depth=1, attn_linformer=True, attn_linformer_k=4, attn_linformer_max_seq_len=8, **DIMS
+        ),
+    )(torch.zeros(1, 9, dtype=torch.long)),
+    "lsh-cache": lambda: Decoder(depth=1, attn_lsh=True, **DIMS)(
+        torch.randn(2, 1, 16), cache=KVCache.empty(1), return_hiddens=True
+    ),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from x_attn.attention.features.lsh import LSHHasher, LSHRule
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.registry import KERNELS, Need, kernel_named
 from x_attn.kernels.select import choose_kernel
@@ -14,15 +15,18 @@ from x_attn.masks import CAUSAL, AttnMask, Span
 def test_every_kernel_runs_with_one_signature() -> None:
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64) for _ in range(3))
-    spec = AttnMask(Span(0, 4), Span(0, 4), (CAUSAL,))
+    lsh = LSHRule(LSHHasher(2).eval(), 2, None)  # the LSH kernels read their rule
     outs = {}
     for kernel in KERNELS:
+        rules = (CAUSAL, lsh) if kernel.can("lsh") else (CAUSAL,)
+        spec = AttnMask(Span(0, 4), Span(0, 4), rules)
         out, maps = kernel.run(AttnInputs(q, k, v, scale=0.5, spec=spec), None, None)
         assert (maps is not None) == kernel.can("maps"), kernel.name
         outs[kernel.name] = out
     torch.testing.assert_close(outs["sdpa"], outs["manual"], atol=1e-12, rtol=0)
     # linear attention (inputs taken as features): the O(n) scan equals its implied matrix
     torch.testing.assert_close(outs["linear"], outs["linear_maps"], atol=1e-12, rtol=0)
+    torch.testing.assert_close(outs["lsh"], outs["lsh_maps"], atol=1e-12, rtol=0)
 
 
 def test_a_mask_rule_is_served_by_dense_kernels_and_reported() -> None:

@@ -213,3 +213,17 @@ def test_encoder_padding_and_maps() -> None:
     (attn,) = maps
     assert (attn[0, :, :, 5:] == 0).all() and (attn[1, :, :, :3] == 0).all()
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, 2, 7, dtype=attn.dtype))
+
+
+@pytest.mark.parametrize("flag", ["linear_attn", "performer"])
+def test_qk_transforms_act_inside_the_feature_map(flag: str) -> None:
+    """QK-RMSNorm's gains reach the queries and keys under phi (they were once skipped)."""
+    torch.manual_seed(0)
+    layer = Attention(16, heads=2, dim_head=8, qk_rmsnorm=True, **{flag: True}).double().eval()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        before = layer(x)
+        for p in layer.qk_rmsnorm.parameters():  # gains start at 0: move them
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.dtype))
+        after = layer(x)
+    assert (before - after).abs().max() > 1e-6

@@ -30,6 +30,8 @@ MEMS_REFUSED = {
     "attn_mta_post_conv": "attn_mta",
     "attn_mta_post_head_mix": "attn_mta",
     "shift_tokens": "shift_tokens",
+    "attn_lsh": "attn_lsh",
+    "attn_linformer": "attn_linformer",
 }
 ATOL = 1e-9
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from torch.nn import Module
 
 from x_attn.config_checks import validate_attention_extras
+from x_attn.config_efficient import validate_efficient
 from x_attn.config_sparse import validate_sparse
 from x_attn.utils import check_positive_int, check_probability
 
@@ -117,6 +118,16 @@ class AttentionConfig:
     performer: bool = False
     performer_nb_features: int | None = None  # default int(d ln d), d the query/key head dim
     performer_redraw_interval: int | None = 1000  # training forward calls; None: never
+    # Reformer LSH attention (x_attn/attention/features/lsh.py, kernels/lsh.py)
+    lsh: bool = False
+    lsh_bucket_size: int = 64  # chunk length of the sorted sequence
+    lsh_n_hashes: int = 8  # hash rounds
+    lsh_n_buckets: int | None = None  # None: 1 when n <= bucket size, else about n / bucket size
+    # Linformer (x_attn/attention/features/linformer.py); encoder self-attention only
+    linformer: bool = False
+    linformer_k: int = 256  # projected length
+    linformer_max_seq_len: int | None = None  # the fixed length n of the projections (required)
+    linformer_share: str = "none"  # "none", "headwise" (one E, F per layer) or "kv" (E = F)
 
     @property
     def uses_pre_talking_heads(self) -> bool:
@@ -154,6 +165,7 @@ class AttentionConfig:
         _validate_window(self, owner, prefix)
         _validate_linear(self, owner, prefix)
         validate_sparse(self, owner, prefix)
+        validate_efficient(self, owner, prefix)
 
     def _grouped_flag(self) -> str | None:
         """The flag that sets fewer key/value heads ("one_kv_head" or "kv_heads"), if any."""

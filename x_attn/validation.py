@@ -76,18 +76,34 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
         _validate_reversible(config, owner)
     if config.position_infused_attn and config.dim % 2:
         raise ValueError(f"{owner}: position_infused_attn needs an even dim, got dim={config.dim}")
+    _validate_self_only(owner, explicit)
     _validate_mta(config, owner, explicit)
 
 
+# self-attention-only mechanisms: cross_attn_<name> prefix -> why cross-attention cannot run it
+_SELF_ONLY = {
+    "cross_attn_mta": "Multi-Token Attention convolves self-attention maps over query and key "
+    "positions; cross-attention layers do not support it (attn_mta acts on the self-attention "
+    "layers only)",
+    "cross_attn_lsh": "LSH attention shares queries and keys (keys are the normalised queries), "
+    "which cross-attention cannot (its keys come from the context; attn_lsh acts on "
+    "self-attention layers)",
+    "cross_attn_linformer": "Linformer projects a sequence's own keys over their fixed maximum "
+    "length, and a cross-attention context has no such length here (attn_linformer acts on "
+    "self-attention layers)",
+}
+
+
+def _validate_self_only(owner: str, explicit: set[str]) -> None:
+    """Mechanisms over a sequence's own positions act on self-attention layers only."""
+    for prefix, why in _SELF_ONLY.items():
+        cross = sorted(k for k in explicit if k.startswith(prefix))
+        if cross:
+            raise ValueError(f"{owner}: {cross[0]}: {why}; drop {', '.join(cross)}")
+
+
 def _validate_mta(config: LayersConfig, owner: str, explicit: set[str]) -> None:
-    """Multi-Token Attention acts on self-attention layers only, on the ones chosen."""
-    cross = sorted(k for k in explicit if k.startswith("cross_attn_mta"))
-    if cross:
-        raise ValueError(
-            f"{owner}: {cross[0]}: Multi-Token Attention convolves self-attention maps over "
-            "query and key positions; cross-attention layers do not support it (attn_mta acts "
-            f"on the self-attention layers only); drop {', '.join(cross)}"
-        )
+    """Multi-Token Attention acts on the self-attention layers chosen."""
     if not config.attn.mta:
         return
     count = stack_layer_types(config).count("a")

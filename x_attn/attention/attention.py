@@ -150,6 +150,8 @@ class Attention(nn.Module):
         self.to_out: nn.Module = parts.output
         self.new_entry = parts.new_entry
         self.neighbour_flags = parts.neighbour_flags
+        # why this layer cannot decode with a KV cache or take memories (None: it can)
+        self.uncacheable_reason: str | None = parts.uncacheable
         # mask rules of self-attention calls, by causality (a call may override the layer's)
         self._rules = {True: (CAUSAL, *parts.rules), False: parts.rules}
         self.rules = self._rules[causal]
@@ -293,6 +295,13 @@ class Attention(nn.Module):
                 f"width {self.dim_context}; build it with dim_context={context.shape[-1]} "
                 f"(cross_attn_dim_context in a stack)"
             )
+        if (
+            context is None
+            and self.uncacheable_reason
+            and (cache is not None or mem[0] is not None)
+        ):
+            given = "cache" if cache is not None else "mem"
+            raise ValueError(f"Attention: '{given}' cannot be used: {self.uncacheable_reason}")
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
             rules = self.rules if causal is None else self._rules[bool(causal)]

@@ -35,6 +35,7 @@ from torch import Tensor
 from x_attn.kernels.block_sparse import block_sparse_attention
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.linear import linear_attention, linear_attention_maps
+from x_attn.kernels.lsh import lsh_attention, lsh_attention_maps
 from x_attn.kernels.manual import AttnMaps, ScoreHooks, manual_attention
 from x_attn.kernels.sdpa import sdpa_attention
 from x_attn.kernels.window import window_attention
@@ -46,6 +47,7 @@ CAPABILITIES = {
     "bias": "an additive logit bias",
     "dense_mask": "a dense attention mask",
     "maps": "attention maps (return_attn)",
+    "lsh": "Reformer's hashed buckets",
 }
 
 
@@ -125,6 +127,14 @@ def _linear_maps(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[
     return linear_attention_maps(inputs, entry)
 
 
+def _lsh(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, None]:
+    return lsh_attention(inputs), None
+
+
+def _lsh_maps(inputs: AttnInputs, hooks: ScoreHooks, entry: object) -> tuple[Tensor, AttnMaps]:
+    return lsh_attention_maps(inputs)
+
+
 KERNELS: tuple[Kernel, ...] = (
     Kernel(
         "sdpa",
@@ -167,6 +177,20 @@ KERNELS: tuple[Kernel, ...] = (
         fused=False,
         supports=frozenset({"bias", "dense_mask", "fast:block_sparse"}),
         default_reason="block-sparse pattern: only the gathered key blocks, one softmax per row",
+    ),
+    Kernel(
+        "lsh",
+        _lsh,
+        fused=False,
+        supports=frozenset({"lsh", "rule:lsh"}),
+        default_reason="Reformer LSH: sorted buckets in chunks, O(n c) per hash round",
+    ),
+    Kernel(
+        "lsh_maps",
+        _lsh_maps,
+        fused=False,
+        supports=frozenset({"lsh", "rule:lsh", "maps"}),
+        default_reason="LSH attention with its weights scattered into a dense map (return_attn)",
     ),
 )
 

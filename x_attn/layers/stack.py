@@ -133,7 +133,12 @@ class AttentionLayers(nn.Module):
             return "reversible=True keeps no per-layer keys/values (two-stream update)"
         if not self.causal and self._shift_runs(self.plan.order):
             return "shift_tokens in a non-causal stack reads later tokens"
-        return None
+        return self._attention_reason()
+
+    def _attention_reason(self) -> str | None:
+        """The first self-attention layer's reason not to cache (e.g. attn_lsh), or None."""
+        blocks = [layer.block for layer in self.layers if layer.kind == "a"]
+        return next((b.uncacheable_reason for b in blocks if b.uncacheable_reason), None)
 
     @property
     def mems_unsupported_reason(self) -> str | None:
@@ -145,7 +150,7 @@ class AttentionLayers(nn.Module):
                 "shift_tokens on a feed-forward or cross-attention layer needs that layer's "
                 "earlier inputs, which mems (self-attention inputs) do not hold"
             )
-        return None
+        return self._attention_reason()
 
     def explain(self) -> list[str]:
         """One line per attention layer: which kernel it uses by default and why."""

@@ -28,7 +28,8 @@ class AttentionMaps:
             (0 for a query with nothing to attend to).
         queries: i labels of the query tokens.
         keys: j labels of the keys: learned memory key/values first (``[kv0]``, ...), then
-            the queries' tokens (learned memory tokens are named ``[mem0]``, ...).
+            the queries' tokens (learned memory tokens are named ``[mem0]``, ...); keys
+            projected along the sequence (Linformer, fewer than the queries) are ``[slot0]``, ...
     """
 
     weights: np.ndarray
@@ -82,6 +83,8 @@ def attention_maps(
     _, _, i, j = weights.shape
     query_names = [f"[mem{k}]" for k in range(i - len(names))] + names  # memory tokens
     key_names = [f"[kv{k}]" for k in range(j - i)] + query_names  # memory key/values
+    if j < i:  # fewer keys than queries: slots projected along the sequence (Linformer)
+        key_names = [f"[slot{k}]" for k in range(j)]
     return AttentionMaps(weights, query_names, key_names)
 
 

@@ -19,6 +19,8 @@ from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.linear_attn import LINEAR_ATTN_SPEC
+from x_attn.attention.features.linformer import LINFORMER_SPEC
+from x_attn.attention.features.lsh import LSH_SPEC
 from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
@@ -49,6 +51,7 @@ from x_attn.masks.spec import MaskRule
 FEATURES: tuple[FeatureSpec, ...] = (
     COLLAB_HEADS_SPEC,
     LATENT_KV_SPEC,
+    LSH_SPEC,
     QK_NORM_SPEC,
     QK_RMSNORM_SPEC,
     VALUE_RESIDUAL_SPEC,
@@ -59,6 +62,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     WINDOW_SPEC,
     SPARSE_SPEC,
     BIGBIRD_SPEC,
+    LINFORMER_SPEC,
     MEMORY_KV_SPEC,
     ZERO_KV_SPEC,
     HEAD_SINK_SPEC,
@@ -110,6 +114,7 @@ class AttentionParts:
     new_entry: Callable[[], CacheEntry] = KVEntry
     needs: list[Need] = field(default_factory=list)
     neighbour_flags: tuple[str, ...] = ()  # flags of features that read neighbouring positions
+    uncacheable: str | None = None  # why the layer cannot decode with a cache (None: it can)
 
 
 def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
@@ -150,6 +155,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         needs=_needs(active, ctx),
         scale=ctx.scale,
         neighbour_flags=tuple(s.flag(ctx) for s in active if s.reads_neighbours),
+        uncacheable=next((s.uncacheable for s in active if s.uncacheable), None),
     )
 
 

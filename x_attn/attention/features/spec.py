@@ -135,6 +135,8 @@ class FeatureSpec:
         needs: further kernel capabilities it needs (e.g. "cache:state").
         scale: the logit scale it implies instead of ``dim_head ** -0.5`` (at most one active
             feature may set it).
+        uncacheable: why a layer with it can neither decode with a KV cache nor take
+            Transformer-XL memories (None: it can); generation then runs without a cache.
         reads_neighbours: it mixes neighbouring positions (a convolution over rows or keys),
             so padding placed between real positions changes a row's result; wrappers refuse
             to create such gaps (memory tokens in front of left padding).
@@ -156,6 +158,7 @@ class FeatureSpec:
     needs: tuple[str, ...] = ()
     scale: Callable[[FeatureContext], float] | None = None
     reads_neighbours: bool = False
+    uncacheable: str | None = None
 
     def flag(self, ctx: FeatureContext) -> str:
         return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)
