@@ -163,3 +163,14 @@ def test_bad_arguments_are_type_errors():
         from_x_transformers([1, 2], model)
     with pytest.raises(TypeError, match="'model'"):
         from_x_transformers({}, "decoder")
+
+
+def test_alibi_checkpoint_with_absolute_positions_is_refused():
+    """x-transformers keeps learned absolute positions next to ALiBi; x_attn drops them."""
+
+    def build(lib):
+        return lib.TransformerWrapper(**WRAP, attn_layers=lib.Decoder(**BASE, alibi_pos_bias=True))
+
+    theirs = _jittered(build)
+    with pytest.raises(ValueError, match="'pos_emb.emb.weight' has no place"):
+        from_x_transformers(theirs.state_dict(), build(x_attn))
