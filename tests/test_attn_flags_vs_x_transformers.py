@@ -2,9 +2,10 @@
 
 Each case builds the x-transformers model, jitters its weights (so zero- or identity-initialised
 gates, scales and sinks are active), copies them into the x_attn model with
-:func:`x_attn.interop.from_x_transformers`, and compares the logits in float64. x-transformers runs its fused path where it allows
-the flag (then 1e-8: it folds the scale into q); its manual path takes the softmax in float32
-(then 1e-6). Skipped when x-transformers is not installed.
+:func:`x_attn.interop.from_x_transformers`, and compares the logits in float64.
+x-transformers runs its fused path where it allows the flag (then 1e-8: it folds the scale into
+q); its manual path takes the softmax in float32 (then 1e-6). Skipped when x-transformers is
+not installed.
 
 Shape legend: b batch, n sequence, d model dim.
 """

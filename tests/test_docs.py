@@ -1,7 +1,9 @@
 """Every code block of docs/ (and README.md's shell blocks) runs; generated pages are current.
 
 Marker convention: a fenced block preceded by the line ``<!-- not-run: reason -->`` is not run;
-the reason must say why. README.md's python blocks run in tests/test_readme.py.
+the reason must say why. A python block with a line ``# needs: module`` is skipped (with the
+reason) when that module of an optional extra is not installed. README.md's python blocks run
+in tests/test_readme.py.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def test_every_not_run_marker_gives_a_reason_and_precedes_a_block():
 
 @pytest.mark.parametrize("code", list(_cases("python")))
 def test_docs_python_block_runs(code, tmp_path, monkeypatch):
+    for module in re.findall(r"^# needs: ([\w.]+)", code, flags=re.M):  # an optional extra
+        pytest.importorskip(module, reason=f"this docs block needs {module}")
     monkeypatch.chdir(tmp_path)  # blocks that write files write them here
     exec(compile(code, "docs block", "exec"), {})
 

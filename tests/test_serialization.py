@@ -124,3 +124,17 @@ def test_new_wrapper_options_round_trip():
         attn_layers=Encoder(dim=16, depth=1, heads=2),
     )
     same_outputs(vit, json_round_trip(vit), torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [torch.nn.GELU(approximate="tanh"), torch.nn.LeakyReLU(0.2), torch.nn.ELU(alpha=0.5)],
+    ids=repr,
+)
+def test_activation_with_constructor_arguments_round_trips(activation):
+    """nn.GELU(approximate="tanh") (GPT-2's gelu_new) and the like keep their arguments."""
+    stack = Decoder(dim=8, depth=1, heads=2, ff_custom_activation=activation)
+    rebuilt = from_config(json.loads(json.dumps(to_config(stack))))
+    assert repr(rebuilt.layers[1].block.act) == repr(activation)
+    x = torch.linspace(-3, 3, 7)
+    assert torch.equal(rebuilt.layers[1].block.act(x), activation(x))

@@ -75,6 +75,8 @@ class AttentionConfig:
     latent_rope_subheads: int | None = None  # MLA rotary key heads (default 1 with rotary)
     latent_absorb: bool | None = None  # MLA: None = per call; True absorbed; False materialised
     dim_context: int | None = None  # width of a cross-attention context (None = dim)
+    qkv_bias: bool = False  # biases on the query/key/value projections (GPT-2, Qwen2)
+    out_bias: bool = False  # a bias on the output projection (GPT-2)
 
     def key_value_heads(self, heads: int) -> int:
         """Key/value heads of a layer with ``heads`` query heads."""
@@ -394,6 +396,7 @@ class LayersConfig:
     only_cross: bool = False
     pre_norm: bool = True
     norm: NormKind = "layernorm"
+    norm_eps: float | None = None  # eps of every norm of the stack; None: each kind's default
     use_rezero: bool = False
     rotary_pos_emb: bool = False
     rotary_emb_dim: int | None = None

@@ -435,6 +435,24 @@ FLAGS: tuple[FlagCase, ...] = (
     FlagCase("ff_swish", "SiLU feed-forward activation", "", {"ff_swish": True}),
     FlagCase("ff_no_bias", "feed-forward without biases", "", {"ff_no_bias": True}),
     FlagCase("use_rmsnorm", "RMSNorm", "1910.07467", {"use_rmsnorm": True}),
+    FlagCase(
+        "norm_eps",
+        "eps of every norm of the stack (Llama's rms_norm_eps)",
+        "",
+        {"use_rmsnorm": True, "norm_eps": 1e-6},
+    ),
+    FlagCase(
+        "attn_qkv_bias",
+        "biases on the query/key/value projections (GPT-2, Qwen2)",
+        "",
+        {"attn_qkv_bias": True},
+    ),
+    FlagCase(
+        "attn_out_bias",
+        "a bias on the attention output projection (GPT-2)",
+        "",
+        {"attn_out_bias": True},
+    ),
     FlagCase("use_scalenorm", "ScaleNorm", "1910.05895", {"use_scalenorm": True}),
     FlagCase(
         "use_rezero",

@@ -81,11 +81,14 @@ def from_config(config: dict[str, Any]) -> nn.Module:
 def _encode(value: Any) -> Any:
     if _is_torch_activation(value):  # e.g. ff_custom_activation=nn.Sigmoid()
         return {"torch.nn": type(value).__name__}
+    arguments = _activation_arguments(value)
+    if arguments is not None:  # e.g. nn.GELU(approximate="tanh")
+        return {"torch.nn": type(value).__name__, "kwargs": arguments}
     if isinstance(value, nn.Module) and not hasattr(value, "_config_kwargs"):
         raise TypeError(
             f"to_config: cannot store the module {value!r}: only x_attn models and torch.nn "
-            "activations built with their default arguments have a config; build the model in "
-            "code and load its state_dict instead"
+            "activations rebuilt from their plain constructor arguments have a config; build "
+            "the model in code and load its state_dict instead"
         )
     if isinstance(value, nn.Module):
         return {"model": to_config(value)}
@@ -107,11 +110,11 @@ def _encode(value: Any) -> Any:
 def _decode(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"model"}:
         return from_config(value["model"])
-    if isinstance(value, dict) and set(value) == {"torch.nn"}:
+    if isinstance(value, dict) and set(value) in ({"torch.nn"}, {"torch.nn", "kwargs"}):
         cls = getattr(nn, value["torch.nn"], None)
         if cls is None or not _is_torch_activation(cls()):
             raise ValueError(f"from_config: {value['torch.nn']!r} is not a torch.nn activation")
-        return cls()
+        return cls(**value.get("kwargs", {}))
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_decode(v) for v in value["tuple"])
     if isinstance(value, dict) and set(value) == {"per_layer"}:
@@ -132,6 +135,23 @@ def _is_torch_activation(value: Any) -> bool:
         return repr(cls()) == repr(value)
     except TypeError:  # needs constructor arguments
         return False
+
+
+def _activation_arguments(value: Any) -> dict[str, Any] | None:
+    """The constructor arguments of a torch.nn activation built with plain, non-default ones
+    (its ``__constants__``), when rebuilding it from them gives the same module; else None."""
+    cls = type(value)
+    if not isinstance(value, nn.Module) or cls.__module__ != "torch.nn.modules.activation":
+        return None
+    names = getattr(cls, "__constants__", [])
+    arguments = {name: getattr(value, name, None) for name in names}
+    if not all(_is_plain(v) for v in arguments.values()):
+        return None
+    try:
+        same = repr(cls(**arguments)) == repr(value)
+    except TypeError:
+        return None
+    return arguments if same else None
 
 
 def _is_plain(value: Any) -> bool:

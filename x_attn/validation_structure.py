@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 from x_attn.config import LayersConfig
+from x_attn.layers.norms import EPS_NORM_KINDS
 from x_attn.layers.plan import make_plan, per_module
 from x_attn.layers.shift import shift_amounts
 from x_attn.utils import check_positive_int, check_probability
@@ -74,7 +75,22 @@ def _validate_plan(config: LayersConfig, owner: str) -> None:
             )
 
 
+def _validate_norm_eps(config: LayersConfig, owner: str) -> None:
+    """``norm_eps``: a number > 0, for a norm kind that has an eps."""
+    eps = config.norm_eps
+    if eps is None:
+        return
+    _number("norm_eps", eps, owner)
+    if config.norm not in EPS_NORM_KINDS or config.use_rezero:
+        chosen = "use_rezero (no norms)" if config.use_rezero else f"the {config.norm} norm"
+        raise ValueError(
+            f"{owner}: 'norm_eps' sets the eps of {', '.join(EPS_NORM_KINDS)}; {chosen} has none; "
+            "drop norm_eps"
+        )
+
+
 def _validate_norms(config: LayersConfig, owner: str, explicit: set[str]) -> None:
+    _validate_norm_eps(config, owner)
     if config.norm == "dynamic_tanh" and not config.pre_norm:
         raise ValueError(f"{owner}: use_dynamic_tanh replaces pre-norms; it needs pre_norm=True")
     _refuse_without(

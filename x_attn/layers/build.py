@@ -91,7 +91,9 @@ def build_layer(
 
 def stack_norm(cfg: LayersConfig) -> nn.Module:
     """One norm of the kind the stack uses."""
-    return make_norm(cfg.norm, cfg.dim, condition_dim(cfg), cfg.dynamic_tanh_init_alpha)
+    return make_norm(
+        cfg.norm, cfg.dim, condition_dim(cfg), cfg.dynamic_tanh_init_alpha, cfg.norm_eps
+    )
 
 
 def condition_dim(cfg: LayersConfig) -> int:

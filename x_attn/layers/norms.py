@@ -131,8 +131,16 @@ def unit_rms(x: Tensor, eps: float = 1e-12) -> Tensor:
     return (xf * (x.shape[-1] ** 0.5 / norm)).to(x.dtype)
 
 
+# the kinds whose eps ``norm_eps`` sets (the others have no eps)
+EPS_NORM_KINDS = ("layernorm", "rmsnorm", "scalenorm", "simple_rmsnorm")
+
+
 def make_norm(
-    kind: str, dim: int, dim_condition: int | None = None, tanh_alpha: float = 1.0
+    kind: str,
+    dim: int,
+    dim_condition: int | None = None,
+    tanh_alpha: float = 1.0,
+    eps: float | None = None,
 ) -> nn.Module:
     """Build the normalization layer named ``kind`` over ``dim`` features.
 
@@ -141,6 +149,8 @@ def make_norm(
         dim: size of the normalized last axis.
         dim_condition: width of the condition of the adaptive kinds (default ``dim``).
         tanh_alpha: initial ``alpha`` of ``"dynamic_tanh"``.
+        eps: the eps of the kinds in :data:`EPS_NORM_KINDS` (None: each kind's default:
+            1e-5 for LayerNorm and ScaleNorm, 1e-8 for RMSNorm, 1e-12 for SimpleRMSNorm).
 
     Returns:
         ``nn.LayerNorm(dim)``, ``RMSNorm``, ``ScaleNorm``, ``SimpleRMSNorm``, or an adaptive
@@ -149,15 +159,20 @@ def make_norm(
     Raises:
         ValueError: ``kind`` is not one of the known kinds.
     """
+    if eps is not None and kind not in EPS_NORM_KINDS:
+        raise ValueError(f"make_norm: the {kind!r} norm has no eps; drop norm_eps")
+    given = {} if eps is None else {"eps": eps}
     if kind == "layernorm":
         check_positive_int("dim", dim, "make_norm")
-        return nn.LayerNorm(dim)
+        if eps is not None:
+            _check_eps(eps, "LayerNorm")
+        return nn.LayerNorm(dim, **given)
     if kind == "rmsnorm":
-        return RMSNorm(dim)
+        return RMSNorm(dim, **given)
     if kind == "scalenorm":
-        return ScaleNorm(dim)
+        return ScaleNorm(dim, **given)
     if kind == "simple_rmsnorm":
-        return SimpleRMSNorm(dim)
+        return SimpleRMSNorm(dim, **given)
     if kind in ("adaptive_layernorm", "adaptive_rmsnorm"):
         from x_attn.layers.conditioning import AdaptiveNorm
 

@@ -18,8 +18,8 @@ from x_attn.attention.features.spec import FeatureSpec
 class LinearOutput(nn.Linear):
     """The usual output stage: merged heads -> model dim (the query input is not used)."""
 
-    def __init__(self, inner_dim: int, dim: int) -> None:
-        super().__init__(inner_dim, dim, bias=False)
+    def __init__(self, inner_dim: int, dim: int, bias: bool = False) -> None:
+        super().__init__(inner_dim, dim, bias=bias)
 
     def forward(self, attended: Tensor, query_input: Tensor | None = None) -> Tensor:
         return super().forward(attended)

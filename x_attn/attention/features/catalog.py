@@ -113,10 +113,12 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
     """Build the parts of a layer from the features its context turns on."""
     active = [spec for spec in FEATURES if spec.enabled(ctx)]
     _check_slots(active, ctx, owner)
+    _check_biases(active, ctx, owner)
     projection = _slot_module(active, "projection", ctx) or _default_projection(ctx)
     for spec in active:
         if spec.wrap_projection is not None:
             projection = spec.wrap_projection(ctx)(projection)
+    bias = ctx.config.out_bias
     ctx = replace(ctx, projection=projection)
     _check_transformable(active, projection, ctx, owner)
     ctx = replace(ctx, feature_scale=_scale(active, ctx, owner))
@@ -139,7 +141,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         biases=_in_stage(built, "bias"),
         head_stages=_in_stage(built, "heads"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
-        output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim),
+        output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim, bias),
         rules=rules,
         new_entry=entry,
         needs=_needs(active, ctx),
@@ -215,7 +217,19 @@ def _default_projection(ctx: FeatureContext) -> Projection:
         ctx.dim_context,
         kv_heads=kv_heads,
         dim_latent_q=ctx.config.dim_latent_q,
+        bias=ctx.config.qkv_bias,
     )
+
+
+def _check_biases(active: list[FeatureSpec], ctx: FeatureContext, owner: str) -> None:
+    """The bias options act on the default multi-head projection and linear output only."""
+    for option, slot in (("qkv_bias", "projection"), ("out_bias", "output")):
+        other = next((s for s in active if s.slot == slot), None)
+        if getattr(ctx.config, option) and other is not None:
+            raise ValueError(
+                f"{owner}: {ctx.flag(option)} adds biases to the plain multi-head {slot}, which "
+                f"{other.flag(ctx)} replaces; drop one"
+            )
 
 
 def _slot_module(active: list[FeatureSpec], slot: str, ctx: FeatureContext) -> nn.Module | None:

@@ -13,12 +13,16 @@ feature dim, dv value head dim.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from x_attn.attention.projections.base import Projection
 from x_attn.positional.context import RowPositions
+
+if TYPE_CHECKING:
+    from x_attn.attention.features.stages import HeadTransform
 
 
 class FeatureMap(nn.Module):
@@ -36,6 +40,10 @@ class FeatureMapProjection(Projection):
         self.inner, self.feature_map = inner, feature_map
         self.heads, self.k_heads, self.v_heads = inner.heads, inner.k_heads, inner.v_heads
         self.qk_dim, self.v_dim = inner.qk_dim, inner.v_dim  # rotary acts on the inner dims
+
+    def use_head_transforms(self, transforms: Sequence[HeadTransform]) -> None:
+        """The inner projection applies them (QK-norm), before positions and phi."""
+        self.inner.use_head_transforms(transforms)
 
     def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
         return self.feature_map(self.inner.queries(x, pos), is_query=True)

@@ -2,8 +2,10 @@
 
 ``kv_heads`` key/value heads serve ``heads`` query heads: hk == h is multi-head attention,
 hk == 1 shares one key/value head, any divisor groups the query heads (query head t uses kv
-head t // (h / hk)). Queries may pass through a low-rank latent first (``dim_latent_q``: the
-query compression of DeepSeek-V2, arXiv 2405.04434, also available without latent keys).
+head t // (h / hk)). ``bias=True`` gives the three maps biases (``attn_qkv_bias``; GPT-2 and
+Qwen2 checkpoints have them). Queries may pass through a low-rank latent first
+(``dim_latent_q``: the query compression of DeepSeek-V2, arXiv 2405.04434, also available
+without latent keys).
 
 Shape legend: b batch, i / j sequence, h query heads, hk key/value heads, d model dim,
 dh head dim.
@@ -30,6 +32,7 @@ class MultiHeadProjection(Projection):
         dim_context: int | None = None,
         kv_heads: int | None = None,
         dim_latent_q: int | None = None,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         dim_context = dim_context or dim
@@ -42,9 +45,9 @@ class MultiHeadProjection(Projection):
         self.heads, self.qk_dim, self.v_dim = heads, dim_head, dim_head
         self.k_heads = self.v_heads = kv_heads
         self.to_latent_q = latent_input(dim, dim_latent_q)
-        self.to_q = nn.Linear(dim_latent_q or dim, heads * dim_head, bias=False)
-        self.to_k = nn.Linear(dim_context, kv_heads * dim_head, bias=False)
-        self.to_v = nn.Linear(dim_context, kv_heads * dim_head, bias=False)
+        self.to_q = nn.Linear(dim_latent_q or dim, heads * dim_head, bias=bias)
+        self.to_k = nn.Linear(dim_context, kv_heads * dim_head, bias=bias)
+        self.to_v = nn.Linear(dim_context, kv_heads * dim_head, bias=bias)
 
     def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
         q = self.to_q(self.to_latent_q(pos.infuse(x)))
