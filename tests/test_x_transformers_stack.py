@@ -1,22 +1,21 @@
 """Stack flags against x-transformers itself: same weights, same outputs (float64).
 
-Skipped when x-transformers is not installed. The weight-name mapping (x-transformers layout ->
-x_attn layout) is written here: x-transformers keeps each layer as (norms, block, residual) with
-the block wrapped by LayerScale / Scale / ShiftTokens, stores ``gain - 1`` for its stack norms and
-LayerScale (``norm_add_unit_offset``) and has no norm biases.
+Skipped when x-transformers is not installed. The weights travel through
+:func:`x_attn.interop.from_x_transformers` (x-transformers keeps each layer as (norms, block,
+residual) with the block wrapped by LayerScale / Scale / ShiftTokens, stores ``gain - 1`` for
+its stack norms and LayerScale and has no norm biases).
 
 Shape legend: b batch, n sequence, d model dim, dc condition dim.
 """
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch import nn
 
 import x_attn
+from x_attn.interop import from_x_transformers
 
 xt = pytest.importorskip("x_transformers")
 
@@ -24,54 +23,8 @@ D, B, N, DC = 16, 2, 7, 5
 # attn_flash: x-transformers' manual path takes its softmax in float32; its SDPA path is float64
 BASE = dict(dim=D, depth=2, heads=2, attn_dim_head=8, attn_flash=True)
 
-# (pattern, replacement, add the unit offset) in order; "POST" is resolved per stack
-RULES = [
-    (r"^layers\.(\d+)\.0\.0\.gamma$", r"layers.\1.norm.weight", True),
-    (r"^layers\.(\d+)\.0\.0\.(.+)$", r"layers.\1.norm.\2", False),
-    (r"^layers\.(\d+)\.0\.1\.gamma$", r"layers.\1.branch_norm.weight", True),
-    (r"^layers\.(\d+)\.0\.1\.(.+)$", r"layers.\1.branch_norm.\2", False),
-    (r"^layers\.(\d+)\.0\.2\.gamma$", r"layers.\1.POST.weight", True),
-    (r"^layers\.(\d+)\.0\.2\.(.+)$", r"layers.\1.POST.\2", False),
-    (r"^layers\.(\d+)\.1\.(fn\.)*gamma$", r"layers.\1.layerscale.gamma", True),
-    (r"^layers\.(\d+)\.1\.(fn\.)*to_gamma\.(.+)$", r"layers.\1.layerscale.to_gamma.\3", False),
-    (r"^layers\.(\d+)\.1\.(fn\.)*(to_[qkv])\.(.+)$", r"layers.\1.block.proj.\3.\4", False),
-    (r"^layers\.(\d+)\.1\.(fn\.)*to_out\.(.+)$", r"layers.\1.block.to_out.\3", False),
-    (r"^layers\.(\d+)\.1\.(fn\.)*ff\.0\.(0|proj)\.(.+)$", r"layers.\1.block.proj_in.\4", False),
-    (r"^layers\.(\d+)\.1\.(fn\.)*ff\.0\.mult_bias$", r"layers.\1.block.mult_bias", False),
-    (r"^layers\.(\d+)\.1\.(fn\.)*ff\.1\.gamma$", r"layers.\1.block.post_act_norm.weight", False),
-    (r"^layers\.(\d+)\.1\.(fn\.)*ff\.[23]\.(.+)$", r"layers.\1.block.proj_out.\3", False),
-    (r"^layers\.(\d+)\.2\.residual_scale$", r"layers.\1.residual_scale", False),
-    (r"^final_norm\.gamma$", "final_norm.weight", True),
-    (r"^final_norm\.(.+)$", r"final_norm.\1", False),
-    (r"^adaptive_mlp\.0\.(.+)$", r"condition_mlp.0.\1", False),
-]
 
-
-def load_stack(ours: nn.Module, theirs: nn.Module, post: str = "norm") -> None:
-    """Copy an x-transformers AttentionLayers' weights into the x_attn stack ``ours``."""
-    target, mapped = ours.state_dict(), {}
-    for key, value in theirs.state_dict().items():
-        for pattern, replacement, offset in RULES:
-            if re.match(pattern, key):
-                name = re.sub(pattern, replacement, key).replace("POST", post)
-                mapped[name] = value + 1.0 if offset and _offset(theirs, name) else value
-                break
-        else:
-            if "inv_freq" not in key:
-                raise KeyError(f"no rule for x-transformers' {key}")
-    for name, value in target.items():
-        if name not in mapped:
-            assert name.endswith(".bias") and "norm" in name, f"x-transformers has no {name}"
-            mapped[name] = torch.zeros_like(value)  # x-transformers' norms have no bias
-    ours.load_state_dict(mapped)
-
-
-def _offset(theirs: nn.Module, name: str) -> bool:
-    """x-transformers stores gain - 1 unless the norm / layerscale is adaptive."""
-    return not theirs.need_condition or name.endswith("layerscale.gamma")
-
-
-def pair(stack: str = "Decoder", post: str = "norm", **flags) -> tuple[nn.Module, nn.Module]:
+def pair(stack: str = "Decoder", **flags) -> tuple[nn.Module, nn.Module]:
     """(x_attn, x-transformers) stacks with the same weights, float64, eval mode."""
     flags = {**BASE, **flags}
     torch.manual_seed(0)
@@ -80,7 +33,7 @@ def pair(stack: str = "Decoder", post: str = "norm", **flags) -> tuple[nn.Module
         for p in theirs.parameters():
             p.add_(0.2 * torch.randn_like(p))
     ours = getattr(x_attn, stack)(**flags).double().eval()
-    load_stack(ours, theirs, post)
+    from_x_transformers(theirs, ours)
     return ours, theirs
 
 
@@ -125,7 +78,7 @@ def test_decoder_flag_matches_x_transformers(flags):
 
 def test_post_norm_and_pre_and_post_norm_match():
     same(*pair(pre_norm=False))
-    same(*pair(pre_and_post_norm=True, post="post_norm"))
+    same(*pair(pre_and_post_norm=True))
 
 
 def test_encoder_shift_tokens_matches_without_padding():

@@ -5,6 +5,9 @@
 mode; ``x_attn.to_config(model)`` prints the flags it chose (and rebuilds the model from
 them). ``to_hf(model)`` is the reverse. Families: GPT-2, Llama, Qwen2, Mistral. A config field
 or value x_attn cannot express is refused with a ValueError naming it.
+
+``from_x_transformers(source, model)`` loads an x-transformers model or state_dict into the
+x_attn model built with the same flags (:mod:`x_attn.interop.x_transformers`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from x_attn.interop.common import (
     require_transformers,
     zero_logits_bias,
 )
+from x_attn.interop.x_transformers import from_x_transformers
 
-__all__ = ["FAMILIES", "from_hf", "to_hf"]
+__all__ = ["FAMILIES", "from_hf", "from_x_transformers", "to_hf"]
 
 FAMILIES = (*llama.FAMILIES, "gpt2")
 

@@ -70,8 +70,6 @@ class AttentionPool(nn.Module):
     def forward(self, context: Tensor, mask: Tensor | None = None) -> Tensor:
         """Pool ``context`` (b, n, d) with its padding ``mask`` (b, n) into (b, k, dp)."""
         queries = repeat(self.queries, "k d -> b k d", b=context.shape[0]).to(context.dtype)
-        if isinstance(self.pooler, Attention):
-            return self.pooler(queries, context, context_mask=mask)
         return self.pooler(queries, context=context, context_mask=mask)
 
 
