@@ -72,3 +72,9 @@ def test_study_rows_are_runs_with_the_same_budget_or_say_why_not(monkeypatch):
 
 def test_every_catalog_entry_is_a_study_variant():
     assert [v[0] for v in variants()] == [m.name for m in CATALOG] + [NANOGPT]
+
+
+def test_a_mechanism_without_a_kv_cache_is_a_row_that_says_so():
+    rows = run_study(Study(TINY, seeds=(0,)), DATA, ["lsh"], log=lambda _: None)
+    assert rows[0].losses and not rows[0].cacheable
+    assert "| none (no KV cache) |" in table_markdown(rows)

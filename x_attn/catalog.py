@@ -89,8 +89,8 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "sliding-window",
-        "causal sliding window: each query sees itself and the 63 keys before it",
-        {"attn_window_size": 64},
+        "causal sliding window: each query sees itself and the 31 keys before it",
+        {"attn_window_size": 32},
         "2004.05150",
     ),
     Mechanism(
@@ -101,8 +101,8 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "lsh",
-        "Reformer LSH attention: shared QK, 4 hash rounds, buckets of 64 (no KV cache)",
-        {"attn_lsh": True, "attn_lsh_bucket_size": 64, "attn_lsh_n_hashes": 4},
+        "Reformer LSH attention: shared QK, 4 hash rounds, buckets of 16 (no KV cache)",
+        {"attn_lsh": True, "attn_lsh_bucket_size": 16, "attn_lsh_n_hashes": 4},
         "2001.04451",
     ),
     Mechanism(

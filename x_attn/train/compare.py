@@ -40,6 +40,7 @@ class Row:
     parameters: int = 0
     cache_per_token: float = 0.0
     cache_fixed: int = 0
+    cacheable: bool = True  # False: the model decodes without a KV cache (LSH, Linformer)
 
     @property
     def loss(self) -> float:
@@ -112,7 +113,9 @@ def _run_variant(row: Row, study: Study, data: TextData, log) -> None:
     row.step_memory = step_memory_bytes(
         model, data.batch(recipe.batch, recipe.context, torch.Generator().manual_seed(0)).to(device)
     )
-    row.cache_per_token, row.cache_fixed = cache_bytes_per_token(model)
+    row.cacheable = model.attn_layers.uncacheable_reason is None
+    if row.cacheable:
+        row.cache_per_token, row.cache_fixed = cache_bytes_per_token(model)
 
 
 def table_markdown(rows: list[Row]) -> str:
@@ -127,10 +130,11 @@ def table_markdown(rows: list[Row]) -> str:
             lines.append(f"| {r.name} | {r.reason} | | | | | |")
             continue
         fixed = f" + {r.cache_fixed:,} fixed" if r.cache_fixed else ""
+        cache = f"{r.cache_per_token:,.0f}{fixed}" if r.cacheable else "none (no KV cache)"
         lines.append(
             f"| {r.name} | {r.loss:.4f} ({r.loss / math.log(2):.3f}) | {r.spread:.4f} | "
             f"{statistics.fmean(r.tokens_per_second):,.0f} | {r.step_memory / 1e6:.1f} | "
-            f"{r.parameters:,} | {r.cache_per_token:,.0f}{fixed} |"
+            f"{r.parameters:,} | {cache} |"
         )
     return "\n".join(lines) + "\n"
 
