@@ -5,9 +5,12 @@ For each mechanism and length: seconds of one forward + backward of one causal a
 process each (peak resident memory above the process's baseline on CPU, CUDA peak allocation
 on a GPU). Then the cached decode time per token at 1k and 16k tokens of context.
 
-Mechanisms: ``full`` (causal SDPA), ``window`` (attn_window_size=256, blockwise kernel) and
+Mechanisms: ``full`` (causal SDPA), ``window`` (attn_window_size=256, blockwise kernel),
 ``dense-window`` (SDPA with a dense (n, n) band mask, the way x-transformers' ``max_attend_past``
-does it). A case whose dense mask would not fit is skipped and the table says so.
+does it), ``linear`` (elu+1, chunked causal), ``performer`` (FAVOR+, d ln d features),
+``sparse-fixed`` (Sparse Transformer fixed pattern, l = 128, c = 8, block-sparse kernel) and
+``lsh`` (Reformer LSH, buckets of 64, 8 rounds; no KV cache, so no decode row). A case whose
+dense mask would not fit is skipped and the table says so.
 
 Run: ``python benchmarks/bench_long.py --lengths 1024 2048 4096 8192 16384``
 """
@@ -28,7 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_lines, markdown_table  # noqa: E402
 
 DIM, HEADS, DIM_HEAD, WINDOW = 256, 4, 64, 256
-MECHANISMS = {"full": {}, "window": {"window_size": WINDOW}, "dense-window": {}}
+MECHANISMS = {
+    "full": {},
+    "window": {"window_size": WINDOW},
+    "dense-window": {},
+    "linear": {"linear_attn": True},
+    "performer": {"performer": True},
+    "sparse-fixed": {"sparse_pattern": "fixed", "sparse_block": 128, "sparse_summary": 8},
+    "lsh": {"lsh": True},
+}
+DECODE = ("full", "window", "linear", "performer", "sparse-fixed")  # LSH keeps no cache
 DENSE_LIMIT = 8192  # a dense band mask above this many tokens takes gigabytes
 
 
@@ -116,7 +128,7 @@ def main() -> None:
             rows.append([name, n, f"{got[0]:.3f}", f"{got[1]:.0f}", ratio])
             print(rows[-1], flush=True)
     decode = []
-    for name in ("full", "window"):
+    for name in DECODE:
         for n in args.decode:
             got = measure(decode_step, name, n, args.device)
             decode.append([name, n, f"{got[0] * 1e3:.2f}" if got else "failed"])
