@@ -159,6 +159,12 @@ CATALOG: tuple[Mechanism, ...] = (
         "2010.04245",
     ),
     Mechanism(
+        "l2-distance",
+        "logits are minus the scaled squared query-key distance",
+        {"attn_l2_distance": True},
+        "2006.04710",
+    ),
+    Mechanism(
         "qk-rmsnorm", "RMSNorm of query and key heads", {"attn_qk_rmsnorm": True}, "2302.05442"
     ),
     Mechanism(

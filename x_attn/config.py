@@ -51,6 +51,7 @@ class AttentionConfig:
     qk_norm_groups: int = 1
     qk_norm_scale: float = 10.0
     qk_norm_dim_scale: bool = False
+    l2_distance: bool = False  # logits -|q - k|^2 (x_attn/attention/features/l2_distance.py)
     qk_rmsnorm: bool = False
     k_rmsnorm: bool = False
     value_rmsnorm: bool = False

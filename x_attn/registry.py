@@ -231,6 +231,12 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_qk_norm": True, "attn_qk_norm_groups": 2, "attn_qk_norm_dim_scale": True},
     ),
     FlagCase(
+        "attn_l2_distance",
+        "logits are minus the scaled squared distance between query and key",
+        "2006.04710",
+        {"attn_l2_distance": True},
+    ),
+    FlagCase(
         "attn_qk_rmsnorm",
         "RMSNorm of every query and key head before positions",
         "2302.05442",

@@ -18,6 +18,7 @@ from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
+from x_attn.attention.features.l2_distance import L2_DISTANCE_SPEC
 from x_attn.attention.features.linear_attn import LINEAR_ATTN_SPEC
 from x_attn.attention.features.linformer import LINFORMER_SPEC
 from x_attn.attention.features.lsh import LSH_SPEC
@@ -56,6 +57,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     QK_RMSNORM_SPEC,
     VALUE_RESIDUAL_SPEC,
     VALUE_RMSNORM_SPEC,
+    L2_DISTANCE_SPEC,
     LINEAR_ATTN_SPEC,
     PERFORMER_SPEC,
     SHAW_SPEC,

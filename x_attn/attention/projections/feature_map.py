@@ -13,7 +13,7 @@ feature dim, dv value head dim.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
@@ -40,6 +40,12 @@ class FeatureMapProjection(Projection):
         self.inner, self.feature_map = inner, feature_map
         self.heads, self.k_heads, self.v_heads = inner.heads, inner.k_heads, inner.v_heads
         self.qk_dim, self.v_dim = inner.qk_dim, inner.v_dim  # rotary acts on the inner dims
+        # the inner head layout's logit scale, separate rotary part and value transforms hold
+        self.scale, self.rotary_dim = inner.scale, inner.rotary_dim
+        self.transformable = inner.transformable
+
+    def map_values(self, payload: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+        return self.inner.map_values(payload, fn)
 
     def use_head_transforms(self, transforms: Sequence[HeadTransform]) -> None:
         """The inner projection applies them (QK-norm), before positions and phi."""
