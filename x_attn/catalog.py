@@ -133,6 +133,12 @@ CATALOG: tuple[Mechanism, ...] = (
     Mechanism(
         "entmax15", "entmax-1.5 instead of softmax", {"attn_use_entmax15": True}, "1909.00015"
     ),
+    Mechanism(
+        "cog-attention",
+        "cog attention: signed weights sign(s) softmax(|s|)",
+        {"attn_cog_signed": True},
+        "2411.07176",
+    ),
     Mechanism("memory-kv", "4 learned memory key/values", {"attn_num_mem_kv": 4}, "1907.01470"),
     Mechanism(
         "collab-heads",

@@ -41,6 +41,7 @@ class AttentionConfig:
     num_mem_kv: int = 0
     sparse_topk: int | None = None
     use_entmax15: bool = False
+    cog_signed: bool = False  # signed softmax, negative weights (features/cog_signed.py)
     talking_heads: bool = False
     pre_talking_heads: bool = False
     post_talking_heads: bool = False

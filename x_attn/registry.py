@@ -190,6 +190,15 @@ FLAGS: tuple[FlagCase, ...] = (
         probs="sparse",
     ),
     FlagCase(
+        "attn_cog_signed",
+        "cog attention: sign(s) softmax(|s|), weights may be negative",
+        "2411.07176",
+        {"attn_cog_signed": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="mixed",
+    ),
+    FlagCase(
         "attn_talking_heads",
         "mix heads before and after softmax",
         "2003.02436",

@@ -14,6 +14,7 @@ from torch import nn
 
 from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
+from x_attn.attention.features.cog_signed import COG_SIGNED_SPEC
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
@@ -75,6 +76,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     SPARSE_TOPK_SPEC,
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
+    COG_SIGNED_SPEC,
     MTA_HEAD_NORM_SPEC,
     HEAD_SCALE_SPEC,
     VALUE_HEAD_GATES_SPEC,
