@@ -99,3 +99,17 @@ def test_first_layer_hands_on_raw_values_even_with_value_rmsnorm():
     x = torch.randn(2, 4, 16, dtype=torch.float64)
     _, inter = attn(x, return_intermediates=True)
     close(inter.values, hand_qkv(attn, x)[2])
+
+
+def test_the_source_is_the_layer_that_runs_first_under_an_execute_order():
+    from x_attn.attention.features.value_residual import value_residual_roles
+
+    roles = value_residual_roles(("a", "f", "a", "f"), True, True, (2, 3, 0, 1))
+    assert roles == ["learned", None, "source", None]
+    torch.manual_seed(0)
+    stack = Decoder(
+        dim=16, depth=2, heads=2, add_value_residual=True, layers_execute_order=(2, 3, 0, 1)
+    )
+    stack(torch.randn(1, 4, 16)).sum().backward()
+    for name, p in stack.named_parameters():
+        assert p.grad is not None, name  # the mix of the layer that runs second is used

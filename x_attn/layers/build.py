@@ -30,7 +30,9 @@ def build_layers(cfg: LayersConfig, plan: LayerPlan) -> nn.ModuleList:
     scales = macaron_ff_scale(plan.types, cfg.macaron)
     dropouts = per_module(cfg.layer_dropout, n, "layer_dropout", "")
     shifts = per_module(cfg.shift_tokens, n, "shift_tokens", "")
-    roles = value_residual_roles(plan.types, cfg.add_value_residual, cfg.learned_value_residual_mix)
+    roles = value_residual_roles(
+        plan.types, cfg.add_value_residual, cfg.learned_value_residual_mix, plan.order
+    )
     seen = {"a": 0, "c": 0, "f": 0}
     layers = []
     for kind, scale, dropout, shift, role in zip(plan.types, scales, dropouts, shifts, roles):
