@@ -468,6 +468,7 @@ class LayersConfig:
     sandwich_norm: bool = False
     resi_dual: bool = False
     resi_dual_scale: float = 1.0
+    unet_skips: bool = False  # long skips between mirrored blocks (x_attn.layers.unet)
     use_layerscale: bool = False
     layerscale_init_value: float = 0.0
     scale_residual: bool | float = False

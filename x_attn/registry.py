@@ -609,6 +609,12 @@ FLAGS: tuple[FlagCase, ...] = (
         {"resi_dual": True, "resi_dual_scale": 0.5},
     ),
     FlagCase(
+        "unet_skips",
+        "U-Net long skips: mirrored blocks start from a linear map of both streams",
+        "2209.12152",
+        {"unet_skips": True},
+    ),
+    FlagCase(
         "zero_init_branch_output",
         "branch output projections start at zero",
         "",

@@ -48,9 +48,11 @@ def run_layers(
     and attention maps.
     """
     counters = _Counters()
-    cond, dual = state["condition"], state["dual"]
+    cond, dual, unet, skipped = state["condition"], state["dual"], state.get("unet"), {}
     for index in order:
         layer = layers[index]
+        if unet is not None:  # U-Net long skips: the stream entering a mirrored block
+            x = unet.at(index, x, skipped)
         if layer.kind == "a":
             inter.hiddens.append(x)
         if _dropped(layer):

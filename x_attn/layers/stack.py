@@ -26,6 +26,7 @@ from x_attn.layers.run_checks import (
     working_cache,
 )
 from x_attn.layers.stack_inputs import additional_kv_per_layer, check_stack_inputs
+from x_attn.layers.unet import UNetSkips
 from x_attn.positional.context import PositionContext
 from x_attn.positional.custom import position_values, table_values
 from x_attn.positional.row_positions import row_positions, rows_mask
@@ -94,6 +95,8 @@ class AttentionLayers(nn.Module):
             qk_flags=first.qk_dim_flags if first else ("attn_dim_head",),
         )
         self.final_norm = make_final_norm(cfg)
+        streams = {"reversible": cfg.reversible, "resi_dual": cfg.resi_dual}
+        self.unet = UNetSkips(cfg.dim, self.plan, owner, streams) if cfg.unet_skips else None
         # not registered as a submodule: it only re-wires the modules of self.layers
         object.__setattr__(self, "reversible", None)
         if cfg.reversible:
@@ -237,6 +240,11 @@ class AttentionLayers(nn.Module):
         check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
         order = run_order(self, layers_execute_order, repeat_blocks, mems, cache)
+        if self.unet is not None and order != self.plan.order:
+            raise ValueError(
+                f"{type(self).__name__}: unet_skips pairs the blocks of the stack as built; "
+                "drop this call's layers_execute_order / repeat_blocks"
+            )
         check_run_inputs(self, x, mems, cache, causal, order)
         check_global_tokens(self, x, global_mask, mask, cache)
         # per-call global tokens are not kept by a cache: no cache to continue from is started
@@ -290,6 +298,7 @@ class AttentionLayers(nn.Module):
             additional_kv=extra_kv or [None] * self_runs,
             additional_kv_mask=additional_kv_mask,
             global_mask=global_mask,
+            unet=self.unet,
         )
         x = run_layers(list(self.layers), order, x, state, inter)
         inter.layer_hiddens.append(x)
