@@ -46,6 +46,17 @@ CASES = {
     ),
     "gqa_qk_norm_rotary": ("Decoder", dict(attn_kv_heads=1, attn_qk_norm=True, **ROTARY), {}),
     "t5_bias_manual_path": ("Encoder", dict(rel_pos_bias=True, attn_flash=False), {}),
+    "l2_distance_qk_norm_rotary": (
+        "Decoder",
+        dict(attn_l2_distance=True, attn_qk_norm=True, attn_one_kv_head=True, **ROTARY),
+        {},
+    ),
+    "cog_signed_learned_sink": (
+        "Decoder",
+        dict(attn_cog_signed=True, attn_head_learned_sink=True, attn_flash=False),
+        {},
+    ),
+    "unet_skips": ("Decoder", dict(unet_skips=True, depth=4), {}),
 }
 
 

@@ -92,3 +92,8 @@ def test_refused_with_memory_key_values_and_linear_attention():
         Decoder(dim=16, depth=1, attn_l2_distance=True, attn_num_mem_kv=2)
     with pytest.raises(ValueError, match="attn_l2_distance.*attn_linear_attn|attn_linear_attn"):
         Decoder(dim=16, depth=1, attn_l2_distance=True, attn_linear_attn=True)
+
+
+def test_refused_with_shaw_relative_keys():
+    with pytest.raises(ValueError, match="shaw_rel_pos.*attn_l2_distance"):
+        Decoder(dim=16, depth=1, attn_l2_distance=True, shaw_rel_pos=True)

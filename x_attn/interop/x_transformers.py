@@ -70,6 +70,7 @@ STACK_RULES = [
     (r"^final_norm\.(.+)$", r"final_norm.\1"),
     (r"^rel_pos\.relative_attention_bias\.(.+)$", r"positions.rel_pos.relative_attention_bias.\1"),
     (r"^adaptive_mlp\.0\.(.+)$", r"condition_mlp.0.\1"),
+    (r"^skip_combines\.(\d+)\.combine\.weight$", r"unet.combines.\1.weight"),
 ]
 # a wrapper around a stack (TransformerWrapper, ContinuousTransformerWrapper)
 WRAPPER_RULES = [
@@ -195,6 +196,8 @@ def _convert_stack(
             block = stack.layers[int(index)]
             post = getattr(block, "post_norm", None) is not None
             name = ("post_norm" if post else "norm") + name[4:]
+        if name.startswith("block.proj.") and hasattr(stack.layers[int(index)].block.proj, "inner"):
+            name = "block.proj.inner." + name[len("block.proj.") :]  # a feature map wraps it
         name = f"layers.{index}.{name}"
         value = _rotary_rows(name, value, stack)
     return prefix + name, _gain(name, value, stack)
@@ -247,7 +250,7 @@ def _rotary_rows(name: str, value: Tensor, stack: AttentionLayers) -> Tensor:
     if rotary is None:
         return value
     order = _half_split_order(stack.config.attn.dim_head, rotary.dim)
-    if re.search(r"block\.proj\.to_[qk]\.weight$", name):
+    if re.search(r"block\.proj\.(inner\.)?to_[qk]\.weight$", name):
         return value.unflatten(0, (-1, len(order)))[:, order].flatten(0, 1)
     if re.search(PER_QK_DIM, name):
         return value[..., order]

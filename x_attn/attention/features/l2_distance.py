@@ -37,6 +37,11 @@ class L2DistanceMap(FeatureMap):
 
 def _wrap(ctx: FeatureContext):
     """The projection wrapper; refuses learned memory keys (they would skip the map)."""
+    if ctx.stack is not None and ctx.stack.shaw_rel_pos:
+        raise ValueError(
+            f"Attention: shaw_rel_pos adds q . r(i - j) with relative keys as wide as the head, "
+            f"which {ctx.flag('l2_distance')} widens by two; drop one of them"
+        )
     if ctx.config.num_mem_kv:
         raise ValueError(
             f"Attention: {ctx.flag('num_mem_kv')} adds learned keys after the projection, so "
