@@ -120,7 +120,10 @@ class AttentionLayers(nn.Module):
         return self.num_attention_layers + len(self._shift_runs(self.plan.order))
 
     def _shift_runs(self, order: tuple[int, ...]) -> list[int]:
-        return [i for i in order if self.layers[i].shift is not None]
+        if not hasattr(self, "_shifted"):  # the modules with token shifting (fixed once built)
+            shifted = frozenset(i for i, lay in enumerate(self.layers) if lay.shift is not None)
+            object.__setattr__(self, "_shifted", shifted)
+        return [i for i in order if i in self._shifted] if self._shifted else []
 
     @property
     def uncacheable_reason(self) -> str | None:
@@ -378,12 +381,13 @@ class AttentionLayers(nn.Module):
         self, cache: KVCache | None, order: tuple[int, ...]
     ) -> list[CacheEntry | None]:
         """Each run's entry of ``cache`` (created on first use), or Nones."""
+        if cache is not None and all(entry is not None for entry in cache.entries):
+            return cache.entries  # a decode step: every layer has its entry already
         factories = self._entry_factories(order)
         if cache is None:
             return [None] * len(factories)
-        if any(entry is None for entry in cache.entries):  # its length is checked already
-            for i, create in enumerate(factories):
-                cache.entry(i, create)
+        for i, create in enumerate(factories):  # its length is checked already
+            cache.entry(i, create)
         return cache.entries
 
     def _check_mems(
