@@ -250,7 +250,7 @@ class AttentionLayers(nn.Module):
         k_len = kept + mem_len + n
         attn_mask = check_stack_inputs(self, x, context, mask, context_mask, attn_mask, k_len)
         attn_mask = merge_kv_mask(self_attn_kv_mask, attn_mask, b, n, k_len)
-        self_runs = sum(self.layers[i].kind == "a" for i in order)
+        self_runs = sum(self.layer_types[i] == "a" for i in order)
         extra_kv = additional_kv_per_layer(
             self_attn_additional_kv,
             additional_kv_mask,
@@ -285,7 +285,7 @@ class AttentionLayers(nn.Module):
             mems=mems,
             mem_mask=mem_mask,
             entries=self._cache_entries(cache, order),
-            num_attn_runs=sum(self.layers[i].kind != "f" for i in order),
+            num_attn_runs=sum(self.layer_types[i] != "f" for i in order),
             return_attn=return_attn,
             condition=condition,
             causal=causal,

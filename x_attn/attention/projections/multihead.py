@@ -64,7 +64,7 @@ def split_heads(t: Tensor, heads: int) -> Tensor:
     Written with tensor methods: this runs three times per layer and decode step, where
     einops' pattern lookup costs more than the view itself.
     """
-    return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+    return t.reshape(*t.shape[:-1], heads, t.shape[-1] // heads).transpose(1, 2)
 
 
 def merge_heads(t: Tensor) -> Tensor:
