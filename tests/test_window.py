@@ -203,10 +203,16 @@ def test_a_window_cache_is_a_value():
 
 
 @pytest.mark.parametrize(
-    ("w", "d", "causal", "n", "block"),
-    [(3, 1, True, 13, 1), (2, 2, False, 13, 1), (5, 1, True, 150, 64), (4, 3, False, 70, 8)],
+    ("w", "d", "causal", "n", "block", "padded"),
+    [
+        (3, 1, True, 13, 1, False),
+        (3, 1, True, 13, 1, True),
+        (2, 2, False, 13, 1, False),
+        (5, 1, True, 150, 64, True),
+        (4, 3, False, 70, 8, True),
+    ],
 )
-def test_banded_path_matches_dense_reference(monkeypatch, w, d, causal, n, block):
+def test_banded_path_matches_dense_reference(monkeypatch, w, d, causal, n, block, padded):
     """The loop-free path (one span, key padding, no bias or globals) equals the float64
     reference in values and gradients; the per-block loop is made to fail so it is not used."""
     monkeypatch.setattr(window_kernel, "MIN_BLOCK", block)
@@ -215,7 +221,8 @@ def test_banded_path_matches_dense_reference(monkeypatch, w, d, causal, n, block
     padding = torch.ones(2, n, dtype=torch.bool)
     padding[1, :5] = False  # left padding: row 1's first queries see no key at all
     rules = ((CAUSAL,) if causal else ()) + (SlidingWindow(w, d, causal),)
-    spec = AttnMask(Span(0, n), Span(0, n), rules, padding)
+    spec = AttnMask(Span(0, n), Span(0, n), rules, padding if padded else None)
+    padding |= not padded
     for leaf in (q, k, v):
         leaf.requires_grad_(True)
     out = window_kernel.window_attention(AttnInputs(q, k, v, scale=0.5, spec=spec))
