@@ -233,3 +233,18 @@ def test_banded_path_matches_dense_reference(monkeypatch, w, d, causal, n, block
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        dict(cross_attn_window_size=2),
+        dict(cross_attn_sparse_pattern="strided"),
+        dict(cross_attn_bigbird=True),
+    ],
+)
+def test_cross_attention_position_masks_are_refused(flag):
+    """A position mask cannot apply to a context (it used to be accepted and dropped)."""
+    name = next(iter(flag))
+    with pytest.raises(ValueError, match=f"{name}.*self-attention layers"):
+        Decoder(**DIMS, cross_attend=True, **flag)
