@@ -62,9 +62,9 @@ def train_step(name: str, n: int, device: str, queue, repeats: int = 3) -> None:
     peak MiB) on ``queue``."""
     device = torch.device(device)
     attn = layer(name, device)
-    mask = band(n, device) if name == "dense-window" else None
     x = torch.randn(1, n, DIM, device=device, requires_grad=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mask = band(n, device) if name == "dense-window" else None  # counted in the peak
     times = []
     for _ in range(1 + repeats):
         if device.type == "cuda":
@@ -107,15 +107,38 @@ def measure(fn, *args) -> tuple[float, float] | None:
     return queue.get() if proc.exitcode == 0 else None
 
 
+def plot(rows: list[list], path: Path) -> None:
+    """Log-log chart of forward + backward seconds against length, a line per mechanism."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r[0] for r in rows):
+        points = [(r[1], float(r[2])) for r in rows if r[0] == name and r[3]]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="fwd+bwd seconds (one layer)")
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--decode", type=int, nargs="+", default=[1024, 16384])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mechanisms", nargs="+", choices=list(MECHANISMS), default=None)
+    parser.add_argument("--plot", type=Path, help="write a log-log PNG of fwd+bwd seconds here")
     args = parser.parse_args()
+    names = args.mechanisms or list(MECHANISMS)
     rows = []
     for n in args.lengths:
-        for name in MECHANISMS:
+        for name in names:
             if name == "dense-window" and n > DENSE_LIMIT:
                 rows.append([name, n, "skipped: dense mask too large", "", ""])
                 continue
@@ -127,8 +150,10 @@ def main() -> None:
             ratio = f"{float(full[2]) / got[0]:.1f}x" if full and name != "full" else ""
             rows.append([name, n, f"{got[0]:.3f}", f"{got[1]:.0f}", ratio])
             print(rows[-1], flush=True)
+    if args.plot:
+        plot(rows, args.plot)
     decode = []
-    for name in DECODE:
+    for name in (d for d in DECODE if d in names):
         for n in args.decode:
             got = measure(decode_step, name, n, args.device)
             decode.append([name, n, f"{got[0] * 1e3:.2f}" if got else "failed"])
