@@ -83,8 +83,8 @@ def test_two_ranks_equal_one_process_on_the_global_batch(ranks, single, kind):
     for got, want in ((rank0["train"], reference["train"]), (rank0["val"], reference["val"])):
         assert [s for s, _ in got] == [s for s, _ in want]
         assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-10)
-    # one validation window for two ranks: rank 1 evaluates none
-    assert rank0["val_one_window"] == pytest.approx(reference["val_one_window"], abs=1e-10)
+    # three validation windows in chunks of 2: rank 1 gets no row of the last chunk
+    assert rank0["val_short_chunk"] == pytest.approx(reference["val_short_chunk"], abs=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
