@@ -75,7 +75,14 @@ def run_training(args: argparse.Namespace, device: torch.device) -> bool:
         return _train_on_rank(args, recipe, data, source, device, parallel)
 
 
-def _train_on_rank(args, recipe: Recipe, data: TextData, source: str, device, parallel) -> bool:
+def _train_on_rank(
+    args: argparse.Namespace,
+    recipe: Recipe,
+    data: TextData,
+    source: str,
+    device: torch.device,
+    parallel: Parallel,
+) -> bool:
     torch.manual_seed(args.seed)
     model = build_model(recipe, len(data.vocab), args.attention).to(device)
     params = sum(p.numel() for p in model.parameters())
@@ -119,7 +126,9 @@ def _processes(parallel: Parallel) -> str:
     return f" x {parallel.world} processes ({parallel.kind.upper()}, global batch split evenly)"
 
 
-def _summary(args, recipe: Recipe, history: History, val: float, params: int, parallel) -> dict:
+def _summary(
+    args, recipe: Recipe, history: History, val: float, params: int, parallel: Parallel
+) -> dict:
     return {
         "preset": args.preset,
         "attention": args.attention,
