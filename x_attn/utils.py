@@ -42,3 +42,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     few mantissa bits; the result is cast back to the input's dtype by the caller.
     """
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def dropout_if_active(layer: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, skipped (``x`` itself) where it would change nothing: in eval mode or at
+    p = 0 (saves a module call per use on the decode path)."""
+    return layer(x) if layer.training and layer.p > 0 else x
