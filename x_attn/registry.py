@@ -41,6 +41,10 @@ class FlagCase:
     row_conv: bool = (
         False  # convolves over neighbouring positions: padding between real ones refused
     )
+    # torch.compile(model, fullgraph=True) traces a train step (forward + backward) without a
+    # graph break; else compile_reason says what in the mechanism stops the trace
+    compiles: bool = True
+    compile_reason: str = ""
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -188,6 +192,9 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="sparse",
+        compiles=False,
+        compile_reason="the entmax package's Entmax15Function (an autograd.Function with a "
+        "classmethod forward) cannot be inlined by dynamo",
     ),
     FlagCase(
         "attn_talking_heads",
@@ -465,6 +472,9 @@ FLAGS: tuple[FlagCase, ...] = (
         stochastic=True,  # fresh rotations at every training forward (the paper)
         mems_ok=False,
         any_mask=False,
+        compiles=False,
+        compile_reason="each row's bucket count comes from its number of real keys, read "
+        "from the padding into Python (a data-dependent int)",
     ),
     FlagCase(
         "attn_linformer",
@@ -552,6 +562,9 @@ FLAGS: tuple[FlagCase, ...] = (
         {"reversible": True},
         cacheable=False,
         mems_ok=False,
+        compiles=False,
+        compile_reason="its custom autograd.Function recomputes the blocks in backward by "
+        "calling torch.autograd.backward, which dynamo does not trace",
     ),
     FlagCase(
         "layer_dropout",
@@ -559,6 +572,14 @@ FLAGS: tuple[FlagCase, ...] = (
         "1603.09382",
         {"layer_dropout": 0.5},
         stochastic=True,
+        compiles=False,
+        compile_reason="whether a layer runs is a Python branch on a random draw per call",
+    ),
+    FlagCase(
+        "checkpoint_layers",
+        "activation checkpointing: chosen layers recompute their activations in backward",
+        "1604.06174",
+        {"checkpoint_layers": (True, False, False, True)},
     ),
     FlagCase(
         "use_layerscale",

@@ -280,6 +280,7 @@ class SequenceWrapper(nn.Module):
             cache=cache,
             return_hiddens=True,
             return_attn=return_attn,
+            start_cache=False,  # _new_cache started one if this call returns it
             **kwargs,
         )
         if inter.cache is not None:
