@@ -3,7 +3,8 @@
 For each mechanism and length: seconds of one forward + backward of one causal attention layer
 (dim 256, heads 4, head dim 64, batch 1, float32) and its peak memory, measured in a fresh
 process each (peak resident memory above the process's baseline on CPU, CUDA peak allocation
-on a GPU). Then the cached decode time per token at 1k and 16k tokens of context.
+on a GPU). Then the cached decode time per token at 1k and 16k tokens of context (one process per
+mechanism, the contexts taken in turn over repeated rounds; medians).
 
 Mechanisms: ``full`` (causal SDPA), ``window`` (attn_window_size=256, blockwise kernel),
 ``dense-window`` (SDPA with a dense (n, n) band mask, the way x-transformers' ``max_attend_past``
@@ -62,9 +63,9 @@ def train_step(name: str, n: int, device: str, queue, repeats: int = 3) -> None:
     peak MiB) on ``queue``."""
     device = torch.device(device)
     attn = layer(name, device)
-    mask = band(n, device) if name == "dense-window" else None
     x = torch.randn(1, n, DIM, device=device, requires_grad=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mask = band(n, device) if name == "dense-window" else None  # counted in the peak
     times = []
     for _ in range(1 + repeats):
         if device.type == "cuda":
@@ -83,18 +84,25 @@ def train_step(name: str, n: int, device: str, queue, repeats: int = 3) -> None:
     queue.put((statistics.median(times[1:]), peak))
 
 
-def decode_step(name: str, n: int, device: str, queue, steps: int = 32) -> None:
-    """Seconds per decoded token after a prefill of ``n`` tokens (no autograd)."""
+def decode_step(name: str, contexts: list[int], device: str, queue, steps: int = 16) -> None:
+    """Seconds per decoded token after a prefill of each of ``contexts`` tokens (no autograd),
+    the contexts taken in turn over several repeats in one process; puts the medians."""
     device = torch.device(device)
     attn = layer(name, device).eval()
     with torch.inference_mode():
-        entry = attn.new_cache_entry()
-        attn(torch.randn(1, n, DIM, device=device), cache=entry)
+        entries = []
+        for n in contexts:
+            entries.append(attn.new_cache_entry())
+            attn(torch.randn(1, n, DIM, device=device), cache=entries[-1])
         x = torch.randn(1, 1, DIM, device=device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            attn(x, cache=entry)
-        queue.put(((time.perf_counter() - start) / steps, 0.0))
+        times = [[] for _ in contexts]
+        for _ in range(7):
+            for entry, took in zip(entries, times):
+                start = time.perf_counter()
+                for _ in range(steps):
+                    attn(x, cache=entry)
+                took.append((time.perf_counter() - start) / steps)
+        queue.put(([statistics.median(t) for t in times], 0.0))
 
 
 def measure(fn, *args) -> tuple[float, float] | None:
@@ -107,15 +115,38 @@ def measure(fn, *args) -> tuple[float, float] | None:
     return queue.get() if proc.exitcode == 0 else None
 
 
+def plot(rows: list[list], path: Path) -> None:
+    """Log-log chart of forward + backward seconds against length, a line per mechanism."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r[0] for r in rows):
+        points = [(r[1], float(r[2])) for r in rows if r[0] == name and r[3]]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="fwd+bwd seconds (one layer)")
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--decode", type=int, nargs="+", default=[1024, 16384])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mechanisms", nargs="+", choices=list(MECHANISMS), default=None)
+    parser.add_argument("--plot", type=Path, help="write a log-log PNG of fwd+bwd seconds here")
     args = parser.parse_args()
+    names = args.mechanisms or list(MECHANISMS)
     rows = []
     for n in args.lengths:
-        for name in MECHANISMS:
+        for name in names:
             if name == "dense-window" and n > DENSE_LIMIT:
                 rows.append([name, n, "skipped: dense mask too large", "", ""])
                 continue
@@ -127,15 +158,19 @@ def main() -> None:
             ratio = f"{float(full[2]) / got[0]:.1f}x" if full and name != "full" else ""
             rows.append([name, n, f"{got[0]:.3f}", f"{got[1]:.0f}", ratio])
             print(rows[-1], flush=True)
+    if args.plot:
+        plot(rows, args.plot)
     decode = []
-    for name in DECODE:
-        for n in args.decode:
-            got = measure(decode_step, name, n, args.device)
-            decode.append([name, n, f"{got[0] * 1e3:.2f}" if got else "failed"])
+    for name in (d for d in DECODE if d in names):
+        got = measure(decode_step, name, args.decode, args.device)
+        for index, n in enumerate(args.decode):
+            cost = got[0][index] if got else None
+            ratio = f"{cost / got[0][0]:.2f}x" if got and index else ""
+            decode.append([name, n, f"{cost * 1e3:.2f}" if cost else "failed", ratio])
             print(decode[-1], flush=True)
     print(markdown_table(["mechanism", "tokens", "fwd+bwd s", "peak MiB", "speed-up"], rows))
     print()
-    print(markdown_table(["mechanism", "context", "decode ms/token"], decode))
+    print(markdown_table(["mechanism", "context", "decode ms/token", "vs first"], decode))
     print("\n".join(machine_lines(torch.device(args.device))))
 
 

@@ -200,3 +200,51 @@ def test_a_window_cache_is_a_value():
         net(x[:, 7:8] * 0, cache=cache, return_cache=True)  # another branch from the same cache
         again, _ = net(x[:, 6:7], cache=cache, return_cache=True)
     assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize(
+    ("w", "d", "causal", "n", "block", "padded"),
+    [
+        (3, 1, True, 13, 1, False),
+        (3, 1, True, 13, 1, True),
+        (2, 2, False, 13, 1, False),
+        (5, 1, True, 150, 64, True),
+        (4, 3, False, 70, 8, True),
+    ],
+)
+def test_banded_path_matches_dense_reference(monkeypatch, w, d, causal, n, block, padded):
+    """The loop-free path (one span, key padding, no bias or globals) equals the float64
+    reference in values and gradients; the per-block loop is made to fail so it is not used."""
+    monkeypatch.setattr(window_kernel, "MIN_BLOCK", block)
+    monkeypatch.setattr(window_kernel, "_attend", lambda *a: pytest.fail("loop path used"))
+    q, k, v = qkv(n)
+    padding = torch.ones(2, n, dtype=torch.bool)
+    padding[1, :5] = False  # left padding: row 1's first queries see no key at all
+    rules = ((CAUSAL,) if causal else ()) + (SlidingWindow(w, d, causal),)
+    spec = AttnMask(Span(0, n), Span(0, n), rules, padding if padded else None)
+    padding |= not padded
+    for leaf in (q, k, v):
+        leaf.requires_grad_(True)
+    out = window_kernel.window_attention(AttnInputs(q, k, v, scale=0.5, spec=spec))
+    dense = window_allowed(n, n, w, d, causal) & padding[:, None, None, :]
+    ref = reference_attention(q, k, v, mask=dense, scale=0.5)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        dict(cross_attn_window_size=2),
+        dict(cross_attn_sparse_pattern="strided"),
+        dict(cross_attn_bigbird=True),
+    ],
+)
+def test_cross_attention_position_masks_are_refused(flag):
+    """A position mask cannot apply to a context (it used to be accepted and dropped)."""
+    name = next(iter(flag))
+    with pytest.raises(ValueError, match=f"{name}.*self-attention layers"):
+        Decoder(**DIMS, cross_attend=True, **flag)

@@ -91,6 +91,19 @@ _SELF_ONLY = {
     "cross_attn_linformer": "Linformer projects a sequence's own keys over their fixed maximum "
     "length, and a cross-attention context has no such length here (attn_linformer acts on "
     "self-attention layers)",
+    **{
+        f"cross_attn_{name}": f"{what} is a mask over a sequence's own positions, and a "
+        f"cross-attention context shares no positions with the queries (attn_{name} acts on "
+        "self-attention layers)"
+        for name, what in (
+            ("window", "a sliding window"),
+            ("global_tokens", "the window's global tokens"),
+            ("sparse_pattern", "a Sparse Transformer pattern"),
+            ("sparse_block", "a Sparse Transformer pattern"),
+            ("sparse_summary", "a Sparse Transformer pattern"),
+            ("bigbird", "BigBird's block pattern"),
+        )
+    },
 }
 
 

@@ -11,13 +11,23 @@ keys (O(g n) for g global tokens) and replace the windowed ones in the batch row
 are global. When the window hides nothing (it covers the whole sequence, or a decode step
 sees only its window) this is plain SDPA, so it equals full attention exactly.
 
-Shape legend: b batch, h heads, i queries, j keys (f free + p positional), r rows of a block,
-c columns of a block, dh head dim, dv value dim.
+The common case (self-attention over one span, no bias, user mask, free keys or global tokens;
+key padding allowed) takes a banded path with no Python loop: the queries are reshaped into
+blocks, each block's reachable keys are cut from the sequence with one ``unfold`` (a block and
+its neighbours), and a single SDPA call covers every block, with one (block, keys) mask per
+block built from the rules.
+
+Shape legend: b batch, h heads, i queries, j keys (f free + p positional), t blocks, r rows of
+a block, c columns of a block, dh head dim, dv value dim, d either of them.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from x_attn.kernels.inputs import AttnInputs, expand_kv_heads
@@ -39,8 +49,10 @@ def window_attention(inputs: AttnInputs) -> Tensor:
     device, i = q.device, q.shape[-2]
     key_pos = spec.key_positions(device)
     query_pos = spec.q.arange(device)
-    glob_cols = _global_columns(rule, key_pos, spec.free)
     size = max(MIN_BLOCK, rule.back + rule.forward + 1)
+    if _bandable(inputs, rule):
+        return _banded(inputs, k, v, rule, size)
+    glob_cols = _global_columns(rule, key_pos, spec.free)
     outs = []
     for a in range(0, i, size):
         rows = torch.arange(a, min(a + size, i), device=device)
@@ -51,6 +63,62 @@ def window_attention(inputs: AttnInputs) -> Tensor:
         outs.append(_attend(inputs, k, v, rows, torch.cat((free, far, local))))
     out = torch.cat(outs, dim=2)
     return _global_rows(inputs, k, v, rule, query_pos, out)
+
+
+def _bandable(inputs: AttnInputs, rule: SlidingWindow) -> bool:
+    """Whether the call is one span attending to itself with nothing the banded path lacks."""
+    spec = inputs.spec
+    plain = spec.free == 0 and not spec.pinned and spec.user is None and inputs.bias is None
+    return plain and spec.q == spec.k and not rule.has_globals
+
+
+def _banded(inputs: AttnInputs, k: Tensor, v: Tensor, rule: SlidingWindow, size: int) -> Tensor:
+    """Every block of ``size`` queries against its reachable keys in one SDPA call.
+
+    Block t holds queries t*B .. t*B + B - 1 and the keys from ``before`` blocks earlier to
+    ``after`` blocks later (c = (before + 1 + after) * B columns, zero-padded at both ends).
+    """
+    spec, q = inputs.spec, inputs.q
+    n, device = q.shape[-2], q.device
+    size = min(size, n)  # one block of every query when the sequence is shorter than a block
+    blocks = math.ceil(n / size)
+    before = min(math.ceil(rule.back / size), blocks - 1)
+    after = min(math.ceil(rule.forward / size), blocks - 1)
+    tail, width = blocks * size - n, (before + 1 + after) * size
+    grow = (before * size, tail + after * size)  # zeros added in front of / after the keys
+    qb = rearrange(F.pad(q, (0, 0, 0, tail)), "b h (t r) d -> (b t) h r d", r=size)
+    kb, vb = (
+        rearrange(F.pad(x, (0, 0, *grow)).unfold(2, width, size), "b h t d c -> (b t) h c d")
+        for x in (k, v)
+    )
+    mask = _band_mask(spec, blocks, size, before, width, device)  # (t, r, c)
+    mask = mask.unsqueeze(0).expand(q.shape[0], -1, -1, -1)  # (b, t, r, c)
+    if spec.key_padding is not None:
+        real = F.pad(spec.key_padding.to(device), grow, value=False).unfold(1, width, size)
+        mask = mask & real.unsqueeze(2)
+    mask = rearrange(mask, "b t r c -> (b t) 1 r c")
+    out = sdpa_masked(qb, kb, vb, mask, None, inputs.scale, inputs.dropout)
+    return rearrange(out, "(b t) h r d -> b h (t r) d", b=q.shape[0])[:, :, :n]
+
+
+def _band_mask(
+    spec: AttnMask,
+    blocks: int,
+    size: int,
+    before: int,
+    width: int,
+    device: torch.device,
+) -> Tensor:
+    """(t, r, c) bool: the rules over block t's queries and its key columns (real keys only)."""
+    start = torch.arange(blocks, device=device) * size
+    q_off = start[:, None] + torch.arange(size, device=device)  # (t, r) offsets in the span
+    k_off = start[:, None] - before * size + torch.arange(width, device=device)  # (t, c)
+    grid = (k_off >= 0) & (k_off < len(spec.k))
+    grid = grid.unsqueeze(1)  # (t, 1, c)
+    q_pos, k_pos = spec.q.start + q_off.unsqueeze(-1), spec.k.start + k_off.unsqueeze(1)
+    for each in spec.active_rules():
+        grid = grid & each.allows(q_pos, k_pos)
+    return grid
 
 
 def _key_range(

@@ -2,7 +2,9 @@
 
 Run ``python -m x_attn.train`` (or ``x-attn-train``, or ``python examples/train_shakespeare.py``)
 with no arguments to train the default recipe on the embedded corpus. Bad arguments end with a
-one-line ``error:`` message and exit status 2, never a traceback.
+one-line ``error:`` message and exit status 2, never a traceback. Under
+``torchrun --nproc_per_node=N -m x_attn.train`` it trains with DDP (FSDP2 with ``--fsdp``) and
+only rank 0 prints; see :mod:`x_attn.train.distributed`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 import torch
 
 from x_attn.catalog import CATALOG
+from x_attn.train.distributed import launched, main_process
 from x_attn.train.recipes import RECIPES
 
 __all__ = ["main", "parser"]
@@ -74,6 +77,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument("--out", help="output folder (default: runs/<preset>)")
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and optimiser state with FSDP2 "
+        "instead of replicating them with DDP (--batch stays the global batch)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--sample",
@@ -98,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_attention:
             return _list_attention()
         if args.sample:
+            if launched():
+                raise ValueError("--sample generates in one process; run it without torchrun")
             return _sample(args)
         return _train(args)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        if main_process():  # under torchrun every rank fails alike
+            print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 
 
@@ -127,7 +139,8 @@ def _train(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     result = run_training(args, _device(args.device))
-    print(f"total time {time.perf_counter() - started:.0f} s")
+    if main_process():
+        print(f"total time {time.perf_counter() - started:.0f} s")
     return 0 if result else 1
 
 

@@ -4,6 +4,10 @@ The schedule runs on a progress fraction: steps done / ``steps``, or training se
 ``time_budget`` when a wall-clock budget is given (whichever is further along), so a run cut by
 the budget still ends at the minimum learning rate. Validation time is not counted in the budget.
 
+With a :class:`~x_attn.train.distributed.Parallel` (several processes), every rank runs this
+same loop and the same :func:`train_step` on its shard of the global batch; rank 0's progress
+fraction is broadcast, so all ranks share the learning rate and stop at the same step.
+
 Shape legend: b batch, n context, v vocabulary.
 """
 
@@ -20,9 +24,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.data.text import TextData
+from x_attn.train.distributed import Parallel
 from x_attn.train.recipes import Recipe
 
-__all__ = ["History", "evaluate", "make_optimizer", "train"]
+__all__ = ["History", "evaluate", "make_optimizer", "train", "train_step"]
 
 LN2 = math.log(2)
 
@@ -69,16 +74,31 @@ def next_token_loss(model: nn.Module, windows: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, windows: Tensor, device: torch.device, batch: int = 64) -> float:
-    """Mean next-character loss in nats over the validation ``windows`` (w, n + 1)."""
+def evaluate(
+    model: nn.Module,
+    windows: Tensor,
+    device: torch.device,
+    batch: int = 64,
+    parallel: Parallel | None = None,
+) -> float:
+    """Mean next-character loss in nats over the validation ``windows`` (w, n + 1).
+
+    With ``parallel``, every rank must call it: each takes its rows of every chunk of ``batch``
+    windows (the same number of forwards on every rank, as FSDP needs) and the sums are added.
+    """
+    parallel = parallel or Parallel()
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for chunk in windows.split(batch):
-        chunk = chunk.to(device)
-        total += next_token_loss(model, chunk).item() * chunk.numel()
-        count += chunk.numel()
+        rows = parallel.shard(chunk)
+        weight = rows.numel()
+        if not weight:  # fewer windows than ranks: a forward all the same, counted as nothing
+            rows = chunk[:1]
+        total += next_token_loss(model, rows.to(device)).item() * weight
+        count += weight
     model.train(was_training)
+    total, count = parallel.sum(total, count)
     return total / count
 
 
@@ -91,26 +111,39 @@ def train(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    parallel: Parallel | None = None,
 ) -> History:
     """Train ``model`` in place on ``data`` following ``recipe``; returns the History.
 
     Training stops after ``recipe.steps`` steps or ``recipe.time_budget`` seconds of training,
-    whichever comes first.
+    whichever comes first. ``parallel``: this rank of a multi-process run (``model`` wrapped by
+    :func:`x_attn.train.distributed.wrap`); ``recipe.batch`` is then the global batch, and only
+    rank 0 shows progress and logs.
     """
     time_budget = recipe.time_budget
     if recipe.steps is None and time_budget is None:
         raise ValueError("train: give a number of steps, a time budget, or both")
+    parallel = parallel or Parallel()
+    if recipe.batch % parallel.world:
+        raise ValueError(
+            f"train: the global batch {recipe.batch} must be divisible by the world size "
+            f"{parallel.world}"
+        )
     generator = torch.Generator().manual_seed(seed)
     val_windows = data.val_windows(recipe.context, recipe.eval_tokens)
     optimizer = make_optimizer(model, recipe)
-    history, bar = History(), _progress_bar(recipe, time_budget, progress)
+    history = History()
+    bar = _progress_bar(recipe, time_budget, progress and parallel.is_main)
     model.train()
     while True:
-        fraction = _fraction(history, recipe, time_budget)
+        fraction = parallel.broadcast(_fraction(history, recipe, time_budget))
         if fraction >= 1.0:
             break
         start = time.perf_counter()
-        loss = _step(model, optimizer, data, recipe, generator, device, fraction, history.steps)
+        lr = learning_rate(recipe, history.steps, fraction)
+        windows = parallel.shard(data.batch(recipe.batch, recipe.context, generator))
+        loss = train_step(model, optimizer, windows.to(device), lr, recipe.grad_clip)
+        loss = parallel.sum(loss.item() / parallel.world)[0]  # the global batch's mean
         elapsed = time.perf_counter() - start
         history.steps += 1
         history.tokens += recipe.batch * recipe.context
@@ -118,26 +151,33 @@ def train(
         history.train.append((history.steps, loss))
         _advance(bar, history, elapsed, loss)
         if history.steps % recipe.eval_every == 0:
-            val = evaluate(model, val_windows, device)
+            val = evaluate(model, val_windows, device, parallel=parallel)
             history.val.append((history.steps, val))
-            _report(bar, log, history, val)
+            if parallel.is_main:
+                _report(bar, log, history, val)
     if bar is not None:
         bar.close()
     history.stopped_by_time = recipe.steps is None or history.steps < recipe.steps
     return history
 
 
-def _step(model, optimizer, data, recipe, generator, device, fraction, step) -> float:
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, windows: Tensor, lr: float, grad_clip: float
+) -> Tensor:
+    """One optimiser step on ``windows`` (b, n + 1) at learning rate ``lr``; the loss (detached).
+
+    The same function runs in one process and on every rank of a DDP / FSDP2 run (where the
+    wrapper averages the gradients over the ranks during ``backward``).
+    """
     for group in optimizer.param_groups:
-        group["lr"] = learning_rate(recipe, step, fraction)
-    windows = data.batch(recipe.batch, recipe.context, generator).to(device)
+        group["lr"] = lr
     loss = next_token_loss(model, windows)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if recipe.grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
 def _fraction(history: History, recipe: Recipe, time_budget: float | None) -> float:

@@ -12,6 +12,14 @@ from pathlib import Path
 import torch
 
 from x_attn.data.text import TextData, load_text_file, split_text
+from x_attn.train.distributed import (
+    Parallel,
+    check_launch,
+    process_group,
+    rank_device,
+    unsharded,
+    wrap,
+)
 from x_attn.train.loop import History, evaluate, train
 from x_attn.train.recipes import RECIPES, Recipe, build_model
 from x_attn.train.sampling import default_prompt, generate_text
@@ -53,42 +61,74 @@ def load_data(path: str | None) -> tuple[TextData, str]:
 
 
 def run_training(args: argparse.Namespace, device: torch.device) -> bool:
-    """Train, evaluate, save the checkpoint, plot and sample; True when all went through."""
+    """Train, evaluate, save the checkpoint, plot and sample; True when all went through.
+
+    Under torchrun every rank trains (DDP, or FSDP2 with ``--fsdp``; see
+    :mod:`x_attn.train.distributed`) and rank 0 alone prints and writes the outputs.
+    """
     recipe = recipe_from_args(args)
+    check_launch(fsdp=args.fsdp, batch=recipe.batch)
+    device = rank_device(device)
     data, source = load_data(args.data)
     data.check_context(recipe.context)
+    with process_group(device, fsdp=args.fsdp) as parallel:
+        return _train_on_rank(args, recipe, data, source, device, parallel)
+
+
+def _train_on_rank(
+    args: argparse.Namespace,
+    recipe: Recipe,
+    data: TextData,
+    source: str,
+    device: torch.device,
+    parallel: Parallel,
+) -> bool:
     torch.manual_seed(args.seed)
     model = build_model(recipe, len(data.vocab), args.attention).to(device)
-    out = Path(args.out or Path("runs") / args.preset)
     params = sum(p.numel() for p in model.parameters())
-    print(f"data: {source}; {len(data.train):,} training / {len(data.val):,} validation chars")
-    print(
-        f"model: {args.preset} recipe, attention {args.attention}, {params:,} parameters, "
-        f"device {device}, {torch.get_num_threads()} threads; load average "
-        f"{os.getloadavg()[0]:.2f}"
-    )
+    if parallel.is_main:
+        print(f"data: {source}; {len(data.train):,} training / {len(data.val):,} validation chars")
+        print(
+            f"model: {args.preset} recipe, attention {args.attention}, {params:,} parameters, "
+            f"device {device}, {torch.get_num_threads()} threads{_processes(parallel)}; "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
+    wrapped = wrap(model, parallel, device)
     history = train(
-        model,
+        wrapped,
         data,
         recipe,
         device=device,
         seed=args.seed,
         progress=not args.no_progress,
+        parallel=parallel,
     )
+    model = unsharded(wrapped, parallel)
+    if model is None:  # not rank 0: its part is done
+        return True
     val = evaluate(model, data.val_windows(recipe.context, recipe.final_eval_tokens), device)
-    summary = _summary(args, recipe, history, val, params)
+    summary = _summary(args, recipe, history, val, params, parallel)
     print(
         f"validation loss {val:.4f} nats/char = {val / math.log(2):.3f} bits/char after "
         f"{history.steps} steps ({history.train_seconds:.0f} s of training, "
         f"{history.tokens_per_second:,.0f} tokens/s"
         + (", stopped by the time budget)" if history.stopped_by_time else ")")
     )
+    out = Path(args.out or Path("runs") / args.preset)
     _write_outputs(model, data, history, summary, out)
     _print_samples(model, data, args)
     return True
 
 
-def _summary(args, recipe: Recipe, history: History, val: float, params: int) -> dict:
+def _processes(parallel: Parallel) -> str:
+    if not parallel.enabled:
+        return ""
+    return f" x {parallel.world} processes ({parallel.kind.upper()}, global batch split evenly)"
+
+
+def _summary(
+    args, recipe: Recipe, history: History, val: float, params: int, parallel: Parallel
+) -> dict:
     return {
         "preset": args.preset,
         "attention": args.attention,
@@ -104,6 +144,8 @@ def _summary(args, recipe: Recipe, history: History, val: float, params: int) ->
         "time_budget": recipe.time_budget,
         "stopped_by_time": history.stopped_by_time,
         "load_average": os.getloadavg()[0],
+        "processes": parallel.world,
+        "parallel": parallel.kind,
         "val_curve": history.val,
     }
 
