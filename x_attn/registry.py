@@ -572,8 +572,8 @@ FLAGS: tuple[FlagCase, ...] = (
         cacheable=False,
         mems_ok=False,
         compiles=False,
-        compile_reason="its custom autograd.Function recomputes the blocks in backward by "
-        "calling torch.autograd.backward, which dynamo does not trace",
+        compile_reason="its autograd.Function saves the RNG state (torch.get_rng_state) to "
+        "replay dropout when it recomputes the blocks in backward; dynamo skips that function",
     ),
     FlagCase(
         "layer_dropout",
