@@ -31,7 +31,9 @@ def build_layers(cfg: LayersConfig, plan: LayerPlan) -> nn.ModuleList:
     dropouts = per_module(cfg.layer_dropout, n, "layer_dropout", "")
     checkpointed = per_module(cfg.checkpoint_layers, n, "checkpoint_layers", "")
     shifts = per_module(cfg.shift_tokens, n, "shift_tokens", "")
-    roles = value_residual_roles(plan.types, cfg.add_value_residual, cfg.learned_value_residual_mix)
+    roles = value_residual_roles(
+        plan.types, cfg.add_value_residual, cfg.learned_value_residual_mix, plan.order
+    )
     seen = {"a": 0, "c": 0, "f": 0}
     layers = []
     per_layer = zip(plan.types, scales, dropouts, shifts, roles, checkpointed)

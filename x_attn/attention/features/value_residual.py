@@ -55,18 +55,23 @@ class ValueResidual(ValueTransform):
         return rearrange(self.to_mix(rows).sigmoid(), "b j h -> b h j 1").to(v.dtype)
 
 
-def value_residual_roles(types: tuple[str, ...], add: bool, learned: bool) -> list[str | None]:
-    """The role of each layer of a stack ('a', 'c', 'f' letters): the first of its kind is the
-    "source"; later self-attention layers "learned" or "fixed", cross-attention "fixed"."""
+def value_residual_roles(
+    types: tuple[str, ...], add: bool, learned: bool, order: tuple[int, ...] | None = None
+) -> list[str | None]:
+    """The role of each layer of a stack ('a', 'c', 'f' letters): the first of its kind to run
+    (in ``order``, module indices; default: built order) is the "source"; the other
+    self-attention layers "learned" or "fixed", cross-attention "fixed"."""
+    order = tuple(range(len(types))) if order is None else order
+    source: dict[str, int] = {}
+    for index in order:
+        source.setdefault(types[index], index)
     roles: list[str | None] = []
-    seen: set[str] = set()
-    for kind in types:
+    for index, kind in enumerate(types):
         if not add or kind == "f":
             roles.append(None)
             continue
         later = "learned" if learned and kind == "a" else "fixed"
-        roles.append(later if kind in seen else "source")
-        seen.add(kind)
+        roles.append("source" if source.get(kind) == index else later)
     return roles
 
 
