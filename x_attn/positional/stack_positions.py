@@ -194,8 +194,9 @@ class StackPositions(nn.Module):
         limit = xpos_max_position(rotary.dim, rotary.xpos_scale_base, dtype)
         require_all(
             positions.abs() <= limit,
-            f"rotary_xpos: a position is beyond {limit}, the furthest whose xPos factors "
-            f"zeta ** (p / rotary_xpos_scale_base={rotary.xpos_scale_base:g}) stay finite in "
+            f"rotary_xpos: position (the largest given) beyond {limit}, the furthest whose "
+            f"xPos factors zeta ** (p / rotary_xpos_scale_base={rotary.xpos_scale_base:g}) "
+            "stay finite in "
             f"{dtype} (keys grow, queries shrink with the position); raise "
             "rotary_xpos_scale_base, use a wider dtype, or drop rotary_xpos",
             lambda: f" (got position {float(positions.abs().max()):g})",
