@@ -50,3 +50,9 @@ def unit_vectors(t: Tensor) -> Tensor:
     """``t / ||t||_2`` over the last axis, the norm taken in float32 for float16 / bfloat16
     (also under autocast, which leaves the norm in the input's dtype); in ``t``'s dtype."""
     return F.normalize(t.to(compute_dtype(t.dtype)), p=2, dim=-1).to(t.dtype)
+
+
+def dropout_if_active(layer: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, skipped (``x`` itself) where it would change nothing: in eval mode or at
+    p = 0 (saves a module call per use on the decode path)."""
+    return layer(x) if layer.training and layer.p > 0 else x

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.additional_kv import prepend_keys
@@ -27,6 +26,7 @@ from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.features.stages import BoundKeys
 from x_attn.attention.projections import Projection
+from x_attn.attention.projections.multihead import merge_heads
 from x_attn.cache import CacheEntry, ContextEntry
 from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.kernels.inputs import AttnInputs
@@ -269,7 +269,7 @@ class Attention(nn.Module):
         out = finish(out)
         for stage in self.head_stages:
             out = stage(out, x)
-        out = self.to_out(rearrange(out, "b h n d -> b n (h d)"), x)
+        out = self.to_out(merge_heads(out), x)
         if not (return_intermediates or return_attn):
             return out
         return out, AttnIntermediates(kernel.name, maps, keys.values)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from x_attn.config import FeedForwardConfig
 from x_attn.layers.activations import make_activation, softclamp
 from x_attn.layers.norms import LayerNorm
-from x_attn.utils import check_positive_int, default, exists
+from x_attn.utils import check_positive_int, default, dropout_if_active, exists
 
 _OWNER = "FeedForward"
 
@@ -132,7 +132,8 @@ class FeedForward(nn.Module):
             hidden = self.act(hidden)
         if self.post_act_norm is not None:
             hidden = self.post_act_norm(hidden)
-        return self.sublayer_dropout(self.proj_out(self.dropout(hidden)))
+        hidden = self.proj_out(dropout_if_active(self.dropout, hidden))
+        return dropout_if_active(self.sublayer_dropout, hidden)
 
 
 def zero_init_(linear: nn.Linear) -> None:

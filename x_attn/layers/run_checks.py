@@ -58,8 +58,8 @@ def check_run_inputs(
             f"{owner}: causal=False with a KV cache: cached keys were computed causally and "
             "new keys would be missed by earlier queries; run without the cache"
         )
-    layers = [stack.layers[i] for i in order]
-    if stack.training and cache is not None and any(layer.dropout > 0 for layer in layers):
+    training = stack.training and cache is not None
+    if training and any(stack.layers[i].dropout > 0 for i in order):
         raise ValueError(
             f"{owner}: layer_dropout skips layers in training mode, so a KV cache would miss "
             "their keys; decode in eval mode (model.eval())"

@@ -120,7 +120,10 @@ class AttentionLayers(nn.Module):
         return self.num_attention_layers + len(self._shift_runs(self.plan.order))
 
     def _shift_runs(self, order: tuple[int, ...]) -> list[int]:
-        return [i for i in order if self.layers[i].shift is not None]
+        if not hasattr(self, "_shifted"):  # the modules with token shifting (fixed once built)
+            shifted = frozenset(i for i, lay in enumerate(self.layers) if lay.shift is not None)
+            object.__setattr__(self, "_shifted", shifted)
+        return [i for i in order if i in self._shifted] if self._shifted else []
 
     @property
     def uncacheable_reason(self) -> str | None:
@@ -252,7 +255,7 @@ class AttentionLayers(nn.Module):
         k_len = kept + mem_len + n
         attn_mask = check_stack_inputs(self, x, context, mask, context_mask, attn_mask, k_len)
         attn_mask = merge_kv_mask(self_attn_kv_mask, attn_mask, b, n, k_len)
-        self_runs = sum(self.layers[i].kind == "a" for i in order)
+        self_runs = sum(self.layer_types[i] == "a" for i in order)
         extra_kv = additional_kv_per_layer(
             self_attn_additional_kv,
             additional_kv_mask,
@@ -287,7 +290,7 @@ class AttentionLayers(nn.Module):
             mems=mems,
             mem_mask=mem_mask,
             entries=self._cache_entries(cache, order),
-            num_attn_runs=sum(self.layers[i].kind != "f" for i in order),
+            num_attn_runs=sum(self.layer_types[i] != "f" for i in order),
             return_attn=return_attn,
             condition=condition,
             causal=causal,
@@ -383,12 +386,13 @@ class AttentionLayers(nn.Module):
         self, cache: KVCache | None, order: tuple[int, ...]
     ) -> list[CacheEntry | None]:
         """Each run's entry of ``cache`` (created on first use), or Nones."""
+        if cache is not None and all(entry is not None for entry in cache.entries):
+            return cache.entries  # a decode step: every layer has its entry already
         factories = self._entry_factories(order)
         if cache is None:
             return [None] * len(factories)
-        if any(entry is None for entry in cache.entries):  # its length is checked already
-            for i, create in enumerate(factories):
-                cache.entry(i, create)
+        for i, create in enumerate(factories):  # its length is checked already
+            cache.entry(i, create)
         return cache.entries
 
     def _check_mems(

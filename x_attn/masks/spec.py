@@ -173,8 +173,16 @@ class AttnMask:
         Padding is (b, 1, 1, j); the rules alone give (i, j) (or (b, 1, i, j) for a rule that
         depends on the batch row); the user mask keeps its own leading dims.
         """
+        if self.hides_nothing():  # e.g. a decode step: one query at the newest position
+            return None
         rows = torch.arange(len(self.q), device=device)
         return self.block(rows, torch.arange(self.free + self.width, device=device))
+
+    def hides_nothing(self) -> bool:
+        """No padding, user mask or rule hides any (query, key) pair: no mask is needed."""
+        if self.key_padding is not None or self.user is not None:
+            return False
+        return self.free_padding is None and not (self.rules and self.active_rules())
 
     @property
     def width(self) -> int:

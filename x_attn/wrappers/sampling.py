@@ -263,9 +263,8 @@ def _check_sample_args(
             f"{owner}: 'filter_kwargs' {filter_kwargs} given without 'filter_fn'; "
             f"pass filter_fn (one of {list(FILTERS)} or a callable) or drop filter_kwargs"
         )
-    bad = torch.isnan(logits) | (logits == math.inf)
-    empty = (logits == NEG_INF).all(dim=-1)
-    if bool(bad.any() | empty.any()):
+    # a row's max (NaN propagates) is finite unless the row has NaN or +inf or is all -inf
+    if not bool(torch.isfinite(logits.amax(dim=-1)).all()):
         raise ValueError(
             f"{owner}: 'logits' has NaN/+inf entries or a row that is all -inf; "
             "every row needs at least one finite logit"

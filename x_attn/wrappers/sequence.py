@@ -29,7 +29,7 @@ from x_attn.positional.absolute import (
 )
 from x_attn.positional.custom import route_pos
 from x_attn.positional.row_positions import counted_positions, left_padding
-from x_attn.utils import check_positive_int, check_probability
+from x_attn.utils import check_positive_int, check_probability, dropout_if_active
 from x_attn.validation import check_cache, check_seq_start_pos
 from x_attn.wrappers.embedding import (
     check_frac,
@@ -262,7 +262,7 @@ class SequenceWrapper(nn.Module):
             h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
             mask = stream_mask(mask, n, prepend_mask, p, b, h.device)
         out_mask = mask
-        h = self.emb_dropout(frac_gradient(h, self.emb_frac_gradient))
+        h = dropout_if_active(self.emb_dropout, frac_gradient(h, self.emb_frac_gradient))
         if self.project_emb is not None:
             h = self.project_emb(h)
         prepend = (self.memory_tokens is not None or self.cls_token is not None) and first

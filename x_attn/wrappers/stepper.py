@@ -50,6 +50,9 @@ class LogitStepper:
         if batch.start is not None:
             self.kwargs["seq_start_pos"] = batch.start
         self.cache = None
+        # the sliding window: newest keys kept before a step, by the self-attention entries
+        self.keep = wrapper._window - 1
+        self.sliding = wrapper._self_attention_entries() if restrict and cached else []
 
     def first(self) -> Tensor:
         """(r, v) logits after the prompts."""
@@ -83,8 +86,8 @@ class LogitStepper:
             self.mask = torch.cat((self.mask, self.mask.new_ones(self.rows, 1)), dim=1)
         if not self.cached:
             return self._full()
-        if self.restrict:
-            self.cache.slide(self.wrapper._window - 1, self.wrapper._self_attention_entries())
+        if self.restrict and self.cache.length > self.keep:  # no layer holds more before
+            self.cache.slide(self.keep, self.sliding)
         logits, self.cache = self.net(
             token.unsqueeze(-1), cache=self.cache, return_cache=True, **self.kwargs
         )

@@ -187,7 +187,8 @@ class TransformerWrapper(SequenceWrapper):
         ``sum_embeds`` (b, n, e) is added to the embeddings. Pooling gives one vector (or k
         tokens) per row.
         """
-        drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
+        if kwargs:  # the signature is read only when there is something to check
+            drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
