@@ -1,8 +1,9 @@
 """Training throughput: tokens/s of one train step (forward + backward + AdamW step).
 
 Compares, at the same shape (decoder, learned absolute positions, pre-LayerNorm, GELU MLP x4):
-x_attn default, x_attn attn_flash=True, x-transformers 2.31 default and attn_flash=True, and a
-minimal hand-written GPT on F.scaled_dot_product_attention. Runs are interleaved round-robin
+x_attn default, x_attn attn_flash=True, x-transformers 2.31 default and attn_flash=True, x_attn with
+checkpoint_layers=True and x_attn under torch.compile(fullgraph=True) (inductor), and a minimal
+hand-written GPT on F.scaled_dot_product_attention. Runs are interleaved round-robin
 (one timed run of every model per repeat) after a warm-up, and the median is reported.
 
 Run (defaults: dim 512, depth 6, heads 8, seq 512, batch 4, vocab 256):
@@ -41,6 +42,7 @@ from common import (  # noqa: E402
 )
 
 BASELINE = "x-transformers attn_flash=True"
+COMPILED = "x_attn torch.compile(fullgraph=True)"  # inductor; the warm-up steps compile it
 
 
 class _Block(nn.Module):
@@ -94,9 +96,12 @@ class Entry:
     params: int
     tokens_per_s: list[float] = field(default_factory=list)
     peak_mib: float | None = None
+    saved_mib: float | None = None  # bytes autograd keeps for backward (eager models only)
 
 
-def _wrapper_builder(module_name: str, flash: bool, args: argparse.Namespace) -> nn.Module:
+def _wrapper_builder(
+    module_name: str, flash: bool, args: argparse.Namespace, **extra: object
+) -> nn.Module:
     try:
         lib = importlib.import_module(module_name)
         wrapper_cls, decoder_cls = lib.TransformerWrapper, lib.Decoder
@@ -106,6 +111,7 @@ def _wrapper_builder(module_name: str, flash: bool, args: argparse.Namespace) ->
     kwargs = {"attn_dim_head": args.dim // args.heads}
     if flash:
         kwargs["attn_flash"] = True
+    kwargs.update(extra)
     decoder = decoder_cls(dim=args.dim, depth=args.depth, heads=args.heads, **kwargs)
     return wrapper_cls(num_tokens=args.vocab, max_seq_len=args.seq, attn_layers=decoder)
 
@@ -114,6 +120,11 @@ def _candidates(args: argparse.Namespace) -> list[tuple[str, Callable[[], nn.Mod
     return [
         ("x_attn default", lambda: _wrapper_builder("x_attn", False, args)),
         ("x_attn attn_flash=True", lambda: _wrapper_builder("x_attn", True, args)),
+        (
+            "x_attn checkpoint_layers=True",
+            lambda: _wrapper_builder("x_attn", False, args, checkpoint_layers=True),
+        ),
+        (COMPILED, lambda: _wrapper_builder("x_attn", False, args)),
         ("x-transformers default", lambda: _wrapper_builder("x_transformers", False, args)),
         (BASELINE, lambda: _wrapper_builder("x_transformers", True, args)),
         (
@@ -137,7 +148,10 @@ def build_entries(args: argparse.Namespace, device: torch.device) -> tuple[list[
             notes.append(f"- skipped '{name}': refused at construction ({err})")
             continue
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-        entries.append(Entry(name, model, optimizer, count_parameters(model)))
+        entry = Entry(name, model, optimizer, count_parameters(model))
+        if name == COMPILED:
+            entry.model = torch.compile(model, fullgraph=True)
+        entries.append(entry)
     return entries, notes
 
 
@@ -161,6 +175,20 @@ def make_step(entry: Entry, tokens: Tensor, amp: str) -> Callable[[], None]:
     return step
 
 
+def saved_activation_mib(model: nn.Module, tokens: Tensor) -> float:
+    """MiB of the tensors autograd keeps for backward during one forward (parameters too)."""
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(tokens)
+    return total / 2**20
+
+
 def run(args: argparse.Namespace) -> str:
     """Warm up, time interleaved repeats, and return the markdown report."""
     device = torch.device(args.device)
@@ -170,6 +198,9 @@ def run(args: argparse.Namespace) -> str:
     steps = {e.name: make_step(e, tokens, args.amp) for e in entries}
     tokens_per_step = args.batch * args.seq
 
+    for entry in entries:  # what autograd saves for backward in one forward (eager only)
+        if entry.name != COMPILED:
+            entry.saved_mib = saved_activation_mib(entry.model, tokens[:, :-1])
     for entry in entries:  # warm-up; on CUDA also the peak memory of one step
         if device.type == "cuda":
             synchronize(device)
@@ -194,6 +225,7 @@ def format_report(
     medians = {e.name: median(e.tokens_per_s) for e in entries}
     base = medians.get(BASELINE)
     headers = ["model", "params", "tokens/s (median)", "min-max", f"ratio vs {BASELINE}"]
+    headers.append("saved for backward MiB")
     if device.type == "cuda":
         headers.append("step peak MiB")
     rows = []
@@ -205,6 +237,7 @@ def format_report(
             f"{medians[e.name]:,.0f}",
             f"{min(e.tokens_per_s):,.0f}-{max(e.tokens_per_s):,.0f}",
             ratio,
+            "n/a (compiled)" if e.saved_mib is None else f"{e.saved_mib:,.1f}",
         ]
         if device.type == "cuda":
             row.append(f"{e.peak_mib:,.0f}")
@@ -218,7 +251,7 @@ def format_report(
         f"dim {args.dim}, depth {args.depth}, heads {args.heads}, seq {args.seq}, "
         f"batch {args.batch}, vocab {args.vocab}, device {device}, amp {args.amp}; "
         f"median of {args.repeats} interleaved repeats x {args.steps} steps "
-        f"after {args.warmup} warm-up steps; no torch.compile\n"
+        f"after {args.warmup} warm-up steps (they include the compile of the compiled row)\n"
     )
     return render_report(header, headers, rows, device, notes)
 

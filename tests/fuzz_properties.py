@@ -324,6 +324,7 @@ def _effect_exempt(s: Subject, name: str) -> bool:
         <= set(case.flags),
         "zero_init_branch_output": True,  # an initialisation: the twin loads the same weights
         "emb_frac_gradient": True,  # it scales the embedding gradient; the forward is unchanged
+        "checkpoint_layers": True,  # it recomputes activations in backward; same forward
         "layer_dropout": not s.root.training,  # stochastic depth acts in training only
         # it clamps the plain hidden layer; with ff_glu it warns at construction that it does not
         "ff_softclamp_value": case.has("ff_glu"),

@@ -10,7 +10,7 @@ from torch import nn
 
 from x_attn.config import FeedForwardConfig
 from x_attn.layers.feedforward import FeedForward
-from x_attn.layers.norms import RMSNorm, ScaleNorm, make_norm
+from x_attn.layers.norms import LayerNorm, RMSNorm, ScaleNorm, make_norm
 from x_attn.layers.pattern import layer_types, macaron_ff_scale
 from x_attn.layers.residual import GRUGating, Residual, ReZeroResidual, make_residual
 
@@ -87,7 +87,8 @@ def test_scalenorm_clamps_small_norms_with_eps():
 
 
 def test_make_norm_kinds_and_error():
-    assert type(make_norm("layernorm", DIM)) is nn.LayerNorm
+    norm = make_norm("layernorm", DIM)  # nn.LayerNorm with float32 statistics for halves
+    assert type(norm) is LayerNorm and isinstance(norm, nn.LayerNorm)
     assert type(make_norm("rmsnorm", DIM)) is RMSNorm
     assert type(make_norm("scalenorm", DIM)) is ScaleNorm
     with pytest.raises(ValueError, match="'layernorm', 'rmsnorm', 'scalenorm'") as info:

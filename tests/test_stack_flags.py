@@ -18,7 +18,7 @@ from reference import reference_probs
 from torch import Tensor, nn
 
 from x_attn import Attention, Decoder, Encoder, KVCache, TransformerWrapper
-from x_attn.layers.norms import RMSNorm, ScaleNorm
+from x_attn.layers.norms import LayerNorm, RMSNorm, ScaleNorm
 from x_attn.layers.residual import GRUGating, Residual, ReZeroResidual
 from x_attn.positional.context import PositionContext
 
@@ -128,7 +128,7 @@ def parts(stack):
 
 
 @pytest.mark.parametrize(
-    "flag, kind", [(None, nn.LayerNorm), ("use_rmsnorm", RMSNorm), ("use_scalenorm", ScaleNorm)]
+    "flag, kind", [(None, LayerNorm), ("use_rmsnorm", RMSNorm), ("use_scalenorm", ScaleNorm)]
 )
 def test_norm_flag_fills_every_norm_slot_and_matches_formula(flag, kind):
     flags = {flag: True} if flag else {}

@@ -486,6 +486,7 @@ class LayersConfig:
     adaptive_condition_mlp_expansion: int = 4
     # which layer runs when (x_attn.layers.plan), per layer: a value or one per layer
     layer_dropout: float | tuple[float, ...] = 0.0
+    checkpoint_layers: bool | tuple[bool, ...] = False
     shift_tokens: int | tuple[int, ...] = 0
     weight_tie_layers: bool = False
     layers_execute_order: tuple[int, ...] | None = None

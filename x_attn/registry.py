@@ -41,6 +41,10 @@ class FlagCase:
     row_conv: bool = (
         False  # convolves over neighbouring positions: padding between real ones refused
     )
+    # torch.compile(model, fullgraph=True) traces a train step (forward + backward) without a
+    # graph break; else compile_reason says what in the mechanism stops the trace
+    compiles: bool = True
+    compile_reason: str = ""
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -188,6 +192,9 @@ FLAGS: tuple[FlagCase, ...] = (
         needs_scores=True,
         kernel="manual",
         probs="sparse",
+        compiles=False,
+        compile_reason="the entmax package's Entmax15Function (an autograd.Function with a "
+        "classmethod forward) cannot be inlined by dynamo",
     ),
     FlagCase(
         "attn_cog_signed",
@@ -421,6 +428,9 @@ FLAGS: tuple[FlagCase, ...] = (
         kernel="window",
         probs="sparse",
         row_conv=True,
+        compiles=False,
+        compile_reason="the window kernel finds the global rows and columns with nonzero() "
+        "and branches on whether any exist (data-dependent shapes)",
     ),
     FlagCase(
         "attn_sparse_pattern",
@@ -450,6 +460,9 @@ FLAGS: tuple[FlagCase, ...] = (
         probs="sparse",
         cacheable=False,
         row_conv=True,
+        compiles=False,
+        compile_reason="the random blocks are drawn in forward from a torch.Generator built "
+        "there, an object dynamo cannot create inside a graph",
     ),
     FlagCase(
         "attn_linear_attn",
@@ -458,6 +471,9 @@ FLAGS: tuple[FlagCase, ...] = (
         {"attn_linear_attn": True, "attn_linear_attn_chunk": 3},
         kernel="linear",
         any_mask=False,
+        compiles=False,
+        compile_reason="dynamo traces it, but the backward graph AOT autograd builds for the "
+        "causal chunked sums fails at run time in torch 2.13 ('view size is not compatible')",
     ),
     FlagCase(
         "attn_performer",
@@ -480,6 +496,9 @@ FLAGS: tuple[FlagCase, ...] = (
         stochastic=True,  # fresh rotations at every training forward (the paper)
         mems_ok=False,
         any_mask=False,
+        compiles=False,
+        compile_reason="each row's bucket count comes from its number of real keys, read "
+        "from the padding into Python (a data-dependent int)",
     ),
     FlagCase(
         "attn_linformer",
@@ -567,6 +586,9 @@ FLAGS: tuple[FlagCase, ...] = (
         {"reversible": True},
         cacheable=False,
         mems_ok=False,
+        compiles=False,
+        compile_reason="its autograd.Function saves the RNG state (torch.get_rng_state) to "
+        "replay dropout when it recomputes the blocks in backward; dynamo skips that function",
     ),
     FlagCase(
         "layer_dropout",
@@ -574,6 +596,14 @@ FLAGS: tuple[FlagCase, ...] = (
         "1603.09382",
         {"layer_dropout": 0.5},
         stochastic=True,
+        compiles=False,
+        compile_reason="whether a layer runs is a Python branch on a random draw per call",
+    ),
+    FlagCase(
+        "checkpoint_layers",
+        "activation checkpointing: chosen layers recompute their activations in backward",
+        "1604.06174",
+        {"checkpoint_layers": (True, False, False, True)},
     ),
     FlagCase(
         "use_layerscale",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 T = TypeVar("T")
 
@@ -42,6 +44,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     few mantissa bits; the result is cast back to the input's dtype by the caller.
     """
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def unit_vectors(t: Tensor) -> Tensor:
+    """``t / ||t||_2`` over the last axis, the norm taken in float32 for float16 / bfloat16
+    (also under autocast, which leaves the norm in the input's dtype); in ``t``'s dtype."""
+    return F.normalize(t.to(compute_dtype(t.dtype)), p=2, dim=-1).to(t.dtype)
 
 
 def dropout_if_active(layer: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:

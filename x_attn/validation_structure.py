@@ -63,6 +63,12 @@ def _validate_plan(config: LayersConfig, owner: str) -> None:
     n = len(plan.types)
     for p in per_module(config.layer_dropout, n, "layer_dropout", owner):
         check_probability("layer_dropout", p, owner)
+    for c in per_module(config.checkpoint_layers, n, "checkpoint_layers", owner):
+        if not isinstance(c, bool):
+            raise TypeError(
+                f"{owner}: 'checkpoint_layers' takes True/False or one bool per layer (here "
+                f"{n}), got {type(c).__name__} {c!r}"
+            )
     d = config.dim
     for s in per_module(config.shift_tokens, n, "shift_tokens", owner):
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
@@ -199,6 +205,9 @@ def reversible_refusals(config: LayersConfig) -> dict[str, bool]:
     """The flags of this module that the reversible stack cannot run, and whether each is on."""
     return {
         "layer_dropout": _any_nonzero(config.layer_dropout),
+        "checkpoint_layers (the reversible stack already recomputes)": _any_nonzero(
+            config.checkpoint_layers
+        ),
         "shift_tokens": _any_nonzero(config.shift_tokens),
         "weight_tie_layers": config.weight_tie_layers,
         "layers_execute_order": config.layers_execute_order is not None,

@@ -56,6 +56,13 @@ def lsh_attention_maps(inputs: AttnInputs) -> tuple[Tensor, AttnMaps]:
 
 
 def _run(inputs: AttnInputs, maps: bool) -> tuple[Tensor, AttnMaps | None]:
+    # scores, logsumexp and softmax in float32 for half precision, also under autocast (which
+    # would recast the float32 products to the autocast dtype)
+    with torch.autocast(inputs.q.device.type, enabled=False):
+        return _run_wide(inputs, maps)
+
+
+def _run_wide(inputs: AttnInputs, maps: bool) -> tuple[Tensor, AttnMaps | None]:
     rule, causal = _checked(inputs)
     q, spec = inputs.q, inputs.spec
     compute = compute_dtype(q.dtype)

@@ -56,8 +56,7 @@ def window_attention(inputs: AttnInputs) -> Tensor:
     outs = []
     for a in range(0, i, size):
         rows = torch.arange(a, min(a + size, i), device=device)
-        lo = int(torch.searchsorted(key_pos, query_pos[a] - rule.back))
-        hi = int(torch.searchsorted(key_pos, query_pos[rows[-1]] + rule.forward, right=True))
+        lo, hi = _key_range(spec, key_pos, query_pos, (a, int(rows.numel()) - 1 + a), rule)
         far = glob_cols[(glob_cols < lo + spec.free) | (glob_cols >= hi + spec.free)]
         free = torch.arange(spec.free, device=device)
         local = torch.arange(lo + spec.free, hi + spec.free, device=device)
@@ -120,6 +119,24 @@ def _band_mask(
     for each in spec.active_rules():
         grid = grid & each.allows(q_pos, k_pos)
     return grid
+
+
+def _key_range(
+    spec: AttnMask, key_pos: Tensor, query_pos: Tensor, first_last: tuple[int, int], rule
+) -> tuple[int, int]:
+    """[lo, hi): the positional keys (indices into ``key_pos``) that queries ``first ... last``
+    can reach. Without pinned keys the keys are the span ``k.start ... k.stop - 1``, so the
+    bounds are arithmetic on Python ints (no value read back from a tensor: this is what lets
+    the kernel trace under ``torch.compile(fullgraph=True)``); else a sorted search."""
+    first, last = first_last
+    if not spec.pinned:
+        start, length = spec.k.start, spec.k.stop - spec.k.start
+        lo = spec.q.start + first - rule.back - start
+        hi = spec.q.start + last + rule.forward - start + 1
+        return min(max(lo, 0), length), min(max(hi, 0), length)
+    lo = int(torch.searchsorted(key_pos, query_pos[first] - rule.back))
+    hi = int(torch.searchsorted(key_pos, query_pos[last] + rule.forward, right=True))
+    return lo, hi
 
 
 def _global_columns(rule: SlidingWindow, key_pos: Tensor, free: int) -> Tensor:

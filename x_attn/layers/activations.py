@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from x_attn.config import FeedForwardConfig
+from x_attn.layers.norms import LayerNorm
+from x_attn.utils import compute_dtype
 
 
 def softclamp(t: Tensor, value: float) -> Tensor:
@@ -40,10 +42,11 @@ class SoLU(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x * x.softmax(dim=-1))
+        # the softmax normaliser in float32 for half-precision inputs
+        return self.norm(x * x.softmax(dim=-1, dtype=compute_dtype(x.dtype)).to(x.dtype))
 
 
 class SoftclampedGate(nn.Module):

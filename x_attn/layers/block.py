@@ -20,7 +20,11 @@ Shape legend: b batch, n sequence, d model dim, dc condition dim.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from x_attn.layers.conditioning import apply_norm
 from x_attn.layers.shift import ShiftTokens
@@ -52,6 +56,7 @@ class StackLayer(nn.Module):
         self.shift: ShiftTokens | None = None
         self.residual_scale: nn.Parameter | None = None
         self.branch_scale, self.residual_constant, self.dropout = 1.0, 1.0, 0.0
+        self.checkpointed = False  # checkpoint_layers: recompute the block in backward
 
     def __getitem__(self, name: str) -> nn.Module:
         return getattr(self, name)
@@ -59,6 +64,20 @@ class StackLayer(nn.Module):
     def normed(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
         """The block's input: ``norm(x)`` under pre-norm, else ``x``."""
         return apply_norm(self.norm, x, condition) if self.pre_norm else x
+
+    def run_block(self, h: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """``block(h, ...)``; under ``checkpoint_layers`` (Chen et al., "Training Deep Nets with
+        Sublinear Memory Cost", arXiv 1604.06174), in training with gradients on, its
+        activations are not kept but recomputed in backward (``torch.utils.checkpoint``,
+        non-reentrant; dropout replays the same random numbers)."""
+        if not (self.checkpointed and self.training and torch.is_grad_enabled()):
+            return self.block(h, *args, **kwargs)
+        if kwargs.get("cache") is not None:
+            raise ValueError(
+                "checkpoint_layers recomputes a layer in backward, which would update its KV "
+                "cache twice; decode under torch.no_grad() or model.eval()"
+            )
+        return checkpoint(self.block, h, *args, use_reentrant=False, **kwargs)
 
     def post_branch(self, out: Tensor, condition: Tensor | None = None) -> Tensor:
         """The block's output as it joins the stream (scales, layerscale, sandwich norm)."""

@@ -29,16 +29,18 @@ def build_layers(cfg: LayersConfig, plan: LayerPlan) -> nn.ModuleList:
     n = len(plan.types)
     scales = macaron_ff_scale(plan.types, cfg.macaron)
     dropouts = per_module(cfg.layer_dropout, n, "layer_dropout", "")
+    checkpointed = per_module(cfg.checkpoint_layers, n, "checkpoint_layers", "")
     shifts = per_module(cfg.shift_tokens, n, "shift_tokens", "")
     roles = value_residual_roles(
         plan.types, cfg.add_value_residual, cfg.learned_value_residual_mix, plan.order
     )
     seen = {"a": 0, "c": 0, "f": 0}
     layers = []
-    for kind, scale, dropout, shift, role in zip(plan.types, scales, dropouts, shifts, roles):
+    per_layer = zip(plan.types, scales, dropouts, shifts, roles, checkpointed)
+    for kind, scale, dropout, shift, role, checkpoint in per_layer:
         layer = build_layer(cfg, kind, seen[kind], scale, role)
         seen[kind] += 1
-        layer.dropout = float(dropout)
+        layer.dropout, layer.checkpointed = float(dropout), checkpoint
         if shift:
             layer.shift = ShiftTokens(shift_amounts(shift, cfg.causal))
         layers.append(layer)

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.layers.norms import unit_rms
+from x_attn.utils import compute_dtype
 
 
 class AdaptiveNorm(nn.Module):
@@ -42,7 +43,8 @@ class AdaptiveNorm(nn.Module):
 
     def forward(self, x: Tensor, condition: Tensor) -> Tensor:
         """x (b, n, d), condition (b, 1 | n, dc) -> (b, n, d)."""
-        normed = unit_rms(x) if self.rms else F.layer_norm(x, (self.dim,))
+        wide = x.to(compute_dtype(x.dtype))  # statistics in float32 for half precision
+        normed = unit_rms(x) if self.rms else F.layer_norm(wide, (self.dim,)).to(x.dtype)
         return normed * (self.to_gamma(condition) + 1.0)
 
 

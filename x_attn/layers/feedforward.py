@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from x_attn.config import FeedForwardConfig
 from x_attn.layers.activations import make_activation, softclamp
+from x_attn.layers.norms import LayerNorm
 from x_attn.utils import check_positive_int, default, dropout_if_active, exists
 
 _OWNER = "FeedForward"
@@ -100,7 +101,7 @@ class FeedForward(nn.Module):
         self.act = make_activation(config, inner)
         if config.glu_mult_bias and config.glu:
             self.mult_bias = nn.Parameter(torch.ones(inner))
-        self.post_act_norm = nn.LayerNorm(inner) if config.post_act_ln else None
+        self.post_act_norm = LayerNorm(inner) if config.post_act_ln else None
         self.dropout = nn.Dropout(config.dropout)
         self.proj_out = nn.Linear(inner, dim_out, bias=bias)
         self.sublayer_dropout = nn.Dropout(config.sublayer_dropout)

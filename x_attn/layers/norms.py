@@ -30,6 +30,22 @@ from x_attn.utils import check_positive_int, compute_dtype
 NORM_KINDS: tuple[str, ...] = get_args(NormKind)
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (Ba et al., arXiv 1607.06450) whose mean and variance are taken in
+    float32 for float16 / bfloat16 inputs (PyTorch's kernel accumulates in float32 but keeps
+    the statistics it saves for backward in the input's dtype); output in the input's dtype.
+    Same parameters and state_dict keys as ``nn.LayerNorm``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        wide = compute_dtype(x.dtype)
+        if wide == x.dtype:
+            return super().forward(x)
+        weight = None if self.weight is None else self.weight.to(wide)
+        bias = None if self.bias is None else self.bias.to(wide)
+        out = F.layer_norm(x.to(wide), self.normalized_shape, weight, bias, self.eps)
+        return out.to(x.dtype)
+
+
 def _check_eps(eps: float, owner: str) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"{owner}: 'eps' must be a float, got {type(eps).__name__}")
@@ -173,7 +189,7 @@ def make_norm(
         check_positive_int("dim", dim, "make_norm")
         if eps is not None:
             _check_eps(eps, "LayerNorm")
-        return nn.LayerNorm(dim, **given)
+        return LayerNorm(dim, **given)
     if kind == "rmsnorm":
         return RMSNorm(dim, **given)
     if kind == "scalenorm":

@@ -64,7 +64,7 @@ def run_layers(
         if layer.shift is not None:
             h, mem = _shift(layer, h, mem, state, counters)
         if layer.kind == "f":
-            out = layer.block(h)
+            out = layer.run_block(h)
         else:
             out, ai = _attend(layer, h, mem, state, counters)
             counters.prev[layer.kind] = ai.logits
@@ -135,7 +135,7 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
         return_intermediates=True,
     )
     if layer.kind == "c":
-        return layer.block(
+        return layer.run_block(
             h,
             state["context"],
             context_mask=state["context_mask"],
@@ -144,7 +144,7 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
         )
     kv = state["additional_kv"][counters.self_attn]
     counters.self_attn += 1
-    return layer.block(
+    return layer.run_block(
         h,
         mask=state["mask"],
         mem_mask=state["mem_mask"],

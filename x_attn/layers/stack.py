@@ -192,6 +192,7 @@ class AttentionLayers(nn.Module):
         additional_kv_mask: Tensor | None = None,
         detach_additional_kv: bool = False,
         route_additional_kv_to_top: bool = True,
+        start_cache: bool = True,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -238,6 +239,9 @@ class AttentionLayers(nn.Module):
             detach_additional_kv: stop gradients into the additional keys and values.
             route_additional_kv_to_top: the last pairs go to the top layers (default), else
                 the first pairs to the bottom layers.
+            start_cache: with ``return_hiddens=True`` and no ``cache``, start a cache that the
+                intermediates carry (False: they carry none; a wrapper that starts its own
+                cache only when asked passes False, so a training forward copies no keys).
         """
         owner = type(self).__name__
         check_float_input("x", x, self.dim, owner)
@@ -252,7 +256,8 @@ class AttentionLayers(nn.Module):
         check_global_tokens(self, x, global_mask, mask, cache)
         # per-call global tokens are not kept by a cache: no cache to continue from is started
         hiddens_cache = return_hiddens and global_mask is None
-        cache = working_cache(self, cache, b, hiddens_cache, order, causal)
+        if cache is not None or start_cache:
+            cache = working_cache(self, cache, b, hiddens_cache, order, causal)
         mem_len = self._check_mems(mems, b, x.dtype, cache, order)
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         k_len = kept + mem_len + n

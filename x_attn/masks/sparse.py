@@ -87,7 +87,8 @@ class Strided(BlockPattern):
         columns = []  # residue classes: distances that are multiples of l beyond the band
         for first in range(q.start, min(q.start + l, q.stop)):
             rows = _range(first, q.stop, l)
-            hi = int(rows[-1]) - 2 * l + 1 if causal else k.stop
+            last = first + (q.stop - 1 - first) // l * l  # rows[-1], from ints (compiles)
+            hi = last - 2 * l + 1 if causal else k.stop
             cols = _range(k.start + (first - k.start) % l, min(k.stop, hi), l)
             if len(cols):
                 keep = (rows.unsqueeze(-1) - cols).abs() > l

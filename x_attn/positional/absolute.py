@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.utils import check_positive_int
+from x_attn.value_checks import require_all
 
 
 def _check_positions_1d(positions: Tensor, owner: str) -> None:
@@ -91,17 +92,18 @@ class AbsolutePositionalEmbedding(nn.Module):
             raise TypeError(
                 f"{owner}: 'positions' must be an integer tensor, got {positions.dtype}"
             )
-        if positions.numel() == 0:
-            return self.emb(positions.long())
-        low, high = int(positions.min()), int(positions.max())
-        if high >= self.max_seq_len:
-            raise ValueError(
-                f"{owner}: position {high} is beyond the learned table (max_seq_len="
-                f"{self.max_seq_len}); raise max_seq_len, or use relative positions (e.g. "
-                "rotary_pos_emb=True) with use_abs_pos_emb=False"
-            )
-        if low < 0:
-            raise ValueError(f"{owner}: positions must be >= 0, got {low}")
+        require_all(
+            positions < self.max_seq_len,
+            f"{owner}: a position is beyond the learned table (max_seq_len={self.max_seq_len}); "
+            "raise max_seq_len, or use relative positions (e.g. rotary_pos_emb=True) with "
+            "use_abs_pos_emb=False",
+            lambda: f"; got position {int(positions.max())}",
+        )
+        require_all(
+            positions >= 0,
+            f"{owner}: positions must be >= 0",
+            lambda: f", got {int(positions.min())}",
+        )
         return self.emb(positions.long())
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from x_attn.layers.norms import LayerNorm
 from x_attn.positional.bias import check_positions, heads_first, pairwise
 from x_attn.utils import check_positive_int
 
@@ -41,7 +42,7 @@ class DynamicPositionBias(nn.Module):
         self.heads, self.log_distance = heads, log_distance
         layers: list[nn.Module] = []
         for width_in in [1] + [dim] * (depth - 1):
-            layers += [nn.Linear(width_in, dim), nn.LayerNorm(dim) if norm else nn.Identity()]
+            layers += [nn.Linear(width_in, dim), LayerNorm(dim) if norm else nn.Identity()]
             layers.append(nn.SiLU())
         self.mlp = nn.Sequential(*layers, nn.Linear(dim, heads))
 

@@ -18,6 +18,7 @@ from x_attn.positional.rotary import RotaryEmbedding
 from x_attn.positional.rotary_scaling import FrequencyScaling, Llama3Scaling, YarnScaling
 from x_attn.positional.t5 import T5RelativePositionBias
 from x_attn.positional.xpos import xpos_max_position
+from x_attn.value_checks import require_all
 
 
 def default_rotary_dim(dim_head: int) -> int:
@@ -191,11 +192,12 @@ class StackPositions(nn.Module):
         if rotary.xpos_scale_base is None or positions.numel() == 0:
             return
         limit = xpos_max_position(rotary.dim, rotary.xpos_scale_base, dtype)
-        far = float(positions.abs().max())
-        if far > limit:
-            raise ValueError(
-                f"rotary_xpos: position {far:g} is beyond {limit}, the furthest whose xPos "
-                f"factors zeta ** (p / rotary_xpos_scale_base={rotary.xpos_scale_base:g}) stay "
-                f"finite in {dtype} (keys grow, queries shrink with the position); raise "
-                "rotary_xpos_scale_base, use a wider dtype, or drop rotary_xpos"
-            )
+        require_all(
+            positions.abs() <= limit,
+            f"rotary_xpos: position (the largest given) beyond {limit}, the furthest whose "
+            f"xPos factors zeta ** (p / rotary_xpos_scale_base={rotary.xpos_scale_base:g}) "
+            "stay finite in "
+            f"{dtype} (keys grow, queries shrink with the position); raise "
+            "rotary_xpos_scale_base, use a wider dtype, or drop rotary_xpos",
+            lambda: f" (got position {float(positions.abs().max()):g})",
+        )

@@ -16,15 +16,15 @@ Shape legend: b batch, n sequence, p prepended positions, d embedding dim.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from x_attn.utils import unit_vectors
 from x_attn.validation import check_bool_mask
 
 
 def l2norm(t: Tensor) -> Tensor:
-    """Each vector of the last axis scaled to unit L2 norm."""
-    return F.normalize(t, p=2, dim=-1)
+    """Each vector of the last axis scaled to unit L2 norm (the norm in float32 for halves)."""
+    return unit_vectors(t)
 
 
 def zero_masked(t: Tensor, mask: Tensor | None) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from x_attn.cache import KVCache, Mems
 from x_attn.cache.inputs import SeenInputs
 from x_attn.cache.mems import next_mems
+from x_attn.layers.norms import LayerNorm
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.positional.absolute import (
     AbsolutePositionalEmbedding,
@@ -188,7 +189,7 @@ class SequenceWrapper(nn.Module):
             if l2norm_embed and self.has_abs_positions:  # small init under the L2 norm
                 nn.init.normal_(self.pos_emb.emb.weight, std=1e-5)
         self.l2norm_embed, self.emb_frac_gradient = l2norm_embed, float(emb_frac_gradient)
-        self.post_emb_norm = nn.LayerNorm(emb_dim, bias=False) if post_emb_norm else None
+        self.post_emb_norm = LayerNorm(emb_dim, bias=False) if post_emb_norm else None
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.project_emb = nn.Linear(emb_dim, dim) if emb_dim != dim else None
         self.memory_tokens = None
@@ -280,6 +281,7 @@ class SequenceWrapper(nn.Module):
             cache=cache,
             return_hiddens=True,
             return_attn=return_attn,
+            start_cache=False,  # _new_cache started one if this call returns it
             **kwargs,
         )
         if inter.cache is not None:

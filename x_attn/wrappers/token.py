@@ -23,6 +23,7 @@ from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, token_ids
+from x_attn.value_checks import require_all
 from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
 from x_attn.wrappers.sequence import SequenceWrapper
@@ -300,11 +301,11 @@ class TransformerWrapper(SequenceWrapper):
         )
         if x.ndim != 2:
             raise ValueError(f"'x' must have shape (batch, seq), got {tuple(x.shape)}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_tokens):
-            raise ValueError(
-                f"'x' holds token ids outside [0, num_tokens={self.num_tokens}): "
-                f"min {int(x.min())}, max {int(x.max())}"
-            )
+        require_all(
+            (x >= 0) & (x < self.num_tokens),
+            f"'x' holds token ids outside [0, num_tokens={self.num_tokens})",
+            lambda: f": min {int(x.min())}, max {int(x.max())}",
+        )
         check_bool_mask("mask", mask, tuple(x.shape), "batch x sequence, True = real token")
         return x
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from x_attn.utils import check_positive_int
+from x_attn.value_checks import require_ids_below
 from x_attn.wrappers.embedding import l2norm
 
 # a bias-free linear map, the x-transformers helper of that name (e.g. for custom heads)
@@ -77,8 +78,7 @@ def add_extra_embeds(
         table = embeds[f"{name}_embed"]
         if not isinstance(ids, Tensor) or ids.shape != h.shape[:2] or ids.is_floating_point():
             raise ValueError(f"'embed_ids[{name!r}]' must be (batch, seq) integer ids")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.num_embeddings):
-            raise ValueError(f"'embed_ids[{name!r}]' holds ids outside [0, {table.num_embeddings})")
+        require_ids_below(f"embed_ids[{name!r}]", ids, table.num_embeddings)
         h = h + table(ids.long()).to(h.dtype)
     return h
 

@@ -14,11 +14,11 @@ rows' input dim.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
 from x_attn.attention.features.stages import HeadTransform, ValueTransform
+from x_attn.utils import unit_vectors
 
 
 class HeadRMSNorm(nn.Module):
@@ -30,7 +30,7 @@ class HeadRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(heads, 1, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return F.normalize(t, dim=-1) * self.scale * (self.gamma.to(t.dtype) + 1.0)
+        return unit_vectors(t) * self.scale * (self.gamma.to(t.dtype) + 1.0)
 
 
 class QKRMSNorm(HeadTransform):

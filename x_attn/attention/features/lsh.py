@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -40,6 +39,7 @@ from x_attn.attention.projections.base import Projection
 from x_attn.attention.projections.latent import latent_input
 from x_attn.masks.spec import MaskRule, Span
 from x_attn.positional.context import RowPositions
+from x_attn.utils import unit_vectors
 
 UNCACHEABLE = (
     "attn_lsh hashes every key with a bucket count set by the sequence's length, so a decode "
@@ -125,7 +125,7 @@ class SharedQKProjection(Projection):
         return self.finish_queries(rearrange(q, "b n (h d) -> b h n d", h=self.heads), pos)
 
     def keys(self, x: Tensor, pos: RowPositions) -> tuple[Tensor, Tensor]:
-        k = F.normalize(self.queries(x, pos), dim=-1)  # shared QK: the unit queries
+        k = unit_vectors(self.queries(x, pos))  # shared QK: the unit queries
         v = rearrange(self.to_v(x), "b n (h d) -> b h n d", h=self.v_heads)
         return k, v
 

@@ -15,18 +15,18 @@ Shape legend: b batch, h query heads, hk key heads, n rows, g groups, d head dim
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
 from x_attn.attention.features.stages import HeadTransform
+from x_attn.utils import unit_vectors
 
 
 def l2norm(t: Tensor, groups: int = 1) -> Tensor:
     """(..., g * d) -> each of the g groups of the last dim divided by its L2 norm."""
     t = rearrange(t, "... (g d) -> ... g d", g=groups)
-    return rearrange(F.normalize(t, p=2, dim=-1), "... g d -> ... (g d)")
+    return rearrange(unit_vectors(t), "... g d -> ... (g d)")
 
 
 class QKNorm(HeadTransform):
