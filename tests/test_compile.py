@@ -16,7 +16,7 @@ import copy
 import pytest
 import torch
 
-from tests.flag_models import build, tokens
+from flag_models import build, tokens
 from x_attn import Decoder, TransformerWrapper
 from x_attn.registry import FLAGS, FlagCase
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.flag_models import build, tokens
+from flag_models import build, tokens
 from x_attn.registry import FLAGS, FlagCase
 
 HALF = (torch.float16, torch.bfloat16)
