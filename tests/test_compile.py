@@ -15,8 +15,8 @@ import copy
 
 import pytest
 import torch
-
 from flag_models import build, tokens
+
 from x_attn import Decoder, TransformerWrapper
 from x_attn.registry import FLAGS, FlagCase
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from flag_models import build, tokens
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from flag_models import build, tokens
 from x_attn.registry import FLAGS, FlagCase
 
 HALF = (torch.float16, torch.bfloat16)
