@@ -113,12 +113,10 @@ def _band_mask(
     start = torch.arange(blocks, device=device) * size
     q_off = start[:, None] + torch.arange(size, device=device)  # (t, r) offsets in the span
     k_off = start[:, None] - before * size + torch.arange(width, device=device)  # (t, c)
-    grid = (k_off >= 0) & (k_off < len(spec.k))
-    grid = grid.unsqueeze(1)  # (t, 1, c)
-    q_pos, k_pos = spec.q.start + q_off.unsqueeze(-1), spec.k.start + k_off.unsqueeze(1)
-    for each in spec.active_rules():
-        grid = grid & each.allows(q_pos, k_pos)
-    return grid
+    real = ((k_off >= 0) & (k_off < len(spec.k))).unsqueeze(1)  # (t, 1, c)
+    q_pos = spec.q.start + q_off.unsqueeze(-1)
+    grid = spec.rules_allow(q_pos, lambda: spec.k.start + k_off.unsqueeze(1))
+    return real if grid is None else real & grid
 
 
 def _key_range(

@@ -19,6 +19,7 @@ Shape legend: b batch, h heads, i queries, j keys (f free + p positional keys).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -184,6 +185,18 @@ class AttnMask:
             return False
         return self.free_padding is None and not (self.rules and self.active_rules())
 
+    def rules_allow(self, q_pos: Tensor, k_pos: Callable[[], Tensor]) -> Tensor | None:
+        """Every active rule over query positions ``q_pos`` and the key positions ``k_pos()``
+        (broadcastable, as :meth:`MaskRule.allows` takes them); None when no rule is active."""
+        rules = self.active_rules() if self.rules else ()
+        if not rules:
+            return None
+        keys = k_pos()
+        grid = rules[0].allows(q_pos, keys)
+        for rule in rules[1:]:
+            grid = grid & rule.allows(q_pos, keys)
+        return grid
+
     @property
     def width(self) -> int:
         """Number of positional keys (pinned and span)."""
@@ -209,13 +222,9 @@ class AttnMask:
             user = user if user.shape[-2] == 1 else user[..., rows, :]
             user = user | (span < 0) | free
             mask = user if mask is None else mask & user
-        rules = self.active_rules() if self.rules else ()
-        if rules:
-            q_pos = (self.q.start + rows).unsqueeze(-1)
-            k_pos = self.key_positions(cols.device)[pos].unsqueeze(0)
-            grid = rules[0].allows(q_pos, k_pos)
-            for rule in rules[1:]:
-                grid = grid & rule.allows(q_pos, k_pos)
+        q_pos = (self.q.start + rows).unsqueeze(-1)
+        grid = self.rules_allow(q_pos, lambda: self.key_positions(cols.device)[pos].unsqueeze(0))
+        if grid is not None:
             grid = grid | free
             mask = grid if mask is None else mask & grid
         if self.free_padding is not None:  # free keys hidden per row; positional ones visible
