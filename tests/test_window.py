@@ -202,21 +202,31 @@ def test_a_window_cache_is_a_value():
     assert torch.equal(first, again)
 
 
-@pytest.mark.parametrize(
-    ("w", "d", "causal", "n", "block", "padded"),
-    [
-        (3, 1, True, 13, 1, False),
-        (3, 1, True, 13, 1, True),
-        (2, 2, False, 13, 1, False),
-        (5, 1, True, 150, 64, True),
-        (4, 3, False, 70, 8, True),
-    ],
-)
-def test_banded_path_matches_dense_reference(monkeypatch, w, d, causal, n, block, padded):
+BANDED = [  # w, d, causal, n, block, padded, chunk (queries per banded call)
+    (3, 1, True, 13, 1, False, 4),  # blocks of 3, chunks of one block, the last one short
+    (3, 1, True, 13, 1, True, 7),  # chunks of 2 blocks: left padding crosses a chunk edge
+    (2, 2, False, 13, 1, False, 6),  # bidirectional: chunks reach the next chunk's keys
+    (5, 1, True, 150, 64, True, 128),  # chunks of 2 blocks of 64, the last one 22 queries
+    (5, 1, True, 150, 64, True, 1024),  # one chunk
+    (4, 3, False, 70, 8, True, 16),  # dilation 3, blocks of 19, chunks of one block
+    (4, 3, False, 70, 8, True, 40),  # chunks of 2 blocks of 19, the last one 32 queries
+]
+
+
+@pytest.mark.parametrize("single_call", [False, True], ids=["recomputed", "single-call"])
+@pytest.mark.parametrize(("w", "d", "causal", "n", "block", "padded", "chunk"), BANDED)
+def test_banded_path_matches_dense_reference(
+    monkeypatch, w, d, causal, n, block, padded, chunk, single_call
+):
     """The loop-free path (one span, key padding, no bias or globals) equals the float64
-    reference in values and gradients; the per-block loop is made to fail so it is not used."""
+    reference in values and gradients, whether its chunks are recomputed in backward (the
+    default with gradients), computed in one call (dropout, torch.compile) or one after another
+    without gradients; the per-block loop is made to fail so it is not used."""
     monkeypatch.setattr(window_kernel, "MIN_BLOCK", block)
+    monkeypatch.setattr(window_kernel, "CHUNK", chunk)
     monkeypatch.setattr(window_kernel, "_attend", lambda *a: pytest.fail("loop path used"))
+    if single_call:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     q, k, v = qkv(n)
     padding = torch.ones(2, n, dtype=torch.bool)
     padding[1, :5] = False  # left padding: row 1's first queries see no key at all
@@ -226,6 +236,8 @@ def test_banded_path_matches_dense_reference(monkeypatch, w, d, causal, n, block
     for leaf in (q, k, v):
         leaf.requires_grad_(True)
     out = window_kernel.window_attention(AttnInputs(q, k, v, scale=0.5, spec=spec))
+    recomputed = type(out.grad_fn).__name__ == "_RecomputedBandBackward"
+    assert recomputed != single_call
     dense = window_allowed(n, n, w, d, causal) & padding[:, None, None, :]
     ref = reference_attention(q, k, v, mask=dense, scale=0.5)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
@@ -233,6 +245,30 @@ def test_banded_path_matches_dense_reference(monkeypatch, w, d, causal, n, block
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    with torch.no_grad():
+        again = window_kernel.window_attention(AttnInputs(q, k, v, scale=0.5, spec=spec))
+    torch.testing.assert_close(again, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("w", "d", "causal", "chunk"), [(3, 1, True, 4), (2, 2, False, 6)])
+def test_recomputed_band_gradcheck(monkeypatch, w, d, causal, chunk):
+    """torch.autograd.gradcheck of the chunk-recomputing autograd function (float64, several
+    chunks, left padding): its gradients against finite differences."""
+    monkeypatch.setattr(window_kernel, "MIN_BLOCK", 1)
+    monkeypatch.setattr(window_kernel, "CHUNK", chunk)
+    n = 11
+    q, k, v = (x[:, :1, :, :3].clone().requires_grad_() for x in qkv(n))
+    padding = torch.ones(2, n, dtype=torch.bool)
+    padding[1, :2] = False
+    rules = ((CAUSAL,) if causal else ()) + (SlidingWindow(w, d, causal),)
+    spec = AttnMask(Span(0, n), Span(0, n), rules, padding)
+
+    def attend(q, k, v):
+        out = window_kernel.window_attention(AttnInputs(q, k, v, scale=0.7, spec=spec))
+        assert type(out.grad_fn).__name__ == "_RecomputedBandBackward"
+        return out
+
+    assert torch.autograd.gradcheck(attend, (q, k, v))
 
 
 @pytest.mark.parametrize(
