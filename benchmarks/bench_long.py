@@ -2,9 +2,10 @@
 
 For each mechanism and length: seconds of one forward + backward of one causal attention layer
 (dim 256, heads 4, head dim 64, batch 1, float32) and its peak memory, measured in a fresh
-process each (peak resident memory above the process's baseline on CPU, CUDA peak allocation
-on a GPU). Then the cached decode time per token at 1k and 16k tokens of context (one process per
-mechanism, the contexts taken in turn over repeated rounds; medians).
+process each (on CPU the peak resident memory above the process's baseline and the peak of
+bytes held in tensors, see :func:`train_step`; CUDA peak allocation on a GPU). Then the
+cached decode time per token at 1k and 16k tokens of context (one process per mechanism, the
+contexts taken in turn over repeated rounds; medians).
 
 Mechanisms: ``full`` (causal SDPA), ``window`` (attn_window_size=256, blockwise kernel),
 ``dense-window`` (SDPA with a dense (n, n) band mask, the way x-transformers' ``max_attend_past``
@@ -60,9 +61,20 @@ def band(n: int, device: torch.device) -> torch.Tensor:
 
 def train_step(name: str, n: int, device: str, queue, repeats: int = 3) -> None:
     """One warm-up, then ``repeats`` timed forward + backward passes; puts (median seconds,
-    peak MiB) on ``queue``."""
+    peak MiB, tensor peak MiB) on ``queue``.
+
+    Before the baseline the layer runs once at 256 tokens, so what a process pays once (lazy
+    imports: the first einops call on a tensor imports torch._dynamo, ~50 MiB; kernel code
+    pages) is not counted as the layer's memory at ``n`` tokens. The peak is then the resident
+    set's high-water mark above that baseline over all passes (which includes what the C
+    allocator keeps after frees); the tensor peak is the most bytes held in tensors at once
+    during one more pass (the profiler's allocation events on CPU; on CUDA both are
+    ``max_memory_allocated``).
+    """
     device = torch.device(device)
     attn = layer(name, device)
+    short = torch.randn(1, 256, DIM, device=device, requires_grad=True)
+    attn(short, attn_mask=band(256, device) if name == "dense-window" else None).sum().backward()
     x = torch.randn(1, n, DIM, device=device, requires_grad=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mask = band(n, device) if name == "dense-window" else None  # counted in the peak
@@ -78,10 +90,26 @@ def train_step(name: str, n: int, device: str, queue, repeats: int = 3) -> None:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        peak = tensors = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    queue.put((statistics.median(times[1:]), peak))
+        held = mask.numel() * mask.element_size() if mask is not None else 0
+        tensors = (held + tensor_peak(lambda: attn(x, attn_mask=mask).sum().backward())) / 2**20
+    queue.put((statistics.median(times[1:]), peak, tensors))
+
+
+def tensor_peak(step) -> int:
+    """Most bytes held at once by tensors allocated during ``step()`` (CPU allocator events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    held = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak
 
 
 def decode_step(name: str, contexts: list[int], device: str, queue, steps: int = 16) -> None:
@@ -148,15 +176,15 @@ def main() -> None:
     for n in args.lengths:
         for name in names:
             if name == "dense-window" and n > DENSE_LIMIT:
-                rows.append([name, n, "skipped: dense mask too large", "", ""])
+                rows.append([name, n, "skipped: dense mask too large", "", "", ""])
                 continue
             got = measure(train_step, name, n, args.device)
             if got is None:
-                rows.append([name, n, "failed (out of memory?)", "", ""])
+                rows.append([name, n, "failed (out of memory?)", "", "", ""])
                 continue
             full = next((r for r in rows if r[0] == "full" and r[1] == n), None)
             ratio = f"{float(full[2]) / got[0]:.1f}x" if full and name != "full" else ""
-            rows.append([name, n, f"{got[0]:.3f}", f"{got[1]:.0f}", ratio])
+            rows.append([name, n, f"{got[0]:.3f}", f"{got[1]:.0f}", f"{got[2]:.0f}", ratio])
             print(rows[-1], flush=True)
     if args.plot:
         plot(rows, args.plot)
@@ -168,7 +196,8 @@ def main() -> None:
             ratio = f"{cost / got[0][0]:.2f}x" if got and index else ""
             decode.append([name, n, f"{cost * 1e3:.2f}" if cost else "failed", ratio])
             print(decode[-1], flush=True)
-    print(markdown_table(["mechanism", "tokens", "fwd+bwd s", "peak MiB", "speed-up"], rows))
+    head = ["mechanism", "tokens", "fwd+bwd s", "peak MiB", "tensor peak MiB", "speed-up"]
+    print(markdown_table(head, rows))
     print()
     print(markdown_table(["mechanism", "context", "decode ms/token", "vs first"], decode))
     print("\n".join(machine_lines(torch.device(args.device))))

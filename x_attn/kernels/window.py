@@ -40,7 +40,7 @@ from x_attn.masks.spec import AttnMask
 from x_attn.masks.window import SlidingWindow
 
 MIN_BLOCK = 64  # queries per block at least (a block of one query per window would loop n times)
-CHUNK = 1024  # queries per banded call (rounded down to whole blocks, at least one block)
+CHUNK = 512  # queries per banded call (rounded down to whole blocks, at least one block)
 
 
 def window_attention(inputs: AttnInputs) -> Tensor:
