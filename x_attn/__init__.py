@@ -13,6 +13,7 @@ from x_attn.serialization import from_config, to_config
 from x_attn.uptrain import group_kv_heads
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
+from x_attn.wrappers.continuous_autoencoder import ContinuousTransformerAutoencoder
 from x_attn.wrappers.continuous_autoregressive import ContinuousAutoregressiveWrapper
 from x_attn.wrappers.nonautoregressive import NonAutoregressiveWrapper
 from x_attn.wrappers.pooling import AttentionPool
@@ -28,6 +29,7 @@ __all__ = [
     "AttentionPool",
     "AutoregressiveWrapper",
     "ContinuousAutoregressiveWrapper",
+    "ContinuousTransformerAutoencoder",
     "ContinuousTransformerWrapper",
     "CrossAttender",
     "Decoder",
