@@ -25,6 +25,7 @@ from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, token_ids
 from x_attn.value_checks import require_all
 from x_attn.wrappers.cache_input import new_inputs, new_positions
+from x_attn.wrappers.mixture_of_softmax import MixtureOfSoftmax
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.token_io import (
@@ -66,6 +67,8 @@ class TransformerWrapper(SequenceWrapper):
         average_pool_embed, use_cls_token, num_cls_tokens, attn_pool, num_pooled_tokens,
             attn_pool_depth, dim_pooled_tokens: pooling (:mod:`x_attn.wrappers.pooling`).
         squeeze_out_last_dim: drop a last logits axis of size 1 (``logits_dim=1`` regressors).
+        mixture_of_softmax, mixture_of_softmax_k: the output is log P of a mixture of k
+            softmaxes over the head (:mod:`x_attn.wrappers.mixture_of_softmax`).
         input_not_include_cache: with a cache, ``x`` holds only the new tokens (True) or the
             whole sequence so far (False); None: a KVCache takes new tokens, intermediates
             the whole sequence (see :mod:`x_attn.wrappers.cache_input`).
@@ -103,6 +106,8 @@ class TransformerWrapper(SequenceWrapper):
         dim_pooled_tokens: int | None = None,
         squeeze_out_last_dim: bool = False,
         input_not_include_cache: bool | None = None,
+        mixture_of_softmax: bool = False,
+        mixture_of_softmax_k: int = 4,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -133,6 +138,12 @@ class TransformerWrapper(SequenceWrapper):
             dim, num_tokens, logits_dim, tie_embedding, to_logits, owner
         )
         self.squeeze_out_last_dim = squeeze_out_last_dim
+        if mixture_of_softmax and logits_dim == 1:
+            raise ValueError(
+                f"{owner}: mixture_of_softmax normalises over the logits, but logits_dim=1 has "
+                "one (log P would always be 0); drop one of the two"
+            )
+        self.mixture = _mixture(mixture_of_softmax, mixture_of_softmax_k, dim)
         self.input_not_include_cache = input_not_include_cache
         self._init_pooling(use_cls_token, num_cls_tokens)
         self.attn_pool = _attention_pool(
@@ -279,6 +290,16 @@ class TransformerWrapper(SequenceWrapper):
         return set(inspect.signature(self.attn_layers.forward).parameters) | {"seq_start_pos"}
 
     def _logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None = None) -> Tensor:
+        if self.mixture is not None:
+            logits = self.mixture(h, lambda c: self._head_logits(c, to_logits_kwargs))
+        else:
+            logits = self._head_logits(h, to_logits_kwargs)
+        if self.squeeze_out_last_dim and logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        return logits
+
+    def _head_logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None) -> Tensor:
+        """The output head (tied, linear or custom) on ``h`` (..., d)."""
         if self.to_logits is None:
             logits = tied_logits(h, self.token_emb, self.tie_embedding_scale)
         elif isinstance(self.to_logits, nn.Linear):
@@ -290,8 +311,6 @@ class TransformerWrapper(SequenceWrapper):
             logits = self.to_logits(h)
         else:
             logits = self.to_logits(h, **(to_logits_kwargs or {}))
-        if self.squeeze_out_last_dim and logits.shape[-1] == 1:
-            logits = logits.squeeze(-1)
         return logits
 
     def _check_tokens(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -315,6 +334,18 @@ def _new_part(value: Any, held: int, n_given: int) -> Any:
     if held and isinstance(value, Tensor) and value.ndim >= 2 and value.shape[1] == n_given:
         return value[:, held:]
     return value
+
+
+def _mixture(on: bool, k: int, dim: int) -> MixtureOfSoftmax | None:
+    """The Mixture of Softmaxes head of ``mixture_of_softmax`` (arXiv 1711.03953), or None."""
+    if on:
+        return MixtureOfSoftmax(dim, k)
+    if k != 4:
+        raise ValueError(
+            "TransformerWrapper: mixture_of_softmax_k configures mixture_of_softmax; set "
+            "mixture_of_softmax=True or drop it"
+        )
+    return None
 
 
 def _attention_pool(
