@@ -22,7 +22,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from x_attn.utils import check_positive_int
+from x_attn.utils import check_nonnegative, check_positive_int
 
 __all__ = ["DeterministicLatentBottleneck", "VariationalLatentBottleneck", "gaussian_kl"]
 
@@ -72,10 +72,7 @@ class VariationalLatentBottleneck(nn.Module):
         owner = "VariationalLatentBottleneck"
         check_positive_int("dim", dim, owner)
         check_positive_int("dim_latent", dim_latent, owner)
-        if isinstance(kl_div_floor, bool) or not isinstance(kl_div_floor, (int, float)):
-            raise TypeError(f"{owner}: 'kl_div_floor' must be a float, got {kl_div_floor!r}")
-        if kl_div_floor < 0:
-            raise ValueError(f"{owner}: 'kl_div_floor' must be >= 0, got {kl_div_floor}")
+        check_nonnegative("kl_div_floor", kl_div_floor, owner)
         self.kl_div_floor = float(kl_div_floor)
         self.to_mean_log_var = nn.Linear(dim, 2 * dim_latent)
 

@@ -26,6 +26,7 @@ from x_attn.validation import check_bool_mask, token_ids
 from x_attn.value_checks import require_all
 from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.mixture_of_softmax import MixtureOfSoftmax
+from x_attn.wrappers.next_embed import build_next_embed_head
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.token_io import (
@@ -69,6 +70,8 @@ class TransformerWrapper(SequenceWrapper):
         squeeze_out_last_dim: drop a last logits axis of size 1 (``logits_dim=1`` regressors).
         mixture_of_softmax, mixture_of_softmax_k: the output is log P of a mixture of k
             softmaxes over the head (:mod:`x_attn.wrappers.mixture_of_softmax`).
+        add_continuous_pred_head: a head predicting the next position's input embedding
+            (:mod:`x_attn.wrappers.next_embed`), trained by AutoregressiveWrapper.
         input_not_include_cache: with a cache, ``x`` holds only the new tokens (True) or the
             whole sequence so far (False); None: a KVCache takes new tokens, intermediates
             the whole sequence (see :mod:`x_attn.wrappers.cache_input`).
@@ -108,6 +111,7 @@ class TransformerWrapper(SequenceWrapper):
         input_not_include_cache: bool | None = None,
         mixture_of_softmax: bool = False,
         mixture_of_softmax_k: int = 4,
+        add_continuous_pred_head: bool = False,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -144,6 +148,7 @@ class TransformerWrapper(SequenceWrapper):
                 "one (log P would always be 0); drop one of the two"
             )
         self.mixture = _mixture(mixture_of_softmax, mixture_of_softmax_k, dim)
+        self.to_next_embed_pred = build_next_embed_head(dim) if add_continuous_pred_head else None
         self.input_not_include_cache = input_not_include_cache
         self._init_pooling(use_cls_token, num_cls_tokens)
         self.attn_pool = _attention_pool(
@@ -177,6 +182,7 @@ class TransformerWrapper(SequenceWrapper):
         sum_embeds: Tensor | None = None,
         token_emb_kwargs: dict[str, Any] | None = None,
         to_logits_kwargs: dict[str, Any] | None = None,
+        return_next_embed_pred: bool = False,
         **kwargs: Any,
     ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
@@ -186,6 +192,8 @@ class TransformerWrapper(SequenceWrapper):
         are returned; ``input_not_include_cache`` says whether ``x`` holds only those (see
         :mod:`x_attn.wrappers.cache_input`); ``embed_ids`` / ``sum_embeds`` given for the whole
         sequence are cut the same way. The cache passed is left as it was.
+        ``return_next_embed_pred`` (with ``add_continuous_pred_head``): ``(output, (pred,
+        inputs))``, see :mod:`x_attn.wrappers.next_embed`.
 
         Extra returns, in this order when asked: mems (``return_mems``, a :class:`Mems` with
         their padding), attention maps (``return_attn``), the KV cache (``return_cache``),
@@ -202,6 +210,7 @@ class TransformerWrapper(SequenceWrapper):
             drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
+        self._check_next_embed(return_next_embed_pred)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
         returns_cache, given = return_cache or return_intermediates, x.shape[1]
         cache, x, mask, per_token = self._new_inputs(
@@ -226,16 +235,19 @@ class TransformerWrapper(SequenceWrapper):
             **kwargs,
         )
         p = out.shape[1] - x.shape[1] - self.num_cls_tokens  # prepended positions in the output
+        add_emb = return_next_embed_pred and not (return_embeddings or return_logits_and_embeddings)
         result = self._head(
             out,
             seq_mask,
             inter,
             p if excise_prepend_embeds else 0,
             return_embeddings,
-            return_logits_and_embeddings,
+            return_logits_and_embeddings or add_emb,
             return_intermediates,
             to_logits_kwargs,
         )
+        if return_next_embed_pred:
+            result = self._with_next_embed(result, inter, return_embeddings, add_emb)
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
         )
@@ -284,6 +296,31 @@ class TransformerWrapper(SequenceWrapper):
             return embeddings
         logits = self._logits(embeddings, to_logits_kwargs)
         return (logits, embeddings) if return_both else logits
+
+    def _check_next_embed(self, asked: bool) -> None:
+        if asked and self.to_next_embed_pred is None:
+            raise ValueError(
+                "return_next_embed_pred=True needs the head: build the model with "
+                "add_continuous_pred_head=True"
+            )
+        if asked and (self.pools or (self.attn_pool is not None and not self.attn_layers.causal)):
+            raise ValueError(
+                "return_next_embed_pred=True predicts per position, but this model pools its "
+                "output (average_pool_embed / use_cls_token / attn_pool)"
+            )
+
+    def _with_next_embed(
+        self, result: Any, inter: LayerIntermediates, embeddings_only: bool, added: bool
+    ) -> tuple[Any, tuple[Tensor, Tensor]]:
+        """``(result, (pred, inputs))``: the head on the output embeddings and the stack's input
+        at the same positions; ``added``: the embeddings were added to ``result`` for this."""
+        emb = result if embeddings_only else result[1]
+        if added:
+            result = result[0]
+        if not inter.layer_hiddens:
+            raise ValueError("return_next_embed_pred=True: this stack keeps no layer inputs")
+        inputs = inter.layer_hiddens[0][:, -emb.shape[1] :]
+        return result, (self.to_next_embed_pred(emb), inputs)
 
     def _stack_keywords(self) -> set[str]:
         """Keywords this forward hands to the stack (others may be x-transformers-only flags)."""
