@@ -15,6 +15,7 @@ from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
 from x_attn.wrappers.continuous_autoencoder import ContinuousTransformerAutoencoder
 from x_attn.wrappers.continuous_autoregressive import ContinuousAutoregressiveWrapper
+from x_attn.wrappers.multi_input import MultiInputTransformerWrapper
 from x_attn.wrappers.nonautoregressive import NonAutoregressiveWrapper
 from x_attn.wrappers.pooling import AttentionPool
 from x_attn.wrappers.token import TransformerWrapper
@@ -39,6 +40,7 @@ __all__ = [
     "KVEntry",
     "LinearNoBias",
     "Mems",
+    "MultiInputTransformerWrapper",
     "NonAutoregressiveWrapper",
     "TransformerWrapper",
     "ViTransformerWrapper",
