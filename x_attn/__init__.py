@@ -20,6 +20,7 @@ from x_attn.wrappers.nonautoregressive import NonAutoregressiveWrapper
 from x_attn.wrappers.pooling import AttentionPool
 from x_attn.wrappers.token import TransformerWrapper
 from x_attn.wrappers.token_io import LinearNoBias
+from x_attn.wrappers.universal_pretrain import UniversalPretrainWrapper
 from x_attn.wrappers.vit import ViTransformerWrapper
 from x_attn.wrappers.xl import XLAutoregressiveWrapper
 from x_attn.wrappers.xtransformer import XTransformer
@@ -43,6 +44,7 @@ __all__ = [
     "MultiInputTransformerWrapper",
     "NonAutoregressiveWrapper",
     "TransformerWrapper",
+    "UniversalPretrainWrapper",
     "ViTransformerWrapper",
     "XLAutoregressiveWrapper",
     "XTransformer",
