@@ -60,6 +60,8 @@ def test_losses_equal_their_formulas(loss_type, bottleneck_type):
     x = seq()
     x[1, 4:] = float("nan")  # padding holds anything
     loss, (recon, aux) = ae(x, lens=LENS, return_all_losses=True)
+    loss.backward(retain_graph=True)
+    assert all(torch.isfinite(p.grad).all() for p in ae.parameters() if p.grad is not None)
     per, (per_recon, per_aux) = ae(x, lens=LENS, return_all_losses=True, return_unreduced_loss=True)
     ref_rows, ref_pooled = reference_recon(ae, x, LENS, loss_type)
     torch.testing.assert_close(recon, ref_pooled, rtol=1e-10, atol=1e-10)

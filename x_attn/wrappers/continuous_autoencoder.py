@@ -191,6 +191,8 @@ class ContinuousTransformerAutoencoder(nn.Module):
         bottleneck has none).
         """
         mask = self._mask(seq, lens)
+        if mask is not None:  # padding may hold anything (NaN), which must not reach a gradient
+            seq = seq.masked_fill(~mask.unsqueeze(-1), 0.0)
         latent, aux = self._latent(seq, mask)
         if self.training and self.latents_dropout_prob > 0:
             keep = torch.rand(latent.shape[0], device=latent.device) >= self.latents_dropout_prob
