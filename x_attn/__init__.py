@@ -13,11 +13,14 @@ from x_attn.serialization import from_config, to_config
 from x_attn.uptrain import group_kv_heads
 from x_attn.wrappers.autoregressive import AutoregressiveWrapper
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
+from x_attn.wrappers.continuous_autoencoder import ContinuousTransformerAutoencoder
 from x_attn.wrappers.continuous_autoregressive import ContinuousAutoregressiveWrapper
+from x_attn.wrappers.multi_input import MultiInputTransformerWrapper
 from x_attn.wrappers.nonautoregressive import NonAutoregressiveWrapper
 from x_attn.wrappers.pooling import AttentionPool
 from x_attn.wrappers.token import TransformerWrapper
 from x_attn.wrappers.token_io import LinearNoBias
+from x_attn.wrappers.universal_pretrain import UniversalPretrainWrapper
 from x_attn.wrappers.vit import ViTransformerWrapper
 from x_attn.wrappers.xl import XLAutoregressiveWrapper
 from x_attn.wrappers.xtransformer import XTransformer
@@ -28,6 +31,7 @@ __all__ = [
     "AttentionPool",
     "AutoregressiveWrapper",
     "ContinuousAutoregressiveWrapper",
+    "ContinuousTransformerAutoencoder",
     "ContinuousTransformerWrapper",
     "CrossAttender",
     "Decoder",
@@ -37,8 +41,10 @@ __all__ = [
     "KVEntry",
     "LinearNoBias",
     "Mems",
+    "MultiInputTransformerWrapper",
     "NonAutoregressiveWrapper",
     "TransformerWrapper",
+    "UniversalPretrainWrapper",
     "ViTransformerWrapper",
     "XLAutoregressiveWrapper",
     "XTransformer",

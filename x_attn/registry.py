@@ -797,6 +797,13 @@ FLAGS: tuple[FlagCase, ...] = (
         {},
         {"use_abs_pos_emb": False},
     ),
+    FlagCase(
+        "mixture_of_softmax",
+        "log P of a mixture of k softmaxes over the logits head",
+        "1711.03953",
+        {},
+        {"mixture_of_softmax": True},
+    ),
 )
 
 

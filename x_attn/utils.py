@@ -37,6 +37,14 @@ def check_probability(name: str, value: Any, owner: str) -> None:
         raise ValueError(f"{owner}: '{name}' must be in [0, 1), got {value}")
 
 
+def check_nonnegative(name: str, value: Any, owner: str) -> None:
+    """Raise TypeError/ValueError naming ``name`` unless ``value`` is a finite number >= 0."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{owner}: '{name}' must be a float, got {type(value).__name__}")
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(f"{owner}: '{name}' must be a finite number >= 0, got {value}")
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype to reduce in: float32 for float16 / bfloat16 inputs, else ``dtype`` itself.
 

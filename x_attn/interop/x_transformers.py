@@ -77,6 +77,8 @@ WRAPPER_RULES = [
     (r"(^|\.)token_emb\.emb\.", r"\1token_emb."),
     (r"(^|\.)post_emb_norm\.gamma$", r"\1post_emb_norm.weight"),
     (r"(^|\.)attn_pool\.pooler\.(to_[qkv])\.", r"\1attn_pool.pooler.proj.\2."),
+    (r"^to_mixture\.0\.weight$", "mixture.to_mixture.weight"),
+    (r"^combine_mixture\.weight$", "mixture.combine_mixture.weight"),
 ]
 # per query / key dim parameters that follow the rotary permutation (last axis)
 PER_QK_DIM = r"(qk_norm\.[qk]_scale|qk_rmsnorm\.[qk]_norm\.gamma|memory_kv\.mem_k)$"

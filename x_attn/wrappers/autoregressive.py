@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from x_attn.compat import drop_unsupported
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
-from x_attn.utils import check_positive_int, check_probability, exists
+from x_attn.utils import check_nonnegative, check_positive_int, check_probability, exists
 from x_attn.validation import token_ids
 from x_attn.wrappers import beam
 from x_attn.wrappers.decoding import (
@@ -49,6 +49,7 @@ from x_attn.wrappers.decoding import (
     prepare_prompts,
 )
 from x_attn.wrappers.legacy_generate import translate
+from x_attn.wrappers.next_embed import next_embed_loss
 from x_attn.wrappers.stepper import PREPEND_INPUTS, LogitStepper
 from x_attn.wrappers.training_aids import forgetful_key_mask, lens_mask
 
@@ -81,11 +82,18 @@ class AutoregressiveWrapper(nn.Module):
         pad_value: token id of left padding and of positions after ``eos_token``.
         mask_prob: forgetful causal masking while training: this fraction of the input
             positions is hidden as keys (:mod:`x_attn.wrappers.training_aids`).
+        next_embed_loss_weight: weight of the next-embedding loss of a net built with
+            ``add_continuous_pred_head`` (:mod:`x_attn.wrappers.next_embed`).
     """
 
     @checked_keywords
     def __init__(
-        self, net: nn.Module, ignore_index: int = -100, pad_value: int = 0, mask_prob: float = 0.0
+        self,
+        net: nn.Module,
+        ignore_index: int = -100,
+        pad_value: int = 0,
+        mask_prob: float = 0.0,
+        next_embed_loss_weight: float = 0.1,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -111,6 +119,8 @@ class AutoregressiveWrapper(nn.Module):
         check_causal_net(net, owner)
         self.net, self.ignore_index, self.pad_value = net, ignore_index, pad_value
         self.mask_prob = float(mask_prob)
+        check_nonnegative("next_embed_loss_weight", next_embed_loss_weight, owner)
+        self.next_embed_loss_weight = float(next_embed_loss_weight)
         self._warned = False
 
     @property
@@ -161,12 +171,29 @@ class AutoregressiveWrapper(nn.Module):
             kwargs.update(prepend_embeds=prepend_embeds, excise_prepend_embeds=True)
         if return_outputs:
             kwargs["return_intermediates"] = True
+        next_embed = self.predicts_next_embed
+        if next_embed:
+            kwargs["return_next_embed_pred"] = True
         out = self.net(inp, **kwargs)
-        logits = out[0] if return_outputs else out
+        head = out[0] if return_outputs else out
+        logits, (pred, inputs) = head if next_embed else (head, (None, None))
         loss = F.cross_entropy(
             rearrange(logits, "b n v -> b v n"), target, ignore_index=self.ignore_index
         )
+        if next_embed:
+            valid = target[:, :-1] != self.ignore_index
+            if isinstance(kwargs.get("mask"), Tensor):
+                valid = valid & kwargs["mask"][:, 1:]
+            loss = loss + self.next_embed_loss_weight * next_embed_loss(pred, inputs, valid)
+            out = (logits, out[1]) if return_outputs else logits
         return (loss, out) if return_outputs else loss
+
+    @property
+    def predicts_next_embed(self) -> bool:
+        """The net has ``add_continuous_pred_head`` and its loss has a weight (see
+        :mod:`x_attn.wrappers.next_embed`)."""
+        has_head = getattr(self.net, "to_next_embed_pred", None) is not None
+        return has_head and self.next_embed_loss_weight > 0
 
     def generate(
         self,

@@ -25,6 +25,8 @@ from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, token_ids
 from x_attn.value_checks import require_all
 from x_attn.wrappers.cache_input import new_inputs, new_positions
+from x_attn.wrappers.mixture_of_softmax import MixtureOfSoftmax
+from x_attn.wrappers.next_embed import build_next_embed_head
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.token_io import (
@@ -66,6 +68,10 @@ class TransformerWrapper(SequenceWrapper):
         average_pool_embed, use_cls_token, num_cls_tokens, attn_pool, num_pooled_tokens,
             attn_pool_depth, dim_pooled_tokens: pooling (:mod:`x_attn.wrappers.pooling`).
         squeeze_out_last_dim: drop a last logits axis of size 1 (``logits_dim=1`` regressors).
+        mixture_of_softmax, mixture_of_softmax_k: the output is log P of a mixture of k
+            softmaxes over the head (:mod:`x_attn.wrappers.mixture_of_softmax`).
+        add_continuous_pred_head: a head predicting the next position's input embedding
+            (:mod:`x_attn.wrappers.next_embed`), trained by AutoregressiveWrapper.
         input_not_include_cache: with a cache, ``x`` holds only the new tokens (True) or the
             whole sequence so far (False); None: a KVCache takes new tokens, intermediates
             the whole sequence (see :mod:`x_attn.wrappers.cache_input`).
@@ -103,6 +109,9 @@ class TransformerWrapper(SequenceWrapper):
         dim_pooled_tokens: int | None = None,
         squeeze_out_last_dim: bool = False,
         input_not_include_cache: bool | None = None,
+        mixture_of_softmax: bool = False,
+        mixture_of_softmax_k: int = 4,
+        add_continuous_pred_head: bool = False,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -133,6 +142,13 @@ class TransformerWrapper(SequenceWrapper):
             dim, num_tokens, logits_dim, tie_embedding, to_logits, owner
         )
         self.squeeze_out_last_dim = squeeze_out_last_dim
+        if mixture_of_softmax and logits_dim == 1:
+            raise ValueError(
+                f"{owner}: mixture_of_softmax normalises over the logits, but logits_dim=1 has "
+                "one (log P would always be 0); drop one of the two"
+            )
+        self.mixture = _mixture(mixture_of_softmax, mixture_of_softmax_k, dim)
+        self.to_next_embed_pred = build_next_embed_head(dim) if add_continuous_pred_head else None
         self.input_not_include_cache = input_not_include_cache
         self._init_pooling(use_cls_token, num_cls_tokens)
         self.attn_pool = _attention_pool(
@@ -166,6 +182,7 @@ class TransformerWrapper(SequenceWrapper):
         sum_embeds: Tensor | None = None,
         token_emb_kwargs: dict[str, Any] | None = None,
         to_logits_kwargs: dict[str, Any] | None = None,
+        return_next_embed_pred: bool = False,
         **kwargs: Any,
     ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
@@ -175,6 +192,8 @@ class TransformerWrapper(SequenceWrapper):
         are returned; ``input_not_include_cache`` says whether ``x`` holds only those (see
         :mod:`x_attn.wrappers.cache_input`); ``embed_ids`` / ``sum_embeds`` given for the whole
         sequence are cut the same way. The cache passed is left as it was.
+        ``return_next_embed_pred`` (with ``add_continuous_pred_head``): ``(output, (pred,
+        inputs))``, see :mod:`x_attn.wrappers.next_embed`.
 
         Extra returns, in this order when asked: mems (``return_mems``, a :class:`Mems` with
         their padding), attention maps (``return_attn``), the KV cache (``return_cache``),
@@ -191,6 +210,7 @@ class TransformerWrapper(SequenceWrapper):
             drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
+        self._check_next_embed(return_next_embed_pred)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
         returns_cache, given = return_cache or return_intermediates, x.shape[1]
         cache, x, mask, per_token = self._new_inputs(
@@ -215,16 +235,19 @@ class TransformerWrapper(SequenceWrapper):
             **kwargs,
         )
         p = out.shape[1] - x.shape[1] - self.num_cls_tokens  # prepended positions in the output
+        add_emb = return_next_embed_pred and not (return_embeddings or return_logits_and_embeddings)
         result = self._head(
             out,
             seq_mask,
             inter,
             p if excise_prepend_embeds else 0,
             return_embeddings,
-            return_logits_and_embeddings,
+            return_logits_and_embeddings or add_emb,
             return_intermediates,
             to_logits_kwargs,
         )
+        if return_next_embed_pred:
+            result = self._with_next_embed(result, inter, return_embeddings, add_emb)
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
         )
@@ -274,11 +297,46 @@ class TransformerWrapper(SequenceWrapper):
         logits = self._logits(embeddings, to_logits_kwargs)
         return (logits, embeddings) if return_both else logits
 
+    def _check_next_embed(self, asked: bool) -> None:
+        if asked and self.to_next_embed_pred is None:
+            raise ValueError(
+                "return_next_embed_pred=True needs the head: build the model with "
+                "add_continuous_pred_head=True"
+            )
+        if asked and (self.pools or (self.attn_pool is not None and not self.attn_layers.causal)):
+            raise ValueError(
+                "return_next_embed_pred=True predicts per position, but this model pools its "
+                "output (average_pool_embed / use_cls_token / attn_pool)"
+            )
+
+    def _with_next_embed(
+        self, result: Any, inter: LayerIntermediates, embeddings_only: bool, added: bool
+    ) -> tuple[Any, tuple[Tensor, Tensor]]:
+        """``(result, (pred, inputs))``: the head on the output embeddings and the stack's input
+        at the same positions; ``added``: the embeddings were added to ``result`` for this."""
+        emb = result if embeddings_only else result[1]
+        if added:
+            result = result[0]
+        if not inter.layer_hiddens:
+            raise ValueError("return_next_embed_pred=True: this stack keeps no layer inputs")
+        inputs = inter.layer_hiddens[0][:, -emb.shape[1] :]
+        return result, (self.to_next_embed_pred(emb), inputs)
+
     def _stack_keywords(self) -> set[str]:
         """Keywords this forward hands to the stack (others may be x-transformers-only flags)."""
         return set(inspect.signature(self.attn_layers.forward).parameters) | {"seq_start_pos"}
 
     def _logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None = None) -> Tensor:
+        if self.mixture is not None:
+            logits = self.mixture(h, lambda c: self._head_logits(c, to_logits_kwargs))
+        else:
+            logits = self._head_logits(h, to_logits_kwargs)
+        if self.squeeze_out_last_dim and logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        return logits
+
+    def _head_logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None) -> Tensor:
+        """The output head (tied, linear or custom) on ``h`` (..., d)."""
         if self.to_logits is None:
             logits = tied_logits(h, self.token_emb, self.tie_embedding_scale)
         elif isinstance(self.to_logits, nn.Linear):
@@ -290,8 +348,6 @@ class TransformerWrapper(SequenceWrapper):
             logits = self.to_logits(h)
         else:
             logits = self.to_logits(h, **(to_logits_kwargs or {}))
-        if self.squeeze_out_last_dim and logits.shape[-1] == 1:
-            logits = logits.squeeze(-1)
         return logits
 
     def _check_tokens(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -315,6 +371,18 @@ def _new_part(value: Any, held: int, n_given: int) -> Any:
     if held and isinstance(value, Tensor) and value.ndim >= 2 and value.shape[1] == n_given:
         return value[:, held:]
     return value
+
+
+def _mixture(on: bool, k: int, dim: int) -> MixtureOfSoftmax | None:
+    """The Mixture of Softmaxes head of ``mixture_of_softmax`` (arXiv 1711.03953), or None."""
+    if on:
+        return MixtureOfSoftmax(dim, k)
+    if k != 4:
+        raise ValueError(
+            "TransformerWrapper: mixture_of_softmax_k configures mixture_of_softmax; set "
+            "mixture_of_softmax=True or drop it"
+        )
+    return None
 
 
 def _attention_pool(
