@@ -39,7 +39,14 @@ setup(
         "viz": ["matplotlib>=3.5"],
         "examples": _TRAIN,
         # ruff pinned: a newer release may add lint rules and turn CI red on its own
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff==0.17.6", *_TRAIN, *_HF],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3",
+            "hypothesis>=6.100",
+            "ruff==0.17.6",
+            *_TRAIN,
+            *_HF,
+        ],
         "hf": _HF,
         "bench": ["x-transformers==2.31.*"],
     },

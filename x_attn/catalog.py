@@ -65,8 +65,9 @@ CATALOG: tuple[Mechanism, ...] = (
     ),
     Mechanism(
         "mla",
-        "multi-head latent attention: a low-rank key/value latent is cached",
-        {"attn_use_latent_kv": True, "attn_dim_latent_kv": 32},
+        "multi-head latent attention: a low-rank key/value latent is cached (trained without "
+        "the recipe's value residual: it forms no per-head values)",
+        {"attn_use_latent_kv": True, "attn_dim_latent_kv": 32, "add_value_residual": False},
         "2405.04434",
     ),
     Mechanism(
