@@ -25,6 +25,7 @@ from x_attn.attention.calls import cross_call, self_call
 from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.features.stages import BoundKeys
+from x_attn.attention.muon_clip import attention_muon_parameters, qk_clip_
 from x_attn.attention.projections import Projection
 from x_attn.attention.projections.multihead import merge_heads
 from x_attn.cache import CacheEntry, ContextEntry
@@ -44,11 +45,13 @@ from x_attn.utils import check_positive_int, default
 class AttnIntermediates:
     """What one attention call leaves behind: the kernel used, on the manual path the scores,
     and the raw values of the key rows it projected when the layer transforms its values (the
-    first layer's are the value residual of the later ones)."""
+    first layer's are the value residual of the later ones), and the kernel's inputs (for
+    QK-clip's logit maxima, :mod:`x_attn.attention.muon_clip`)."""
 
     kernel: str
     maps: AttnMaps | None = None
     values: Tensor | None = None
+    inputs: AttnInputs | None = None
 
     @property
     def logits(self) -> Tensor | None:
@@ -175,6 +178,16 @@ class Attention(nn.Module):
         """Which kernel this layer uses by default and why."""
         return f"{self.kernel.name}: {self.kernel.reason}"
 
+    def qk_clip_(self, intermediates: AttnIntermediates | Tensor, tau: float = 100.0) -> Tensor:
+        """QK-clip (MuonClip, arXiv 2507.20534): scale down the query/key maps of every head
+        whose largest logit in ``intermediates`` (a forward's, or (b, h, i, j) logits) exceeds
+        ``tau``; returns the per-head logit factors. See :mod:`x_attn.attention.muon_clip`."""
+        return qk_clip_(self, intermediates, tau)
+
+    def muon_parameters(self) -> list[nn.Parameter]:
+        """The matrices to optimise with Muon: the value map and the output stage."""
+        return attention_muon_parameters(self)
+
     def new_cache_entry(self) -> CacheEntry:
         """A cache entry for this layer's self-attention keys."""
         return self.new_entry()
@@ -272,7 +285,7 @@ class Attention(nn.Module):
         out = self.to_out(merge_heads(out), x)
         if not (return_intermediates or return_attn):
             return out
-        return out, AttnIntermediates(kernel.name, maps, keys.values)
+        return out, AttnIntermediates(kernel.name, maps, keys.values, inputs)
 
     def _call(
         self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal, marked

@@ -153,7 +153,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         biases=_in_stage(built, "bias"),
         head_stages=_in_stage(built, "heads"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
-        output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim, bias),
+        output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim_out, bias),
         rules=rules,
         new_entry=entry,
         needs=_needs(active, ctx),
