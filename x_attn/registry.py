@@ -350,6 +350,12 @@ FLAGS: tuple[FlagCase, ...] = (
         relative=True,
     ),
     FlagCase(
+        "attn_latent_rope_subheads_nope",
+        "MLA's decoupled keys without rotary positions (RoPE the identity)",
+        "2405.04434",
+        {"attn_use_latent_kv": True, "attn_dim_latent_kv": 12, "attn_latent_rope_subheads": 2},
+    ),
+    FlagCase(
         "attn_latent_absorb",
         "MLA attending in the latent space (W_uk in the query, W_uv after) on every call",
         "2405.04434",
