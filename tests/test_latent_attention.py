@@ -237,7 +237,8 @@ def test_cross_attention_latent_caches_the_context_once() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["attn_latent_rope_subheads", "attn_latent_rope_subheads_nope", "attn_kv_heads"]
+    "name",
+    ["attn_latent_rope_subheads", "attn_latent_rope_subheads=2 without rotary", "attn_kv_heads"],
 )
 def test_one_latent_or_grouped_cache_serves_two_continuations(name: str) -> None:
     """Caches are values: continuing one cache twice (no autograd, so appends go into a

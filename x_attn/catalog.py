@@ -153,6 +153,12 @@ CATALOG: tuple[Mechanism, ...] = (
         "1908.06954",
     ),
     Mechanism(
+        "exclusive-attn",
+        "exclusive self-attention (output without the token's own value, per head)",
+        {"attn_orthog_projected_values_per_head": True},
+        "2603.09078",
+    ),
+    Mechanism(
         "residual-attn",
         "RealFormer: previous layer's logits added",
         {"residual_attn": True},

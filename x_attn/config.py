@@ -82,6 +82,8 @@ class AttentionConfig:
     qkv_bias: bool = False  # biases on the query/key/value projections (GPT-2, Qwen2)
     out_bias: bool = False  # a bias on the output projection (GPT-2)
     dim_out: int | None = None  # width of the output projection (None = dim; not in a stack)
+    orthog_projected_values: bool = False  # XSA over each token's heads (features/exclusive.py)
+    orthog_projected_values_per_head: bool = False  # XSA per head
 
     def key_value_heads(self, heads: int) -> int:
         """Key/value heads of a layer with ``heads`` query heads."""

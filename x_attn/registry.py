@@ -241,6 +241,18 @@ FLAGS: tuple[FlagCase, ...] = (
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
     FlagCase(
+        "attn_orthog_projected_values",
+        "exclusive self-attention: each token's output without its own value (all heads)",
+        "2603.09078",
+        {"attn_orthog_projected_values": True},
+    ),
+    FlagCase(
+        "attn_orthog_projected_values_per_head",
+        "exclusive self-attention per head, concatenated with the all-heads projection",
+        "2603.09078",
+        {"attn_orthog_projected_values": True, "attn_orthog_projected_values_per_head": True},
+    ),
+    FlagCase(
         "attn_qk_norm",
         "L2-normalized query/key heads (by groups), learned dim scales, fixed temperature",
         "2010.04245",
@@ -350,7 +362,7 @@ FLAGS: tuple[FlagCase, ...] = (
         relative=True,
     ),
     FlagCase(
-        "attn_latent_rope_subheads_nope",
+        "attn_latent_rope_subheads=2 without rotary",
         "MLA's decoupled keys without rotary positions (RoPE the identity)",
         "2405.04434",
         {"attn_use_latent_kv": True, "attn_dim_latent_kv": 12, "attn_latent_rope_subheads": 2},

@@ -282,7 +282,8 @@ class Attention(nn.Module):
         out = finish(out)
         for stage in self.head_stages:
             out = stage(out, x)
-        out = self.to_out(merge_heads(out), x)
+        # the output stage also sees the queries' own values (the newest key rows of the call)
+        out = self.to_out(merge_heads(out), x, v[:, :, v.shape[2] - x.shape[1] :])
         if not (return_intermediates or return_attn):
             return out
         return out, AttnIntermediates(kernel.name, maps, keys.values, inputs)

@@ -21,7 +21,11 @@ class LinearOutput(nn.Linear):
     def __init__(self, inner_dim: int, dim: int, bias: bool = False) -> None:
         super().__init__(inner_dim, dim, bias=bias)
 
-    def forward(self, attended: Tensor, query_input: Tensor | None = None) -> Tensor:
+    def forward(
+        self, attended: Tensor, query_input: Tensor | None = None, own: Tensor | None = None
+    ) -> Tensor:
+        """attended (b n e) -> (b n d); the query input and the queries' own values (read by
+        other output stages) are not used."""
         return super().forward(attended)
 
 
@@ -34,7 +38,7 @@ class AttentionOnAttention(nn.Module):
         self.to_info = nn.Linear(inner_dim + dim, dim_out)
         self.to_gate = nn.Linear(inner_dim + dim, dim_out)
 
-    def forward(self, attended: Tensor, query_input: Tensor) -> Tensor:
+    def forward(self, attended: Tensor, query_input: Tensor, own: Tensor | None = None) -> Tensor:
         """attended (b n e), query_input (b n d) -> (b n d_out)."""
         both = torch.cat((attended, query_input), dim=-1)
         return self.to_gate(both).sigmoid() * self.to_info(both)

@@ -16,6 +16,7 @@ from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.cog_signed import COG_SIGNED_SPEC
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
+from x_attn.attention.features.exclusive import EXCLUSIVE_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
@@ -82,6 +83,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     VALUE_HEAD_GATES_SPEC,
     GATED_VALUES_SPEC,
     AOA_SPEC,
+    EXCLUSIVE_SPEC,
 )
 
 
