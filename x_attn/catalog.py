@@ -153,6 +153,12 @@ CATALOG: tuple[Mechanism, ...] = (
         "1908.06954",
     ),
     Mechanism(
+        "laser",
+        "LASER: log of the attended exp-values",
+        {"attn_laser": True},
+        "2411.03493",
+    ),
+    Mechanism(
         "exclusive-attn",
         "exclusive self-attention (output without the token's own value, per head)",
         {"attn_orthog_projected_values_per_head": True},

@@ -241,6 +241,12 @@ FLAGS: tuple[FlagCase, ...] = (
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
     FlagCase(
+        "attn_laser",
+        "LASER: log of the attention-weighted exp of the (soft-capped) values",
+        "2411.03493",
+        {"attn_laser": True},
+    ),
+    FlagCase(
         "attn_orthog_projected_values",
         "exclusive self-attention: each token's output without its own value (all heads)",
         "2603.09078",

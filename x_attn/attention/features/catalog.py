@@ -21,6 +21,7 @@ from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.l2_distance import L2_DISTANCE_SPEC
+from x_attn.attention.features.laser import LASER_LOG_SPEC, LASER_VALUES_SPEC
 from x_attn.attention.features.linear_attn import LINEAR_ATTN_SPEC
 from x_attn.attention.features.linformer import LINFORMER_SPEC
 from x_attn.attention.features.lsh import LSH_SPEC
@@ -59,6 +60,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     QK_RMSNORM_SPEC,
     VALUE_RESIDUAL_SPEC,
     VALUE_RMSNORM_SPEC,
+    LASER_VALUES_SPEC,
     L2_DISTANCE_SPEC,
     LINEAR_ATTN_SPEC,
     PERFORMER_SPEC,
@@ -78,6 +80,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
     COG_SIGNED_SPEC,
+    LASER_LOG_SPEC,
     MTA_HEAD_NORM_SPEC,
     HEAD_SCALE_SPEC,
     VALUE_HEAD_GATES_SPEC,
