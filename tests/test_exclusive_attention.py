@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from einops import rearrange
-from flag_models import build, tokens
+from flag_models import build, prefill_then_steps, tokens
 from reference import reference_attention
 from torch import Tensor
 
@@ -86,12 +86,8 @@ def test_decoder_is_causal_and_cached_decode_equals_full(name: str) -> None:
         changed = x.clone()
         changed[:, 5:] = (changed[:, 5:] + 1) % 20
         torch.testing.assert_close(net(changed)[:, :5], full[:, :5], atol=1e-12, rtol=0)
-        out, cache = net(x[:, :5], return_cache=True)
-        steps = [out]
-        for t in range(5, 9):
-            step, cache = net(x[:, t : t + 1], cache=cache, return_cache=True)
-            steps.append(step)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-9, rtol=0)
+        stepped, _ = prefill_then_steps(net, x, 5)
+    torch.testing.assert_close(stepped, full, atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from einops import rearrange
-from flag_models import build, tokens
+from flag_models import build, prefill_then_steps, tokens
 from reference import reference_probs
 
 from x_attn import Attention, Decoder
@@ -46,12 +46,8 @@ def test_cached_decode_equals_full_and_causal() -> None:
     net, x = build(flag_case("attn_laser")), tokens(2, 9)
     with torch.no_grad():
         full = net(x)
-        out, cache = net(x[:, :5], return_cache=True)
-        steps = [out]
-        for t in range(5, 9):
-            step, cache = net(x[:, t : t + 1], cache=cache, return_cache=True)
-            steps.append(step)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-9, rtol=0)
+        stepped, _ = prefill_then_steps(net, x, 5)
+    torch.testing.assert_close(stepped, full, atol=1e-9, rtol=0)
 
 
 def test_row_without_keys_is_zero_and_half_precision_is_finite() -> None:
