@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from x_attn.attention.attention import Attention
+from x_attn.attention.features.gumbel import log_prob_from_hard_attend
 from x_attn.cache import KVCache, KVEntry, Mems
 from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
@@ -47,6 +48,7 @@ __all__ = [
     "group_kv_heads",
     "layer_schedule",
     "load",
+    "log_prob_from_hard_attend",
     "per_layer",
     "to_config",
 ]

@@ -84,6 +84,9 @@ class AttentionConfig:
     dim_out: int | None = None  # width of the output projection (None = dim; not in a stack)
     orthog_projected_values: bool = False  # XSA over each token's heads (features/exclusive.py)
     orthog_projected_values_per_head: bool = False  # XSA per head
+    gumbel_softmax: bool = False  # stochastic attention (features/gumbel.py)
+    gumbel_softmax_temp: float = 1.0
+    gumbel_softmax_hard: bool = True
     laser: bool = False  # LASER: log(A exp(V)) (features/laser.py)
     laser_softclamp_value: float = 15.0  # the soft cap of the values before exp
 

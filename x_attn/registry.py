@@ -241,6 +241,16 @@ FLAGS: tuple[FlagCase, ...] = (
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
     FlagCase(
+        "attn_gumbel_softmax",
+        "stochastic attention: a hard Gumbel-softmax sample per query in training, argmax in eval",
+        "1611.01144",
+        {"attn_gumbel_softmax": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="sparse",
+        stochastic=True,
+    ),
+    FlagCase(
         "attn_laser",
         "LASER: log of the attention-weighted exp of the (soft-capped) values",
         "2411.03493",
