@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from x_attn.attention.attention import Attention
 from x_attn.attention.features.gumbel import log_prob_from_hard_attend
+from x_attn.attention.features.rel_proj_bias import RelativeProjPositionalBias
 from x_attn.cache import KVCache, KVEntry, Mems
 from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
@@ -39,6 +40,7 @@ __all__ = [
     "LinearNoBias",
     "Mems",
     "NonAutoregressiveWrapper",
+    "RelativeProjPositionalBias",
     "TransformerWrapper",
     "ViTransformerWrapper",
     "XLAutoregressiveWrapper",

@@ -84,6 +84,9 @@ class AttentionConfig:
     dim_out: int | None = None  # width of the output projection (None = dim; not in a stack)
     orthog_projected_values: bool = False  # XSA over each token's heads (features/exclusive.py)
     orthog_projected_values_per_head: bool = False  # XSA per head
+    use_rel_proj_pos_bias: bool = False  # query-projected distance basis (rel_proj_bias.py)
+    rel_proj_num_distance_basis: int = 16
+    rel_proj_max_dist: int = 1024
     gumbel_softmax: bool = False  # stochastic attention (features/gumbel.py)
     gumbel_softmax_temp: float = 1.0
     gumbel_softmax_hard: bool = True

@@ -241,6 +241,16 @@ FLAGS: tuple[FlagCase, ...] = (
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
     FlagCase(
+        "attn_use_rel_proj_pos_bias",
+        "relative bias: a learned distance basis mixed by weights projected from each query",
+        "",
+        {
+            "attn_use_rel_proj_pos_bias": True,
+            "attn_rel_proj_num_distance_basis": 4,
+            "attn_rel_proj_max_dist": 6,
+        },
+    ),
+    FlagCase(
         "attn_gumbel_softmax",
         "stochastic attention: a hard Gumbel-softmax sample per query in training, argmax in eval",
         "1611.01144",

@@ -31,6 +31,7 @@ from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
 from x_attn.attention.features.performer import PERFORMER_SPEC
 from x_attn.attention.features.qk_norm import QK_NORM_SPEC
+from x_attn.attention.features.rel_proj_bias import REL_PROJ_BIAS_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.shaw import SHAW_SPEC
 from x_attn.attention.features.softclamp import SOFTCLAMP_LOGITS_SPEC
@@ -66,6 +67,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     LINEAR_ATTN_SPEC,
     PERFORMER_SPEC,
     SHAW_SPEC,
+    REL_PROJ_BIAS_SPEC,
     WINDOW_SPEC,
     SPARSE_SPEC,
     BIGBIRD_SPEC,
