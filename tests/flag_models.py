@@ -15,7 +15,13 @@ from x_attn.registry import FLAGS, FlagCase
 
 VOCAB, DIM = 24, 16
 DIMS = dict(dim=DIM, depth=2, heads=2, attn_dim_head=8)
-RELATIVE = tuple(case.name for case in FLAGS if case.relative)  # each is a stack flag
+# the stack flags that make positions relative; a case that turns rotary_pos_emb on with its own
+# flag is relative through rotary_pos_emb (attn_latent_rope_subheads is position-free without it)
+RELATIVE = tuple(
+    case.name
+    for case in FLAGS
+    if case.relative and (case.name == "rotary_pos_emb" or not case.layers.get("rotary_pos_emb"))
+)
 
 
 def build(

@@ -35,10 +35,14 @@ def rope(t: Tensor, positions: Tensor) -> Tensor:
     return torch.cat((a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()), -1)
 
 
-def mla_reference(layer: Attention, x: Tensor, mask: Tensor, s: int) -> Tensor:
+def mla_reference(
+    layer: Attention, x: Tensor, mask: Tensor, s: int, r: int = R, rotate: bool = True
+) -> Tensor:
     """Section 2.1 of the paper, head by head: c = W_dkv x; k_C = W_uk c; v = W_uv c;
     q_C = W_uq c_q; q_R = RoPE(W_qr c_q); k_R = RoPE(W_kr x) (rotary key t // (h / s));
-    o_t = softmax((q_C k_C + q_R k_R) / sqrt(dh + r)) v; u = W_o [o_1; ...; o_h]."""
+    o_t = softmax((q_C k_C + q_R k_R) / sqrt(dh + r)) v; u = W_o [o_1; ...; o_h]. Without
+    ``rotate``, RoPE is the identity (no positions)."""
+    positioned = rope if rotate else (lambda t, positions: t)
     w = {k.removeprefix("proj."): v for k, v in layer.state_dict().items()}
     pos = torch.arange(x.shape[1])
     c = x @ w["to_latent_kv.weight"].T
@@ -46,16 +50,16 @@ def mla_reference(layer: Attention, x: Tensor, mask: Tensor, s: int) -> Tensor:
     allowed = (pos[None, :] <= pos[:, None]) & mask[:, None, :]  # (b, i, j)
     heads = []
     for t in range(H):
-        rows, rope_rows = slice(t * DH, (t + 1) * DH), slice(t * R, (t + 1) * R)
+        rows, rope_rows = slice(t * DH, (t + 1) * DH), slice(t * r, (t + 1) * r)
         g = t // (H // s)
         q_c, k_c, v = (
             c_q @ w["to_q.weight"][rows].T,
             c @ w["to_k.weight"][rows].T,
             c @ w["to_v.weight"][rows].T,
         )
-        q_r = rope(c_q @ w["to_q_rope.weight"][rope_rows].T, pos)
-        k_r = rope(x @ w["to_k_rope.weight"][g * R : (g + 1) * R].T, pos)
-        scores = (q_c @ k_c.transpose(1, 2) + q_r @ k_r.transpose(1, 2)) / math.sqrt(DH + R)
+        q_r = positioned(c_q @ w["to_q_rope.weight"][rope_rows].T, pos)
+        k_r = positioned(x @ w["to_k_rope.weight"][g * r : (g + 1) * r].T, pos)
+        scores = (q_c @ k_c.transpose(1, 2) + q_r @ k_r.transpose(1, 2)) / math.sqrt(DH + r)
         heads.append(scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v)
     return torch.cat(heads, dim=-1) @ w["to_out.weight"].T
 
@@ -103,6 +107,33 @@ def test_layer_equals_the_papers_equations(absorb, s: int, latent_q, flash) -> N
     expected = mla_reference(layer, x, MASK, s)
     torch.testing.assert_close(out[1, 2:], expected[1, 2:], atol=1e-12, rtol=0)
     torch.testing.assert_close(out[0], expected[0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("absorb", [True, False])
+@pytest.mark.parametrize("s", [1, 2])
+def test_decoupled_keys_without_rotary_are_unrotated(absorb: bool, s: int) -> None:
+    """rotary_pos_emb=False: the decoupled dims stay, of the default rotary width
+    min(max(dh / 2, 32), dh) = 6 here, with RoPE the identity; cached decode == full."""
+    torch.manual_seed(0)
+    layer = Attention(
+        D,
+        heads=H,
+        dim_head=DH,
+        causal=True,
+        use_latent_kv=True,
+        dim_latent_kv=C,
+        latent_rope_subheads=s,
+        latent_absorb=absorb,
+    ).double()
+    assert layer.proj.rope_dim == 6 and layer.proj.rotary_dim is None
+    x = _x(seed=4)
+    expected = mla_reference(layer, x, MASK, s, r=6, rotate=False)
+    torch.testing.assert_close(layer(x, mask=MASK)[0], expected[0], atol=1e-12, rtol=0)
+    entry, steps = layer.new_cache_entry(), []
+    for start, stop in ((0, 4), (4, 5), (5, 7)):
+        steps.append(layer(x[:, start:stop], mask=MASK[:, start:stop], cache=entry))
+    assert entry.latent.shape == (B, 1, N, C + s * 6)
+    torch.testing.assert_close(torch.cat(steps, 1)[0], expected[0], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("s", [1, 2])
@@ -205,7 +236,10 @@ def test_cross_attention_latent_caches_the_context_once() -> None:
     assert cache.select(torch.tensor([1])).batch == 1
 
 
-@pytest.mark.parametrize("name", ["attn_latent_rope_subheads", "attn_kv_heads"])
+@pytest.mark.parametrize(
+    "name",
+    ["attn_latent_rope_subheads", "attn_latent_rope_subheads=2 without rotary", "attn_kv_heads"],
+)
 def test_one_latent_or_grouped_cache_serves_two_continuations(name: str) -> None:
     """Caches are values: continuing one cache twice (no autograd, so appends go into a
     shared growth buffer) leaves the first continuation's rows intact; both equal the full
@@ -278,10 +312,6 @@ def test_half_precision_absorbed_and_materialised_agree_without_nan() -> None:
             "'attn_use_latent_q' and 'attn_collab_heads'",
         ),
         (
-            {"attn_use_latent_kv": True, "attn_dim_latent_kv": 8, "attn_latent_rope_subheads": 1},
-            "attn_latent_rope_subheads.*rotary_pos_emb is False",
-        ),
-        (
             {"attn_use_latent_kv": True, "attn_dim_latent_kv": 8, "position_infused_attn": True},
             "attn_use_latent_kv and position_infused_attn",
         ),
@@ -319,8 +349,6 @@ def test_latent_flag_types_are_checked() -> None:
         Encoder(
             dim=D, depth=1, attn_use_latent_kv=True, attn_dim_latent_kv=8, attn_latent_absorb="yes"
         )
-    with pytest.raises(ValueError, match="has no rotary positions"):
-        Attention(D, heads=H, use_latent_kv=True, dim_latent_kv=8, latent_rope_subheads=1)
 
 
 def test_catalog_switches_mla_on() -> None:

@@ -3,6 +3,8 @@
 __version__ = "0.1.0"
 
 from x_attn.attention.attention import Attention
+from x_attn.attention.features.gumbel import log_prob_from_hard_attend
+from x_attn.attention.features.rel_proj_bias import RelativeProjPositionalBias
 from x_attn.cache import KVCache, KVEntry, Mems
 from x_attn.checkpoint import load
 from x_attn.layers.feedforward import FeedForward
@@ -43,6 +45,7 @@ __all__ = [
     "Mems",
     "MultiInputTransformerWrapper",
     "NonAutoregressiveWrapper",
+    "RelativeProjPositionalBias",
     "TransformerWrapper",
     "UniversalPretrainWrapper",
     "ViTransformerWrapper",
@@ -53,6 +56,7 @@ __all__ = [
     "group_kv_heads",
     "layer_schedule",
     "load",
+    "log_prob_from_hard_attend",
     "per_layer",
     "to_config",
 ]

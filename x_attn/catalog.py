@@ -154,6 +154,18 @@ CATALOG: tuple[Mechanism, ...] = (
         "1908.06954",
     ),
     Mechanism(
+        "laser",
+        "LASER: log of the attended exp-values",
+        {"attn_laser": True},
+        "2411.03493",
+    ),
+    Mechanism(
+        "exclusive-attn",
+        "exclusive self-attention (output without the token's own value, per head)",
+        {"attn_orthog_projected_values_per_head": True},
+        "2603.09078",
+    ),
+    Mechanism(
         "residual-attn",
         "RealFormer: previous layer's logits added",
         {"residual_attn": True},

@@ -81,6 +81,17 @@ class AttentionConfig:
     dim_context: int | None = None  # width of a cross-attention context (None = dim)
     qkv_bias: bool = False  # biases on the query/key/value projections (GPT-2, Qwen2)
     out_bias: bool = False  # a bias on the output projection (GPT-2)
+    dim_out: int | None = None  # width of the output projection (None = dim; not in a stack)
+    orthog_projected_values: bool = False  # XSA over each token's heads (features/exclusive.py)
+    orthog_projected_values_per_head: bool = False  # XSA per head
+    use_rel_proj_pos_bias: bool = False  # query-projected distance basis (rel_proj_bias.py)
+    rel_proj_num_distance_basis: int = 16
+    rel_proj_max_dist: int = 1024
+    gumbel_softmax: bool = False  # stochastic attention (features/gumbel.py)
+    gumbel_softmax_temp: float = 1.0
+    gumbel_softmax_hard: bool = True
+    laser: bool = False  # LASER: log(A exp(V)) (features/laser.py)
+    laser_softclamp_value: float = 15.0  # the soft cap of the values before exp
 
     def key_value_heads(self, heads: int) -> int:
         """Key/value heads of a layer with ``heads`` query heads."""
@@ -153,8 +164,9 @@ class AttentionConfig:
                 f"{owner}: '{prefix}sparse_topk' and '{prefix}use_entmax15' both replace the "
                 "softmax's support; choose one"
             )
-        if self.dim_context is not None:
-            check_positive_int(f"{prefix}dim_context", self.dim_context, owner)
+        for name in ("dim_context", "dim_out"):
+            if getattr(self, name) is not None:
+                check_positive_int(f"{prefix}{name}", getattr(self, name), owner)
         self._validate_heads(owner, prefix)
         self._validate_latent(owner, prefix)
         if not 0.0 < self.collab_compression <= 1.0:

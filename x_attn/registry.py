@@ -241,6 +241,44 @@ FLAGS: tuple[FlagCase, ...] = (
         "attn_on_attn", "attention output gated by its query", "1908.06954", {"attn_on_attn": True}
     ),
     FlagCase(
+        "attn_use_rel_proj_pos_bias",
+        "relative bias: a learned distance basis mixed by weights projected from each query",
+        "",
+        {
+            "attn_use_rel_proj_pos_bias": True,
+            "attn_rel_proj_num_distance_basis": 4,
+            "attn_rel_proj_max_dist": 6,
+        },
+    ),
+    FlagCase(
+        "attn_gumbel_softmax",
+        "stochastic attention: a hard Gumbel-softmax sample per query in training, argmax in eval",
+        "1611.01144",
+        {"attn_gumbel_softmax": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="sparse",
+        stochastic=True,
+    ),
+    FlagCase(
+        "attn_laser",
+        "LASER: log of the attention-weighted exp of the (soft-capped) values",
+        "2411.03493",
+        {"attn_laser": True},
+    ),
+    FlagCase(
+        "attn_orthog_projected_values",
+        "exclusive self-attention: each token's output without its own value (all heads)",
+        "2603.09078",
+        {"attn_orthog_projected_values": True},
+    ),
+    FlagCase(
+        "attn_orthog_projected_values_per_head",
+        "exclusive self-attention per head, concatenated with the all-heads projection",
+        "2603.09078",
+        {"attn_orthog_projected_values": True, "attn_orthog_projected_values_per_head": True},
+    ),
+    FlagCase(
         "attn_qk_norm",
         "L2-normalized query/key heads (by groups), learned dim scales, fixed temperature",
         "2010.04245",
@@ -348,6 +386,12 @@ FLAGS: tuple[FlagCase, ...] = (
             "rotary_pos_emb": True,
         },
         relative=True,
+    ),
+    FlagCase(
+        "attn_latent_rope_subheads=2 without rotary",
+        "MLA's decoupled keys without rotary positions (RoPE the identity)",
+        "2405.04434",
+        {"attn_use_latent_kv": True, "attn_dim_latent_kv": 12, "attn_latent_rope_subheads": 2},
     ),
     FlagCase(
         "attn_latent_absorb",

@@ -14,7 +14,7 @@ from torch import Tensor
 from x_attn.config import LayersConfig
 from x_attn.layer_plan import describe_plan, refuse_unread_options
 from x_attn.layers.plan import stack_types
-from x_attn.positional.checks import uses_rotary, validate_positional
+from x_attn.positional.checks import validate_positional
 from x_attn.utils import check_positive_int
 from x_attn.validation_structure import reversible_refusals, validate_structure
 
@@ -139,12 +139,6 @@ def _validate_latent_positions(config: LayersConfig, owner: str, explicit: set[s
         raise ValueError(
             f"{owner}: cross_attn_latent_rope_subheads: cross-attention has no positions, so "
             "it has no rotary keys; drop it (attn_latent_rope_subheads sets self-attention's)"
-        )
-    if config.attn.latent_rope_subheads is not None and not uses_rotary(config):
-        raise ValueError(
-            f"{owner}: attn_latent_rope_subheads sets the decoupled rotary keys of multi-head "
-            "latent attention, but rotary_pos_emb is False; set rotary_pos_emb=True or drop "
-            "attn_latent_rope_subheads"
         )
     if config.attn.use_latent_kv and config.position_infused_attn:
         raise ValueError(

@@ -25,6 +25,7 @@ from x_attn.attention.calls import cross_call, self_call
 from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.features.stages import BoundKeys
+from x_attn.attention.muon_clip import attention_muon_parameters, qk_clip_
 from x_attn.attention.projections import Projection
 from x_attn.attention.projections.multihead import merge_heads
 from x_attn.cache import CacheEntry, ContextEntry
@@ -44,11 +45,13 @@ from x_attn.utils import check_positive_int, default
 class AttnIntermediates:
     """What one attention call leaves behind: the kernel used, on the manual path the scores,
     and the raw values of the key rows it projected when the layer transforms its values (the
-    first layer's are the value residual of the later ones)."""
+    first layer's are the value residual of the later ones), and the kernel's inputs (for
+    QK-clip's logit maxima, :mod:`x_attn.attention.muon_clip`)."""
 
     kernel: str
     maps: AttnMaps | None = None
     values: Tensor | None = None
+    inputs: AttnInputs | None = None
 
     @property
     def logits(self) -> Tensor | None:
@@ -136,7 +139,8 @@ class Attention(nn.Module):
         self.scale = parts.scale  # a feature's (QK-norm), the projection's or dim_head^-0.5
         for attr, module in parts.named:  # registered under their own names (or None)
             setattr(self, attr, module)
-        # bias stage: (q, positions, mask, bias, hooks) -> (bias, hooks), after extend k/v
+        # bias stage: (q, positions, mask, bias, hooks, query input) -> (bias, hooks), after
+        # extend k/v
         self.bias_stages = parts.biases
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = list(parts.extensions)
@@ -174,6 +178,16 @@ class Attention(nn.Module):
     def explain(self) -> str:
         """Which kernel this layer uses by default and why."""
         return f"{self.kernel.name}: {self.kernel.reason}"
+
+    def qk_clip_(self, intermediates: AttnIntermediates | Tensor, tau: float = 100.0) -> Tensor:
+        """QK-clip (MuonClip, arXiv 2507.20534): scale down the query/key maps of every head
+        whose largest logit in ``intermediates`` (a forward's, or (b, h, i, j) logits) exceeds
+        ``tau``; returns the per-head logit factors. See :mod:`x_attn.attention.muon_clip`."""
+        return qk_clip_(self, intermediates, tau)
+
+    def muon_parameters(self) -> list[nn.Parameter]:
+        """The matrices to optimise with Muon: the value map and the output stage."""
+        return attention_muon_parameters(self)
 
     def new_cache_entry(self) -> CacheEntry:
         """A cache entry for this layer's self-attention keys."""
@@ -261,7 +275,7 @@ class Attention(nn.Module):
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
         for stage in self.bias_stages:
-            bias, hooks = stage(q, call.positions, mask_spec, bias, hooks)
+            bias, hooks = stage(q, call.positions, mask_spec, bias, hooks, x)
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
@@ -269,10 +283,11 @@ class Attention(nn.Module):
         out = finish(out)
         for stage in self.head_stages:
             out = stage(out, x)
-        out = self.to_out(merge_heads(out), x)
+        # the output stage also sees the queries' own values (the newest key rows of the call)
+        out = self.to_out(merge_heads(out), x, v[:, :, v.shape[2] - x.shape[1] :])
         if not (return_intermediates or return_attn):
             return out
-        return out, AttnIntermediates(kernel.name, maps, keys.values)
+        return out, AttnIntermediates(kernel.name, maps, keys.values, inputs)
 
     def _call(
         self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal, marked

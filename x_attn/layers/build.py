@@ -134,8 +134,20 @@ def _block(cfg: LayersConfig, kind: str, index: int, value_role: str | None) -> 
             layer_index=index,
             value_residual_role=value_role,
         )
+    _check_dim_out(block, cfg.dim)
     if cfg.zero_init_branch_output:  # every linear map of the output stage: the output is 0
         for module in block.to_out.modules():
             if isinstance(module, nn.Linear):
                 zero_init_(module)
     return block
+
+
+def _check_dim_out(block: Attention, dim: int) -> None:
+    """A stack adds every attention output to its residual stream of width ``dim``."""
+    dim_out = block.config.dim_out
+    if dim_out is not None and dim_out != dim:
+        flag = f"{block.flag_prefix}dim_out"
+        raise ValueError(
+            f"{flag}={dim_out}: a stack adds each attention output to its residual stream of "
+            f"width dim={dim}; drop {flag} (it is for a standalone Attention)"
+        )

@@ -108,6 +108,10 @@ class FeedForward(nn.Module):
         if config.zero_init_output:
             zero_init_(self.proj_out)
 
+    def muon_parameters(self) -> list[nn.Parameter]:
+        """The matrices to optimise with Muon (arXiv 2502.16982): every linear map's weight."""
+        return [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
+
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block position-wise.
 

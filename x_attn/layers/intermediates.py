@@ -6,6 +6,7 @@ Shape legend: b batch, n sequence, d model dim, h heads, i queries, j keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -24,6 +25,9 @@ class LayerIntermediates:
         cache: the KV cache after this forward (a new one; the cache passed in is unchanged),
             or None. Pass the intermediates (or this cache) as ``cache=`` to continue.
         mask: (b, n) padding of the rows this forward ran (for the mems they become).
+        attn_intermediates: what each attention run left (kernel, maps, inputs), in run order,
+            with ``attn_runs``: the index in the stack's layers of each run's layer (for
+            :meth:`x_attn.layers.stack.AttentionLayers.attn_qk_clip_`).
     """
 
     hiddens: list[Tensor] = field(default_factory=list)
@@ -32,6 +36,8 @@ class LayerIntermediates:
     kernels: list[str] = field(default_factory=list)
     cache: KVCache | None = None
     mask: Tensor | None = None
+    attn_intermediates: list[Any] = field(default_factory=list)
+    attn_runs: list[int] = field(default_factory=list)
 
     @property
     def cache_length(self) -> int:

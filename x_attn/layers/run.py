@@ -71,6 +71,9 @@ def run_layers(
             if counters.first_values[layer.kind] is None:
                 counters.first_values[layer.kind] = ai.values
             inter.kernels.append(ai.kernel)
+            if state.get("return_hiddens"):
+                inter.attn_intermediates.append(ai)
+                inter.attn_runs.append(index)
             if ai.probs is not None and state["return_attn"]:
                 inter.attn_maps.append(ai.probs)
         out = layer.post_branch(out, cond)

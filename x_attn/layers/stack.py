@@ -16,6 +16,7 @@ from x_attn.cache.mems import mems_mask
 from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
 from x_attn.layers.conditioning import apply_norm, stack_condition
+from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.plan import make_plan
 from x_attn.layers.run import run_layers, start_dual
@@ -300,6 +301,7 @@ class AttentionLayers(nn.Module):
             entries=self._cache_entries(cache, order),
             num_attn_runs=sum(self.layer_types[i] != "f" for i in order),
             return_attn=return_attn,
+            return_hiddens=return_hiddens,
             condition=condition,
             causal=causal,
             dual=start_dual(x, self.config.resi_dual, self.config.resi_dual_scale),
@@ -376,6 +378,23 @@ class AttentionLayers(nn.Module):
         # each reversible branch runs its layer's default kernel (no return_attn here)
         kernels = [blk.kernel.name for blk in self._attention_blocks()]
         return self._final(out, None, None), LayerIntermediates(kernels=kernels)
+
+    def muon_parameters(self) -> list[nn.Parameter]:
+        """The matrices to optimise with Muon, from every attention and feed-forward block."""
+        blocks = (m for m in self.modules() if isinstance(m, Attention | FeedForward))
+        return [p for block in blocks for p in block.muon_parameters()]
+
+    def attn_qk_clip_(self, intermediates: LayerIntermediates, tau: float = 100.0) -> None:
+        """QK-clip (arXiv 2507.20534) every attention run of the forward that returned
+        ``intermediates`` (``return_hiddens=True``) on its own layer."""
+        runs = getattr(intermediates, "attn_runs", None)
+        if not runs:
+            raise ValueError(
+                "attn_qk_clip_: pass the intermediates of a forward with return_hiddens=True "
+                "(return_intermediates=True on a wrapper)"
+            )
+        for index, found in zip(runs, intermediates.attn_intermediates, strict=True):
+            self.layers[index].block.qk_clip_(found, tau)
 
     def new_cache(self) -> KVCache:
         """An empty cache with the entry each attention (and shifted) run creates for itself."""

@@ -340,6 +340,11 @@ class SequenceWrapper(nn.Module):
             raise ValueError(f"return_cache=True: this model cannot use a KV cache: {reason}")
         return None  # intermediates without a cache
 
+    def attn_qk_clip_(self, intermediates: Any, tau: float = 100.0) -> None:
+        """QK-clip (arXiv 2507.20534) the attention layers on the intermediates of a forward
+        with ``return_intermediates=True``; see :meth:`AttentionLayers.attn_qk_clip_`."""
+        self.attn_layers.attn_qk_clip_(intermediates, tau)
+
     def explain(self) -> list[str]:
         """Which kernel each attention layer uses by default, and why."""
         return self.attn_layers.explain()

@@ -21,20 +21,25 @@ class LinearOutput(nn.Linear):
     def __init__(self, inner_dim: int, dim: int, bias: bool = False) -> None:
         super().__init__(inner_dim, dim, bias=bias)
 
-    def forward(self, attended: Tensor, query_input: Tensor | None = None) -> Tensor:
+    def forward(
+        self, attended: Tensor, query_input: Tensor | None = None, own: Tensor | None = None
+    ) -> Tensor:
+        """attended (b n e) -> (b n d); the query input and the queries' own values (read by
+        other output stages) are not used."""
         return super().forward(attended)
 
 
 class AttentionOnAttention(nn.Module):
     """Output stage: gate the attention result by the query it answers."""
 
-    def __init__(self, inner_dim: int, dim: int) -> None:
+    def __init__(self, inner_dim: int, dim: int, dim_out: int | None = None) -> None:
         super().__init__()
-        self.to_info = nn.Linear(inner_dim + dim, dim)
-        self.to_gate = nn.Linear(inner_dim + dim, dim)
+        dim_out = dim_out or dim
+        self.to_info = nn.Linear(inner_dim + dim, dim_out)
+        self.to_gate = nn.Linear(inner_dim + dim, dim_out)
 
-    def forward(self, attended: Tensor, query_input: Tensor) -> Tensor:
-        """attended (b n e), query_input (b n d) -> (b n d)."""
+    def forward(self, attended: Tensor, query_input: Tensor, own: Tensor | None = None) -> Tensor:
+        """attended (b n e), query_input (b n d) -> (b n d_out)."""
         both = torch.cat((attended, query_input), dim=-1)
         return self.to_gate(both).sigmoid() * self.to_info(both)
 
@@ -44,6 +49,8 @@ AOA_SPEC = FeatureSpec(
     "1908.06954",
     "output",
     enabled=lambda ctx: ctx.config.on_attn,
-    build=lambda ctx: AttentionOnAttention(ctx.projection.heads * ctx.projection.v_dim, ctx.dim),
+    build=lambda ctx: AttentionOnAttention(
+        ctx.projection.heads * ctx.projection.v_dim, ctx.dim, ctx.dim_out
+    ),
     slot="output",
 )

@@ -16,10 +16,13 @@ from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.cog_signed import COG_SIGNED_SPEC
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
+from x_attn.attention.features.exclusive import EXCLUSIVE_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
+from x_attn.attention.features.gumbel import GUMBEL_SOFTMAX_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.l2_distance import L2_DISTANCE_SPEC
+from x_attn.attention.features.laser import LASER_LOG_SPEC, LASER_VALUES_SPEC
 from x_attn.attention.features.linear_attn import LINEAR_ATTN_SPEC
 from x_attn.attention.features.linformer import LINFORMER_SPEC
 from x_attn.attention.features.lsh import LSH_SPEC
@@ -28,6 +31,7 @@ from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
 from x_attn.attention.features.performer import PERFORMER_SPEC
 from x_attn.attention.features.qk_norm import QK_NORM_SPEC
+from x_attn.attention.features.rel_proj_bias import REL_PROJ_BIAS_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.shaw import SHAW_SPEC
 from x_attn.attention.features.softclamp import SOFTCLAMP_LOGITS_SPEC
@@ -58,10 +62,12 @@ FEATURES: tuple[FeatureSpec, ...] = (
     QK_RMSNORM_SPEC,
     VALUE_RESIDUAL_SPEC,
     VALUE_RMSNORM_SPEC,
+    LASER_VALUES_SPEC,
     L2_DISTANCE_SPEC,
     LINEAR_ATTN_SPEC,
     PERFORMER_SPEC,
     SHAW_SPEC,
+    REL_PROJ_BIAS_SPEC,
     WINDOW_SPEC,
     SPARSE_SPEC,
     BIGBIRD_SPEC,
@@ -76,12 +82,15 @@ FEATURES: tuple[FeatureSpec, ...] = (
     SPARSE_TOPK_SPEC,
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
+    GUMBEL_SOFTMAX_SPEC,
     COG_SIGNED_SPEC,
+    LASER_LOG_SPEC,
     MTA_HEAD_NORM_SPEC,
     HEAD_SCALE_SPEC,
     VALUE_HEAD_GATES_SPEC,
     GATED_VALUES_SPEC,
     AOA_SPEC,
+    EXCLUSIVE_SPEC,
 )
 
 
@@ -153,7 +162,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         biases=_in_stage(built, "bias"),
         head_stages=_in_stage(built, "heads"),
         scores=ScorePipeline(scores, next((m for s, m in built if s.slot == "normalizer"), None)),
-        output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim, bias),
+        output=output or LinearOutput(projection.heads * projection.v_dim, ctx.dim_out, bias),
         rules=rules,
         new_entry=entry,
         needs=_needs(active, ctx),

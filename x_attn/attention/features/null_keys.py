@@ -54,6 +54,7 @@ def _spec(name: str, paper: str, learned: bool) -> FeatureSpec:
         "extend",
         enabled=lambda ctx: getattr(ctx.config, name),
         build=lambda ctx: NullKey(ctx.heads, learned),
+        needs=("bias",) if learned else (),  # the learned sink logit enters as a bias column
     )
 
 

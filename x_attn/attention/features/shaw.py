@@ -88,6 +88,7 @@ class ShawRelativePositions(nn.Module):
         mask: AttnMask,
         bias: Tensor | None,
         hooks: ScoreHooks,
+        query_input: Tensor | None = None,
     ) -> tuple[Tensor, ScoreHooks]:
         """Bias stage: add ``q_i . w^K_r(i, j) / sqrt(d)``; hook the value term on the output.
 

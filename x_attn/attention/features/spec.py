@@ -99,6 +99,11 @@ class FeatureContext:
         scale = None if self.projection is None else self.projection.scale
         return self.config.dim_head**-0.5 if scale is None else scale
 
+    @property
+    def dim_out(self) -> int:
+        """Width of the layer's output (``dim_out``, default ``dim``)."""
+        return self.config.dim_out or self.dim
+
     def flag(self, name: str) -> str:
         """The user-facing flag of an attention option, e.g. "sparse_topk" -> "attn_sparse_topk"."""
         return f"{self.prefix}{name}"

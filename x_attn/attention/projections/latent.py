@@ -9,6 +9,11 @@ shared by the query heads (the paper: one for all heads; with s rotary key heads
 reads rotary key t // (h / s), like grouped-query attention). Head t attends with
 [q_C ; q_R] . [k_C ; k_R] / sqrt(d_h + d_R).
 
+Without rotary positions (``rotary_pos_emb=False``), ``latent_rope_subheads`` keeps the same
+decoupled dims with RoPE the identity: q_R = W_qr c_q, k_R = W_kr x (no position, NoPE), of
+x_attn's default rotary width max(dh / 2, 32) (the paper's d_R = d_h / 2 at d_h = 64), so
+switching rotary on or off changes only the rotation.
+
 The cache holds only [c ; k_R] per token: d_c + s * d_R numbers per layer (the payload, one
 tensor (b, 1, j, d_c + s d_R), kept by :class:`x_attn.cache.latent.LatentEntry`).
 
@@ -39,6 +44,7 @@ from x_attn.attention.projections.base import Operands, Projection
 from x_attn.cache.latent import LatentEntry
 from x_attn.kernels.inputs import expand_kv_heads
 from x_attn.positional.context import RowPositions
+from x_attn.positional.stack_positions import default_rotary_dim
 
 
 def latent_input(dim: int, latent: int | None) -> nn.Module:
@@ -66,6 +72,7 @@ class LatentProjection(Projection):
         rope_heads: int = 1,
         dim_context: int | None = None,
         absorb: bool | None = None,
+        rotate: bool = True,
     ) -> None:
         super().__init__()
         dim_context = dim_context or dim
@@ -75,7 +82,8 @@ class LatentProjection(Projection):
         self.rope_dim, self.rope_heads = rope_dim, rope_heads
         self.qk_dim, self.v_dim = dim_head + rope_dim, dim_head
         self.scale = self.qk_dim**-0.5
-        self.rotary_dim = rope_dim or None
+        self.rotary_dim = (rope_dim or None) if rotate else None  # None: k_R, q_R unrotated
+        self.rotate = rotate
         self.absorb = absorb
         self.to_latent_q = latent_input(dim, dim_latent_q)  # W_dq
         q_in = dim_latent_q or dim
@@ -94,15 +102,20 @@ class LatentProjection(Projection):
         if not self.rope_dim:
             return q
         q_rope = rearrange(self.to_q_rope(c_q), "b i (h r) -> b h i r", h=self.heads)
-        return torch.cat((q, pos.rotate(q_rope)), dim=-1)
+        return torch.cat((q, self._positioned(q_rope, pos)), dim=-1)
 
     def keys(self, x: Tensor, pos: RowPositions) -> Tensor:
         """(b, j, dc) -> [c ; RoPE(k_R) of each rotary key head] (b, 1, j, c + s r)."""
         latent = self.to_latent_kv(x)
         if self.rope_dim:
             k_rope = rearrange(self.to_k_rope(x), "b j (s r) -> b s j r", s=self.rope_heads)
-            latent = torch.cat((latent, rearrange(pos.rotate(k_rope), "b s j r -> b j (s r)")), -1)
+            k_rope = self._positioned(k_rope, pos)
+            latent = torch.cat((latent, rearrange(k_rope, "b s j r -> b j (s r)")), -1)
         return rearrange(latent, "b j w -> b 1 j w")
+
+    def _positioned(self, t: Tensor, pos: RowPositions) -> Tensor:
+        """RoPE of the rows' positions on the decoupled dims (the identity without rotary)."""
+        return pos.rotate(t) if self.rotate else t
 
     def expand(self, payload: Tensor) -> tuple[Tensor, Tensor]:
         """The materialised keys [W_uk c ; k_R] (b, h, j, dh + r) and values W_uv c."""
@@ -149,14 +162,10 @@ class LatentProjection(Projection):
 
 
 def _build(ctx: FeatureContext) -> LatentProjection:
-    cfg, rope_dim = ctx.config, ctx.rotary_dim or 0
-    subheads = cfg.latent_rope_subheads
-    if subheads is not None and not rope_dim and ctx.prefix == "attn_":
-        raise ValueError(
-            f"Attention: {ctx.flag('latent_rope_subheads')} sets the rotary keys of multi-head "
-            "latent attention, but this layer has no rotary positions; build it in a stack "
-            "with rotary_pos_emb=True (or pass rotary_dim=) or drop it"
-        )
+    cfg, subheads = ctx.config, ctx.config.latent_rope_subheads
+    rope_dim = ctx.rotary_dim or 0
+    if subheads is not None and not rope_dim:  # decoupled dims without rotation (NoPE)
+        rope_dim = default_rotary_dim(cfg.dim_head)
     if rope_dim and ctx.heads % (subheads or 1):
         raise ValueError(
             f"Attention: {ctx.flag('latent_rope_subheads')}={subheads} does not divide "
@@ -172,6 +181,7 @@ def _build(ctx: FeatureContext) -> LatentProjection:
         rope_heads=subheads or 1,
         dim_context=ctx.dim_context,
         absorb=cfg.latent_absorb,
+        rotate=ctx.rotary_dim is not None,
     )
 
 

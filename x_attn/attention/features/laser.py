@@ -1,0 +1,88 @@
+"""LASER: attention with exponential transformation of the values (Duvvuri and Dhillon,
+arXiv 2411.03493).
+
+Attention averages exp(V) and takes the log: ``o = log(softmax(q k^T) exp(V))``, a log-sum-exp
+of the values weighted by the attention probabilities, whose gradient does not vanish with the
+softmax's. As in x-transformers (``attn_laser``, ``attn_laser_softclamp_value`` c = 15), the
+values are first soft-capped, ``c tanh(v / c)``, so ``exp`` stays in range. x_attn stores
+``exp(softclamp(v) - c)``, in ``(e^-2c, 1]`` (no overflow in any dtype, exp(c) overflows
+float16), and adds c back after the log: ``o = log(A exp(s - c)) + c``, the same function. A
+query row with nothing to attend to stays zero.
+
+The values stage exponentiates the new value rows before the cache (so the cache holds exp
+values); the heads stage takes the log of each head's output. Weights must be a convex
+combination: memory key/values (raw learned values), signed (Cog) weights and post-softmax
+talking heads would put non-positive numbers under the log, and are refused.
+
+Shape legend: b batch, h heads, n rows, d value head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from x_attn.attention.features.spec import FeatureContext, FeatureSpec
+from x_attn.attention.features.stages import OutputGate, ValueTransform
+from x_attn.layers.activations import softclamp
+
+# options whose attention weights or values are not a convex combination of exp values
+CLASHES = ("num_mem_kv", "cog_signed", "talking_heads", "post_talking_heads")
+
+
+class LaserValues(ValueTransform):
+    """v (b h n d) -> exp(c tanh(v / c) - c)."""
+
+    def __init__(self, clamp: float) -> None:
+        super().__init__()
+        self.clamp = clamp
+
+    def forward(self, v: Tensor, rows: Tensor, residual: Tensor | None) -> Tensor:
+        return (softclamp(v, self.clamp) - self.clamp).exp()
+
+
+class LaserLog(OutputGate):
+    """out (b h n d) -> log(out) + c; an all-zero output (a row with no key) stays 0."""
+
+    def __init__(self, clamp: float) -> None:
+        super().__init__()
+        self.clamp = clamp
+
+    def forward(self, out: Tensor, x: Tensor) -> Tensor:
+        live = out > 0
+        tiny = torch.finfo(out.dtype).tiny
+        return torch.where(live, out.clamp(min=tiny).log() + self.clamp, 0.0)
+
+
+def _enabled(ctx: FeatureContext) -> bool:
+    on = ctx.config.laser
+    clashes = [ctx.flag(name) for name in CLASHES if getattr(ctx.config, name)]
+    if on and clashes:
+        raise ValueError(
+            f"{ctx.flag('laser')} takes the log of the attended exp-values, which needs "
+            f"positive weights over exp-values; {', '.join(clashes)} break that; drop one"
+        )
+    if on and not ctx.config.laser_softclamp_value > 0:
+        raise ValueError(
+            f"{ctx.flag('laser_softclamp_value')} must be > 0, got "
+            f"{ctx.config.laser_softclamp_value!r}"
+        )
+    return on
+
+
+LASER_VALUES_SPEC = FeatureSpec(
+    "laser",
+    "2411.03493",
+    "values",
+    enabled=_enabled,
+    build=lambda ctx: LaserValues(float(ctx.config.laser_softclamp_value)),
+    attr="laser_values",
+)
+LASER_LOG_SPEC = FeatureSpec(
+    "laser_log",
+    "2411.03493",
+    "heads",
+    enabled=lambda ctx: ctx.config.laser,
+    build=lambda ctx: LaserLog(float(ctx.config.laser_softclamp_value)),
+    flag_of=lambda ctx: ctx.flag("laser"),
+)
