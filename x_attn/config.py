@@ -469,6 +469,9 @@ class LayersConfig:
     resi_dual: bool = False
     resi_dual_scale: float = 1.0
     unet_skips: bool = False  # long skips between mirrored blocks (x_attn.layers.unet)
+    orthog_residual: bool = False  # x_attn.layers.orthog_residual
+    mv_split_residual: bool = False  # x_attn.layers.mv_split
+    residual_fn_kwargs: dict[str, Any] = field(default_factory=dict)  # mv_split_residual's
     use_layerscale: bool = False
     layerscale_init_value: float = 0.0
     scale_residual: bool | float = False

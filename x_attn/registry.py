@@ -645,6 +645,20 @@ FLAGS: tuple[FlagCase, ...] = (
         {"unet_skips": True},
     ),
     FlagCase(
+        "orthog_residual",
+        "only the part of a branch output orthogonal to the stream joins it (per token)",
+        "2505.11881",
+        {"orthog_residual": True},
+    ),
+    FlagCase(
+        "mv_split_residual",
+        "mean-variance split residual: gained centred update, leaky token-mean replacement",
+        "2605.06169",
+        {"mv_split_residual": True, "residual_fn_kwargs": {"learned": True}},
+        cacheable=False,
+        mems_ok=False,
+    ),
+    FlagCase(
         "zero_init_branch_output",
         "branch output projections start at zero",
         "",

@@ -76,7 +76,7 @@ def run_layers(
         out = layer.post_branch(out, cond)
         if dual is not None:
             dual.add(out)
-        x = layer.merge(out, x, cond)
+        x = layer.merge(out, x, cond, (state["mask"], state["seq_causal"]))
     return x
 
 

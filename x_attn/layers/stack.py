@@ -17,6 +17,7 @@ from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
 from x_attn.layers.conditioning import apply_norm, stack_condition
 from x_attn.layers.intermediates import LayerIntermediates
+from x_attn.layers.mv_split import CACHE_REASON as MV_SPLIT_CACHE_REASON
 from x_attn.layers.plan import make_plan
 from x_attn.layers.run import run_layers, start_dual
 from x_attn.layers.run_checks import (
@@ -139,6 +140,8 @@ class AttentionLayers(nn.Module):
             return "reversible=True keeps no per-layer keys/values (two-stream update)"
         if not self.causal and self._shift_runs(self.plan.order):
             return "shift_tokens in a non-causal stack reads later tokens"
+        if self.config.mv_split_residual:
+            return MV_SPLIT_CACHE_REASON
         return self._attention_reason()
 
     def _attention_reason(self) -> str | None:
@@ -156,6 +159,8 @@ class AttentionLayers(nn.Module):
                 "shift_tokens on a feed-forward or cross-attention layer needs that layer's "
                 "earlier inputs, which mems (self-attention inputs) do not hold"
             )
+        if self.config.mv_split_residual:
+            return MV_SPLIT_CACHE_REASON
         return self._attention_reason()
 
     def explain(self) -> list[str]:
@@ -302,6 +307,7 @@ class AttentionLayers(nn.Module):
             return_attn=return_attn,
             condition=condition,
             causal=causal,
+            seq_causal=self.causal if causal is None else bool(causal),
             dual=start_dual(x, self.config.resi_dual, self.config.resi_dual_scale),
             additional_kv=extra_kv or [None] * self_runs,
             additional_kv_mask=additional_kv_mask,
