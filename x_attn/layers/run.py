@@ -135,9 +135,11 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
         return_intermediates=True,
     )
     if layer.kind == "c":
+        context, residuals = state["context"], state.get("context_residuals")
+        residual = None if residuals is None else residuals[counters.attn - counters.self_attn - 1]
         return layer.run_block(
             h,
-            state["context"],
+            context if residual is None else context + residual,
             context_mask=state["context_mask"],
             positions=state["positions"],
             **common,

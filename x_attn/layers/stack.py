@@ -26,7 +26,11 @@ from x_attn.layers.run_checks import (
     run_order,
     working_cache,
 )
-from x_attn.layers.stack_inputs import additional_kv_per_layer, check_stack_inputs
+from x_attn.layers.stack_inputs import (
+    additional_kv_per_layer,
+    check_stack_inputs,
+    context_residuals_per_layer,
+)
 from x_attn.layers.unet import UNetSkips
 from x_attn.positional.context import PositionContext
 from x_attn.positional.custom import position_values, table_values
@@ -198,6 +202,7 @@ class AttentionLayers(nn.Module):
         detach_additional_kv: bool = False,
         route_additional_kv_to_top: bool = True,
         start_cache: bool = True,
+        cross_attn_kv_residuals: list[Tensor | None] | Tensor | None = None,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -247,6 +252,9 @@ class AttentionLayers(nn.Module):
             start_cache: with ``return_hiddens=True`` and no ``cache``, start a cache that the
                 intermediates carry (False: they carry none; a wrapper that starts its own
                 cache only when asked passes False, so a training forward copies no keys).
+            cross_attn_kv_residuals: one (b, j, dc) tensor (or None) per cross-attention run,
+                or one (runs, b, j, dc) tensor: added to the context that run's keys and values
+                read. With a cache the context is projected at the first call, as ``context``.
         """
         owner = type(self).__name__
         check_float_input("x", x, self.dim, owner)
@@ -277,6 +285,10 @@ class AttentionLayers(nn.Module):
             route_additional_kv_to_top,
             owner,
         )
+        cross_runs = sum(self.layer_types[i] == "c" for i in order)
+        kv_residuals = context_residuals_per_layer(
+            cross_attn_kv_residuals, context, cross_runs, owner
+        )
         condition = stack_condition(self, condition, b, n, mems)
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
@@ -296,6 +308,7 @@ class AttentionLayers(nn.Module):
         inter = LayerIntermediates(cache=cache, mask=mask)
         state = dict(
             context=context,
+            context_residuals=kv_residuals,
             context_mask=context_mask,
             attn_mask=attn_mask,
             positions=positions,
