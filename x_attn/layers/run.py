@@ -140,6 +140,7 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
         return layer.run_block(
             h,
             context if residual is None else context + residual,
+            mask=state["mask"],
             context_mask=state["context_mask"],
             positions=state["positions"],
             **common,
