@@ -9,10 +9,9 @@ Shape legend: b batch, n sequence, j context length, d model dim.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from xt_pairs import xt_pair
 
 from x_attn import Decoder, Encoder
 
@@ -80,22 +79,11 @@ def test_bad_residuals_are_refused_by_name():
 
 
 def test_equals_x_transformers():
-    xt = pytest.importorskip("x_transformers")
-    import x_attn
-    from x_attn.interop import from_x_transformers
-
     flags = dict(dim=D, depth=2, heads=2, attn_dim_head=8, attn_flash=True, cross_attend=True)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = xt.Decoder(**flags).double()
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    ours = from_x_transformers(theirs.state_dict(), x_attn.Decoder(**flags).double())
+    theirs, ours = xt_pair(lambda lib: lib.Decoder(**flags))
     x, ctx = torch.randn(2, 5, D).double(), torch.randn(2, 6, D).double()
     res = torch.randn(2, 2, 6, D).double()
     with torch.no_grad():
-        expected = theirs.eval()(x, context=ctx, cross_attn_kv_residuals=res)
-        got = ours.eval()(x, context=ctx, cross_attn_kv_residuals=res)
+        expected = theirs(x, context=ctx, cross_attn_kv_residuals=res)
+        got = ours(x, context=ctx, cross_attn_kv_residuals=res)
     torch.testing.assert_close(got, expected, atol=1e-9, rtol=0)

@@ -9,10 +9,9 @@ Shape legend: b batch, n sequence, d model dim.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from xt_pairs import xt_pair
 
 from x_attn import Decoder, Encoder, TransformerWrapper
 from x_attn.layers.mv_split import MVSplitResidual
@@ -139,28 +138,15 @@ def test_refusals_name_the_clash():
 
 @pytest.mark.parametrize("learned", [False, True])
 def test_mv_split_encoder_equals_x_transformers(learned):
-    xt = pytest.importorskip("x_transformers")
-    import x_attn
-    from x_attn.interop import from_x_transformers
-
     flags = dict(dim=16, depth=2, heads=2, attn_dim_head=8, attn_flash=True)
-    flags["mv_split_residual"] = True
-    flags["residual_fn_kwargs"] = {"learned": learned}
+    flags.update(mv_split_residual=True, residual_fn_kwargs={"learned": learned})
 
     def build(lib):
         return lib.TransformerWrapper(
             num_tokens=20, max_seq_len=16, attn_layers=lib.Encoder(**flags)
-        ).double()
+        )
 
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = build(xt)
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    theirs.eval()
-    ours = from_x_transformers(theirs.state_dict(), build(x_attn)).eval()
+    theirs, ours = xt_pair(build)
     tokens = torch.randint(0, 20, (2, 9), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[0, 6:] = False

@@ -791,6 +791,13 @@ FLAGS: tuple[FlagCase, ...] = (
         {"post_emb_norm": True},
     ),
     FlagCase(
+        "ff_deep_embed",
+        "feed-forward outputs scaled by a learned vector per token id and layer",
+        "2601.10639",
+        {},
+        {"ff_deep_embed": True},
+    ),
+    FlagCase(
         "emb_frac_gradient",
         "only a fraction of the gradient reaches the embeddings",
         "2105.13290",

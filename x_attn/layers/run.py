@@ -29,6 +29,7 @@ class _Counters:
     attn: int = 0  # attention runs so far (their cache entries come first)
     self_attn: int = 0  # self-attention runs so far (one memory each)
     shift: int = 0  # shifted runs so far
+    ff: int = 0  # feed-forward runs so far (ff_deep_embed scales)
     prev: dict[str, Tensor | None] = field(default_factory=lambda: {"a": None, "c": None})
     # the first run's raw values, by kind (value residual learning, add_value_residual)
     first_values: dict[str, Tensor | None] = field(default_factory=lambda: {"a": None, "c": None})
@@ -65,6 +66,9 @@ def run_layers(
             h, mem = _shift(layer, h, mem, state, counters)
         if layer.kind == "f":
             out = layer.run_block(h)
+            if state.get("ff_scales") is not None:  # ff_deep_embed: per-token, per-run vectors
+                out = out * state["ff_scales"][counters.ff]
+            counters.ff += 1
         else:
             out, ai = _attend(layer, h, mem, state, counters)
             counters.prev[layer.kind] = ai.logits
@@ -90,6 +94,7 @@ def _skip(layer: StackLayer, counters: _Counters) -> None:
     counters.attn += layer.kind != "f"
     counters.self_attn += layer.kind == "a"
     counters.shift += layer.shift is not None
+    counters.ff += layer.kind == "f"
 
 
 def _layer_mem(layer: StackLayer, state: dict, counters: _Counters, cond) -> Tensor | None:

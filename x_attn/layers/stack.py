@@ -16,6 +16,7 @@ from x_attn.cache.mems import mems_mask
 from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
 from x_attn.layers.conditioning import apply_norm, stack_condition
+from x_attn.layers.deep_embed import ff_scales
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.mv_split import CACHE_REASON as MV_SPLIT_CACHE_REASON
 from x_attn.layers.plan import make_plan
@@ -203,6 +204,7 @@ class AttentionLayers(nn.Module):
         route_additional_kv_to_top: bool = True,
         start_cache: bool = True,
         cross_attn_kv_residuals: list[Tensor | None] | Tensor | None = None,
+        deep_embeds_and_ids: tuple[Tensor, Tensor] | None = None,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -255,6 +257,9 @@ class AttentionLayers(nn.Module):
             cross_attn_kv_residuals: one (b, j, dc) tensor (or None) per cross-attention run,
                 or one (runs, b, j, dc) tensor: added to the context that run's keys and values
                 read. With a cache the context is projected at the first call, as ``context``.
+            deep_embeds_and_ids: (table (V, runs, d), ids (b, t)): feed-forward run k scales
+                its output by ``table[id, k]`` on the last t rows (see
+                :mod:`x_attn.layers.deep_embed`; TransformerWrapper's ``ff_deep_embed``).
         """
         owner = type(self).__name__
         check_float_input("x", x, self.dim, owner)
@@ -289,6 +294,8 @@ class AttentionLayers(nn.Module):
         kv_residuals = context_residuals_per_layer(
             cross_attn_kv_residuals, context, cross_runs, owner
         )
+        ff_runs = sum(self.layer_types[i] == "f" for i in order)
+        scales = ff_scales(deep_embeds_and_ids, n, ff_runs, self.dim, owner)
         condition = stack_condition(self, condition, b, n, mems)
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
@@ -296,11 +303,11 @@ class AttentionLayers(nn.Module):
             x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
         )
         if self.reversible is not None:
-            per_call = (mems, cache, extra_kv, global_mask)
+            per_call = (mems, cache, extra_kv, global_mask, scales)
             if return_attn or any(arg is not None for arg in per_call):
                 raise ValueError(
                     "reversible=True stacks run without mems, cache, return_attn, "
-                    "self_attn_additional_kv or global_mask "
+                    "self_attn_additional_kv, global_mask or deep_embeds_and_ids "
                     "(the two-stream update has no per-layer hidden state to keep)"
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
@@ -309,6 +316,7 @@ class AttentionLayers(nn.Module):
         state = dict(
             context=context,
             context_residuals=kv_residuals,
+            ff_scales=scales,
             context_mask=context_mask,
             attn_mask=attn_mask,
             positions=positions,

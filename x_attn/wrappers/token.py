@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from x_attn.cache import KVCache
 from x_attn.compat import drop_unsupported
+from x_attn.layers.deep_embed import deep_embed_table
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
@@ -66,6 +67,8 @@ class TransformerWrapper(SequenceWrapper):
         average_pool_embed, use_cls_token, num_cls_tokens, attn_pool, num_pooled_tokens,
             attn_pool_depth, dim_pooled_tokens: pooling (:mod:`x_attn.wrappers.pooling`).
         squeeze_out_last_dim: drop a last logits axis of size 1 (``logits_dim=1`` regressors).
+        ff_deep_embed: every feed-forward run scales its output by a learned vector of the
+            token id (init ones; :mod:`x_attn.layers.deep_embed`).
         input_not_include_cache: with a cache, ``x`` holds only the new tokens (True) or the
             whole sequence so far (False); None: a KVCache takes new tokens, intermediates
             the whole sequence (see :mod:`x_attn.wrappers.cache_input`).
@@ -103,6 +106,7 @@ class TransformerWrapper(SequenceWrapper):
         dim_pooled_tokens: int | None = None,
         squeeze_out_last_dim: bool = False,
         input_not_include_cache: bool | None = None,
+        ff_deep_embed: bool = False,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -138,6 +142,7 @@ class TransformerWrapper(SequenceWrapper):
         self.attn_pool = _attention_pool(
             attn_layers, attn_pool, num_pooled_tokens, attn_pool_depth, dim_pooled_tokens
         )
+        self.ff_deep_embed = deep_embed_table(ff_deep_embed, num_tokens, attn_layers, owner)
 
     def _init_pooling(self, use_cls_token: bool, num_cls_tokens: int) -> None:
         if use_cls_token:
@@ -198,6 +203,8 @@ class TransformerWrapper(SequenceWrapper):
         )
         new_positions(type(self).__name__, kwargs, given, x.shape[1])
         embed_ids, sum_embeds = per_token
+        if self.ff_deep_embed is not None:
+            kwargs["deep_embeds_and_ids"] = (self.ff_deep_embed, x)
         h = embed_tokens(self.token_emb, x, self.l2norm_embed, token_emb_kwargs)
         h = add_extra_embeds(h, self.embeds, embed_ids)
         out, inter, seq_mask = self._run_stack(
