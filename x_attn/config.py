@@ -473,6 +473,8 @@ class LayersConfig:
     orthog_residual: bool = False  # x_attn.layers.orthog_residual
     mv_split_residual: bool = False  # x_attn.layers.mv_split
     residual_fn_kwargs: dict[str, Any] = field(default_factory=dict)  # mv_split_residual's
+    reinject_input: bool = False  # every block reads the stack input again (layers/reinject.py)
+    learned_reinject_input_gate: bool = False
     use_layerscale: bool = False
     layerscale_init_value: float = 0.0
     scale_residual: bool | float = False

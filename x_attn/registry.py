@@ -659,6 +659,13 @@ FLAGS: tuple[FlagCase, ...] = (
         mems_ok=False,
     ),
     FlagCase(
+        "reinject_input",
+        "every block reads the stream plus a gated projection of the stack input",
+        "2604.12946",
+        {"reinject_input": True, "learned_reinject_input_gate": True},
+        mems_ok=False,
+    ),
+    FlagCase(
         "zero_init_branch_output",
         "branch output projections start at zero",
         "",

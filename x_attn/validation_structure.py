@@ -220,10 +220,28 @@ def _validate_update_rules(config: LayersConfig, owner: str, explicit: set[str])
         config,
         owner,
         explicit,
-        [("residual_fn_kwargs", "mv_split_residual=True", config.mv_split_residual)],
+        [
+            (
+                "residual_fn_kwargs",
+                "mv_split_residual=True",
+                config.mv_split_residual or not config.residual_fn_kwargs,
+            )
+        ],
     )
     if config.mv_split_residual:
         check_mv_split_kwargs(config.residual_fn_kwargs, owner)
+    _refuse_without(
+        config,
+        owner,
+        explicit,
+        [
+            (
+                "learned_reinject_input_gate",
+                "reinject_input=True",
+                config.reinject_input or not config.learned_reinject_input_gate,
+            )
+        ],
+    )
 
 
 def _any_nonzero(value: Any) -> bool:
@@ -244,6 +262,7 @@ def reversible_refusals(config: LayersConfig) -> dict[str, bool]:
         "pre_and_post_norm": config.pre_and_post_norm,
         "orthog_residual": config.orthog_residual,
         "mv_split_residual": config.mv_split_residual,
+        "reinject_input": config.reinject_input,
         "scale_residual": bool(config.scale_residual),
         "scale_residual_constant": config.scale_residual_constant != 1,
         "adaptive norms / layerscale (condition)": config.norm in ADAPTIVE_NORMS

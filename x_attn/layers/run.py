@@ -60,7 +60,8 @@ def run_layers(
             _skip(layer, counters)
             continue
         inter.layer_hiddens.append(x)
-        h = layer.normed(x, cond)
+        inj = state.get("injection")  # reinject_input: the block reads x + g * P x0
+        h = layer.normed(x if inj is None else x + inj, cond)
         mem = _layer_mem(layer, state, counters, cond)
         if layer.shift is not None:
             h, mem = _shift(layer, h, mem, state, counters)

@@ -20,6 +20,8 @@ from x_attn.layers.deep_embed import ff_scales
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.mv_split import CACHE_REASON as MV_SPLIT_CACHE_REASON
 from x_attn.layers.plan import make_plan
+from x_attn.layers.reinject import MEMS_REASON as REINJECT_MEMS_REASON
+from x_attn.layers.reinject import build_reinject, injection
 from x_attn.layers.run import run_layers, start_dual
 from x_attn.layers.run_checks import (
     check_global_tokens,
@@ -101,6 +103,9 @@ class AttentionLayers(nn.Module):
             qk_flags=first.qk_dim_flags if first else ("attn_dim_head",),
         )
         self.final_norm = make_final_norm(cfg)
+        self.reinject_input_proj, self.learned_reinject_input_gate = build_reinject(
+            cfg.dim, cfg.reinject_input, cfg.learned_reinject_input_gate
+        )
         streams = {"reversible": cfg.reversible, "resi_dual": cfg.resi_dual}
         self.unet = UNetSkips(cfg.dim, self.plan, owner, streams) if cfg.unet_skips else None
         # not registered as a submodule: it only re-wires the modules of self.layers
@@ -166,6 +171,8 @@ class AttentionLayers(nn.Module):
             )
         if self.config.mv_split_residual:
             return MV_SPLIT_CACHE_REASON
+        if self.config.reinject_input:
+            return REINJECT_MEMS_REASON
         return self._attention_reason()
 
     def explain(self) -> list[str]:
@@ -317,6 +324,7 @@ class AttentionLayers(nn.Module):
             context=context,
             context_residuals=kv_residuals,
             ff_scales=scales,
+            injection=injection(x, self.reinject_input_proj, self.learned_reinject_input_gate),
             context_mask=context_mask,
             attn_mask=attn_mask,
             positions=positions,
