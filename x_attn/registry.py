@@ -805,6 +805,16 @@ FLAGS: tuple[FlagCase, ...] = (
         {"ff_deep_embed": True},
     ),
     FlagCase(
+        "recycling",
+        "the model runs K times, each run adding a projection of the last run's outputs",
+        "",
+        {},
+        {"recycling": True, "train_max_recycle_steps": 2},
+        cacheable=False,
+        mems_ok=False,
+        stochastic=True,
+    ),
+    FlagCase(
         "emb_frac_gradient",
         "only a fraction of the gradient reaches the embeddings",
         "2105.13290",

@@ -27,6 +27,13 @@ from x_attn.validation import check_bool_mask, token_ids
 from x_attn.value_checks import require_all
 from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
+from x_attn.wrappers.recycling import (
+    RecycledProjection,
+    add,
+    check_recycling,
+    check_single_run_inputs,
+    recycle_count,
+)
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.token_io import (
     add_extra_embeds,
@@ -69,6 +76,8 @@ class TransformerWrapper(SequenceWrapper):
         squeeze_out_last_dim: drop a last logits axis of size 1 (``logits_dim=1`` regressors).
         ff_deep_embed: every feed-forward run scales its output by a learned vector of the
             token id (init ones; :mod:`x_attn.layers.deep_embed`).
+        recycling, train_max_recycle_steps: run the model several times, each run reading a
+            projection of the previous run's outputs (:mod:`x_attn.wrappers.recycling`).
         input_not_include_cache: with a cache, ``x`` holds only the new tokens (True) or the
             whole sequence so far (False); None: a KVCache takes new tokens, intermediates
             the whole sequence (see :mod:`x_attn.wrappers.cache_input`).
@@ -107,6 +116,8 @@ class TransformerWrapper(SequenceWrapper):
         squeeze_out_last_dim: bool = False,
         input_not_include_cache: bool | None = None,
         ff_deep_embed: bool = False,
+        recycling: bool = False,
+        train_max_recycle_steps: int = 4,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -143,6 +154,14 @@ class TransformerWrapper(SequenceWrapper):
             attn_layers, attn_pool, num_pooled_tokens, attn_pool_depth, dim_pooled_tokens
         )
         self.ff_deep_embed = deep_embed_table(ff_deep_embed, num_tokens, attn_layers, owner)
+        check_recycling(recycling, train_max_recycle_steps, owner)
+        self.train_max_recycle_steps = train_max_recycle_steps
+        self.recycled_proj = RecycledProjection(dim, emb_dim) if recycling else None
+        if recycling and (self.pools or self.attn_pool is not None or max_mem_len):
+            raise ValueError(
+                f"{owner}: recycling feeds back one output per token of one whole run; drop "
+                "pooling and max_mem_len (memories would hold one run only)"
+            )
 
     def _init_pooling(self, use_cls_token: bool, num_cls_tokens: int) -> None:
         if use_cls_token:
@@ -171,6 +190,7 @@ class TransformerWrapper(SequenceWrapper):
         sum_embeds: Tensor | None = None,
         token_emb_kwargs: dict[str, Any] | None = None,
         to_logits_kwargs: dict[str, Any] | None = None,
+        recycle_steps: int | None = None,
         **kwargs: Any,
     ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
@@ -194,6 +214,20 @@ class TransformerWrapper(SequenceWrapper):
         """
         if kwargs:  # the signature is read only when there is something to check
             drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
+        if self.recycled_proj is not None:
+            check_single_run_inputs(
+                "TransformerWrapper",
+                cache=cache,
+                mems=mems,
+                return_cache=return_cache,
+                return_mems=return_mems,
+                prepend_embeds=prepend_embeds,
+            )
+            sum_embeds = self._recycled(
+                x, mask, recycle_steps, sum_embeds, embed_ids, token_emb_kwargs, kwargs
+            )
+        elif recycle_steps is not None:
+            raise ValueError("TransformerWrapper: recycle_steps= needs recycling=True")
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
@@ -235,6 +269,26 @@ class TransformerWrapper(SequenceWrapper):
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
         )
+
+    def _recycled(self, x, mask, steps, sum_embeds, embed_ids, emb_kwargs, kwargs):
+        """``sum_embeds`` plus R e of the run before the last (None for one run); the earlier
+        runs take no gradient (see :mod:`x_attn.wrappers.recycling`)."""
+        steps = recycle_count(steps, self.training, self.train_max_recycle_steps)
+        recycled = None
+        for _ in range(steps - 1):
+            with torch.no_grad():
+                e = self(
+                    x,
+                    return_embeddings=True,
+                    mask=mask,
+                    recycle_steps=1,
+                    sum_embeds=add(sum_embeds, recycled),
+                    embed_ids=embed_ids,
+                    token_emb_kwargs=emb_kwargs,
+                    **kwargs,
+                )
+            recycled = self.recycled_proj(e)
+        return add(sum_embeds, recycled)
 
     def _new_inputs(
         self,
