@@ -157,11 +157,10 @@ class TransformerWrapper(SequenceWrapper):
         check_recycling(recycling, train_max_recycle_steps, owner)
         self.train_max_recycle_steps = train_max_recycle_steps
         self.recycled_proj = RecycledProjection(dim, emb_dim) if recycling else None
-        if recycling and (self.pools or self.attn_pool is not None or max_mem_len):
-            raise ValueError(
-                f"{owner}: recycling feeds back one output per token of one whole run; drop "
-                "pooling and max_mem_len (memories would hold one run only)"
-            )
+        if recycling and max_mem_len:
+            raise ValueError(f"{owner}: max_mem_len (memories of one run) with recycling")
+        if recycling and (self.pools or self.attn_pool is not None):
+            raise ValueError(f"{owner}: recycling feeds back one output per token; drop pooling")
 
     def _init_pooling(self, use_cls_token: bool, num_cls_tokens: int) -> None:
         if use_cls_token:
