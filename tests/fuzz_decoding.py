@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from fuzz_properties import close, finite, left_padding_refused
+from fuzz_properties import LEFT_PADDING_REFUSALS, close, finite, left_padding_refused
 from fuzz_strategies import VOCAB, Subject
 from torch import Tensor
 
@@ -224,7 +224,7 @@ def left_padded_equals_alone(s: Subject, lengths: list[int]) -> None:
     with torch.no_grad():
         result = refusable(
             lambda: s(tokens, mask=mask, seq_start_pos=start, return_cache=True),
-            "num_memory_tokens",  # memory tokens before left padding, with a convolution
+            *LEFT_PADDING_REFUSALS,  # refused by design (memory tokens, global token slots)
         )
         if result is REFUSED:
             return
@@ -240,7 +240,8 @@ def left_padded_equals_alone(s: Subject, lengths: list[int]) -> None:
 def padded_generation(s: Subject, lengths: list[int], steps: int) -> None:
     """Greedy generation of a left-padded batch == each prompt alone; cached == uncached."""
     prompts = _prompts(s, lengths)
-    batch = refusable(lambda: _generate(s, prompts, steps), "num_memory_tokens")
+    # left padding is refused by design for memory tokens and slot-anchored global tokens
+    batch = refusable(lambda: _generate(s, prompts, steps), *LEFT_PADDING_REFUSALS)
     if batch is REFUSED:
         return
     uncached = _generate(s, prompts, steps, cache_kv=False)

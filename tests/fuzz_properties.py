@@ -420,10 +420,9 @@ def low_precision(
     kernel and on the manual one (unless ``skip(kernel)``); gradients are finite. float16 draws
     whose exact activations or gradients leave float16's range are not held to that.
 
-    Top-k attention is discontinuous (a near tie flips in low precision), so with
-    attn_sparse_topk only finiteness is checked; so is LSH attention (attn_lsh): a key whose
-    rotated projection sits near a bucket boundary changes bucket under rounding (in float64 a
-    1e-3 nudge of the weights already moves its outputs by ~0.1).
+    Top-k attention and LSH attention are discontinuous (a near tie of the top-k or of the hash
+    argmax flips in low precision, moving a key to another bucket), so with attn_sparse_topk or
+    attn_lsh only finiteness is checked.
     """
     x = s.inputs()
     values, grads = float64_peaks(s, x, mask=mask)

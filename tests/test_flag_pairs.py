@@ -20,6 +20,7 @@ from flag_models import VOCAB, bind_condition, build, tokens
 
 from x_attn import Encoder, TransformerWrapper
 from x_attn.registry import FLAGS, FlagCase
+from x_attn.wrappers.autoregressive import uncacheable_reason
 
 FLAG_CASES = [c for c in FLAGS if c.name != "default"]
 # CI runs a covering subset: each flag meets the flags 1, 2, 3, 5, 8, 13, 21 and 34 places
@@ -68,7 +69,7 @@ def test_decoder_pair_is_causal_and_caches_exactly(a, b):
     with torch.no_grad():
         full = net(x)
         torch.testing.assert_close(net(changed)[:, :6], full[:, :6], rtol=0, atol=1e-12)
-        if net.attn_layers.uncacheable_reason is None:
+        if uncacheable_reason(net) is None:  # the stack's or a wrapper part's (recycling)
             logits, cache = net(x[:, :6], return_cache=True)
             steps = [logits]
             for t in range(6, 10):

@@ -14,12 +14,12 @@ Shape legend: b batch, n sequence.
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
 xt = pytest.importorskip("x_transformers")
+
+from xt_pairs import jittered_x_transformers  # noqa: E402
 
 import x_attn  # noqa: E402
 from x_attn.interop import from_x_transformers  # noqa: E402
@@ -73,14 +73,7 @@ def _exact_numerics(theirs: torch.nn.Module, ours: torch.nn.Module) -> None:
 
 
 def _jittered(build) -> torch.nn.Module:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = build(xt).double()
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return theirs.eval()
+    return jittered_x_transformers(build)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

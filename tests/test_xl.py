@@ -32,6 +32,9 @@ MEMS_REFUSED = {
     "shift_tokens": "shift_tokens",
     "attn_lsh": "attn_lsh",
     "attn_linformer": "attn_linformer",
+    "mv_split_residual": "mv_split_residual",
+    "reinject_input": "reinject_input",
+    "recycling": "recycling",
 }
 ATOL = 1e-9
 

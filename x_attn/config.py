@@ -42,6 +42,7 @@ class AttentionConfig:
     sparse_topk: int | None = None
     use_entmax15: bool = False
     cog_signed: bool = False  # signed softmax, negative weights (features/cog_signed.py)
+    inverted_attention: bool = False  # softmax over the queries (features/inverted.py)
     talking_heads: bool = False
     pre_talking_heads: bool = False
     post_talking_heads: bool = False
@@ -481,6 +482,11 @@ class LayersConfig:
     resi_dual: bool = False
     resi_dual_scale: float = 1.0
     unet_skips: bool = False  # long skips between mirrored blocks (x_attn.layers.unet)
+    orthog_residual: bool = False  # x_attn.layers.orthog_residual
+    mv_split_residual: bool = False  # x_attn.layers.mv_split
+    residual_fn_kwargs: dict[str, Any] = field(default_factory=dict)  # mv_split_residual's
+    reinject_input: bool = False  # every block reads the stack input again (layers/reinject.py)
+    learned_reinject_input_gate: bool = False
     use_layerscale: bool = False
     layerscale_init_value: float = 0.0
     scale_residual: bool | float = False

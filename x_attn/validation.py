@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from x_attn.attention.features.inverted import check_inverted
 from x_attn.config import LayersConfig
 from x_attn.layer_plan import describe_plan, refuse_unread_options
 from x_attn.layers.plan import stack_types
@@ -78,6 +79,7 @@ def validate_layers(config: LayersConfig, owner: str, explicit: set[str]) -> Non
         raise ValueError(f"{owner}: position_infused_attn needs an even dim, got dim={config.dim}")
     _validate_self_only(owner, explicit)
     _validate_mta(config, owner, explicit)
+    check_inverted(config, owner, explicit)
 
 
 # self-attention-only mechanisms: cross_attn_<name> prefix -> why cross-attention cannot run it

@@ -11,6 +11,7 @@ import warnings
 from typing import Any
 
 from x_attn.config import LayersConfig
+from x_attn.layers.mv_split import check_kwargs as check_mv_split_kwargs
 from x_attn.layers.norms import EPS_NORM_KINDS
 from x_attn.layers.plan import make_plan, per_module
 from x_attn.layers.shift import shift_amounts
@@ -41,6 +42,7 @@ def validate_structure(config: LayersConfig, owner: str, explicit: set[str]) -> 
     _validate_resi_dual(config, owner, explicit)
     _validate_scales(config, owner, explicit)
     _validate_conditioning(config, owner, explicit)
+    _validate_update_rules(config, owner, explicit)
 
 
 def _validate_plan(config: LayersConfig, owner: str) -> None:
@@ -197,6 +199,51 @@ def _validate_conditioning(config: LayersConfig, owner: str, explicit: set[str])
         )
 
 
+def _validate_update_rules(config: LayersConfig, owner: str, explicit: set[str]) -> None:
+    """orthog_residual / mv_split_residual replace the residual rule: one rule per stack."""
+    rules = [
+        name
+        for name, on in (
+            ("orthog_residual", config.orthog_residual),
+            ("mv_split_residual", config.mv_split_residual),
+            ("gate_residual", config.gate_residual),
+            ("use_rezero", config.use_rezero),
+        )
+        if on
+    ]
+    if len(rules) > 1:
+        raise ValueError(
+            f"{owner}: {' and '.join(rules)} are different residual rules (how a branch joins "
+            "the stream); choose one"
+        )
+    _refuse_without(
+        config,
+        owner,
+        explicit,
+        [
+            (
+                "residual_fn_kwargs",
+                "mv_split_residual=True",
+                config.mv_split_residual or not config.residual_fn_kwargs,
+            )
+        ],
+    )
+    if config.mv_split_residual:
+        check_mv_split_kwargs(config.residual_fn_kwargs, owner)
+    _refuse_without(
+        config,
+        owner,
+        explicit,
+        [
+            (
+                "learned_reinject_input_gate",
+                "reinject_input=True",
+                config.reinject_input or not config.learned_reinject_input_gate,
+            )
+        ],
+    )
+
+
 def _any_nonzero(value: Any) -> bool:
     return any(value) if isinstance(value, (tuple, list)) else bool(value)
 
@@ -213,6 +260,9 @@ def reversible_refusals(config: LayersConfig) -> dict[str, bool]:
         "layers_execute_order": config.layers_execute_order is not None,
         "resi_dual": config.resi_dual,
         "pre_and_post_norm": config.pre_and_post_norm,
+        "orthog_residual": config.orthog_residual,
+        "mv_split_residual": config.mv_split_residual,
+        "reinject_input": config.reinject_input,
         "scale_residual": bool(config.scale_residual),
         "scale_residual_constant": config.scale_residual_constant != 1,
         "adaptive norms / layerscale (condition)": config.norm in ADAPTIVE_NORMS

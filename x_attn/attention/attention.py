@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from x_attn.attention.additional_kv import prepend_keys
 from x_attn.attention.calls import cross_call, self_call
 from x_attn.attention.features.catalog import assemble
+from x_attn.attention.features.inverted import query_padding_mask
 from x_attn.attention.features.spec import FeatureContext
 from x_attn.attention.features.stages import BoundKeys
 from x_attn.attention.muon_clip import attention_muon_parameters, qk_clip_
@@ -156,6 +157,7 @@ class Attention(nn.Module):
         self.neighbour_flags = parts.neighbour_flags
         # why this layer cannot decode with a KV cache or take memories (None: it can)
         self.uncacheable_reason: str | None = parts.uncacheable
+        self.hides_padded_queries = parts.hides_padded_queries  # inverted attention
         # mask rules of self-attention calls, by causality (a call may override the layer's)
         self._rules = {True: (CAUSAL, *parts.rules), False: parts.rules}
         self.rules = self._rules[causal]
@@ -317,6 +319,11 @@ class Attention(nn.Module):
         ):
             given = "cache" if cache is not None else "mem"
             raise ValueError(f"Attention: '{given}' cannot be used: {self.uncacheable_reason}")
+        if context is None and self.hides_padded_queries:
+            raise ValueError(
+                "Attention: inverted attention (softmax over the queries) is implemented for "
+                "cross-attention calls; pass context="
+            )
         if context is None:
             entry = cache if cache is not None else self.new_cache_entry()
             rules = self.rules if causal is None else self._rules[bool(causal)]
@@ -327,6 +334,8 @@ class Attention(nn.Module):
                 "call (with a context) has none, so drop causal="
             )
         entry = cache if cache is not None else self.new_context_entry()
+        if self.hides_padded_queries and mask is not None:
+            attn_mask = query_padding_mask(mask, context.shape[1], attn_mask)
         return cross_call(x, context, context_mask, attn_mask, entry, positions)
 
 

@@ -44,6 +44,7 @@ LAYER_RULES = [
     (r"^1\.(?:fn\.)*gamma$", "layerscale.gamma"),
     (r"^1\.(?:fn\.)*to_gamma\.(.+)$", r"layerscale.to_gamma.\1"),
     (r"^2\.residual_scale$", "residual_scale"),
+    (r"^2\.(alpha|beta|to_alpha\.\w+|to_beta\.\w+)$", r"residual.\1"),  # mv_split_residual
     # feed-forward
     (r"^1\.(?:fn\.)*ff\.0\.(?:0|proj)\.(.+)$", r"block.proj_in.\1"),
     (r"^1\.(?:fn\.)*ff\.0\.mult_bias$", "block.mult_bias"),
@@ -114,6 +115,7 @@ def from_x_transformers(
     state = _state_dict(source)
     target = model.state_dict()
     stacks = _stacks(model)
+    _refuse_different_rules(stacks)
     mapped = {}
     for key, value in state.items():
         name, value = _convert(key, value, model, stacks)
@@ -143,6 +145,24 @@ def from_x_transformers(
             mapped[name] = torch.zeros_like(value)
     model.load_state_dict(mapped)
     return model
+
+
+def _refuse_different_rules(stacks: dict[str, AttentionLayers]) -> None:
+    """Flags both libraries accept but compute differently, with no weight to tell them by."""
+    for stack in stacks.values():
+        cfg = stack.config
+        if cfg.orthog_residual:
+            raise ValueError(
+                "from_x_transformers: orthog_residual projects each token's update in x_attn "
+                "but a whole sequence's in x-transformers 2.31; the checkpoint would compute "
+                "differently (docs/compat.md)"
+            )
+        if cfg.mv_split_residual and cfg.causal:
+            raise ValueError(
+                "from_x_transformers: mv_split_residual in a causal stack takes running token "
+                "means in x_attn but whole-sequence means in x-transformers 2.31; the "
+                "checkpoint would compute differently (docs/compat.md)"
+            )
 
 
 def _state_dict(source: Any) -> dict[str, Tensor]:

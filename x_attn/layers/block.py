@@ -89,13 +89,25 @@ class StackLayer(nn.Module):
             out = apply_norm(self.branch_norm, out, condition)
         return out
 
-    def merge(self, out: Tensor, residual: Tensor, condition: Tensor | None = None) -> Tensor:
-        """The stream after the block: residual rule, then the post-norm if any."""
+    def merge(
+        self,
+        out: Tensor,
+        residual: Tensor,
+        condition: Tensor | None = None,
+        sequence: tuple[Tensor | None, bool] = (None, False),
+    ) -> Tensor:
+        """The stream after the block: residual rule, then the post-norm if any.
+
+        ``sequence``: the padding mask (b, n) and causality of the call, for a rule that
+        takes token means (``reads_sequence``, mv_split_residual)."""
         if self.residual_scale is not None:
             residual = residual * self.residual_scale
         if self.residual_constant != 1.0:
             residual = residual * self.residual_constant
-        x = self.residual(out, residual)
+        if getattr(self.residual, "reads_sequence", False):
+            x = self.residual(out, residual, *sequence)
+        else:
+            x = self.residual(out, residual)
         if not self.pre_norm:
             x = apply_norm(self.norm, x, condition)
         if self.post_norm is not None:

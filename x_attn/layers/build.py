@@ -16,7 +16,9 @@ from x_attn.layers.block import StackLayer
 from x_attn.layers.conditioning import AdaptiveLayerScale, condition_mlp
 from x_attn.layers.feedforward import FeedForward, zero_init_
 from x_attn.layers.layerscale import LayerScale
+from x_attn.layers.mv_split import MVSplitResidual
 from x_attn.layers.norms import make_norm
+from x_attn.layers.orthog_residual import OrthogonalResidual
 from x_attn.layers.pattern import macaron_ff_scale
 from x_attn.layers.plan import LayerPlan, per_module
 from x_attn.layers.residual import make_residual
@@ -73,9 +75,7 @@ def build_layer(
     norm = nn.Identity() if cfg.use_rezero else stack_norm(cfg)
     # under a sandwich norm the macaron half step acts before the norm, as in x-transformers
     res_scale, branch_scale = (1.0, scale) if cfg.sandwich_norm else (scale, 1.0)
-    residual = make_residual(
-        cfg.dim, rezero=cfg.use_rezero, gated=cfg.gate_residual, scale=res_scale
-    )
+    residual = _residual_rule(cfg, res_scale)
     layer = StackLayer(kind, norm, block, residual, cfg.pre_norm and not cfg.resi_dual)
     if not isinstance(cfg.scale_residual, bool):
         branch_scale *= float(cfg.scale_residual)
@@ -91,6 +91,16 @@ def build_layer(
     elif cfg.use_adaptive_layerscale:
         layer.layerscale = AdaptiveLayerScale(cfg.dim, norm_dim)
     return layer
+
+
+def _residual_rule(cfg: LayersConfig, scale: float) -> nn.Module:
+    """The rule merging a branch into the stream: orthogonal, mean-variance split or the
+    plain / ReZero / gated ones (:func:`make_residual`)."""
+    if cfg.orthog_residual:
+        return OrthogonalResidual(cfg.dim, scale=scale)
+    if cfg.mv_split_residual:
+        return MVSplitResidual(cfg.dim, scale=scale, **cfg.residual_fn_kwargs)
+    return make_residual(cfg.dim, rezero=cfg.use_rezero, gated=cfg.gate_residual, scale=scale)
 
 
 def stack_norm(cfg: LayersConfig) -> nn.Module:

@@ -29,6 +29,7 @@ class _Counters:
     attn: int = 0  # attention runs so far (their cache entries come first)
     self_attn: int = 0  # self-attention runs so far (one memory each)
     shift: int = 0  # shifted runs so far
+    ff: int = 0  # feed-forward runs so far (ff_deep_embed scales)
     prev: dict[str, Tensor | None] = field(default_factory=lambda: {"a": None, "c": None})
     # the first run's raw values, by kind (value residual learning, add_value_residual)
     first_values: dict[str, Tensor | None] = field(default_factory=lambda: {"a": None, "c": None})
@@ -59,12 +60,16 @@ def run_layers(
             _skip(layer, counters)
             continue
         inter.layer_hiddens.append(x)
-        h = layer.normed(x, cond)
+        inj = state.get("injection")  # reinject_input: the block reads x + g * P x0
+        h = layer.normed(x if inj is None else x + inj, cond)
         mem = _layer_mem(layer, state, counters, cond)
         if layer.shift is not None:
             h, mem = _shift(layer, h, mem, state, counters)
         if layer.kind == "f":
             out = layer.run_block(h)
+            if state.get("ff_scales") is not None:  # ff_deep_embed: per-token, per-run vectors
+                out = out * state["ff_scales"][counters.ff]
+            counters.ff += 1
         else:
             out, ai = _attend(layer, h, mem, state, counters)
             counters.prev[layer.kind] = ai.logits
@@ -79,7 +84,7 @@ def run_layers(
         out = layer.post_branch(out, cond)
         if dual is not None:
             dual.add(out)
-        x = layer.merge(out, x, cond)
+        x = layer.merge(out, x, cond, (state["mask"], state["seq_causal"]))
     return x
 
 
@@ -93,6 +98,7 @@ def _skip(layer: StackLayer, counters: _Counters) -> None:
     counters.attn += layer.kind != "f"
     counters.self_attn += layer.kind == "a"
     counters.shift += layer.shift is not None
+    counters.ff += layer.kind == "f"
 
 
 def _layer_mem(layer: StackLayer, state: dict, counters: _Counters, cond) -> Tensor | None:
@@ -138,9 +144,12 @@ def _attend(layer: StackLayer, h: Tensor, mem: Tensor | None, state: dict, count
         return_intermediates=True,
     )
     if layer.kind == "c":
+        context, residuals = state["context"], state.get("context_residuals")
+        residual = None if residuals is None else residuals[counters.attn - counters.self_attn - 1]
         return layer.run_block(
             h,
-            state["context"],
+            context if residual is None else context + residual,
+            mask=state["mask"],
             context_mask=state["context_mask"],
             positions=state["positions"],
             **common,

@@ -17,8 +17,12 @@ from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
 from x_attn.layers.conditioning import apply_norm, stack_condition
 from x_attn.layers.feedforward import FeedForward
+from x_attn.layers.deep_embed import ff_scales
 from x_attn.layers.intermediates import LayerIntermediates
+from x_attn.layers.mv_split import CACHE_REASON as MV_SPLIT_CACHE_REASON
 from x_attn.layers.plan import make_plan
+from x_attn.layers.reinject import MEMS_REASON as REINJECT_MEMS_REASON
+from x_attn.layers.reinject import build_reinject, injection
 from x_attn.layers.run import run_layers, start_dual
 from x_attn.layers.run_checks import (
     check_global_tokens,
@@ -26,7 +30,11 @@ from x_attn.layers.run_checks import (
     run_order,
     working_cache,
 )
-from x_attn.layers.stack_inputs import additional_kv_per_layer, check_stack_inputs
+from x_attn.layers.stack_inputs import (
+    additional_kv_per_layer,
+    check_stack_inputs,
+    context_residuals_per_layer,
+)
 from x_attn.layers.unet import UNetSkips
 from x_attn.positional.context import PositionContext
 from x_attn.positional.custom import position_values, table_values
@@ -96,6 +104,9 @@ class AttentionLayers(nn.Module):
             qk_flags=first.qk_dim_flags if first else ("attn_dim_head",),
         )
         self.final_norm = make_final_norm(cfg)
+        self.reinject_input_proj, self.learned_reinject_input_gate = build_reinject(
+            cfg.dim, cfg.reinject_input, cfg.learned_reinject_input_gate
+        )
         streams = {"reversible": cfg.reversible, "resi_dual": cfg.resi_dual}
         self.unet = UNetSkips(cfg.dim, self.plan, owner, streams) if cfg.unet_skips else None
         # not registered as a submodule: it only re-wires the modules of self.layers
@@ -140,6 +151,8 @@ class AttentionLayers(nn.Module):
             return "reversible=True keeps no per-layer keys/values (two-stream update)"
         if not self.causal and self._shift_runs(self.plan.order):
             return "shift_tokens in a non-causal stack reads later tokens"
+        if self.config.mv_split_residual:
+            return MV_SPLIT_CACHE_REASON
         return self._attention_reason()
 
     def _attention_reason(self) -> str | None:
@@ -157,6 +170,10 @@ class AttentionLayers(nn.Module):
                 "shift_tokens on a feed-forward or cross-attention layer needs that layer's "
                 "earlier inputs, which mems (self-attention inputs) do not hold"
             )
+        if self.config.mv_split_residual:
+            return MV_SPLIT_CACHE_REASON
+        if self.config.reinject_input:
+            return REINJECT_MEMS_REASON
         return self._attention_reason()
 
     def explain(self) -> list[str]:
@@ -194,6 +211,8 @@ class AttentionLayers(nn.Module):
         detach_additional_kv: bool = False,
         route_additional_kv_to_top: bool = True,
         start_cache: bool = True,
+        cross_attn_kv_residuals: list[Tensor | None] | Tensor | None = None,
+        deep_embeds_and_ids: tuple[Tensor, Tensor] | None = None,
     ):
         """Run the stack on ``x`` (b, n, d).
 
@@ -243,6 +262,12 @@ class AttentionLayers(nn.Module):
             start_cache: with ``return_hiddens=True`` and no ``cache``, start a cache that the
                 intermediates carry (False: they carry none; a wrapper that starts its own
                 cache only when asked passes False, so a training forward copies no keys).
+            cross_attn_kv_residuals: one (b, j, dc) tensor (or None) per cross-attention run,
+                or one (runs, b, j, dc) tensor: added to the context that run's keys and values
+                read. With a cache the context is projected at the first call, as ``context``.
+            deep_embeds_and_ids: (table (V, runs, d), ids (b, t)): feed-forward run k scales
+                its output by ``table[id, k]`` on the last t rows (see
+                :mod:`x_attn.layers.deep_embed`; TransformerWrapper's ``ff_deep_embed``).
         """
         owner = type(self).__name__
         check_float_input("x", x, self.dim, owner)
@@ -273,6 +298,12 @@ class AttentionLayers(nn.Module):
             route_additional_kv_to_top,
             owner,
         )
+        cross_runs = sum(self.layer_types[i] == "c" for i in order)
+        kv_residuals = context_residuals_per_layer(
+            cross_attn_kv_residuals, context, cross_runs, owner
+        )
+        ff_runs = sum(self.layer_types[i] == "f" for i in order)
+        scales = ff_scales(deep_embeds_and_ids, n, ff_runs, self.dim, owner)
         condition = stack_condition(self, condition, b, n, mems)
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
@@ -280,11 +311,11 @@ class AttentionLayers(nn.Module):
             x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
         )
         if self.reversible is not None:
-            per_call = (mems, cache, extra_kv, global_mask)
+            per_call = (mems, cache, extra_kv, global_mask, scales)
             if return_attn or any(arg is not None for arg in per_call):
                 raise ValueError(
                     "reversible=True stacks run without mems, cache, return_attn, "
-                    "self_attn_additional_kv or global_mask "
+                    "self_attn_additional_kv, global_mask or deep_embeds_and_ids "
                     "(the two-stream update has no per-layer hidden state to keep)"
                 )
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
@@ -292,6 +323,9 @@ class AttentionLayers(nn.Module):
         inter = LayerIntermediates(cache=cache, mask=mask)
         state = dict(
             context=context,
+            context_residuals=kv_residuals,
+            ff_scales=scales,
+            injection=injection(x, self.reinject_input_proj, self.learned_reinject_input_gate),
             context_mask=context_mask,
             attn_mask=attn_mask,
             positions=positions,
@@ -304,6 +338,7 @@ class AttentionLayers(nn.Module):
             return_hiddens=return_hiddens,
             condition=condition,
             causal=causal,
+            seq_causal=self.causal if causal is None else bool(causal),
             dual=start_dual(x, self.config.resi_dual, self.config.resi_dual_scale),
             additional_kv=extra_kv or [None] * self_runs,
             additional_kv_mask=additional_kv_mask,

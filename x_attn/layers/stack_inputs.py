@@ -84,3 +84,43 @@ def additional_kv_per_layer(
             )
         kvs = [(e.k, e.v) for e in kvs.cache.entries if getattr(e, "kind", "") == "kv"]
     return route_additional_kv(kvs, layers, detach, to_top, owner)
+
+
+def context_residuals_per_layer(
+    residuals: Any, context: Tensor | None, runs: int, owner: str
+) -> list[Tensor | None] | None:
+    """``cross_attn_kv_residuals``: one (b, j, dc) tensor (or None) per cross-attention run,
+    added to the context that run's keys and values read. Given as a list / tuple or one
+    (runs, b, j, dc) tensor; None when not given."""
+    if residuals is None:
+        return None
+    if context is None:
+        raise ValueError(
+            f"{owner}: 'cross_attn_kv_residuals' is added to the context of the cross-attention "
+            "layers; pass context= as well (and build the stack with cross_attend=True)"
+        )
+    if isinstance(residuals, Tensor):
+        if residuals.ndim != 4:
+            raise ValueError(
+                f"{owner}: 'cross_attn_kv_residuals' as one tensor must be (layers, batch, "
+                f"context_len, dim_context), got shape {tuple(residuals.shape)}"
+            )
+        residuals = list(residuals.unbind(0))
+    if not isinstance(residuals, (list, tuple)):
+        raise TypeError(
+            f"{owner}: 'cross_attn_kv_residuals' must be a tensor or a list of tensors, got "
+            f"{type(residuals).__name__}"
+        )
+    if len(residuals) != runs:
+        raise ValueError(
+            f"{owner}: 'cross_attn_kv_residuals' has {len(residuals)} entries, but this call "
+            f"runs {runs} cross-attention layers; give one per layer (None for none)"
+        )
+    for r in residuals:
+        if r is not None and (not isinstance(r, Tensor) or r.shape != context.shape):
+            shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+            raise ValueError(
+                f"{owner}: each of 'cross_attn_kv_residuals' must have the context's shape "
+                f"{tuple(context.shape)}, got {shape}"
+            )
+    return list(residuals)

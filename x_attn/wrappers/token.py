@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from x_attn.cache import KVCache
 from x_attn.compat import drop_unsupported
+from x_attn.layers.deep_embed import deep_embed_table
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
@@ -28,6 +29,13 @@ from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.mixture_of_softmax import MixtureOfSoftmax
 from x_attn.wrappers.next_embed import build_next_embed_head
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
+from x_attn.wrappers.recycling import (
+    RecycledProjection,
+    add,
+    check_recycling,
+    check_single_run_inputs,
+    recycle_count,
+)
 from x_attn.wrappers.sequence import SequenceWrapper
 from x_attn.wrappers.token_io import (
     add_extra_embeds,
@@ -72,6 +80,10 @@ class TransformerWrapper(SequenceWrapper):
             softmaxes over the head (:mod:`x_attn.wrappers.mixture_of_softmax`).
         add_continuous_pred_head: a head predicting the next position's input embedding
             (:mod:`x_attn.wrappers.next_embed`), trained by AutoregressiveWrapper.
+        ff_deep_embed: every feed-forward run scales its output by a learned vector of the
+            token id (init ones; :mod:`x_attn.layers.deep_embed`).
+        recycling, train_max_recycle_steps: run the model several times, each run reading a
+            projection of the previous run's outputs (:mod:`x_attn.wrappers.recycling`).
         input_not_include_cache: with a cache, ``x`` holds only the new tokens (True) or the
             whole sequence so far (False); None: a KVCache takes new tokens, intermediates
             the whole sequence (see :mod:`x_attn.wrappers.cache_input`).
@@ -112,6 +124,9 @@ class TransformerWrapper(SequenceWrapper):
         mixture_of_softmax: bool = False,
         mixture_of_softmax_k: int = 4,
         add_continuous_pred_head: bool = False,
+        ff_deep_embed: bool = False,
+        recycling: bool = False,
+        train_max_recycle_steps: int = 4,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -154,6 +169,14 @@ class TransformerWrapper(SequenceWrapper):
         self.attn_pool = _attention_pool(
             attn_layers, attn_pool, num_pooled_tokens, attn_pool_depth, dim_pooled_tokens
         )
+        self.ff_deep_embed = deep_embed_table(ff_deep_embed, num_tokens, attn_layers, owner)
+        check_recycling(recycling, train_max_recycle_steps, owner)
+        self.train_max_recycle_steps = train_max_recycle_steps
+        self.recycled_proj = RecycledProjection(dim, emb_dim) if recycling else None
+        if recycling and max_mem_len:
+            raise ValueError(f"{owner}: max_mem_len (memories of one run) with recycling")
+        if recycling and (self.pools or self.attn_pool is not None):
+            raise ValueError(f"{owner}: recycling feeds back one output per token; drop pooling")
 
     def _init_pooling(self, use_cls_token: bool, num_cls_tokens: int) -> None:
         if use_cls_token:
@@ -183,6 +206,7 @@ class TransformerWrapper(SequenceWrapper):
         token_emb_kwargs: dict[str, Any] | None = None,
         to_logits_kwargs: dict[str, Any] | None = None,
         return_next_embed_pred: bool = False,
+        recycle_steps: int | None = None,
         **kwargs: Any,
     ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
@@ -208,6 +232,20 @@ class TransformerWrapper(SequenceWrapper):
         """
         if kwargs:  # the signature is read only when there is something to check
             drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
+        if self.recycled_proj is not None:
+            check_single_run_inputs(
+                "TransformerWrapper",
+                cache=cache,
+                mems=mems,
+                return_cache=return_cache,
+                return_mems=return_mems,
+                prepend_embeds=prepend_embeds,
+            )
+            sum_embeds = self._recycled(
+                x, mask, recycle_steps, sum_embeds, embed_ids, token_emb_kwargs, kwargs
+            )
+        elif recycle_steps is not None:
+            raise ValueError("TransformerWrapper: recycle_steps= needs recycling=True")
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
         self._check_next_embed(return_next_embed_pred)
@@ -218,6 +256,8 @@ class TransformerWrapper(SequenceWrapper):
         )
         new_positions(type(self).__name__, kwargs, given, x.shape[1])
         embed_ids, sum_embeds = per_token
+        if self.ff_deep_embed is not None:
+            kwargs["deep_embeds_and_ids"] = (self.ff_deep_embed, x)
         h = embed_tokens(self.token_emb, x, self.l2norm_embed, token_emb_kwargs)
         h = add_extra_embeds(h, self.embeds, embed_ids)
         out, inter, seq_mask = self._run_stack(
@@ -251,6 +291,26 @@ class TransformerWrapper(SequenceWrapper):
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
         )
+
+    def _recycled(self, x, mask, steps, sum_embeds, embed_ids, emb_kwargs, kwargs):
+        """``sum_embeds`` plus R e of the run before the last (None for one run); the earlier
+        runs take no gradient (see :mod:`x_attn.wrappers.recycling`)."""
+        steps = recycle_count(steps, self.training, self.train_max_recycle_steps)
+        recycled = None
+        for _ in range(steps - 1):
+            with torch.no_grad():
+                e = self(
+                    x,
+                    return_embeddings=True,
+                    mask=mask,
+                    recycle_steps=1,
+                    sum_embeds=add(sum_embeds, recycled),
+                    embed_ids=embed_ids,
+                    token_emb_kwargs=emb_kwargs,
+                    **kwargs,
+                )
+            recycled = self.recycled_proj(e)
+        return add(sum_embeds, recycled)
 
     def _new_inputs(
         self,

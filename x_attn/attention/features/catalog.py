@@ -21,6 +21,7 @@ from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.gumbel import GUMBEL_SOFTMAX_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
+from x_attn.attention.features.inverted import INVERTED_SPEC
 from x_attn.attention.features.l2_distance import L2_DISTANCE_SPEC
 from x_attn.attention.features.laser import LASER_LOG_SPEC, LASER_VALUES_SPEC
 from x_attn.attention.features.linear_attn import LINEAR_ATTN_SPEC
@@ -85,6 +86,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     GUMBEL_SOFTMAX_SPEC,
     COG_SIGNED_SPEC,
     LASER_LOG_SPEC,
+    INVERTED_SPEC,
     MTA_HEAD_NORM_SPEC,
     HEAD_SCALE_SPEC,
     VALUE_HEAD_GATES_SPEC,
@@ -128,6 +130,7 @@ class AttentionParts:
     needs: list[Need] = field(default_factory=list)
     neighbour_flags: tuple[str, ...] = ()  # flags of features that read neighbouring positions
     uncacheable: str | None = None  # why the layer cannot decode with a cache (None: it can)
+    hides_padded_queries: bool = False  # a feature normalises over the queries
 
 
 def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
@@ -169,6 +172,7 @@ def assemble(ctx: FeatureContext, owner: str = "Attention") -> AttentionParts:
         scale=ctx.scale,
         neighbour_flags=tuple(s.flag(ctx) for s in active if s.reads_neighbours),
         uncacheable=next((s.uncacheable for s in active if s.uncacheable), None),
+        hides_padded_queries=any(s.hides_padded_queries for s in active),
     )
 
 

@@ -142,6 +142,8 @@ class FeatureSpec:
             feature may set it).
         uncacheable: why a layer with it can neither decode with a KV cache nor take
             Transformer-XL memories (None: it can); generation then runs without a cache.
+        hides_padded_queries: it normalises over the queries, so padded queries (the
+            stack's ``mask``) must be hidden from it in cross-attention calls too.
         reads_neighbours: it mixes neighbouring positions (a convolution over rows or keys),
             so padding placed between real positions changes a row's result; wrappers refuse
             to create such gaps (memory tokens in front of left padding).
@@ -164,6 +166,7 @@ class FeatureSpec:
     scale: Callable[[FeatureContext], float] | None = None
     reads_neighbours: bool = False
     uncacheable: str | None = None
+    hides_padded_queries: bool = False
 
     def flag(self, ctx: FeatureContext) -> str:
         return self.flag_of(ctx) if self.flag_of is not None else ctx.flag(self.name)

@@ -1,0 +1,39 @@
+"""x-transformers and x_attn models with the same weights, for equality tests.
+
+``xt_pair(build)`` builds ``build(x_transformers)`` (float64, weights jittered so that zero- or
+identity-initialised parts are active, eval mode) and loads its state_dict into
+``build(x_attn)`` with :func:`x_attn.interop.from_x_transformers`. Skips the test when
+x-transformers is not installed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+
+def jittered_x_transformers(build: Callable[[Any], torch.nn.Module]) -> torch.nn.Module:
+    """``build(x_transformers)`` in float64 and eval mode, every weight jittered."""
+    xt = pytest.importorskip("x_transformers")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = build(xt).double()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return theirs.eval()
+
+
+def xt_pair(build: Callable[[Any], torch.nn.Module]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(theirs, ours), both float64 in eval mode, with the same weights."""
+    import x_attn
+    from x_attn.interop import from_x_transformers
+
+    theirs = jittered_x_transformers(build)
+    ours = from_x_transformers(theirs.state_dict(), build(x_attn).double())
+    return theirs, ours.eval()
