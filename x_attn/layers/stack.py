@@ -16,8 +16,8 @@ from x_attn.cache.mems import mems_mask
 from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
 from x_attn.layers.conditioning import apply_norm, stack_condition
-from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.deep_embed import ff_scales
+from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.mv_split import CACHE_REASON as MV_SPLIT_CACHE_REASON
 from x_attn.layers.plan import make_plan
