@@ -115,17 +115,15 @@ def test_wrapper_constructor_and_forward_flags() -> None:
         num_tokens=16,
         max_seq_len=8,
         attn_layers=layers,
-        mixture_of_softmax=False,
+        sigsoftmax_logits=False,
         num_output_heads=1,
     )
     x = torch.randint(0, 16, (1, 5))
     torch.testing.assert_close(model(x, return_logit_entropies=False, detach_mems=True), model(x))
-    assert "mixture_of_softmax" not in to_config(model)["kwargs"]  # dropped: not recorded
+    assert "sigsoftmax_logits" not in to_config(model)["kwargs"]  # dropped: not recorded
     from_config(to_config(model))
     with pytest.raises(UnsupportedFlagError, match="TransformerWrapper: x-transformers flag"):
-        TransformerWrapper(
-            num_tokens=16, max_seq_len=8, attn_layers=layers, mixture_of_softmax=True
-        )
+        TransformerWrapper(num_tokens=16, max_seq_len=8, attn_layers=layers, sigsoftmax_logits=True)
     with pytest.raises(UnsupportedFlagError, match=r"TransformerWrapper\.forward: x-transformers"):
         model(x, return_logit_entropies=True)
     with pytest.raises(UnsupportedFlagError, match=r"Encoder\.forward: x-transformers flag"):

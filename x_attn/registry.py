@@ -857,6 +857,9 @@ FLAGS: tuple[FlagCase, ...] = (
         cacheable=False,
         mems_ok=False,
         stochastic=True,
+        compiles=False,
+        compile_reason="in training the number of runs is drawn per call and read back as a "
+        "Python int (a data-dependent loop count)",
     ),
     FlagCase(
         "emb_frac_gradient",
