@@ -63,7 +63,7 @@ RECIPES: dict[str, Recipe] = {
             "ff_glu": True,
             "use_rmsnorm": True,
             # token shift and value residual learning (with lr 3e-3 instead of 2e-3): 0.11
-            # nats/char lower at 700 steps for 3% more time per step (docs/training.md)
+            # nats/char lower at 700 steps, for a few % more time per step (docs/training.md)
             "shift_tokens": 1,
             "add_value_residual": True,
         },
