@@ -43,7 +43,7 @@ MECHANISMS = {
     "lsh": {"lsh": True},
 }
 DECODE = ("full", "window", "linear", "performer", "sparse-fixed")  # LSH keeps no cache
-DENSE_LIMIT = 8192  # a dense band mask above this many tokens takes gigabytes
+DENSE_LIMIT = 16384  # above this the dense band mask and its SDPA buffers pass ~8 GiB
 
 
 def layer(name: str, device: torch.device):
