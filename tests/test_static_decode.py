@@ -122,9 +122,15 @@ class _CountingBackend:
         return gm.forward
 
 
+@pytest.mark.parametrize("skip_guards", [False, True])
 @pytest.mark.parametrize("name", ["default", "rotary_gqa_rmsnorm_swiglu", "alibi"])
-def test_compiles_once_without_breaks(name: str) -> None:
-    """fullgraph=True (a break raises); 20 decode steps and a second call add no graph."""
+def test_compiles_once_without_breaks(name: str, skip_guards: bool, monkeypatch) -> None:
+    """fullgraph=True (a break raises); 20 decode steps and a second call add no graph.
+
+    With every guard evaluated on every step (skip_guards=False) a recompile would show; with
+    the guards skipped after the first step, the tokens must still be the reference's.
+    """
+    monkeypatch.setattr("x_attn.decode.generate.SKIP_GUARDS", skip_guards)
     torch._dynamo.reset()
     model = _model(**CONFIGS[name])
     prompts = _prompts(2)

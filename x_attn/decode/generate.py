@@ -27,6 +27,9 @@ from x_attn.value_checks import require_all
 from x_attn.wrappers.decoding import PromptBatch
 
 Backend = bool | str | Callable
+# Compiled decode steps after a call's first one skip dynamo's guard evaluation (see
+# StaticStepper.step); set False to evaluate every guard on every step.
+SKIP_GUARDS = True
 
 
 def check_compile(compile: Any, static_cache: bool) -> None:
@@ -81,9 +84,9 @@ class _CompiledDecoder:
     """A decoder with its prefill and step, compiled (fullgraph, static shapes) or not."""
 
     def __init__(self, decoder: StaticDecoder, compile: Backend) -> None:
-        self.decoder = decoder
+        self.decoder, self.compiled = decoder, compile is not False
         self.prefill, self.step = decoder.prefill, decoder.step
-        if compile is not False:
+        if self.compiled:
             backend = "inductor" if compile is True else compile
             options = dict(fullgraph=True, dynamic=False, backend=backend)
             self.prefill = torch.compile(decoder.prefill, **options)
@@ -100,6 +103,7 @@ class StaticStepper:
         self.start = batch.start if batch.start is not None else torch.zeros(rows, device=device)
         self.start = self.start.long()
         self.pos = torch.tensor(p, device=device)
+        self.checked = not compiled.compiled  # the first compiled step runs every guard
 
     def first(self) -> Tensor:
         """(b, v) logits of the last prompt position."""
@@ -107,6 +111,14 @@ class StaticStepper:
 
     def step(self, token: Tensor) -> Tensor:
         """Feed ``token`` (b,) at the next slot; (b, v) logits of that slot."""
-        logits = self.compiled.step(token.unsqueeze(-1), self.pos, self.start)
+        args = token.unsqueeze(-1), self.pos, self.start
         self.pos = self.pos + 1
-        return logits
+        if not (self.checked and SKIP_GUARDS):
+            self.checked = True
+            return self.compiled.step(*args)
+        # Later steps of this call: same decoder, same shapes, dtypes and devices as the first
+        # (only tensor values change), so dynamo's guards, which the first step evaluated in
+        # full, are skipped (they cost ~0.5 ms a token on a 6-layer model; see
+        # benchmarks/README.md "Static cache").
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            return self.compiled.step(*args)
