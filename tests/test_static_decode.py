@@ -196,3 +196,29 @@ def test_refuses_wrapper_options_and_inputs() -> None:
         plain.generate(prompt, 4, static_cache=True, compile=3)
     with pytest.raises(ValueError, match="outside"):
         plain.generate(torch.tensor([1, VOCAB]), 4, static_cache=True)
+
+
+def test_follows_weight_updates_and_copies() -> None:
+    """A compiled decoder reads the live parameters (training between generations); the model
+    still deep-copies; released decoders are rebuilt."""
+    import copy
+
+    from x_attn.decode import release_static_decoders
+
+    torch._dynamo.reset()
+    model = _model(rotary_pos_emb=True)
+    prompts = _prompts(2)
+    backend = _CountingBackend()
+    before = model.generate(prompts, 8, temperature=0.0, static_cache=True, compile=backend)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    expected = model.generate(prompts, 8, temperature=0.0)
+    assert not torch.equal(before, expected)  # the update changes the tokens
+    out = model.generate(prompts, 8, temperature=0.0, static_cache=True, compile=backend)
+    assert torch.equal(out, expected)
+    twin = copy.deepcopy(model)
+    assert torch.equal(twin.generate(prompts, 8, temperature=0.0, static_cache=True), expected)
+    release_static_decoders(model)
+    out = model.generate(prompts, 8, temperature=0.0, static_cache=True, compile=backend)
+    assert torch.equal(out, expected)

@@ -2,9 +2,10 @@
 
 :class:`StaticStepper` has the ``first`` / ``step`` interface of the ordinary
 :class:`x_attn.wrappers.stepper.LogitStepper`, so sampling, eos handling and the returned
-tokens are the same code. Decoders are kept on the AutoregressiveWrapper, one per (rows,
+tokens are the same code. Decoders are kept per AutoregressiveWrapper, one per (rows,
 slots, window, dtype, device, compile backend): a second generate call of the same shape
-reuses the compiled prefill and step (no new trace).
+reuses the compiled prefill and step (no new trace). They are held outside the model (freed
+with the wrapper, or by :func:`release_static_decoders`).
 
 Slots: a generation of ``seq_len`` tokens after a prompt of p feeds ``p + seq_len - 1``
 positions; the buffers hold that many rounded up to a multiple of ``max_seq_len``, so calls of
@@ -15,6 +16,7 @@ Shape legend: b batch, p prompt length, v vocabulary.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,14 @@ Backend = bool | str | Callable
 # Compiled decode steps after a call's first one skip dynamo's guard evaluation (see
 # StaticStepper.step); set False to evaluate every guard on every step.
 SKIP_GUARDS = True
+# decoders (buffers, compiled functions) per AutoregressiveWrapper, outside the module so that
+# copying or pickling a model never meets them; dropped with the wrapper
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def release_static_decoders(wrapper: nn.Module) -> None:
+    """Free the buffers (and compiled steps) that static generation keeps for ``wrapper``."""
+    _DECODERS.pop(wrapper, None)
 
 
 def check_compile(compile: Any, static_cache: bool) -> None:
@@ -72,7 +82,7 @@ def static_stepper(
     window = wrapper._window if restrict else None
     weight = net.token_emb.weight
     key = (rows, length, window, weight.dtype, weight.device, compile)
-    store = wrapper.__dict__.setdefault("_static_decoders", {})
+    store = _DECODERS.setdefault(wrapper, {})
     if key not in store:
         store[key] = _CompiledDecoder(
             StaticDecoder(net, rows, length, window, weight.dtype, weight.device), compile
