@@ -222,3 +222,16 @@ def test_follows_weight_updates_and_copies() -> None:
     release_static_decoders(model)
     out = model.generate(prompts, 8, temperature=0.0, static_cache=True, compile=backend)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lower_precision(dtype: torch.dtype) -> None:
+    """float32 / bfloat16 models: the ordinary cache's tokens, logits within a few ulps."""
+    model = _model(rotary_pos_emb=True, attn_kv_heads=2).to(dtype)
+    prompts = _prompts(3)
+    expected = model.generate(prompts, 10, temperature=0.0)
+    assert torch.equal(model.generate(prompts, 10, temperature=0.0, static_cache=True), expected)
+    ours = _logits(model, prompts, expected.t(), static=True).float()
+    ref = _logits(model, prompts, expected.t(), static=False).float()
+    tol = 1e-5 if dtype == torch.float32 else 4e-2
+    torch.testing.assert_close(ours, ref, rtol=0, atol=tol)

@@ -143,7 +143,7 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> T
     Written out (two matmuls and a softmax) rather than through SDPA: for one query over a
     few hundred slots, CPU SDPA's blocked kernel costs several times the matmuls, and the
     compiler fuses the masking into the softmax. Query heads sharing a key head are folded
-    into the query axis (no copy of k, v).
+    into the query axis (no copy of k, v). The softmax runs in float32 for float16 / bfloat16.
     """
     b, h, n, dh = q.shape
     hk = k.shape[1]
@@ -153,5 +153,6 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> T
         scores = scores.masked_fill(~mask, float("-inf"))
     else:
         scores = scores + mask
-    probs = scores.softmax(dim=-1).view(b, hk, h // hk * n, -1)
+    wide = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
+    probs = scores.softmax(dim=-1, dtype=wide).to(v.dtype).view(b, hk, h // hk * n, -1)
     return (probs @ v).view(b, h, n, dh)
