@@ -22,6 +22,7 @@ vocabulary.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from x_attn.attention.projections.multihead import merge_heads
@@ -133,26 +134,12 @@ class StaticDecoder(nn.Module):
         keys, values = self.keys[i], self.values[i]
         keys.index_copy_(2, q_slots, k)
         values.index_copy_(2, q_slots, v)
-        return block.to_out(merge_heads(_attention(q, keys, values, mask, block.scale)))
-
-
-def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
-    """Softmax attention of q (b, h, n, dh) over every slot of k, v (b, hk, L, dh).
-
-    ``mask``: (b, 1, n, L) bool (True = may attend) or (b, h, n, L) float bias with -inf.
-    Written out (two matmuls and a softmax) rather than through SDPA: for one query over a
-    few hundred slots, CPU SDPA's blocked kernel costs several times the matmuls, and the
-    compiler fuses the masking into the softmax. Query heads sharing a key head are folded
-    into the query axis (no copy of k, v). The softmax runs in float32 for float16 / bfloat16.
-    """
-    b, h, n, dh = q.shape
-    hk = k.shape[1]
-    scores = (q.reshape(b, hk, h // hk * n, dh) @ k.transpose(-1, -2)) * scale
-    scores = scores.view(b, h, n, -1)
-    if mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    else:
-        scores = scores + mask
-    wide = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
-    probs = scores.softmax(dim=-1, dtype=wide).to(v.dtype).view(b, hk, h // hk * n, -1)
-    return (probs @ v).view(b, h, n, dh)
+        out = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=mask,
+            scale=block.scale,
+            enable_gqa=proj.k_heads != proj.heads,
+        )
+        return block.to_out(merge_heads(out))
