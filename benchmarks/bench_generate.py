@@ -163,17 +163,28 @@ def run(args: argparse.Namespace) -> str:
 def format_report(
     args: argparse.Namespace, device: torch.device, entries: list[Entry], notes: list[str]
 ) -> str:
-    """Markdown table (median tokens/s, range, ratio to x-transformers) + context."""
+    """Markdown table (median tokens/s, range, ratios) + context.
+
+    The ratio columns are medians of per-repeat ratios: a repeat times every row back to back,
+    so its ratios cancel most of the load drift of a shared machine."""
     medians = {e.name: median(e.tokens_per_s) for e in entries}
-    base = medians.get(BASELINE)
-    headers = ["decoder", "params", "new tokens/s (median)", "min-max", "ratio vs x-transformers"]
+    by_name = {e.name: e.tokens_per_s for e in entries}
+    headers = ["decoder", "params", "new tokens/s (median)", "min-max"]
+    headers += ["ratio vs x-transformers", "ratio vs floor"]
+
+    def ratio(entry: Entry, other: str) -> str:
+        if other not in by_name:
+            return "n/a"
+        return f"{median([a / b for a, b in zip(entry.tokens_per_s, by_name[other])]):.2f}"
+
     rows = [
         [
             e.name,
             f"{e.params:,}" if e.params is not None else "-",
             f"{medians[e.name]:,.1f}",
             f"{min(e.tokens_per_s):,.1f}-{max(e.tokens_per_s):,.1f}",
-            f"{medians[e.name] / base:.2f}" if base else "n/a",
+            ratio(e, BASELINE),
+            ratio(e, FLOOR),
         ]
         for e in entries
     ]
@@ -181,7 +192,8 @@ def format_report(
         "## Generation\n\n"
         f"Cached greedy decode: batch {args.batch}, prompt {args.prompt}, {args.new} new tokens, "
         f"Decoder dim {args.dim} depth {args.depth} heads {args.heads}, vocab {args.vocab}, "
-        f"device {device}, float32; median of {args.repeats} interleaved repeats after "
+        f"device {device}, float32; median of {args.repeats} interleaved repeats (ratios: "
+        f"median of the per-repeat ratios) after "
         f"{args.warmup} warm-up run(s); torch.compile only in the compiled row, whose "
         "compilation happens before the timed runs\n"
     )
