@@ -40,6 +40,8 @@ from common import (  # noqa: E402
 
 BASELINE = "x-transformers 2.31 generate(cache_kv=True)"
 OURS = "x_attn generate(cache_kv=True)"
+STATIC = "x_attn static cache (eager)"
+COMPILED = "x_attn static cache + torch.compile (inductor)"
 FLOOR = "weight matmuls only (floor)"
 
 
@@ -90,6 +92,34 @@ def _check_cache(model: nn.Module, prompt: Tensor, n: int) -> str:
     return f"- x_attn cached == uncached greedy tokens (first {n}): {same}"
 
 
+def _static_entries(
+    ours: nn.Module, prompt: Tensor, args: argparse.Namespace, notes: list[str]
+) -> list[Entry]:
+    """The static path, eager and compiled (inductor; compiled here, before any timing)."""
+    if args.no_static:
+        return []
+    expected = ours.generate(prompt, args.new, temperature=0.0)
+    entries = []
+    for name, backend in ((STATIC, False), (COMPILED, "inductor")):
+        if backend and args.no_compile:
+            continue
+
+        def run(backend=backend) -> Tensor:
+            return ours.generate(
+                prompt, args.new, temperature=0.0, static_cache=True, compile=backend
+            )
+
+        seconds = time_calls(run, 1, prompt.device)  # buffers built; compiled (inductor) once
+        same = bool(torch.equal(run(), expected))
+        notes.append(
+            f"- {name}: same greedy tokens as x_attn generate(cache_kv=True): {same}; first "
+            f"call (not timed; builds the buffers, and compiles in the inductor row) "
+            f"{seconds:.1f} s"
+        )
+        entries.append(Entry(name, run))
+    return entries
+
+
 def build_entries(args: argparse.Namespace, device: torch.device) -> tuple[list[Entry], list[str]]:
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, args.vocab, (args.batch, args.prompt), generator=gen).to(device)
@@ -100,6 +130,7 @@ def build_entries(args: argparse.Namespace, device: torch.device) -> tuple[list[
         )
     ]
     notes = [_check_cache(ours, prompt, min(args.new, 32))]
+    entries += _static_entries(ours, prompt, args, notes)
     try:
         theirs = _build("x_transformers", args, device)
         entries.append(
@@ -132,17 +163,28 @@ def run(args: argparse.Namespace) -> str:
 def format_report(
     args: argparse.Namespace, device: torch.device, entries: list[Entry], notes: list[str]
 ) -> str:
-    """Markdown table (median tokens/s, range, ratio to x-transformers) + context."""
+    """Markdown table (median tokens/s, range, ratios) + context.
+
+    The ratio columns are medians of per-repeat ratios: a repeat times every row back to back,
+    so its ratios cancel most of the load drift of a shared machine."""
     medians = {e.name: median(e.tokens_per_s) for e in entries}
-    base = medians.get(BASELINE)
-    headers = ["decoder", "params", "new tokens/s (median)", "min-max", "ratio vs x-transformers"]
+    by_name = {e.name: e.tokens_per_s for e in entries}
+    headers = ["decoder", "params", "new tokens/s (median)", "min-max"]
+    headers += ["ratio vs x-transformers", "ratio vs floor"]
+
+    def ratio(entry: Entry, other: str) -> str:
+        if other not in by_name:
+            return "n/a"
+        return f"{median([a / b for a, b in zip(entry.tokens_per_s, by_name[other])]):.2f}"
+
     rows = [
         [
             e.name,
             f"{e.params:,}" if e.params is not None else "-",
             f"{medians[e.name]:,.1f}",
             f"{min(e.tokens_per_s):,.1f}-{max(e.tokens_per_s):,.1f}",
-            f"{medians[e.name] / base:.2f}" if base else "n/a",
+            ratio(e, BASELINE),
+            ratio(e, FLOOR),
         ]
         for e in entries
     ]
@@ -150,8 +192,10 @@ def format_report(
         "## Generation\n\n"
         f"Cached greedy decode: batch {args.batch}, prompt {args.prompt}, {args.new} new tokens, "
         f"Decoder dim {args.dim} depth {args.depth} heads {args.heads}, vocab {args.vocab}, "
-        f"device {device}, float32; median of {args.repeats} interleaved repeats after "
-        f"{args.warmup} warm-up run(s); no torch.compile\n"
+        f"device {device}, float32; median of {args.repeats} interleaved repeats (ratios: "
+        f"median of the per-repeat ratios) after "
+        f"{args.warmup} warm-up run(s); torch.compile only in the compiled row, whose "
+        "compilation happens before the timed runs\n"
     )
     return render_report(header, headers, rows, device, notes)
 
@@ -166,6 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats")
     parser.add_argument("--warmup", type=int, default=1, help="untimed generations per model")
     parser.add_argument("--device", default=default_device())
+    parser.add_argument("--no-static", action="store_true", help="skip the static-cache rows")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled row")
     args = parser.parse_args(argv)
     names = ("dim", "depth", "heads", "prompt", "new", "batch", "vocab", "repeats", "warmup")
     for name in names:

@@ -35,6 +35,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.compat import drop_unsupported
+from x_attn.decode.generate import check_compile, static_stepper
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_nonnegative, check_positive_int, check_probability, exists
@@ -214,6 +215,8 @@ class AutoregressiveWrapper(nn.Module):
         filter_thres: float | None = None,
         min_p_pow: float | None = None,
         min_p_ratio: float | None = None,
+        static_cache: bool = False,
+        compile: bool | str | Callable = False,
         **kwargs: Any,
     ) -> Tensor:
         """Sample ``seq_len`` tokens after each prompt.
@@ -234,6 +237,12 @@ class AutoregressiveWrapper(nn.Module):
                 newest ``max_seq_len`` positions only; False attends to everything.
             return_prime: return the (left-padded) prompts followed by the new tokens.
             start_tokens, filter_thres, min_p_pow, min_p_ratio, mask: the 2021 signature.
+            static_cache: decode with preallocated key/value buffers and tensor positions
+                (:mod:`x_attn.decode`; same tokens); a model or option it cannot serve is
+                refused with a ValueError naming it.
+            compile: with ``static_cache``, compile the prefill and the decode step with
+                ``torch.compile(fullgraph=True, dynamic=False)``: True (inductor), a backend
+                name or callable. Compiled once per shape, reused by later calls.
             **kwargs: model inputs (``context``, ``context_mask``, ``prepend_embeds``, ...).
 
         Returns:
@@ -264,9 +273,15 @@ class AutoregressiveWrapper(nn.Module):
             eos_token=eos_token,
             generator=generator,
         )
-        cached = cache_kv and self._cache_usable()
+        check_compile(compile, static_cache)
         with inference(self.net):
-            stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
+            if static_cache:
+                stepper = static_stepper(
+                    self, batch, seq_len, restrict_to_max_seq_len, cache_kv, kwargs, compile
+                )
+            else:
+                cached = cache_kv and self._cache_usable()
+                stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
             out = _sample(stepper, sampler, seq_len)
         if return_prime:
             out = torch.cat((batch.tokens, out), dim=1)
