@@ -175,7 +175,10 @@ class StackPositions(nn.Module):
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         if self.rotary is not None:
             self._check_xpos_range(k_pos, dtype)
-            context.rotary = self.rotary.table(k_pos, dtype=table_dtype)
+            if values is None:  # the slots themselves: rows of the embedding's kept table
+                context.rotary = self.rotary.slot_table(start, start + k_len, device, table_dtype)
+            else:
+                context.rotary = self.rotary.table(k_pos, dtype=table_dtype)
             if context_values is not None:
                 self._check_xpos_range(context_values, dtype)
                 context.context_rotary = self.rotary.table(context_values, dtype=table_dtype)
