@@ -88,13 +88,14 @@ def test_changed_setting_rebuilds_the_kept_table(name: str, value) -> None:
     assert not torch.equal(got.cos, before.cos) or got.q_scale is not None or got.interleaved
 
 
-def test_table_kept_under_inference_mode_serves_a_training_forward() -> None:
+def rotary_model(depth: int) -> TransformerWrapper:
     torch.manual_seed(0)
-    model = TransformerWrapper(
-        num_tokens=32,
-        max_seq_len=64,
-        attn_layers=Decoder(dim=16, depth=1, heads=2, rotary_pos_emb=True),
-    )
+    layers = Decoder(dim=16, depth=depth, heads=2, rotary_pos_emb=True)
+    return TransformerWrapper(num_tokens=32, max_seq_len=64, attn_layers=layers)
+
+
+def test_table_kept_under_inference_mode_serves_a_training_forward() -> None:
+    model = rotary_model(depth=1)
     twin = copy.deepcopy(model)  # never ran under inference mode
     x = torch.randint(0, 32, (2, 12))
     with torch.inference_mode():
@@ -108,12 +109,7 @@ def test_table_kept_under_inference_mode_serves_a_training_forward() -> None:
 
 
 def test_model_dtype_change_gives_the_fresh_float64_logits() -> None:
-    torch.manual_seed(0)
-    model = TransformerWrapper(
-        num_tokens=32,
-        max_seq_len=64,
-        attn_layers=Decoder(dim=16, depth=2, heads=2, rotary_pos_emb=True),
-    ).eval()
+    model = rotary_model(depth=2).eval()
     twin = copy.deepcopy(model).double()
     x = torch.randint(0, 32, (2, 20))
     model(x)  # keeps a float32 table
