@@ -164,3 +164,11 @@ def test_full_width_rotation_is_skipped_where_it_does_not_apply() -> None:
     assert (
         RotaryEmbedding(8, xpos_scale_base=512.0).slot_table(0, 5, torch.device("cpu")).wide is None
     )
+
+
+def test_embedding_pickled_before_the_kept_table_existed_still_serves() -> None:
+    rot = RotaryEmbedding(8)
+    del rot.__dict__["_kept"]  # what unpickling a module saved by an older version gives
+    assert_same_table(
+        rot.slot_table(0, 5, torch.device("cpu"), F64), fresh(RotaryEmbedding(8), 0, 5, F64)
+    )

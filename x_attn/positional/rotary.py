@@ -258,7 +258,7 @@ class RotaryEmbedding(nn.Module):
         if torch.compiler.is_compiling() or stop > KEEP_MAX_POSITIONS:
             return self.table(torch.arange(start, stop, device=device), dtype)
         key = (torch.device(device), dtype, self._settings())
-        kept = self._kept
+        kept = self.__dict__.get("_kept")  # absent on a module pickled before it existed
         if (
             kept is None
             or kept[0] != key
