@@ -166,6 +166,23 @@ def test_kv_cache_slide_and_select() -> None:
     assert one.dropped == 2 and one.length == 6 and torch.equal(one.entries[0].k, k[1:, :, 2:])
 
 
+def test_grow_continues_in_place_only_the_view_it_handed_out() -> None:
+    """Another tensor of the same length (a stale or foreign prefix) is copied, never continued
+    in the buffer: the view handed out stays intact and each result equals torch.cat."""
+    from x_attn.cache.grow import grow
+
+    rows = [torch.full((1, n, 2), float(i)) for i, n in enumerate((3, 1, 1))]
+    held, buffer = grow(None, rows[0], rows[1], dim=1)
+    kept = held.clone()
+    foreign = torch.zeros(1, 4, 2)  # same length as `held`, not the buffer's view
+    out, other = grow(buffer, foreign, rows[2], dim=1)
+    assert other is not buffer and torch.equal(out, torch.cat((foreign, rows[2]), dim=1))
+    assert torch.equal(held, kept)
+    again, same = grow(buffer, held, rows[2], dim=1)  # the view handed out: written in place
+    assert same is buffer and again.data_ptr() == held.data_ptr()
+    assert torch.equal(again, torch.cat(rows, dim=1))
+
+
 def test_kv_entry_buffers_match_concatenation() -> None:
     """Without autograd, appends write into a growing buffer; the result equals torch.cat."""
     from x_attn.cache import KVEntry

@@ -15,10 +15,12 @@ from torch import Tensor
 
 @dataclass(eq=False)
 class GrowBuffer:
-    """A preallocated tensor and how far along the growth axis it has been written."""
+    """A preallocated tensor, how far along the growth axis it has been written, and the view
+    of that prefix handed out last (the only one that may be continued in place)."""
 
     data: Tensor
     filled: int
+    view: Tensor | None = None
 
 
 def grow(
@@ -27,22 +29,16 @@ def grow(
     """Write ``new`` after ``old`` (a prefix view of ``buffer`` or not) along ``dim``.
 
     Returns (view of the filled prefix, buffer). The buffer is (re)allocated with room to spare
-    when ``old`` is not its newest prefix (first append, after a slide or select, or a second
-    continuation of one cache) or it is full.
+    when ``old`` is not the view it handed out last (first append, after a slide or select, or
+    a second continuation of one cache) or it is full.
     """
     n_old = old.shape[dim]
     n = n_old + new.shape[dim]
-    d = dim % old.ndim
-    data = None if buffer is None else buffer.data
     reusable = (
-        data is not None
+        buffer is not None
+        and buffer.view is old  # so old is data's prefix of `filled` rows, same layout
         and buffer.filled == n_old
-        and data.shape[dim] >= n
-        and data.shape[:d] == old.shape[:d]
-        and data.shape[d + 1 :] == old.shape[d + 1 :]
-        and data.dtype == old.dtype
-        and data.data_ptr() == old.data_ptr()
-        and data.stride() == old.stride()
+        and buffer.data.shape[dim] >= n
     )
     if not reusable:
         shape = list(old.shape)
@@ -51,4 +47,5 @@ def grow(
         buffer.data.narrow(dim, 0, n_old).copy_(old)
     buffer.data.narrow(dim, n_old, n - n_old).copy_(new)
     buffer.filled = n
-    return buffer.data.narrow(dim, 0, n), buffer
+    buffer.view = buffer.data.narrow(dim, 0, n)
+    return buffer.view, buffer

@@ -38,13 +38,16 @@ class AppendedRows(CacheEntry):
     def _tensors(self) -> tuple[Tensor | None, ...]:
         return tuple(getattr(self, name) for name in self.stored)
 
+    def _first(self) -> Tensor | None:
+        return getattr(self, self.stored[0])
+
     def _rows(self) -> int:
-        first = self._tensors()[0]
+        first = self._first()
         return 0 if first is None else first.shape[-2]
 
     @property
     def held(self) -> Span | None:
-        if self._tensors()[0] is None or self.start is None:
+        if self._first() is None or self.start is None:
             return None
         return Span(self.start, self.start + self._rows())
 
@@ -57,7 +60,7 @@ class AppendedRows(CacheEntry):
 
     @property
     def batch(self) -> int | None:
-        first = self._tensors()[0]
+        first = self._first()
         return None if first is None else first.shape[0]
 
     def update(self, new: KeyRows, project: Project) -> HeldKeys:
@@ -91,7 +94,7 @@ class AppendedRows(CacheEntry):
         """Padding of the new keys after that of the held ones (None while all are real)."""
         if mask is None and self.mask is None:
             return
-        first = self._tensors()[0]
+        first = self._first()
         held = self._rows()
         device = first.device if first is not None else mask.device
         old = self.mask if self.mask is not None else torch.ones(b, held, dtype=torch.bool)
@@ -121,7 +124,7 @@ class AppendedRows(CacheEntry):
     def adopt(self, start: int, key_mask: Tensor | None) -> None:
         """Rows given as raw tensors hold the positions from ``start``; ``key_mask`` is their
         padding when it covers exactly those rows."""
-        if self.start is not None or self._tensors()[0] is None:
+        if self.start is not None or self._first() is None:
             return
         self.start = start
         if self.mask is None and key_mask is not None and key_mask.shape[-1] == self._rows():

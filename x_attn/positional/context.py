@@ -19,7 +19,7 @@ b batch (1 when shared).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -86,6 +86,7 @@ class PositionContext:
     start: int = 0
     values: Tensor | None = None
     context_rotary: RotaryTable | None = None
+    _last_rows: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.rotary, Tensor):
@@ -102,12 +103,26 @@ class PositionContext:
         return Span(self.stop - self.q_len, self.stop)
 
     def rows(self, span: Span, key: bool = False) -> RowPositions:
-        """The rotary / infused rows of the slots ``span`` (as keys when ``key``)."""
+        """The rotary / infused rows of the slots ``span`` (as keys when ``key``).
+
+        The rows of the last span asked for are kept (every layer of a decode step asks for the
+        same one, for its queries and its new keys), as long as the tables are the same.
+        """
         if self.rotary is None and self.infused is None:
             return NO_POSITIONS
         a, b = span.start - self.start, span.stop - self.start
-        rotary = None if self.rotary is None else self.rotary.rows(a, b)
-        infused = None if self.infused is None else self.infused[..., a:b, :]
+        last = self._last_rows
+        if (
+            last is not None
+            and last[:2] == (a, b)
+            and last[2] is self.rotary
+            and last[3] is self.infused
+        ):
+            rotary, infused = last[4]
+        else:
+            rotary = None if self.rotary is None else self.rotary.rows(a, b)
+            infused = None if self.infused is None else self.infused[..., a:b, :]
+            self._last_rows = (a, b, self.rotary, self.infused, (rotary, infused))
         return RowPositions(rotary, infused, key)
 
     def context_rows(self) -> RowPositions:

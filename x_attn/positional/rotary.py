@@ -15,13 +15,20 @@ Precision: angles ``position * theta_i`` and their cosines and sines are compute
 from freshly computed frequencies (no floating buffer that ``model.half()`` could degrade), then
 cast; float32 angles would carry a phase error of ~5e-4 rad at position 8192.
 
+Reuse: the positions ``start ... stop - 1`` of a forward without custom positions or padding
+come from one table of positions ``0 ... L - 1`` kept by the embedding for the longest run seen
+(:meth:`RotaryEmbedding.slot_table`), so a decode step slices two rows instead of rebuilding
+its tables; being elementwise, a row of the kept table equals the row computed alone. Such a
+table also keeps the full-width form of the half-split layout (:attr:`RotaryTable.wide`), with
+which a rotation is ``t * cos + roll(t) * sin`` (four tensor ops).
+
 Shape legend: n sequence, r rotary dim, f = r/2 frequencies, d head dim (d >= r), ... any
 leading dims (b, h).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from einops import rearrange
@@ -32,6 +39,8 @@ from x_attn.positional.xpos import xpos_scale
 from x_attn.utils import check_positive_int
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# the longest table of positions 0 ... L - 1 an embedding keeps (slot_table); beyond, per call
+KEEP_MAX_POSITIONS = 1 << 15
 
 
 def _angle_dtype(device: torch.device) -> torch.dtype:
@@ -59,6 +68,10 @@ class RotaryTable:
             or None.
         k_scale: the same for keys (xPos: the reciprocal of the query factor), or None.
         interleaved: pairs (2i, 2i + 1) instead of (i, i + r/2).
+        wide: (cat(cos, cos), cat(-sin, sin)), each (..., n, r), of a half-split table without
+            magnitudes, or None: :meth:`rotate` then rotates a head of exactly r dims as
+            ``t * cos + roll(t, r/2) * sin``, the same numbers as :func:`rotate_pairs`
+            (``a cos - b sin`` is ``a cos + b (-sin)`` exactly in IEEE arithmetic).
     """
 
     cos: Tensor
@@ -66,6 +79,7 @@ class RotaryTable:
     q_scale: Tensor | None = None
     k_scale: Tensor | None = None
     interleaved: bool = False
+    wide: tuple[Tensor, Tensor] | None = None
 
     @classmethod
     def from_angles(cls, angles: Tensor, interleaved: bool = False) -> RotaryTable:
@@ -74,18 +88,43 @@ class RotaryTable:
         cos, sin = wide.cos().to(angles.dtype), wide.sin().to(angles.dtype)
         return cls(cos, sin, None, None, interleaved)
 
+    def with_wide(self) -> RotaryTable:
+        """This table with its full-width form (:attr:`wide`) where the layout has one."""
+        if self.interleaved or self.q_scale is not None or self.k_scale is not None:
+            return self
+        wide = (torch.cat((self.cos, self.cos), dim=-1), torch.cat((-self.sin, self.sin), dim=-1))
+        return replace(self, wide=wide)
+
     def rows(self, start: int, stop: int) -> RotaryTable:
         """The table of rows ``start ... stop - 1`` (along the position axis)."""
+        if start == 0 and stop == self.cos.shape[-2]:
+            return self
 
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[..., start:stop, :]
 
+        wide = None if self.wide is None else (cut(self.wide[0]), cut(self.wide[1]))
         return RotaryTable(
-            cut(self.cos), cut(self.sin), cut(self.q_scale), cut(self.k_scale), self.interleaved
+            cut(self.cos),
+            cut(self.sin),
+            cut(self.q_scale),
+            cut(self.k_scale),
+            self.interleaved,
+            wide,
         )
 
     def rotate(self, t: Tensor, key: bool = False) -> Tensor:
         """Rotate (b, h, n, d) or (..., n, d) queries (or keys, ``key=True``) at these rows."""
+        wide = self.wide
+        if (
+            wide is not None
+            and t.dtype == wide[0].dtype
+            and t.shape[-1] == wide[0].shape[-1]
+            and t.shape[-2] == wide[0].shape[-2]
+            and wide[0].ndim == 2
+        ):  # a head of exactly r dims in the table's dtype, rows shared by the batch
+            cos, sin = wide
+            return t * cos + t.roll(cos.shape[-1] // 2, -1) * sin
         scale = self.k_scale if key else self.q_scale
         return rotate_pairs(t, self.cos, self.sin, scale, self.interleaved)
 
@@ -143,6 +182,8 @@ class RotaryEmbedding(nn.Module):
             raise TypeError(f"{owner}: 'interleaved' must be a bool, got {interleaved!r}")
         self.dim, self.base, self.scaling = dim, base, scaling
         self.xpos_scale_base, self.interleaved = xpos_scale_base, interleaved
+        # (key, table of positions 0 ... L - 1): see slot_table
+        self._kept: tuple[tuple, RotaryTable] | None = None
 
     def frequencies(self, device: torch.device | str | None = None) -> Tensor:
         """Frequencies ``theta_i`` after any rescaling, ``(r // 2,)``, float64 (float32 on MPS).
@@ -200,6 +241,46 @@ class RotaryEmbedding(nn.Module):
 
         cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
         return RotaryTable(cos, sin, cast(q_scale), cast(k_scale), self.interleaved)
+
+    def slot_table(
+        self, start: int, stop: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> RotaryTable:
+        """The table of positions ``start ... stop - 1``, cut from a kept table of ``0 ... L - 1``.
+
+        Equal to ``table(torch.arange(start, stop), dtype)`` (plus :attr:`RotaryTable.wide`).
+        The kept table is rebuilt, to the next power of two >= ``stop`` (at least 64), when
+        ``stop`` passes its length (past :data:`KEEP_MAX_POSITIONS` the rows are computed for
+        the call instead), when the device, the dtype or a setting that shapes the
+        angles (dim, base, interpolation and base rescale factors, scaling, xPos, layout)
+        changed, and when it was built under ``torch.inference_mode`` but is needed outside it
+        (an inference tensor cannot be saved for backward). Nothing is kept while compiling.
+        """
+        if torch.compiler.is_compiling() or stop > KEEP_MAX_POSITIONS:
+            return self.table(torch.arange(start, stop, device=device), dtype)
+        key = (torch.device(device), dtype, self._settings())
+        kept = self.__dict__.get("_kept")  # absent on a module pickled before it existed
+        if (
+            kept is None
+            or kept[0] != key
+            or kept[1].cos.shape[-2] < stop
+            or (kept[1].cos.is_inference() and not torch.is_inference_mode_enabled())
+        ):
+            length = max(64, 1 << max(stop - 1, 1).bit_length())
+            positions = torch.arange(length, device=device)
+            kept = self._kept = (key, self.table(positions, dtype).with_wide())
+        return kept[1].rows(start, stop)
+
+    def _settings(self) -> tuple:
+        """Everything besides the positions that shapes the angles and magnitudes."""
+        return (
+            self.dim,
+            self.base,
+            self.interpolation_factor,
+            self.base_rescale_factor,
+            self.scaling,
+            self.xpos_scale_base,
+            self.interleaved,
+        )
 
     def extra_repr(self) -> str:
         parts = [f"dim={self.dim}", f"base={self.base}"]

@@ -170,15 +170,23 @@ class StackPositions(nn.Module):
         context = PositionContext(q_len=q_len, k_len=k_len, start=start, values=values)
         if not self.is_relative:
             return context
-        k_pos = torch.arange(start, start + k_len, device=device) if values is None else values
-        q_pos = k_pos[..., k_len - q_len :]
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        if self.rotary is not None:
+        slots = values is None and (self.rotary is None or self.rotary.xpos_scale_base is None)
+        if self.rotary is not None and slots:  # the slots themselves: rows of the kept table
+            context.rotary = self.rotary.slot_table(start, start + k_len, device, table_dtype)
+        if slots and self.rel_pos is None and self.infused_dim is None:
+            k_pos = None  # nothing else reads the positions
+        else:
+            k_pos = torch.arange(start, start + k_len, device=device) if values is None else values
+        if self.rotary is not None and context.rotary is None:
             self._check_xpos_range(k_pos, dtype)
             context.rotary = self.rotary.table(k_pos, dtype=table_dtype)
-            if context_values is not None:
-                self._check_xpos_range(context_values, dtype)
-                context.context_rotary = self.rotary.table(context_values, dtype=table_dtype)
+        if self.rotary is not None and context_values is not None:
+            self._check_xpos_range(context_values, dtype)
+            context.context_rotary = self.rotary.table(context_values, dtype=table_dtype)
+        if k_pos is None:
+            return context
+        q_pos = k_pos[..., k_len - q_len :]
         if self.rel_pos is not None:
             context.bias = self.rel_pos(q_pos, k_pos)
         if self.infused_dim is not None:

@@ -24,7 +24,7 @@ from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, token_ids
-from x_attn.value_checks import require_all
+from x_attn.value_checks import require_ids_below
 from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.mixture_of_softmax import MixtureOfSoftmax
 from x_attn.wrappers.next_embed import build_next_embed_head
@@ -417,11 +417,8 @@ class TransformerWrapper(SequenceWrapper):
         )
         if x.ndim != 2:
             raise ValueError(f"'x' must have shape (batch, seq), got {tuple(x.shape)}")
-        require_all(
-            (x >= 0) & (x < self.num_tokens),
-            f"'x' holds token ids outside [0, num_tokens={self.num_tokens})",
-            lambda: f": min {int(x.min())}, max {int(x.max())}",
-        )
+        message = f"'x' holds token ids outside [0, num_tokens={self.num_tokens})"
+        require_ids_below("x", x, self.num_tokens, message=message)
         check_bool_mask("mask", mask, tuple(x.shape), "batch x sequence, True = real token")
         return x
 
