@@ -25,6 +25,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
+from x_attn.cache.entry import CacheEntry
 from x_attn.kernels.manual import ScoreHooks
 from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
@@ -89,6 +90,7 @@ class ShawRelativePositions(nn.Module):
         bias: Tensor | None,
         hooks: ScoreHooks,
         query_input: Tensor | None = None,
+        entry: CacheEntry | None = None,
     ) -> tuple[Tensor, ScoreHooks]:
         """Bias stage: add ``q_i . w^K_r(i, j) / sqrt(d)``; hook the value term on the output.
 
