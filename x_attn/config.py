@@ -467,6 +467,7 @@ class LayersConfig:
     shaw_rel_pos: bool = False
     shaw_max_distance: int = 16
     shaw_rel_values: bool = True
+    polar_pos_emb: bool = False  # PoPE (x_attn/attention/features/polar.py)
     position_infused_attn: bool = False
     residual_attn: bool = False
     cross_residual_attn: bool = False

@@ -107,6 +107,13 @@ FLAGS: tuple[FlagCase, ...] = (
         encoder_ok=False,
     ),
     FlagCase(
+        "polar_pos_emb",
+        "PoPE: softplus magnitudes, phases by position (d frequencies), learned key phase",
+        "2509.10534",
+        {"polar_pos_emb": True},
+        relative=True,
+    ),
+    FlagCase(
         "rel_pos_bias",
         "T5 bucketed relative position bias, shared by all layers",
         "1910.10683",

@@ -15,6 +15,8 @@ weights so that both compute the same function. The layouts differ in known ways
 - it rotates interleaved query / key pairs ``(2i, 2i + 1)`` where x_attn rotates half-split
   pairs ``(i, i + r/2)``; permuting the query and key dims of every head alike leaves every
   score unchanged, so the rows are permuted on the way in.
+- PoPE (``polar_pos_emb``): x-transformers learns one key phase table for the stack, x_attn
+  one per layer (the paper's form); each layer gets a copy (equal at load, free afterwards).
 
 A weight on either side that the other cannot hold is refused with a ValueError naming it (an
 x-transformers flag x_attn builds differently, or a model built with other flags).
@@ -135,6 +137,7 @@ def from_x_transformers(
                 f"both with the same flags"
             )
         mapped[name] = value.to(target[name].dtype)
+    mapped.update(_polar_offsets(state, stacks))
     for name, value in target.items():
         if name not in mapped:
             if not _bias_only_in_x_attn(name):
@@ -206,6 +209,8 @@ def _convert_stack(
     if key.endswith("inv_freq"):
         _check_rotary_dim(stack, value)
         return None, value
+    if key == "polar_pos_emb.learned_bias":
+        return None, value  # one table for the stack: see _polar_offsets
     layer = re.match(r"^layers\.(\d+)\.(.+)$", key)
     if layer is None:
         name = _apply(STACK_RULES, key) or _dynamic_bias(key) or key
@@ -255,6 +260,20 @@ def _dynamic_bias(key: str) -> str | None:
     return f"positions.rel_pos.mlp.{3 * int(index)}.{leaf}"
 
 
+def _polar_offsets(state: Mapping[str, Tensor], stacks: dict[str, AttentionLayers]) -> dict:
+    """PoPE's key phase offsets: x-transformers learns one (h, 1, d) table for the stack,
+    x_attn one (hk, d) table per self-attention layer; each layer gets a copy."""
+    found = {}
+    for prefix, stack in stacks.items():
+        table = state.get(f"{prefix}polar_pos_emb.learned_bias")
+        if table is None:
+            continue
+        for index, layer in enumerate(stack.layers):
+            if getattr(layer.block, "polar", None) is not None:
+                found[f"{prefix}layers.{index}.block.polar.phase_offset"] = table.squeeze(-2)
+    return found
+
+
 def _check_rotary_dim(stack: AttentionLayers, inv_freq: Tensor) -> None:
     rotary = getattr(stack.positions, "rotary", None)
     dim = 2 * inv_freq.numel()
@@ -269,7 +288,7 @@ def _check_rotary_dim(stack: AttentionLayers, inv_freq: Tensor) -> None:
 def _rotary_rows(name: str, value: Tensor, stack: AttentionLayers) -> Tensor:
     """Query / key rows (and per-dim q / k parameters) in x_attn's half-split rotary layout."""
     rotary = getattr(stack.positions, "rotary", None)
-    if rotary is None:
+    if rotary is None or stack.config.polar_pos_emb:  # PoPE's dims are not rotated in pairs
         return value
     order = _half_split_order(stack.config.attn.dim_head, rotary.dim)
     if re.search(r"block\.proj\.(inner\.)?to_[qk]\.weight$", name):

@@ -31,6 +31,7 @@ from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
 from x_attn.attention.features.performer import PERFORMER_SPEC
+from x_attn.attention.features.polar import POLAR_SPEC
 from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.rel_proj_bias import REL_PROJ_BIAS_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
@@ -61,6 +62,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     LSH_SPEC,
     QK_NORM_SPEC,
     QK_RMSNORM_SPEC,
+    POLAR_SPEC,
     VALUE_RESIDUAL_SPEC,
     VALUE_RMSNORM_SPEC,
     LASER_VALUES_SPEC,
