@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from flag_models import jittered, tokens
+from flag_models import VOCAB, jittered, prefill_then_steps, tokens
 from torch import Tensor
 
 from x_attn import Decoder, Encoder, TransformerWrapper
@@ -96,22 +96,14 @@ def test_polar_is_relative_shifted_positions_change_nothing() -> None:
 
 def test_polar_cached_decode_equals_full_forward() -> None:
     torch.manual_seed(0)
-    model = TransformerWrapper(
-        num_tokens=32,
-        max_seq_len=32,
-        attn_layers=Decoder(dim=DIM, depth=2, heads=HEADS, attn_dim_head=DH, polar_pos_emb=True),
+    stack = Decoder(dim=DIM, depth=2, heads=HEADS, attn_dim_head=DH, polar_pos_emb=True)
+    model = jittered(
+        TransformerWrapper(num_tokens=VOCAB, max_seq_len=32, attn_layers=stack), 0.3, 4
     )
-    model = jittered(model, seed=4)
     ids = tokens(2, 9)
-    ids = ids % 32
     with torch.no_grad():
-        full = model(ids)
-        logits, cache = model(ids[:, :5], return_cache=True)
-        steps = [logits]
-        for t in range(5, 9):
-            step, cache = model(ids[:, t : t + 1], cache=cache, return_cache=True)
-            steps.append(step)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-10, rtol=0)
+        stepped, _ = prefill_then_steps(model, ids, 5)
+        torch.testing.assert_close(stepped, model(ids), atol=1e-10, rtol=0)
 
 
 def test_polar_refusals() -> None:
@@ -131,13 +123,15 @@ def test_polar_equals_x_transformers_on_copied_weights() -> None:
 
     torch.manual_seed(0)
     flags = dict(dim=DIM, depth=2, heads=HEADS, attn_dim_head=DH, polar_pos_emb=True)
-    theirs = xt.TransformerWrapper(num_tokens=32, max_seq_len=16, attn_layers=xt.Decoder(**flags))
+    theirs = xt.TransformerWrapper(
+        num_tokens=VOCAB, max_seq_len=16, attn_layers=xt.Decoder(**flags)
+    )
     theirs = jittered(theirs, seed=5)
     with torch.no_grad():
         theirs.attn_layers.polar_pos_emb.learned_bias.uniform_(-2 * math.pi - 1, 1.0)
-    ours = TransformerWrapper(num_tokens=32, max_seq_len=16, attn_layers=Decoder(**flags))
+    ours = TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=Decoder(**flags))
     ours = from_x_transformers(theirs, ours.double()).eval()
-    ids = tokens(2, 8) % 32
+    ids = tokens(2, 8)
     with torch.no_grad():
         # x-transformers forms its angles in float32: agreement to float32 angle precision
         torch.testing.assert_close(ours(ids), theirs(ids), atol=1e-5, rtol=0)
