@@ -92,3 +92,17 @@ def prefill_then_steps(
         step, cache = model(ids[:, t : t + 1], cache=cache, return_cache=True, **kwargs)
         steps.append(step)
     return torch.cat(steps, dim=1), cache
+
+
+def block_output(stack: nn.Module, x: Tensor, index: int = 0) -> Tensor:
+    """The output of the block of layer ``index`` when ``stack`` runs on ``x`` (no grad)."""
+    captured: dict[str, Tensor] = {}
+    block = stack.layers[index].block
+    handle = block.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        with torch.no_grad():
+            stack(x)
+    finally:
+        handle.remove()
+    out = captured["out"]
+    return out[0] if isinstance(out, tuple) else out

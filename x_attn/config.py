@@ -93,6 +93,7 @@ class AttentionConfig:
     gumbel_softmax_hard: bool = True
     laser: bool = False  # LASER: log(A exp(V)) (features/laser.py)
     laser_softclamp_value: float = 15.0  # the soft cap of the values before exp
+    data_dependent_alibi: bool = False  # forgetting transformer (features/forgetting.py)
 
     def key_value_heads(self, heads: int) -> int:
         """Key/value heads of a layer with ``heads`` query heads."""

@@ -114,6 +114,13 @@ FLAGS: tuple[FlagCase, ...] = (
         relative=True,
     ),
     FlagCase(
+        "attn_data_dependent_alibi",
+        "forgetting transformer: logits decay by the summed log forget gates between key and query",
+        "2503.02130",
+        {"attn_data_dependent_alibi": True},
+        encoder_ok=False,
+    ),
+    FlagCase(
         "rel_pos_bias",
         "T5 bucketed relative position bias, shared by all layers",
         "1910.10683",

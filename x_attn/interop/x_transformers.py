@@ -67,6 +67,10 @@ LAYER_RULES = [
     (r"^1\.(?:fn\.)*to_output_gate\.weight$", "block.gate_values.output_gate.up.weight"),
     (r"^1\.(?:fn\.)*to_output_gate\.(down|up)\.(.+)$", r"block.gate_values.output_gate.\1.\2"),
     (r"^1\.(?:fn\.)*to_value_residual_mix\.0\.(.+)$", r"block.value_residual.to_mix.\1"),
+    (
+        r"^1\.(?:fn\.)*data_dependent_alibi\.to_forget_gates\.0\.(.+)$",
+        r"block.forget_gates.to_gates.\1",
+    ),
 ]
 # the rest of a stack (outside its layers)
 STACK_RULES = [

@@ -17,6 +17,7 @@ from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.cog_signed import COG_SIGNED_SPEC
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.exclusive import EXCLUSIVE_SPEC
+from x_attn.attention.features.forgetting import FORGETTING_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.gumbel import GUMBEL_SOFTMAX_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
@@ -71,6 +72,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     PERFORMER_SPEC,
     SHAW_SPEC,
     REL_PROJ_BIAS_SPEC,
+    FORGETTING_SPEC,
     WINDOW_SPEC,
     SPARSE_SPEC,
     BIGBIRD_SPEC,
