@@ -15,7 +15,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from flag_models import VOCAB, block_output, jittered, prefill_then_steps, tokens
+from flag_models import (
+    VOCAB,
+    assert_cache_matches_full,
+    assert_causal_stack,
+    block_output,
+    jittered,
+    tokens,
+)
 from torch import Tensor
 
 from x_attn import Attention, Decoder, Encoder, TransformerWrapper
@@ -81,25 +88,13 @@ def test_fox_matches_the_papers_formula() -> None:
 
 
 def test_fox_is_causal() -> None:
-    stack = fox_decoder()
-    x = torch.randn(1, 7, DIM, dtype=F64, generator=torch.Generator().manual_seed(2))
-    changed = x.clone()
-    changed[:, 4:] += torch.randn(1, 3, DIM, dtype=F64, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        before, after = stack(x), stack(changed)
-    torch.testing.assert_close(after[:, :4], before[:, :4], atol=1e-12, rtol=0)
-    assert (after[:, 4:] - before[:, 4:]).abs().max() > 1e-3
+    assert_causal_stack(fox_decoder(), DIM)
 
 
 @pytest.mark.parametrize("mem_kv", [0, 1])
 def test_fox_cached_decode_equals_full_forward(mem_kv: int) -> None:
     torch.manual_seed(0)
-    stack = Decoder(**two_layer_flags(mem_kv))
-    model = jittered(TransformerWrapper(num_tokens=VOCAB, max_seq_len=32, attn_layers=stack))
-    ids = tokens(2, 9)
-    with torch.no_grad():
-        stepped, _ = prefill_then_steps(model, ids, 4)
-        torch.testing.assert_close(stepped, model(ids), atol=1e-10, rtol=0)
+    assert_cache_matches_full(Decoder(**two_layer_flags(mem_kv)))
 
 
 def test_fox_padded_rows_change_no_real_row() -> None:

@@ -16,7 +16,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from flag_models import VOCAB, block_output, jittered, prefill_then_steps, tokens
+from flag_models import (
+    VOCAB,
+    assert_cache_matches_full,
+    block_output,
+    jittered,
+    tokens,
+)
 from torch import Tensor
 
 from x_attn import Decoder, Encoder, TransformerWrapper
@@ -84,14 +90,9 @@ def test_polar_is_relative_shifted_positions_change_nothing() -> None:
 
 def test_polar_cached_decode_equals_full_forward() -> None:
     torch.manual_seed(0)
-    stack = Decoder(dim=DIM, depth=2, heads=HEADS, attn_dim_head=DH, polar_pos_emb=True)
-    model = jittered(
-        TransformerWrapper(num_tokens=VOCAB, max_seq_len=32, attn_layers=stack), 0.3, 4
+    assert_cache_matches_full(
+        Decoder(dim=DIM, depth=2, heads=HEADS, attn_dim_head=DH, polar_pos_emb=True), prefill=5
     )
-    ids = tokens(2, 9)
-    with torch.no_grad():
-        stepped, _ = prefill_then_steps(model, ids, 5)
-        torch.testing.assert_close(stepped, model(ids), atol=1e-10, rtol=0)
 
 
 def test_polar_refusals() -> None:

@@ -94,6 +94,8 @@ class AttentionConfig:
     laser: bool = False  # LASER: log(A exp(V)) (features/laser.py)
     laser_softclamp_value: float = 15.0  # the soft cap of the values before exp
     data_dependent_alibi: bool = False  # forgetting transformer (features/forgetting.py)
+    use_cope: bool = False  # contextual positions (features/cope.py); causal self-attention
+    cope_max_pos: int = 16  # positions 0 .. cope_max_pos - 1 have embeddings
 
     def key_value_heads(self, heads: int) -> int:
         """Key/value heads of a layer with ``heads`` query heads."""

@@ -121,6 +121,15 @@ FLAGS: tuple[FlagCase, ...] = (
         encoder_ok=False,
     ),
     FlagCase(
+        "attn_use_cope",
+        "CoPE: positions counted by sigmoid gates on the logits, interpolated embeddings",
+        "2405.18134",
+        {"attn_use_cope": True, "attn_cope_max_pos": 4},
+        needs_scores=True,
+        kernel="manual",
+        encoder_ok=False,
+    ),
+    FlagCase(
         "rel_pos_bias",
         "T5 bucketed relative position bias, shared by all layers",
         "1910.10683",

@@ -60,6 +60,7 @@ LAYER_RULES = [
     (r"^1\.(?:fn\.)*([qk])_rmsnorm\.gamma$", r"block.qk_rmsnorm.\1_norm.gamma"),
     (r"^1\.(?:fn\.)*value_rmsnorm\.gamma$", "block.value_rmsnorm.norm.gamma"),
     (r"^1\.(?:fn\.)*attend\.head_attn_sink$", "block.head_learned_sink.sink"),
+    (r"^1\.(?:fn\.)*attend\.cope\.pos_emb$", "block.cope.pos_emb"),
     (r"^1\.(?:fn\.)*head_scale_params$", "block.head_scale.scale"),
     (r"^1\.(?:fn\.)*to_v_head_gate\.(.+)$", r"block.gate_value_heads.to_gates.\1"),
     (r"^1\.(?:fn\.)*to_v_gate\.weight$", "block.gate_values.input_gate.up.weight"),
@@ -88,7 +89,7 @@ WRAPPER_RULES = [
     (r"^combine_mixture\.weight$", "mixture.combine_mixture.weight"),
 ]
 # per query / key dim parameters that follow the rotary permutation (last axis)
-PER_QK_DIM = r"(qk_norm\.[qk]_scale|qk_rmsnorm\.[qk]_norm\.gamma|memory_kv\.mem_k)$"
+PER_QK_DIM = r"(qk_norm\.[qk]_scale|qk_rmsnorm\.[qk]_norm\.gamma|memory_kv\.mem_k|cope\.pos_emb)$"
 GAINS = re.compile(r"^(layers\.\d+\.(norm|branch_norm|post_norm)|final_norm)\.(gamma|g)$")
 
 

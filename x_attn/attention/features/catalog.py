@@ -15,6 +15,7 @@ from torch import nn
 from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.cog_signed import COG_SIGNED_SPEC
+from x_attn.attention.features.cope import COPE_SPEC
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.exclusive import EXCLUSIVE_SPEC
 from x_attn.attention.features.forgetting import FORGETTING_SPEC
@@ -73,6 +74,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     SHAW_SPEC,
     REL_PROJ_BIAS_SPEC,
     FORGETTING_SPEC,
+    COPE_SPEC,
     WINDOW_SPEC,
     SPARSE_SPEC,
     BIGBIRD_SPEC,

@@ -44,7 +44,8 @@ class ForgetEntry(EntryWrapper):
     """A layer's entry plus the cumulative log forget gates ``c`` of the positions it holds.
 
     Attributes:
-        rows: the key rows of the current call (set by :meth:`update`), or None.
+        rows: the key rows of the current call (set by :meth:`update`, taken by the bias
+            stage), or None.
         cum: (b, h, p) cumulative log gates of the positions ``start ... start + p - 1``.
         start: position of the first column of ``cum``.
     """
@@ -122,7 +123,7 @@ class ForgetGateBias(nn.Module):
                 "its span of cumulative gates; drop attn_global_tokens"
             )
         state = _forget_entry(entry)
-        rows = state.rows
+        rows, state.rows = state.rows, None  # the cache keeps the sums, not the rows
         wide = torch.float32 if q.device.type == "mps" else torch.float64
         state.extend(self.log_gates(rows.x, rows.mask, wide), rows.span)
         keys = state.keep(mask.k)
