@@ -49,23 +49,25 @@ class PolarMagnitudes(HeadTransform):
 
     def q(self, t: Tensor) -> Tensor:
         """(b, h, n, d) -> (b, h, n, 2d): [softplus(q), 0]."""
-        return _with_phase(F.softplus(t), None)
+        return _with_phase(F.softplus(t))
 
     def k(self, t: Tensor) -> Tensor:
         """(b, hk, n, d) -> (b, hk, n, 2d): [softplus(k) cos delta, softplus(k) sin delta]."""
-        delta = self.phase_offset.clamp(-2 * math.pi, 0.0).to(t.dtype)
-        return _with_phase(F.softplus(t), delta.unsqueeze(-2))
+        # cos / sin of the offsets in at least float32 (half weights), then cast
+        wide = torch.promote_types(t.dtype, torch.float32)
+        delta = self.phase_offset.to(wide).clamp(-2 * math.pi, 0.0).unsqueeze(-2)
+        return _with_phase(F.softplus(t), delta.cos().to(t.dtype), delta.sin().to(t.dtype))
 
     def free_k(self, t: Tensor) -> Tensor:
         """Keys without a position: magnitudes with phase 0."""
-        return _with_phase(F.softplus(t), None)
+        return _with_phase(F.softplus(t))
 
 
-def _with_phase(magnitude: Tensor, phase: Tensor | None) -> Tensor:
-    """[m cos phase, m sin phase] along the last axis (phase None: [m, 0])."""
-    if phase is None:
+def _with_phase(magnitude: Tensor, cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:
+    """[m cos, m sin] along the last axis (no phase: [m, 0])."""
+    if cos is None or sin is None:
         return torch.cat((magnitude, torch.zeros_like(magnitude)), dim=-1)
-    return torch.cat((magnitude * phase.cos(), magnitude * phase.sin()), dim=-1)
+    return torch.cat((magnitude * cos, magnitude * sin), dim=-1)
 
 
 def _enabled(ctx: FeatureContext) -> bool:
