@@ -92,3 +92,40 @@ def prefill_then_steps(
         step, cache = model(ids[:, t : t + 1], cache=cache, return_cache=True, **kwargs)
         steps.append(step)
     return torch.cat(steps, dim=1), cache
+
+
+def block_output(stack: nn.Module, x: Tensor, index: int = 0) -> Tensor:
+    """The output of the block of layer ``index`` when ``stack`` runs on ``x`` (no grad)."""
+    captured: dict[str, Tensor] = {}
+    block = stack.layers[index].block
+    handle = block.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        with torch.no_grad():
+            stack(x)
+    finally:
+        handle.remove()
+    out = captured["out"]
+    return out[0] if isinstance(out, tuple) else out
+
+
+def assert_causal_stack(stack: nn.Module, dim: int) -> None:
+    """Changing the rows from position 4 on leaves the outputs before it as they were (and
+    changes the later ones): ``stack`` float64, 7 rows."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 7, dim, dtype=torch.float64, generator=gen)
+    changed = x.clone()
+    changed[:, 4:] += torch.randn(1, 3, dim, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        before, after = stack(x), stack(changed)
+    torch.testing.assert_close(after[:, :4], before[:, :4], atol=1e-12, rtol=0)
+    assert (after[:, 4:] - before[:, 4:]).abs().max() > 1e-3
+
+
+def assert_cache_matches_full(stack: nn.Module, prefill: int = 4) -> None:
+    """A jittered float64 wrapper around ``stack``: prefill then one token per call with the
+    KV cache gives the full forward's logits."""
+    model = jittered(TransformerWrapper(num_tokens=VOCAB, max_seq_len=32, attn_layers=stack))
+    ids = tokens(2, 9)
+    with torch.no_grad():
+        stepped, _ = prefill_then_steps(model, ids, prefill)
+        torch.testing.assert_close(stepped, model(ids), atol=1e-10, rtol=0)

@@ -234,6 +234,24 @@ CATALOG: tuple[Mechanism, ...] = (
         {"rotary_pos_emb": False, "shaw_rel_pos": True},
         "1803.02155",
     ),
+    Mechanism(
+        "pope",
+        "PoPE: polar coordinate positions (softplus magnitudes, phases by position) for rotary",
+        {"rotary_pos_emb": False, "polar_pos_emb": True},
+        "2509.10534",
+    ),
+    Mechanism(
+        "cope",
+        "CoPE: contextual positions counted by gates on the logits (with rotary)",
+        {"attn_use_cope": True},
+        "2405.18134",
+    ),
+    Mechanism(
+        "forgetting",
+        "Forgetting Transformer: a learned forget gate decays the logits, instead of rotary",
+        {"rotary_pos_emb": False, "attn_data_dependent_alibi": True},
+        "2503.02130",
+    ),
 )
 
 

@@ -93,6 +93,9 @@ class AttentionConfig:
     gumbel_softmax_hard: bool = True
     laser: bool = False  # LASER: log(A exp(V)) (features/laser.py)
     laser_softclamp_value: float = 15.0  # the soft cap of the values before exp
+    data_dependent_alibi: bool = False  # forgetting transformer (features/forgetting.py)
+    use_cope: bool = False  # contextual positions (features/cope.py); causal self-attention
+    cope_max_pos: int = 16  # positions 0 .. cope_max_pos - 1 have embeddings
 
     def key_value_heads(self, heads: int) -> int:
         """Key/value heads of a layer with ``heads`` query heads."""
@@ -467,6 +470,7 @@ class LayersConfig:
     shaw_rel_pos: bool = False
     shaw_max_distance: int = 16
     shaw_rel_values: bool = True
+    polar_pos_emb: bool = False  # PoPE (x_attn/attention/features/polar.py)
     position_infused_attn: bool = False
     residual_attn: bool = False
     cross_residual_attn: bool = False

@@ -23,6 +23,7 @@ _SUB_OPTIONS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "output_gate_headwise": (False, ("output_gate",)),
     "swiglu_values": (False, ("gate_values", "output_gate")),
     "low_rank_silu_gates": (True, ("gate_values_rank", "output_gate_rank")),
+    "cope_max_pos": (16, ("use_cope",)),
 }
 
 
@@ -37,6 +38,7 @@ def validate_attention_extras(config: Any, owner: str, prefix: str) -> None:
                 f"{needs.replace(' or ', ' / ')} or drop '{prefix}{name}'"
             )
     check_positive_int(f"{prefix}qk_norm_groups", config.qk_norm_groups, owner)
+    check_positive_int(f"{prefix}cope_max_pos", config.cope_max_pos, owner)
     if config.qk_norm and config.dim_head % config.qk_norm_groups:
         raise ValueError(
             f"{owner}: '{prefix}qk_norm_groups={config.qk_norm_groups}' must divide "

@@ -140,8 +140,8 @@ class Attention(nn.Module):
         self.scale = parts.scale  # a feature's (QK-norm), the projection's or dim_head^-0.5
         for attr, module in parts.named:  # registered under their own names (or None)
             setattr(self, attr, module)
-        # bias stage: (q, positions, mask, bias, hooks, query input) -> (bias, hooks), after
-        # extend k/v
+        # bias stage: (q, positions, mask, bias, hooks, query input, cache entry) -> (bias,
+        # hooks), after extend k/v
         self.bias_stages = parts.biases
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = list(parts.extensions)
@@ -277,7 +277,7 @@ class Attention(nn.Module):
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
         for stage in self.bias_stages:
-            bias, hooks = stage(q, call.positions, mask_spec, bias, hooks, x)
+            bias, hooks = stage(q, call.positions, mask_spec, bias, hooks, x, call.entry)
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)

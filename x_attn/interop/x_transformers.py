@@ -15,6 +15,8 @@ weights so that both compute the same function. The layouts differ in known ways
 - it rotates interleaved query / key pairs ``(2i, 2i + 1)`` where x_attn rotates half-split
   pairs ``(i, i + r/2)``; permuting the query and key dims of every head alike leaves every
   score unchanged, so the rows are permuted on the way in.
+- PoPE (``polar_pos_emb``): x-transformers learns one key phase table for the stack, x_attn
+  one per layer (the paper's form); each layer gets a copy (equal at load, free afterwards).
 
 A weight on either side that the other cannot hold is refused with a ValueError naming it (an
 x-transformers flag x_attn builds differently, or a model built with other flags).
@@ -58,6 +60,7 @@ LAYER_RULES = [
     (r"^1\.(?:fn\.)*([qk])_rmsnorm\.gamma$", r"block.qk_rmsnorm.\1_norm.gamma"),
     (r"^1\.(?:fn\.)*value_rmsnorm\.gamma$", "block.value_rmsnorm.norm.gamma"),
     (r"^1\.(?:fn\.)*attend\.head_attn_sink$", "block.head_learned_sink.sink"),
+    (r"^1\.(?:fn\.)*attend\.cope\.pos_emb$", "block.cope.pos_emb"),
     (r"^1\.(?:fn\.)*head_scale_params$", "block.head_scale.scale"),
     (r"^1\.(?:fn\.)*to_v_head_gate\.(.+)$", r"block.gate_value_heads.to_gates.\1"),
     (r"^1\.(?:fn\.)*to_v_gate\.weight$", "block.gate_values.input_gate.up.weight"),
@@ -65,6 +68,10 @@ LAYER_RULES = [
     (r"^1\.(?:fn\.)*to_output_gate\.weight$", "block.gate_values.output_gate.up.weight"),
     (r"^1\.(?:fn\.)*to_output_gate\.(down|up)\.(.+)$", r"block.gate_values.output_gate.\1.\2"),
     (r"^1\.(?:fn\.)*to_value_residual_mix\.0\.(.+)$", r"block.value_residual.to_mix.\1"),
+    (
+        r"^1\.(?:fn\.)*data_dependent_alibi\.to_forget_gates\.0\.(.+)$",
+        r"block.forget_gates.to_gates.\1",
+    ),
 ]
 # the rest of a stack (outside its layers)
 STACK_RULES = [
@@ -82,7 +89,7 @@ WRAPPER_RULES = [
     (r"^combine_mixture\.weight$", "mixture.combine_mixture.weight"),
 ]
 # per query / key dim parameters that follow the rotary permutation (last axis)
-PER_QK_DIM = r"(qk_norm\.[qk]_scale|qk_rmsnorm\.[qk]_norm\.gamma|memory_kv\.mem_k)$"
+PER_QK_DIM = r"(qk_norm\.[qk]_scale|qk_rmsnorm\.[qk]_norm\.gamma|memory_kv\.mem_k|cope\.pos_emb)$"
 GAINS = re.compile(r"^(layers\.\d+\.(norm|branch_norm|post_norm)|final_norm)\.(gamma|g)$")
 
 
@@ -135,6 +142,7 @@ def from_x_transformers(
                 f"both with the same flags"
             )
         mapped[name] = value.to(target[name].dtype)
+    mapped.update(_polar_offsets(state, stacks))
     for name, value in target.items():
         if name not in mapped:
             if not _bias_only_in_x_attn(name):
@@ -206,6 +214,8 @@ def _convert_stack(
     if key.endswith("inv_freq"):
         _check_rotary_dim(stack, value)
         return None, value
+    if key == "polar_pos_emb.learned_bias":
+        return None, value  # one table for the stack: see _polar_offsets
     layer = re.match(r"^layers\.(\d+)\.(.+)$", key)
     if layer is None:
         name = _apply(STACK_RULES, key) or _dynamic_bias(key) or key
@@ -255,6 +265,20 @@ def _dynamic_bias(key: str) -> str | None:
     return f"positions.rel_pos.mlp.{3 * int(index)}.{leaf}"
 
 
+def _polar_offsets(state: Mapping[str, Tensor], stacks: dict[str, AttentionLayers]) -> dict:
+    """PoPE's key phase offsets: x-transformers learns one (h, 1, d) table for the stack,
+    x_attn one (hk, d) table per self-attention layer; each layer gets a copy."""
+    found = {}
+    for prefix, stack in stacks.items():
+        table = state.get(f"{prefix}polar_pos_emb.learned_bias")
+        if table is None:
+            continue
+        for index, layer in enumerate(stack.layers):
+            if getattr(layer.block, "polar", None) is not None:
+                found[f"{prefix}layers.{index}.block.polar.phase_offset"] = table.squeeze(-2)
+    return found
+
+
 def _check_rotary_dim(stack: AttentionLayers, inv_freq: Tensor) -> None:
     rotary = getattr(stack.positions, "rotary", None)
     dim = 2 * inv_freq.numel()
@@ -269,7 +293,7 @@ def _check_rotary_dim(stack: AttentionLayers, inv_freq: Tensor) -> None:
 def _rotary_rows(name: str, value: Tensor, stack: AttentionLayers) -> Tensor:
     """Query / key rows (and per-dim q / k parameters) in x_attn's half-split rotary layout."""
     rotary = getattr(stack.positions, "rotary", None)
-    if rotary is None:
+    if rotary is None or stack.config.polar_pos_emb:  # PoPE's dims are not rotated in pairs
         return value
     order = _half_split_order(stack.config.attn.dim_head, rotary.dim)
     if re.search(r"block\.proj\.(inner\.)?to_[qk]\.weight$", name):

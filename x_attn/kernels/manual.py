@@ -47,6 +47,29 @@ class ScoreHooks:
         return out
 
 
+class WrappedHooks(ScoreHooks):
+    """Another set of hooks (``inner``), delegated stage by stage; a subclass adds to the
+    stages it overrides (a bias-stage feature wraps the layer's hooks this way)."""
+
+    def __init__(self, inner: ScoreHooks) -> None:
+        self.inner = inner
+
+    def on_logits(self, sim: Tensor) -> Tensor:
+        return self.inner.on_logits(sim)
+
+    def on_masked(self, sim: Tensor, mask: Tensor | None) -> Tensor:
+        return self.inner.on_masked(sim, mask)
+
+    def normalize(self, sim: Tensor) -> Tensor:
+        return self.inner.normalize(sim)
+
+    def on_probs(self, attn: Tensor) -> Tensor:
+        return self.inner.on_probs(attn)
+
+    def on_output(self, out: Tensor, attn: Tensor) -> Tensor:
+        return self.inner.on_output(out, attn)
+
+
 @dataclass
 class AttnMaps:
     """Scores of one manual attention call: logits (b, h, i, j) before masking, probs after."""

@@ -63,6 +63,7 @@ def validate_positional(config: LayersConfig, owner: str) -> None:
                 f"{scheme} or drop {option}"
             )
     _validate_rotary(config, owner)
+    _validate_polar(config, owner)
     _one_bias(config, owner)
     if config.alibi_num_heads is not None and not 1 <= config.alibi_num_heads <= config.heads:
         raise ValueError(
@@ -86,6 +87,19 @@ def validate_positional(config: LayersConfig, owner: str) -> None:
             f"{owner}: shaw_max_distance (the clipping distance k) must be >= 0, got "
             f"{config.shaw_max_distance}"
         )
+
+
+def _validate_polar(config: LayersConfig, owner: str) -> None:
+    """PoPE (polar_pos_emb) replaces rotary and has no relative keys of head width."""
+    if not config.polar_pos_emb:
+        return
+    for other, why in (
+        ("rotary_pos_emb", "both give queries and keys their phases by position"),
+        ("rotary_xpos", "both give queries and keys their phases by position"),
+        ("shaw_rel_pos", "Shaw's relative keys are as wide as the head, which PoPE doubles"),
+    ):
+        if getattr(config, other):
+            raise ValueError(f"{owner}: polar_pos_emb and {other}: {why}; choose one")
 
 
 def _validate_rotary(config: LayersConfig, owner: str) -> None:

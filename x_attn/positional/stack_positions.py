@@ -136,6 +136,9 @@ class StackPositions(nn.Module):
         super().__init__()
         rotary = uses_rotary(config)
         self.rotary = _rotary(config, qk_dim, qk_flags, owner, rotary_dim) if rotary else None
+        if config.polar_pos_emb:  # PoPE: d frequencies over the 2d dims of features/polar.py
+            self.rotary = RotaryEmbedding(2 * qk_dim)
+        self.polar = config.polar_pos_emb
         self.rel_pos = _bias(config)
         self.infused_dim = config.dim if config.position_infused_attn else None
         self.per_layer = config.shaw_rel_pos  # relative embeddings inside each layer
@@ -182,6 +185,7 @@ class StackPositions(nn.Module):
             self._check_xpos_range(k_pos, dtype)
             context.rotary = self.rotary.table(k_pos, dtype=table_dtype)
         if self.rotary is not None and context_values is not None:
+            self._check_context_positions()
             self._check_xpos_range(context_values, dtype)
             context.context_rotary = self.rotary.table(context_values, dtype=table_dtype)
         if k_pos is None:
@@ -194,6 +198,14 @@ class StackPositions(nn.Module):
                 k_pos.flatten(), self.infused_dim, dtype=table_dtype
             ).unflatten(0, k_pos.shape)
         return context
+
+    def _check_context_positions(self) -> None:
+        if self.polar:
+            raise ValueError(
+                "context_pos places a cross-attention context for rotary embeddings, but "
+                "polar_pos_emb acts on self-attention only (its cross-attention keys have no "
+                "polar form); drop context_pos"
+            )
 
     def _check_xpos_range(self, positions: Tensor, dtype: torch.dtype) -> None:
         rotary = self.rotary

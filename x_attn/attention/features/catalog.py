@@ -15,8 +15,10 @@ from torch import nn
 from x_attn.attention.features import ScorePipeline
 from x_attn.attention.features.attn_on_attn import AOA_SPEC, LinearOutput
 from x_attn.attention.features.cog_signed import COG_SIGNED_SPEC
+from x_attn.attention.features.cope import COPE_SPEC
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.exclusive import EXCLUSIVE_SPEC
+from x_attn.attention.features.forgetting import FORGETTING_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
 from x_attn.attention.features.gumbel import GUMBEL_SOFTMAX_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
@@ -31,6 +33,7 @@ from x_attn.attention.features.memory_kv import MEMORY_KV_SPEC
 from x_attn.attention.features.multi_token import MTA_HEAD_NORM_SPEC, MTA_SPEC
 from x_attn.attention.features.null_keys import HEAD_SINK_SPEC, ZERO_KV_SPEC
 from x_attn.attention.features.performer import PERFORMER_SPEC
+from x_attn.attention.features.polar import POLAR_SPEC
 from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.rel_proj_bias import REL_PROJ_BIAS_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
@@ -61,6 +64,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     LSH_SPEC,
     QK_NORM_SPEC,
     QK_RMSNORM_SPEC,
+    POLAR_SPEC,
     VALUE_RESIDUAL_SPEC,
     VALUE_RMSNORM_SPEC,
     LASER_VALUES_SPEC,
@@ -69,6 +73,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     PERFORMER_SPEC,
     SHAW_SPEC,
     REL_PROJ_BIAS_SPEC,
+    FORGETTING_SPEC,
+    COPE_SPEC,
     WINDOW_SPEC,
     SPARSE_SPEC,
     BIGBIRD_SPEC,

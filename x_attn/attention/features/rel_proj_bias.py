@@ -26,6 +26,7 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
+from x_attn.cache.entry import CacheEntry
 from x_attn.kernels.manual import ScoreHooks
 from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
@@ -81,6 +82,7 @@ class RelProjBiasStage(nn.Module):
         bias: Tensor | None,
         hooks: ScoreHooks,
         query_input: Tensor | None = None,
+        entry: CacheEntry | None = None,
     ) -> tuple[Tensor, ScoreHooks]:
         q_pos, k_pos = (positions.values_of(span, q.device) for span in (mask.q, mask.k))
         if q_pos.ndim > 2:

@@ -25,28 +25,18 @@ from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
-from x_attn.kernels.manual import ScoreHooks
+from x_attn.cache.entry import CacheEntry
+from x_attn.kernels.manual import ScoreHooks, WrappedHooks
 from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
 
 
-class RelativeValueHooks(ScoreHooks):
+class RelativeValueHooks(WrappedHooks):
     """Another layer's hooks, plus Shaw's value term on the attention output."""
 
     def __init__(self, inner: ScoreHooks, offsets: Tensor, rel_v: Tensor) -> None:
-        self.inner, self.offsets, self.rel_v = inner, offsets, rel_v
-
-    def on_logits(self, sim: Tensor) -> Tensor:
-        return self.inner.on_logits(sim)
-
-    def on_masked(self, sim: Tensor, mask: Tensor | None) -> Tensor:
-        return self.inner.on_masked(sim, mask)
-
-    def normalize(self, sim: Tensor) -> Tensor:
-        return self.inner.normalize(sim)
-
-    def on_probs(self, attn: Tensor) -> Tensor:
-        return self.inner.on_probs(attn)
+        super().__init__(inner)
+        self.offsets, self.rel_v = offsets, rel_v
 
     def on_output(self, out: Tensor, attn: Tensor) -> Tensor:
         """out + sum_r (weights of the keys at offset r) w^V_r; free keys come first."""
@@ -89,6 +79,7 @@ class ShawRelativePositions(nn.Module):
         bias: Tensor | None,
         hooks: ScoreHooks,
         query_input: Tensor | None = None,
+        entry: CacheEntry | None = None,
     ) -> tuple[Tensor, ScoreHooks]:
         """Bias stage: add ``q_i . w^K_r(i, j) / sqrt(d)``; hook the value term on the output.
 

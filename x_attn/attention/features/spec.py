@@ -118,7 +118,8 @@ class FeatureSpec:
         paper: arXiv id of the paper it implements ("" for none).
         stage: where it attaches: "project", "qk" (query/key transforms before positions),
             "values" (new values before the cache), "extend" (more keys/values), "bias" (a
-            query-dependent logit bias over the held keys, possibly wrapping the score hooks),
+            query-dependent logit bias over the held keys, possibly wrapping the score hooks;
+            it receives the call's cache entry, to read state a ``wrap_entry`` keeps),
             "mask", "cache", "logits", "masked", "normalize", "probs" (score stages), "heads" (a
             module on the per-head output (b, h, n, dv) and the query input, before the heads
             are merged) or "output".
