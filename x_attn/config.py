@@ -43,6 +43,7 @@ class AttentionConfig:
     use_entmax15: bool = False
     cog_signed: bool = False  # signed softmax, negative weights (features/cog_signed.py)
     inverted_attention: bool = False  # softmax over the queries (features/inverted.py)
+    sigmoid: bool = False  # sigmoid attention, no normalisation (features/sigmoid_attn.py)
     talking_heads: bool = False
     pre_talking_heads: bool = False
     post_talking_heads: bool = False

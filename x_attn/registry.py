@@ -197,6 +197,15 @@ FLAGS: tuple[FlagCase, ...] = (
         "classmethod forward) cannot be inlined by dynamo",
     ),
     FlagCase(
+        "attn_sigmoid",
+        "sigmoid attention: sigmoid(q.k * scale) per key, no normalisation over the keys",
+        "2409.04431",
+        {"attn_sigmoid": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="mixed",
+    ),
+    FlagCase(
         "attn_cog_signed",
         "cog attention: sign(s) softmax(|s|), weights may be negative",
         "2411.07176",

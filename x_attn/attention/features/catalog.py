@@ -35,6 +35,7 @@ from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.rel_proj_bias import REL_PROJ_BIAS_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.shaw import SHAW_SPEC
+from x_attn.attention.features.sigmoid_attn import SIGMOID_SPEC
 from x_attn.attention.features.softclamp import SOFTCLAMP_LOGITS_SPEC
 from x_attn.attention.features.sparse import BIGBIRD_SPEC, SPARSE_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
@@ -84,6 +85,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
     GUMBEL_SOFTMAX_SPEC,
+    SIGMOID_SPEC,
     COG_SIGNED_SPEC,
     LASER_LOG_SPEC,
     INVERTED_SPEC,
