@@ -45,6 +45,8 @@ class FlagCase:
     # graph break; else compile_reason says what in the mechanism stops the trace
     compiles: bool = True
     compile_reason: str = ""
+    # parameters that only the wrapper's own loss trains (the logits do not depend on them)
+    loss_only: tuple[str, ...] = ()
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -869,6 +871,15 @@ FLAGS: tuple[FlagCase, ...] = (
         compiles=False,
         compile_reason="in training the number of runs is drawn per call and read back as a "
         "Python int (a data-dependent loop count)",
+    ),
+    FlagCase(
+        "looped",
+        "looped LM: the whole stack runs T times on its own output, an exit gate per run",
+        "2510.25741",
+        {"pre_and_post_norm": True},
+        {"looped": True, "max_looped_steps": 2},
+        mems_ok=False,
+        loss_only=("exit_gate.weight",),  # trained by AutoregressiveWrapper's exit loss
     ),
     FlagCase(
         "emb_frac_gradient",

@@ -49,6 +49,8 @@ from x_attn.wrappers.decoding import (
     prepare_prompts,
 )
 from x_attn.wrappers.legacy_generate import translate
+from x_attn.wrappers.looped import KEYWORDS as LOOP_KEYWORDS
+from x_attn.wrappers.looped import generation_intermediates, looped_loss
 from x_attn.wrappers.next_embed import next_embed_loss
 from x_attn.wrappers.stepper import PREPEND_INPUTS, LogitStepper
 from x_attn.wrappers.training_aids import forgetful_key_mask, lens_mask
@@ -72,6 +74,9 @@ def uncacheable_reason(net: nn.Module) -> str | None:
     return None
 
 
+LOOP_INPUTS = frozenset(LOOP_KEYWORDS) - {"looped_pred_all_logits"}  # a looped net's generate
+
+
 @records_config
 class AutoregressiveWrapper(nn.Module):
     """Next-token training and sampling around a token model (TransformerWrapper + Decoder).
@@ -84,6 +89,8 @@ class AutoregressiveWrapper(nn.Module):
             positions is hidden as keys (:mod:`x_attn.wrappers.training_aids`).
         next_embed_loss_weight: weight of the next-embedding loss of a net built with
             ``add_continuous_pred_head`` (:mod:`x_attn.wrappers.next_embed`).
+        looped_loss_threshold_exit, looped_loss_slope, looped_exit_loss_weight: the exit-gate
+            loss of a ``looped`` net (:mod:`x_attn.wrappers.looped`).
     """
 
     @checked_keywords
@@ -94,6 +101,9 @@ class AutoregressiveWrapper(nn.Module):
         pad_value: int = 0,
         mask_prob: float = 0.0,
         next_embed_loss_weight: float = 0.1,
+        looped_loss_threshold_exit: float = 0.05,
+        looped_loss_slope: float = 50.0,
+        looped_exit_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -121,6 +131,13 @@ class AutoregressiveWrapper(nn.Module):
         self.mask_prob = float(mask_prob)
         check_nonnegative("next_embed_loss_weight", next_embed_loss_weight, owner)
         self.next_embed_loss_weight = float(next_embed_loss_weight)
+        check_nonnegative("looped_exit_loss_weight", looped_exit_loss_weight, owner)
+        check_nonnegative("looped_loss_slope", looped_loss_slope, owner)
+        self.looped_weights = (
+            float(looped_loss_slope),
+            float(looped_loss_threshold_exit),
+            float(looped_exit_loss_weight),
+        )
         self._warned = False
 
     @property
@@ -169,8 +186,10 @@ class AutoregressiveWrapper(nn.Module):
             kwargs["mask"] = keep if mask is None else mask & keep
         if prepend_embeds is not None:
             kwargs.update(prepend_embeds=prepend_embeds, excise_prepend_embeds=True)
-        if return_outputs:
+        if return_outputs or getattr(self.net, "looped", False):
             kwargs["return_intermediates"] = True
+        if getattr(self.net, "looped", False):
+            return self._looped_loss(inp, target, kwargs, return_outputs)
         next_embed = self.predicts_next_embed
         if next_embed:
             kwargs["return_next_embed_pred"] = True
@@ -187,6 +206,19 @@ class AutoregressiveWrapper(nn.Module):
             loss = loss + self.next_embed_loss_weight * next_embed_loss(pred, inputs, valid)
             out = (logits, out[1]) if return_outputs else logits
         return (loss, out) if return_outputs else loss
+
+    def _looped_loss(self, inp: Tensor, target: Tensor, kwargs: dict, return_outputs: bool):
+        """The loss of a looped net: every run's logits and exit gates (see looped.py)."""
+        if self.predicts_next_embed:
+            raise ValueError(
+                f"{type(self).__name__}: the next-embedding loss is not supported with a looped "
+                "net; set next_embed_loss_weight=0"
+            )
+        logits, inter = self.net(inp, looped_pred_all_logits=True, **kwargs)
+        loss = looped_loss(
+            inter.all_pred_logits, inter.exit_logits, target, self.ignore_index, self.looped_weights
+        )
+        return (loss, (logits, inter)) if return_outputs else loss
 
     @property
     def predicts_next_embed(self) -> bool:
@@ -214,6 +246,7 @@ class AutoregressiveWrapper(nn.Module):
         filter_thres: float | None = None,
         min_p_pow: float | None = None,
         min_p_ratio: float | None = None,
+        return_intermediates: bool = False,
         **kwargs: Any,
     ) -> Tensor:
         """Sample ``seq_len`` tokens after each prompt.
@@ -234,6 +267,8 @@ class AutoregressiveWrapper(nn.Module):
                 newest ``max_seq_len`` positions only; False attends to everything.
             return_prime: return the (left-padded) prompts followed by the new tokens.
             start_tokens, filter_thres, min_p_pow, min_p_ratio, mask: the 2021 signature.
+            return_intermediates: also return the intermediates of the decoding (its KV cache;
+                a looped net's exit indices and per-run caches); needs the KV cache.
             **kwargs: model inputs (``context``, ``context_mask``, ``prepend_embeds``, ...).
 
         Returns:
@@ -265,12 +300,17 @@ class AutoregressiveWrapper(nn.Module):
             generator=generator,
         )
         cached = cache_kv and self._cache_usable()
+        if return_intermediates and not cached:
+            raise ValueError(f"{owner}: return_intermediates=True needs the KV cache (cache_kv)")
+        if getattr(self.net, "looped", False):
+            kwargs.setdefault("looped_inference", True)
         with inference(self.net):
             stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
             out = _sample(stepper, sampler, seq_len)
         if return_prime:
             out = torch.cat((batch.tokens, out), dim=1)
-        return out[0] if batch.squeeze else out
+        out = out[0] if batch.squeeze else out
+        return (out, generation_intermediates(stepper.cache)) if return_intermediates else out
 
     def beam_search(
         self,
@@ -336,7 +376,8 @@ class AutoregressiveWrapper(nn.Module):
         if not isinstance(restrict, bool):
             raise TypeError(f"{owner}: 'restrict_to_max_seq_len' must be True or False")
         drop_unsupported("AutoregressiveWrapper", "generate", kwargs, set())
-        check_passthrough(kwargs, owner, self.net, own, PREPEND_INPUTS)
+        loop = LOOP_INPUTS if getattr(self.net, "looped", False) else frozenset()
+        check_passthrough(kwargs, owner, self.net, own, PREPEND_INPUTS | loop)
         self._check_length(batch.tokens.shape[1], seq_len, owner)
         prepend = kwargs.get("prepend_embeds")
         if restrict and isinstance(prepend, Tensor) and prepend.ndim == 3:
