@@ -197,3 +197,26 @@ def test_forward_and_loss_equal_x_transformers():
     for mine, their in zip(inter.exit_logits, their_inter.exit_logits, strict=True):
         torch.testing.assert_close(mine, their, atol=1e-6, rtol=0)
     torch.testing.assert_close(loss, their_loss, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_greedy_generation_equals_full_forwards_and_reports_exits():
+    model = looped_model()
+    wrapper = AutoregressiveWrapper(model)
+    prompt = torch.randint(0, V, (1, 4))
+    out, inter = wrapper.generate(
+        prompt, 5, temperature=0.0, looped_exit_prob_threshold=0.6, return_intermediates=True
+    )
+    seq = prompt
+    for _ in range(5):  # full forwards with looped inference, argmax of the last position
+        logits = model(seq, looped_inference=True, looped_exit_prob_threshold=0.6)
+        seq = torch.cat((seq, logits[:, -1:].argmax(-1)), dim=1)
+    assert torch.equal(out, seq[:, 4:])
+    _, full = model(
+        seq[:, :-1],
+        looped_inference=True,
+        looped_exit_prob_threshold=0.6,
+        return_intermediates=True,
+    )
+    assert torch.equal(inter.exit_indices, full.exit_indices)  # every token fed so far
+    assert len(inter.looped_prompt_kv_cache) == 4
