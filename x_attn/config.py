@@ -92,6 +92,7 @@ class AttentionConfig:
     gumbel_softmax: bool = False  # stochastic attention (features/gumbel.py)
     gumbel_softmax_temp: float = 1.0
     gumbel_softmax_hard: bool = True
+    hard: bool = False  # one-hot argmax attention, softmax gradient (features/gumbel.py)
     laser: bool = False  # LASER: log(A exp(V)) (features/laser.py)
     laser_softclamp_value: float = 15.0  # the soft cap of the values before exp
 

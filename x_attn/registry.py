@@ -272,6 +272,15 @@ FLAGS: tuple[FlagCase, ...] = (
         stochastic=True,
     ),
     FlagCase(
+        "attn_hard",
+        "hard attention: each query reads its argmax key, softmax gradient (straight-through)",
+        "2410.01104",
+        {"attn_hard": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="sparse",
+    ),
+    FlagCase(
         "attn_laser",
         "LASER: log of the attention-weighted exp of the (soft-capped) values",
         "2411.03493",

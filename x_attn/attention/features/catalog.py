@@ -18,7 +18,7 @@ from x_attn.attention.features.cog_signed import COG_SIGNED_SPEC
 from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.exclusive import EXCLUSIVE_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
-from x_attn.attention.features.gumbel import GUMBEL_SOFTMAX_SPEC
+from x_attn.attention.features.gumbel import GUMBEL_SOFTMAX_SPEC, HARD_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.inverted import INVERTED_SPEC
@@ -85,6 +85,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
     GUMBEL_SOFTMAX_SPEC,
+    HARD_SPEC,
     SIGMOID_SPEC,
     COG_SIGNED_SPEC,
     LASER_LOG_SPEC,
