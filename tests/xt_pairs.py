@@ -51,3 +51,16 @@ def padded_cross_call(theirs: torch.nn.Module, ours: torch.nn.Module, dim: int, 
         expected = theirs(x, context=ctx, mask=mask, context_mask=context_mask)
         got = ours(x, context=ctx, mask=mask, context_mask=context_mask)
     return got, expected, mask
+
+
+def decoder_logits_pair(**flags: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ours, theirs) logits of a small Decoder LM with ``flags`` on the same weights/tokens."""
+
+    def build(lib: Any) -> torch.nn.Module:
+        layers = lib.Decoder(dim=16, depth=2, heads=2, attn_dim_head=8, **flags)
+        return lib.TransformerWrapper(num_tokens=20, max_seq_len=12, attn_layers=layers)
+
+    theirs, ours = xt_pair(build)
+    toks = torch.randint(0, 20, (2, 9))
+    with torch.no_grad():
+        return ours(toks), theirs(toks)
