@@ -46,6 +46,7 @@ def merged(a: FlagCase, b: FlagCase) -> FlagCase:
         layers={**a.layers, **b.layers},
         wrapper={**a.wrapper, **b.wrapper},
         stochastic=a.stochastic or b.stochastic,
+        loss_only=a.loss_only + b.loss_only,
     )
 
 
@@ -79,7 +80,8 @@ def test_decoder_pair_is_causal_and_caches_exactly(a, b):
     net.train(not case.stochastic)  # stochastic depth would leave skipped layers without grads
     net(x).sum().backward()
     for name, p in net.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        if name not in case.loss_only:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
 @pytest.mark.parametrize(("a", "b"), PAIRS, ids=lambda c: c.name)

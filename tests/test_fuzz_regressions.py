@@ -360,3 +360,21 @@ def test_decoder_without_self_attention_refusal_names_custom_layers() -> None:
     """Fixed: the refusal named only causal=True, which the user never passed."""
     with pytest.raises(ValueError, match="custom_layers"):
         Decoder(dim=DIM, depth=1, custom_layers=("f", "f"))
+
+
+@xfail(
+    "attn_laser stores exp(softclamp(v) - 15) in the values' dtype: in float16 values below "
+    "about -1.6 underflow to 0 (30 nats of range against float16's 27), so the log is wrong"
+)
+def test_laser_in_float16_stays_near_float64() -> None:
+    from x_attn import Attention
+
+    torch.manual_seed(0)
+    layer = Attention(DIM, heads=1, dim_head=4, laser=True).double()
+    with torch.no_grad():
+        layer.proj.to_v.weight.mul_(8)  # values of a few units, as a trained model has
+    x = torch.randn(2, 5, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        reference = layer(x)
+        half = layer.half()(x.half()).double()
+    torch.testing.assert_close(half, reference, atol=0.05, rtol=0)

@@ -35,6 +35,7 @@ MEMS_REFUSED = {
     "mv_split_residual": "mv_split_residual",
     "reinject_input": "reinject_input",
     "recycling": "recycling",
+    "looped": "looped",
 }
 ATOL = 1e-9
 

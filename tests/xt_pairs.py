@@ -37,3 +37,30 @@ def xt_pair(build: Callable[[Any], torch.nn.Module]) -> tuple[torch.nn.Module, t
     theirs = jittered_x_transformers(build)
     ours = from_x_transformers(theirs.state_dict(), build(x_attn).double())
     return theirs, ours.eval()
+
+
+def padded_cross_call(theirs: torch.nn.Module, ours: torch.nn.Module, dim: int, dim_context: int):
+    """Both CrossAttenders on the same inputs with padded queries and context:
+    (ours, theirs, query mask): outputs (b, n, d), mask (b, n)."""
+    x, ctx = torch.randn(2, 6, dim).double(), torch.randn(2, 9, dim_context).double()
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[0, 4:] = False
+    context_mask = torch.ones(2, 9, dtype=torch.bool)
+    context_mask[1, 7:] = False
+    with torch.no_grad():
+        expected = theirs(x, context=ctx, mask=mask, context_mask=context_mask)
+        got = ours(x, context=ctx, mask=mask, context_mask=context_mask)
+    return got, expected, mask
+
+
+def decoder_logits_pair(**flags: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ours, theirs) logits of a small Decoder LM with ``flags`` on the same weights/tokens."""
+
+    def build(lib: Any) -> torch.nn.Module:
+        layers = lib.Decoder(dim=16, depth=2, heads=2, attn_dim_head=8, **flags)
+        return lib.TransformerWrapper(num_tokens=20, max_seq_len=12, attn_layers=layers)
+
+    theirs, ours = xt_pair(build)
+    toks = torch.randint(0, 20, (2, 9))
+    with torch.no_grad():
+        return ours(toks), theirs(toks)

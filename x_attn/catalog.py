@@ -135,6 +135,18 @@ CATALOG: tuple[Mechanism, ...] = (
         "entmax15", "entmax-1.5 instead of softmax", {"attn_use_entmax15": True}, "1909.00015"
     ),
     Mechanism(
+        "hard-attention",
+        "each query reads its argmax key (straight-through softmax gradient)",
+        {"attn_hard": True},
+        "2410.01104",
+    ),
+    Mechanism(
+        "sigmoid",
+        "sigmoid attention: each weight sigmoid(q.k), no normalisation",
+        {"attn_sigmoid": True},
+        "2409.04431",
+    ),
+    Mechanism(
         "cog-attention",
         "cog attention: signed weights sign(s) softmax(|s|)",
         {"attn_cog_signed": True},

@@ -43,6 +43,7 @@ class AttentionConfig:
     use_entmax15: bool = False
     cog_signed: bool = False  # signed softmax, negative weights (features/cog_signed.py)
     inverted_attention: bool = False  # softmax over the queries (features/inverted.py)
+    sigmoid: bool = False  # sigmoid attention, no normalisation (features/sigmoid_attn.py)
     talking_heads: bool = False
     pre_talking_heads: bool = False
     post_talking_heads: bool = False
@@ -91,6 +92,7 @@ class AttentionConfig:
     gumbel_softmax: bool = False  # stochastic attention (features/gumbel.py)
     gumbel_softmax_temp: float = 1.0
     gumbel_softmax_hard: bool = True
+    hard: bool = False  # one-hot argmax attention, softmax gradient (features/gumbel.py)
     laser: bool = False  # LASER: log(A exp(V)) (features/laser.py)
     laser_softclamp_value: float = 15.0  # the soft cap of the values before exp
     data_dependent_alibi: bool = False  # forgetting transformer (features/forgetting.py)

@@ -45,6 +45,8 @@ class FlagCase:
     # graph break; else compile_reason says what in the mechanism stops the trace
     compiles: bool = True
     compile_reason: str = ""
+    # parameters that only the wrapper's own loss trains (the logits do not depend on them)
+    loss_only: tuple[str, ...] = ()
 
 
 FLAGS: tuple[FlagCase, ...] = (
@@ -220,6 +222,15 @@ FLAGS: tuple[FlagCase, ...] = (
         "classmethod forward) cannot be inlined by dynamo",
     ),
     FlagCase(
+        "attn_sigmoid",
+        "sigmoid attention: sigmoid(q.k * scale) per key, no normalisation over the keys",
+        "2409.04431",
+        {"attn_sigmoid": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="mixed",
+    ),
+    FlagCase(
         "attn_cog_signed",
         "cog attention: sign(s) softmax(|s|), weights may be negative",
         "2411.07176",
@@ -282,6 +293,15 @@ FLAGS: tuple[FlagCase, ...] = (
         kernel="manual",
         probs="sparse",
         stochastic=True,
+    ),
+    FlagCase(
+        "attn_hard",
+        "hard attention: each query reads its argmax key, softmax gradient (straight-through)",
+        "2410.01104",
+        {"attn_hard": True},
+        needs_scores=True,
+        kernel="manual",
+        probs="sparse",
     ),
     FlagCase(
         "attn_laser",
@@ -883,6 +903,15 @@ FLAGS: tuple[FlagCase, ...] = (
         compiles=False,
         compile_reason="in training the number of runs is drawn per call and read back as a "
         "Python int (a data-dependent loop count)",
+    ),
+    FlagCase(
+        "looped",
+        "looped LM: the whole stack runs T times on its own output, an exit gate per run",
+        "2510.25741",
+        {"pre_and_post_norm": True},
+        {"looped": True, "max_looped_steps": 2},
+        mems_ok=False,
+        loss_only=("exit_gate.weight",),  # trained by AutoregressiveWrapper's exit loss
     ),
     FlagCase(
         "emb_frac_gradient",

@@ -50,6 +50,8 @@ from x_attn.wrappers.decoding import (
     prepare_prompts,
 )
 from x_attn.wrappers.legacy_generate import translate
+from x_attn.wrappers.looped import KEYWORDS as LOOP_KEYWORDS
+from x_attn.wrappers.looped import generation_intermediates, looped_loss
 from x_attn.wrappers.next_embed import next_embed_loss
 from x_attn.wrappers.stepper import PREPEND_INPUTS, LogitStepper
 from x_attn.wrappers.training_aids import forgetful_key_mask, lens_mask
@@ -73,6 +75,9 @@ def uncacheable_reason(net: nn.Module) -> str | None:
     return None
 
 
+LOOP_INPUTS = frozenset(LOOP_KEYWORDS) - {"looped_pred_all_logits"}  # a looped net's generate
+
+
 @records_config
 class AutoregressiveWrapper(nn.Module):
     """Next-token training and sampling around a token model (TransformerWrapper + Decoder).
@@ -85,6 +90,8 @@ class AutoregressiveWrapper(nn.Module):
             positions is hidden as keys (:mod:`x_attn.wrappers.training_aids`).
         next_embed_loss_weight: weight of the next-embedding loss of a net built with
             ``add_continuous_pred_head`` (:mod:`x_attn.wrappers.next_embed`).
+        looped_loss_threshold_exit, looped_loss_slope, looped_exit_loss_weight: the exit-gate
+            loss of a ``looped`` net (:mod:`x_attn.wrappers.looped`).
     """
 
     @checked_keywords
@@ -95,6 +102,9 @@ class AutoregressiveWrapper(nn.Module):
         pad_value: int = 0,
         mask_prob: float = 0.0,
         next_embed_loss_weight: float = 0.1,
+        looped_loss_threshold_exit: float = 0.05,
+        looped_loss_slope: float = 50.0,
+        looped_exit_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -122,6 +132,13 @@ class AutoregressiveWrapper(nn.Module):
         self.mask_prob = float(mask_prob)
         check_nonnegative("next_embed_loss_weight", next_embed_loss_weight, owner)
         self.next_embed_loss_weight = float(next_embed_loss_weight)
+        check_nonnegative("looped_exit_loss_weight", looped_exit_loss_weight, owner)
+        check_nonnegative("looped_loss_slope", looped_loss_slope, owner)
+        self.looped_weights = (
+            float(looped_loss_slope),
+            float(looped_loss_threshold_exit),
+            float(looped_exit_loss_weight),
+        )
         self._warned = False
 
     @property
@@ -170,8 +187,10 @@ class AutoregressiveWrapper(nn.Module):
             kwargs["mask"] = keep if mask is None else mask & keep
         if prepend_embeds is not None:
             kwargs.update(prepend_embeds=prepend_embeds, excise_prepend_embeds=True)
-        if return_outputs:
+        if return_outputs or getattr(self.net, "looped", False):
             kwargs["return_intermediates"] = True
+        if getattr(self.net, "looped", False):
+            return self._looped_loss(inp, target, kwargs, return_outputs)
         next_embed = self.predicts_next_embed
         if next_embed:
             kwargs["return_next_embed_pred"] = True
@@ -188,6 +207,19 @@ class AutoregressiveWrapper(nn.Module):
             loss = loss + self.next_embed_loss_weight * next_embed_loss(pred, inputs, valid)
             out = (logits, out[1]) if return_outputs else logits
         return (loss, out) if return_outputs else loss
+
+    def _looped_loss(self, inp: Tensor, target: Tensor, kwargs: dict, return_outputs: bool):
+        """The loss of a looped net: every run's logits and exit gates (see looped.py)."""
+        if self.predicts_next_embed:
+            raise ValueError(
+                f"{type(self).__name__}: the next-embedding loss is not supported with a looped "
+                "net; set next_embed_loss_weight=0"
+            )
+        logits, inter = self.net(inp, looped_pred_all_logits=True, **kwargs)
+        loss = looped_loss(
+            inter.all_pred_logits, inter.exit_logits, target, self.ignore_index, self.looped_weights
+        )
+        return (loss, (logits, inter)) if return_outputs else loss
 
     @property
     def predicts_next_embed(self) -> bool:
@@ -217,6 +249,7 @@ class AutoregressiveWrapper(nn.Module):
         min_p_ratio: float | None = None,
         static_cache: bool = False,
         compile: bool | str | Callable = False,
+        return_intermediates: bool = False,
         **kwargs: Any,
     ) -> Tensor:
         """Sample ``seq_len`` tokens after each prompt.
@@ -243,6 +276,8 @@ class AutoregressiveWrapper(nn.Module):
             compile: with ``static_cache``, compile the prefill and the decode step with
                 ``torch.compile(fullgraph=True, dynamic=False)``: True (inductor), a backend
                 name or callable. Compiled once per shape, reused by later calls.
+            return_intermediates: also return the intermediates of the decoding (its KV cache;
+                a looped net's exit indices and per-run caches); needs the KV cache.
             **kwargs: model inputs (``context``, ``context_mask``, ``prepend_embeds``, ...).
 
         Returns:
@@ -274,18 +309,28 @@ class AutoregressiveWrapper(nn.Module):
             generator=generator,
         )
         check_compile(compile, static_cache)
+        cached = cache_kv and self._cache_usable()
+        if return_intermediates and static_cache:
+            raise ValueError(
+                f"{owner}: return_intermediates=True reads the ordinary KV cache; "
+                "drop static_cache=True to get the intermediates"
+            )
+        if return_intermediates and not cached:
+            raise ValueError(f"{owner}: return_intermediates=True needs the KV cache (cache_kv)")
+        if getattr(self.net, "looped", False):
+            kwargs.setdefault("looped_inference", True)
         with inference(self.net):
             if static_cache:
                 stepper = static_stepper(
                     self, batch, seq_len, restrict_to_max_seq_len, cache_kv, kwargs, compile
                 )
             else:
-                cached = cache_kv and self._cache_usable()
                 stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
             out = _sample(stepper, sampler, seq_len)
         if return_prime:
             out = torch.cat((batch.tokens, out), dim=1)
-        return out[0] if batch.squeeze else out
+        out = out[0] if batch.squeeze else out
+        return (out, generation_intermediates(stepper.cache)) if return_intermediates else out
 
     def beam_search(
         self,
@@ -351,7 +396,8 @@ class AutoregressiveWrapper(nn.Module):
         if not isinstance(restrict, bool):
             raise TypeError(f"{owner}: 'restrict_to_max_seq_len' must be True or False")
         drop_unsupported("AutoregressiveWrapper", "generate", kwargs, set())
-        check_passthrough(kwargs, owner, self.net, own, PREPEND_INPUTS)
+        loop = LOOP_INPUTS if getattr(self.net, "looped", False) else frozenset()
+        check_passthrough(kwargs, owner, self.net, own, PREPEND_INPUTS | loop)
         self._check_length(batch.tokens.shape[1], seq_len, owner)
         prepend = kwargs.get("prepend_embeds")
         if restrict and isinstance(prepend, Tensor) and prepend.ndim == 3:

@@ -274,7 +274,7 @@ class SequenceWrapper(nn.Module):
                 front = marked.new_zeros(marked.shape[0], self.num_memory_tokens)
                 kwargs["global_mask"] = torch.cat((front, marked), dim=1)
         cache = self._new_cache(cache, return_intermediates, return_cache)
-        out, inter = self.attn_layers(
+        out, inter = self._attend(
             h,
             mask=mask,
             mems=mems,
@@ -289,6 +289,10 @@ class SequenceWrapper(nn.Module):
         if prepend:
             out = out[:, self.num_memory_tokens :]
         return out, inter, out_mask
+
+    def _attend(self, h: Tensor, **kwargs: Any) -> tuple[Tensor, LayerIntermediates]:
+        """The stack on the stream ``h`` (a subclass may run it otherwise: looped models)."""
+        return self.attn_layers(h, **kwargs)
 
     def _embed(self, h: Tensor, where: tuple, sum_embeds: Tensor | None) -> Tensor:
         """Absolute positions (L2-normalised with l2norm_embed), ``sum_embeds``, post_emb_norm.

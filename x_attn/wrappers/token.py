@@ -11,6 +11,7 @@ positions.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from x_attn.utils import check_positive_int, default
 from x_attn.validation import check_bool_mask, token_ids
 from x_attn.value_checks import require_ids_below
 from x_attn.wrappers.cache_input import new_inputs, new_positions
+from x_attn.wrappers.looped import check_looped, loop_options, run_loops
 from x_attn.wrappers.mixture_of_softmax import MixtureOfSoftmax
 from x_attn.wrappers.next_embed import build_next_embed_head
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
@@ -127,6 +129,8 @@ class TransformerWrapper(SequenceWrapper):
         ff_deep_embed: bool = False,
         recycling: bool = False,
         train_max_recycle_steps: int = 4,
+        looped: bool = False,
+        max_looped_steps: int = 4,
     ) -> None:
         super().__init__(
             max_seq_len=max_seq_len,
@@ -177,6 +181,11 @@ class TransformerWrapper(SequenceWrapper):
             raise ValueError(f"{owner}: max_mem_len (memories of one run) with recycling")
         if recycling and (self.pools or self.attn_pool is not None):
             raise ValueError(f"{owner}: recycling feeds back one output per token; drop pooling")
+        check_looped(self, looped, max_looped_steps, owner)
+        if looped and recycling:
+            raise ValueError(f"{owner}: looped and recycling both rerun the stack; choose one")
+        self.looped, self.train_max_looped_steps = looped, max_looped_steps
+        self.exit_gate = nn.Linear(dim, 1, bias=False) if looped else None
 
     def _init_pooling(self, use_cls_token: bool, num_cls_tokens: int) -> None:
         if use_cls_token:
@@ -207,6 +216,11 @@ class TransformerWrapper(SequenceWrapper):
         to_logits_kwargs: dict[str, Any] | None = None,
         return_next_embed_pred: bool = False,
         recycle_steps: int | None = None,
+        looped_steps: int | None = None,
+        max_looped_steps: int | None = None,
+        looped_pred_all_logits: bool | None = None,
+        looped_inference: bool = False,
+        looped_exit_prob_threshold: float | None = None,
         **kwargs: Any,
     ):
         """Logits (b, n, logits_dim), or embeddings (b, n, d) with ``return_embeddings``.
@@ -228,10 +242,25 @@ class TransformerWrapper(SequenceWrapper):
         ``prepend_embeds`` (b, p, e) / ``prepend_mask`` (b, p) open the sequence (outputs kept
         unless ``excise_prepend_embeds``); ``embed_ids`` feed the ``embed_num_tokens`` tables;
         ``sum_embeds`` (b, n, e) is added to the embeddings. Pooling gives one vector (or k
-        tokens) per row.
+        tokens) per row. The ``looped_*`` keywords drive a ``looped`` model
+        (:mod:`x_attn.wrappers.looped`).
         """
         if kwargs:  # the signature is read only when there is something to check
             drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
+        loop = loop_options(
+            self.looped,
+            self.train_max_looped_steps,
+            self.training,
+            dict(
+                looped_steps=looped_steps,
+                max_looped_steps=max_looped_steps,
+                looped_pred_all_logits=looped_pred_all_logits,
+                looped_inference=looped_inference,
+                looped_exit_prob_threshold=looped_exit_prob_threshold,
+            ),
+        )
+        if loop is not None:
+            loop = loop.refusing(mems=mems, prepend_embeds=prepend_embeds)
         if self.recycled_proj is not None:
             check_single_run_inputs(
                 "TransformerWrapper",
@@ -255,6 +284,8 @@ class TransformerWrapper(SequenceWrapper):
             x, mask, cache, not_include, returns_cache, (embed_ids, sum_embeds)
         )
         new_positions(type(self).__name__, kwargs, given, x.shape[1])
+        if loop is not None:  # the tokens are the stream's last x.shape[1] positions
+            kwargs["loop"] = replace(loop, tokens=x.shape[1])
         embed_ids, sum_embeds = per_token
         if self.ff_deep_embed is not None:
             kwargs["deep_embeds_and_ids"] = (self.ff_deep_embed, x)
@@ -291,6 +322,12 @@ class TransformerWrapper(SequenceWrapper):
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
         )
+
+    def _attend(self, h: Tensor, loop: Any = None, **kwargs: Any):
+        """The stack on ``h``; a looped model runs it ``loop.steps`` times (see looped.py)."""
+        if loop is None:
+            return self.attn_layers(h, **kwargs)
+        return run_loops(self, h, kwargs.pop("cache"), loop, kwargs)
 
     def _recycled(self, x, mask, steps, sum_embeds, embed_ids, emb_kwargs, kwargs):
         """``sum_embeds`` plus R e of the run before the last (None for one run); the earlier

@@ -20,7 +20,7 @@ from x_attn.attention.features.entmax import ENTMAX15_SPEC
 from x_attn.attention.features.exclusive import EXCLUSIVE_SPEC
 from x_attn.attention.features.forgetting import FORGETTING_SPEC
 from x_attn.attention.features.gated_values import GATED_VALUES_SPEC
-from x_attn.attention.features.gumbel import GUMBEL_SOFTMAX_SPEC
+from x_attn.attention.features.gumbel import GUMBEL_SOFTMAX_SPEC, HARD_SPEC
 from x_attn.attention.features.head_rmsnorm import QK_RMSNORM_SPEC, VALUE_RMSNORM_SPEC
 from x_attn.attention.features.head_scale import HEAD_SCALE_SPEC
 from x_attn.attention.features.inverted import INVERTED_SPEC
@@ -38,6 +38,7 @@ from x_attn.attention.features.qk_norm import QK_NORM_SPEC
 from x_attn.attention.features.rel_proj_bias import REL_PROJ_BIAS_SPEC
 from x_attn.attention.features.residual_attn import RESIDUAL_ATTN_SPEC
 from x_attn.attention.features.shaw import SHAW_SPEC
+from x_attn.attention.features.sigmoid_attn import SIGMOID_SPEC
 from x_attn.attention.features.softclamp import SOFTCLAMP_LOGITS_SPEC
 from x_attn.attention.features.sparse import BIGBIRD_SPEC, SPARSE_SPEC
 from x_attn.attention.features.sparse_topk import SPARSE_TOPK_SPEC
@@ -90,6 +91,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     POST_TALKING_SPEC,
     ENTMAX15_SPEC,
     GUMBEL_SOFTMAX_SPEC,
+    HARD_SPEC,
+    SIGMOID_SPEC,
     COG_SIGNED_SPEC,
     LASER_LOG_SPEC,
     INVERTED_SPEC,

@@ -13,6 +13,10 @@ equals the full forward. (x-transformers samples in eval too.) ``log_prob_from_h
 gives each query's log-probability under the noise-free softmax of the key it attended to,
 e.g. for a policy-gradient loss on the sampled choices.
 
+Hard attention (``attn_hard``, x-transformers' name; Velickovic et al., "softmax is not enough
+(for sharp out-of-distribution)", arXiv 2410.01104) is the noise-free hard case in training too:
+each query reads the key of its largest logit, with the softmax's gradient (straight-through).
+
 Shape legend: b batch, h heads, i queries, j keys.
 """
 
@@ -29,14 +33,16 @@ from x_attn.attention.features.spec import FeatureContext, FeatureSpec
 class GumbelSoftmax(nn.Module):
     """Normaliser: logits (b h i j, masked) -> Gumbel-softmax weights (noise in training)."""
 
-    def __init__(self, temp: float, hard: bool, flag: str = "attn_gumbel_softmax") -> None:
+    def __init__(
+        self, temp: float, hard: bool, flag: str = "attn_gumbel_softmax", noise: bool = True
+    ) -> None:
         super().__init__()
-        self.temp, self.hard, self.flag = temp, hard, flag
+        self.temp, self.hard, self.flag, self.noise = temp, hard, flag, noise
 
     def forward(self, sim: Tensor) -> Tensor:
         if sim.shape[-1] == 0:  # no key: no weights
             return sim
-        if self.training:
+        if self.training and self.noise:
             draws = torch.empty_like(sim).exponential_().clamp(min=torch.finfo(sim.dtype).tiny)
             sim = sim - draws.log()
         soft = (sim / self.temp).softmax(dim=-1)
@@ -83,6 +89,17 @@ GUMBEL_SOFTMAX_SPEC = FeatureSpec(
     "normalize",
     enabled=lambda ctx: ctx.config.gumbel_softmax,
     build=_build,
+    needs_scores=True,
+    slot="normalizer",
+)
+
+
+HARD_SPEC = FeatureSpec(
+    "hard",
+    "2410.01104",
+    "normalize",
+    enabled=lambda ctx: ctx.config.hard,
+    build=lambda ctx: GumbelSoftmax(1.0, True, ctx.flag("hard"), noise=False),
     needs_scores=True,
     slot="normalizer",
 )

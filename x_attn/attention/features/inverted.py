@@ -9,6 +9,10 @@ keys::
 
     a[i, j] = softmax_i(s[i, j])          w[i, j] = a[i, j] / (sum_j a[i, j] + eps)
 
+With ``sigmoid`` (``cross_attn_sigmoid``, arXiv 2409.04431) the first step is the sigmoid of
+each logit instead of the softmax over the queries, then the same renormalisation over the keys
+(x-transformers combines the two flags the same way).
+
 Hidden pairs (masked keys, padded queries: the manual kernel sets their logit to
 ``-finfo.max`` before the normaliser) take weight 0. Since every query's weights depend on all
 queries, a causal stack refuses it (later tokens would change earlier ones); x_attn implements
@@ -31,15 +35,16 @@ EPS = 1e-8  # Slot Attention's epsilon of the weighted mean
 class InvertedSoftmax(nn.Module):
     """Normaliser: (b, h, i, j) logits -> softmax over the queries, renormalised over the keys."""
 
-    def __init__(self, flag: str = "cross_attn_inverted_attention") -> None:
+    def __init__(self, flag: str = "cross_attn_inverted_attention", sigmoid: bool = False) -> None:
         super().__init__()
-        self.flag = flag
+        self.flag, self.sigmoid = flag, sigmoid
 
     def forward(self, sim: Tensor) -> Tensor:
         if sim.shape[-1] == 0 or sim.shape[-2] == 0:  # no key or no query: no weights
             return sim
         hidden = sim <= -torch.finfo(sim.dtype).max
-        attn = sim.softmax(dim=-2).masked_fill(hidden, 0.0)  # a hidden column: uniform -> 0
+        first = sim.sigmoid() if self.sigmoid else sim.softmax(dim=-2)
+        attn = first.masked_fill(hidden, 0.0)  # a hidden column: uniform -> 0
         return attn / (attn.sum(dim=-1, keepdim=True) + EPS)
 
 
@@ -48,7 +53,7 @@ INVERTED_SPEC = FeatureSpec(
     "2006.15055",
     "normalize",
     enabled=lambda ctx: ctx.config.inverted_attention,
-    build=lambda ctx: InvertedSoftmax(flag=ctx.flag("inverted_attention")),
+    build=lambda ctx: InvertedSoftmax(ctx.flag("inverted_attention"), ctx.config.sigmoid),
     needs_scores=True,
     slot="normalizer",
     hides_padded_queries=True,
