@@ -66,7 +66,7 @@ def test_stack_flag_at_other_value_is_refused(name: str) -> None:
 
 def test_unsupported_is_a_type_error_without_did_you_mean() -> None:
     with pytest.raises(TypeError) as info:
-        Decoder(dim=16, depth=1, heads=2, attn_sigmoid=True)
+        Decoder(dim=16, depth=1, heads=2, attn_selective=True)
     assert "did you mean" not in str(info.value)
 
 
@@ -79,7 +79,7 @@ def test_names_unknown_to_both_libraries_keep_did_you_mean() -> None:
 def test_bool_default_is_not_matched_by_an_int() -> None:
     # 0 == False in Python, but 0 is not x-transformers' default of a boolean flag
     with pytest.raises(UnsupportedFlagError):
-        Decoder(dim=16, depth=1, heads=2, attn_sigmoid=0)
+        Decoder(dim=16, depth=1, heads=2, attn_selective=0)
 
 
 @pytest.mark.parametrize(

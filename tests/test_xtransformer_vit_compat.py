@@ -107,9 +107,9 @@ def test_cross_attn_tokens_dropout_acts_while_training_only() -> None:
 
 
 def test_x_transformers_flags_through_the_prefixes() -> None:
-    seq2seq(enc_attn_sigmoid=False, dec_sigsoftmax_logits=False)  # off values: accepted, no-ops
-    with pytest.raises(UnsupportedFlagError, match="'attn_sigmoid' is not supported"):
-        seq2seq(enc_attn_sigmoid=True)
+    seq2seq(enc_attn_selective=False, dec_sigsoftmax_logits=False)  # off values: accepted, no-ops
+    with pytest.raises(UnsupportedFlagError, match="'attn_selective' is not supported"):
+        seq2seq(enc_attn_selective=True)
     with pytest.raises(UnsupportedFlagError, match="'sigsoftmax_logits' is not supported"):
         seq2seq(dec_sigsoftmax_logits=True)
     with pytest.raises(TypeError, match="did you mean 'enc_heads'"):
