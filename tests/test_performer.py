@@ -80,6 +80,25 @@ def test_causal_prefix_sums_equal_the_masked_kernel_matrix() -> None:
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("is_query", [True, False])
+def test_features_and_their_gradients_are_the_papers_with_its_stabilisers(is_query) -> None:
+    """phi(x) = exp(W x' - |x'|^2 / 2 - shift) / sqrt(m), x' = x d^(-1/4), the shift a query
+    row's own largest exponent (held constant) or max_i |w_i|^2 / 2 for keys, written out."""
+    torch.manual_seed(0)
+    fmap = FavorFeatureMap(8, 20, None).double().eval()
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    w = fmap.projection
+    xs = x * 8**-0.25
+    log = torch.einsum("bhnd,md->bhnm", xs, w) - (xs**2).sum(-1, keepdim=True) / 2
+    shift = log.amax(-1, keepdim=True).detach() if is_query else (w**2).sum(-1).max() / 2
+    want = torch.exp(log - shift) / 20**0.5
+    got = fmap(x, is_query)
+    torch.testing.assert_close(got, want, atol=1e-14, rtol=1e-12)
+    weights = torch.randn_like(want)
+    grads = [torch.autograd.grad((t * weights).sum(), x)[0] for t in (got, want)]
+    torch.testing.assert_close(*grads, atol=1e-13, rtol=1e-12)
+
+
 def test_features_redraw_in_training_on_schedule_and_freeze_in_eval() -> None:
     torch.manual_seed(0)
     layer = Attention(16, heads=2, dim_head=8, performer=True, performer_redraw_interval=2)

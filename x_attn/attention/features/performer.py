@@ -68,12 +68,16 @@ class FavorFeatureMap(FeatureMap):
         compute = compute_dtype(x.dtype)
         w = self.projection.to(compute)
         x = x.to(compute) * self.dim_head**-0.25
-        log = x @ w.T - (x * x).sum(-1, keepdim=True) / 2
+        # W x - |x|^2 / 2 as one product, [x, -|x|^2 / 2] [W, 1]^T, then in place: every
+        # further (..., m) temporary, forward or backward, would be another buffer of the
+        # feature size to allocate and touch (32 MiB per 8k positions at d = 64)
+        x = torch.cat((x, (x * x).sum(-1, keepdim=True) / -2), dim=-1)
+        log = x @ torch.cat((w, w.new_ones(w.shape[0], 1)), dim=-1).T
         if is_query:
             shift = log.amax(dim=-1, keepdim=True).detach()
         else:
             shift = (w * w).sum(-1).max() / 2
-        return torch.exp(log - shift) / math.sqrt(self.nb_features)
+        return log.sub_(shift + math.log(self.nb_features) / 2).exp_()  # / sqrt(m) in the shift
 
 
 def _feature_map(ctx: FeatureContext, inner: Projection) -> FavorFeatureMap:
