@@ -151,6 +151,20 @@ def test_angular_hash_is_scale_invariant_and_antipodal() -> None:
     assert h.min() >= 0 and h.max() < 6
 
 
+def test_hash_is_the_argmax_over_the_rotation_and_its_negation() -> None:
+    """h(x) = argmax([xR ; -xR]) written out (Reformer, arXiv 2001.04451), ties to the first:
+    a zero key projects to all zeros and takes bucket 0."""
+    hasher = LSHHasher(3).eval()
+    x = rand(2, 2, 9, 8, seed=23)
+    x[0, 1, 4] = 0.0
+    rot = hasher.rotations(8, 10, x.device, x.dtype)
+    projected = torch.einsum("bhnd,rdu->bhrnu", x, rot)
+    want = torch.cat((projected, -projected), dim=-1).argmax(dim=-1)
+    got = hasher.buckets(x, [10, 10])
+    assert torch.equal(got, want) and (got[0, 1, :, 4] == 0).all()
+    assert set(got.unique().tolist()) > set(range(5)) and got.max() < 10
+
+
 def test_rotations_fixed_at_eval_fresh_in_training() -> None:
     hasher = LSHHasher(2).eval()
     first = hasher.rotations(8, 4, torch.device("cpu"), torch.float64)

@@ -71,9 +71,19 @@ class LSHHasher(nn.Module):
         for count in sorted(set(n_buckets) - {1}):  # one bucket: every id is 0
             rows = torch.tensor([c == count for c in n_buckets], device=keys.device)
             rot = self.rotations(keys.shape[-1], count, keys.device, keys.dtype)
-            projected = torch.einsum("bhnd,rdu->bhrnu", keys[rows], rot)
-            out[rows] = torch.cat((projected, -projected), dim=-1).argmax(dim=-1)
+            with torch.no_grad():  # integer ids: no gradient, nothing for autograd to keep
+                projected = torch.einsum("bhnd,rdu->bhrnu", keys[rows], rot)
+                out[rows] = _argmax_antipodal(projected)
         return out
+
+
+def _argmax_antipodal(x: Tensor) -> Tensor:
+    """argmax([x ; -x]) over the last dim (u), ties to the first, without forming [x ; -x]:
+    with u = n_b / 2 growing with n, that (n, n_b) tensor and its negation were the
+    largest buffers of the layer past 8k tokens."""
+    top, low = x.argmax(dim=-1, keepdim=True), x.argmin(dim=-1, keepdim=True)
+    up = x.gather(-1, top) >= -x.gather(-1, low)
+    return torch.where(up, top, low + x.shape[-1]).squeeze(-1)
 
 
 @dataclass(frozen=True, eq=False)
