@@ -7,6 +7,14 @@ bytes held in tensors, see :func:`train_step`; CUDA peak allocation on a GPU). T
 cached decode time per token at 1k and 16k tokens of context (one process per mechanism, the
 contexts taken in turn over repeated rounds; medians).
 
+Each fwd+bwd row also gives the median system-CPU seconds and minor page faults of a pass. On
+Linux, glibc's malloc serves every block of 32 MiB or more with a fresh mmap and unmaps it on
+free, so each such tensor is faulted in (and zeroed by the kernel) on every pass: a real cost
+of the default allocator that appears as a step where a layer's largest buffers cross 32 MiB
+(q, k, v and their gradients at 32k tokens; 8k for Performer's (n, d ln d) features).
+``--no-mmap`` runs the cases with glibc's mmap off (``MALLOC_MMAP_MAX_=0``, freed memory kept)
+to show the scaling without that step; the default measures the allocator as it is.
+
 Mechanisms: ``full`` (causal SDPA), ``window`` (attn_window_size=256, blockwise kernel),
 ``dense-window`` (SDPA with a dense (n, n) band mask, the way x-transformers' ``max_attend_past``
 does it), ``linear`` (elu+1, chunked causal), ``performer`` (FAVOR+, d ln d features),
@@ -15,12 +23,14 @@ does it), ``linear`` (elu+1, chunked causal), ``performer`` (FAVOR+, d ln d feat
 dense mask would not fit is skipped and the table says so.
 
 Run: ``python benchmarks/bench_long.py --lengths 1024 2048 4096 8192 16384``
+(``--repeats`` timed passes after one warm-up at the same length, 5 by default)
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -44,6 +54,7 @@ MECHANISMS = {
 }
 DECODE = ("full", "window", "linear", "performer", "sparse-fixed")  # LSH keeps no cache
 DENSE_LIMIT = 16384  # above this the dense band mask and its SDPA buffers pass ~8 GiB
+NO_MMAP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}  # glibc, --no-mmap
 
 
 def layer(name: str, device: torch.device):
@@ -59,9 +70,9 @@ def band(n: int, device: torch.device) -> torch.Tensor:
     return (dist >= 0) & (dist < WINDOW)
 
 
-def train_step(name: str, n: int, device: str, queue, repeats: int = 3) -> None:
+def train_step(name: str, n: int, device: str, repeats: int, queue) -> None:
     """One warm-up, then ``repeats`` timed forward + backward passes; puts (median seconds,
-    peak MiB, tensor peak MiB) on ``queue``.
+    peak MiB, tensor peak MiB, median system seconds, median minor page faults) on ``queue``.
 
     Before the baseline the layer runs once at 256 tokens, so what a process pays once (lazy
     imports: the first einops call on a tensor imports torch._dynamo, ~50 MiB; kernel code
@@ -78,24 +89,29 @@ def train_step(name: str, n: int, device: str, queue, repeats: int = 3) -> None:
     x = torch.randn(1, n, DIM, device=device, requires_grad=True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mask = band(n, device) if name == "dense-window" else None  # counted in the peak
-    times = []
+    times, system, faults = [], [], []
     for _ in range(1 + repeats):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.synchronize(device)
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         out = attn(x, attn_mask=mask)
         out.sum().backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        system.append(after.ru_stime - before.ru_stime)
+        faults.append(after.ru_minflt - before.ru_minflt)
     if device.type == "cuda":
         peak = tensors = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
         held = mask.numel() * mask.element_size() if mask is not None else 0
         tensors = (held + tensor_peak(lambda: attn(x, attn_mask=mask).sum().backward())) / 2**20
-    queue.put((statistics.median(times[1:]), peak, tensors))
+    medians = [statistics.median(t[1:]) for t in (times, system, faults)]
+    queue.put((medians[0], peak, tensors, *medians[1:]))
 
 
 def tensor_peak(step) -> int:
@@ -170,21 +186,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mechanisms", nargs="+", choices=list(MECHANISMS), default=None)
     parser.add_argument("--plot", type=Path, help="write a log-log PNG of fwd+bwd seconds here")
+    parser.add_argument("--repeats", type=int, default=5, help="timed fwd+bwd passes per case")
+    parser.add_argument("--no-mmap", action="store_true", help="glibc malloc without mmap")
     args = parser.parse_args()
+    if args.no_mmap:  # read by glibc when each spawned case process starts
+        os.environ.update(NO_MMAP)
     names = args.mechanisms or list(MECHANISMS)
     rows = []
     for n in args.lengths:
         for name in names:
             if name == "dense-window" and n > DENSE_LIMIT:
-                rows.append([name, n, "skipped: dense mask too large", "", "", ""])
+                rows.append([name, n, "skipped: dense mask too large", "", "", "", "", ""])
                 continue
-            got = measure(train_step, name, n, args.device)
+            got = measure(train_step, name, n, args.device, args.repeats)
             if got is None:
-                rows.append([name, n, "failed (out of memory?)", "", "", ""])
+                rows.append([name, n, "failed (out of memory?)", "", "", "", "", ""])
                 continue
             full = next((r for r in rows if r[0] == "full" and r[1] == n), None)
             ratio = f"{float(full[2]) / got[0]:.1f}x" if full and name != "full" else ""
-            rows.append([name, n, f"{got[0]:.3f}", f"{got[1]:.0f}", f"{got[2]:.0f}", ratio])
+            sizes = (f"{got[1]:.0f}", f"{got[2]:.0f}", f"{got[3]:.2f}", f"{got[4] / 1e3:.0f}k")
+            rows.append([name, n, f"{got[0]:.3f}", *sizes, ratio])
             print(rows[-1], flush=True)
     if args.plot:
         plot(rows, args.plot)
@@ -196,11 +217,13 @@ def main() -> None:
             ratio = f"{cost / got[0][0]:.2f}x" if got and index else ""
             decode.append([name, n, f"{cost * 1e3:.2f}" if cost else "failed", ratio])
             print(decode[-1], flush=True)
-    head = ["mechanism", "tokens", "fwd+bwd s", "peak MiB", "tensor peak MiB", "speed-up"]
+    head = ["mechanism", "tokens", "fwd+bwd s", "peak MiB", "tensor peak MiB", "sys s", "faults"]
+    head.append("speed-up")
     print(markdown_table(head, rows))
     print()
     print(markdown_table(["mechanism", "context", "decode ms/token", "vs first"], decode))
     print("\n".join(machine_lines(torch.device(args.device))))
+    print(f"- {args.repeats} timed passes per case; glibc mmap {'off' if args.no_mmap else 'on'}")
 
 
 if __name__ == "__main__":
