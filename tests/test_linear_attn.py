@@ -15,6 +15,7 @@ from torch import Tensor
 
 from x_attn import Attention, Decoder, Encoder, TransformerWrapper
 from x_attn.cache.state import StateEntry
+from x_attn.kernels import linear
 from x_attn.kernels.inputs import AttnInputs
 from x_attn.kernels.linear import linear_attention
 from x_attn.masks.causal import CAUSAL
@@ -62,6 +63,23 @@ def run(q, k, v, causal: bool, chunk: int = 4, padding: Tensor | None = None) ->
 def test_chunkwise_causal_equals_recurrent_form(chunk: int) -> None:
     q, k, v = features(n=13)  # 13 is no multiple of 3, 4 or 64
     torch.testing.assert_close(run(q, k, v, True, chunk), recurrent(q, k, v), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("span", [1, 4, 8])
+def test_causal_scan_in_spans_equals_recurrent_form(monkeypatch, span: int) -> None:
+    """The sums carried from span to span (spans of 3, 3 or 6 positions here, the last one
+    cut short) give the recurrent form's values and gradients, with padded keys too."""
+    monkeypatch.setattr(linear, "SPAN", span)
+    q, k, v = (t.requires_grad_() for t in features(n=13))
+    real = torch.ones(2, 13, dtype=torch.bool)
+    real[0, 4:7] = False
+    got = run(q, k, v, True, 3, padding=real)
+    want = recurrent(q, k, v, real)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    for a, b in zip(
+        torch.autograd.grad(got.sum(), (q, k, v)), torch.autograd.grad(want.sum(), (q, k, v))
+    ):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 def test_non_causal_equals_normalised_kernel_matrix() -> None:

@@ -9,7 +9,8 @@ with
 over the keys j it sees: all of them (non-causal, O(n m dv)), or j <= i (causal). The causal
 form runs chunkwise-parallel: within a chunk of ``chunk`` positions the masked quadratic form
 tril(phi(Q_c) phi(K_c)^T) V_c, across chunks the exclusive prefix sums of the per-chunk (S, z);
-memory O(n c + (n / c) m dv). It equals the recurrent form S <- S + phi(k_t) v_t^T (tested).
+memory O(n c + (n / c) m dv), taken SPAN positions at a time (the sums carried between spans),
+so no intermediate grows with the whole sequence. It equals the recurrent form S <- S + phi(k_t) v_t^T (tested).
 
 Padding is removed in feature space: a padded key's phi(k) row and v row are zeroed (a zero key
 is not a masked key, since elu(0) + 1 = 1). Keys without a position (learned memory key/values)
@@ -37,6 +38,7 @@ from x_attn.kernels.manual import AttnMaps
 from x_attn.utils import compute_dtype
 
 State = tuple[Tensor, Tensor]
+SPAN = 1024  # positions per step of the causal scan (rounded to whole chunks)
 
 
 def linear_attention(inputs: AttnInputs, entry: CacheEntry | None) -> Tensor:
@@ -150,7 +152,25 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 
 def _causal(q: Tensor, k: Tensor, v: Tensor, start: State, chunk: int) -> Tensor:
-    """Causal linear attention of the aligned q/k/v (b h n *) after the sums ``start``."""
+    """Causal linear attention of the aligned q/k/v (b h n *) after the sums ``start``.
+
+    The positions are taken ``SPAN`` (whole chunks) at a time, the sums carried from one span
+    to the next, so every intermediate (the per-chunk sums above all) has the size of one
+    span, not of the sequence: the work stays O(n), and so does the memory traffic, with no
+    n-sized buffer the C allocator must map and fault in afresh at every call.
+    """
+    span = chunk * max(1, SPAN // chunk)
+    outs = []
+    # split, not slices: autograd joins the spans' gradients once (a slice's backward would
+    # write each span's gradient into a zeroed copy of the whole sequence)
+    for parts in zip(*(t.split(span, dim=-2) for t in (q, k, v))):
+        out, start = _causal_span(*parts, start, chunk)
+        outs.append(out)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+
+def _causal_span(q: Tensor, k: Tensor, v: Tensor, start: State, chunk: int) -> tuple[Tensor, State]:
+    """(out, sums after the span) of the aligned q/k/v (b h n *) after the sums ``start``."""
     n = q.shape[-2]
     pad = (-n) % chunk  # zero features: the padded positions add nothing and are cut off
     q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
@@ -160,9 +180,10 @@ def _causal(q: Tensor, k: Tensor, v: Tensor, start: State, chunk: int) -> Tensor
     # sums over every earlier chunk (exclusive prefix), on top of the start
     s = start[0].unsqueeze(2) + F.pad(kv.cumsum(2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
     z = start[1].unsqueeze(2) + F.pad(ks.cumsum(2), (0, 0, 1, 0))[:, :, :-1]
+    end = s[:, :, -1] + kv[:, :, -1], z[:, :, -1] + ks[:, :, -1]
     within = einsum(qc, kc, "b h c t m, b h c s m -> b h c t s").tril()
     num = einsum(qc, s, "b h c t m, b h c m d -> b h c t d")
     num = num + einsum(within, vc, "b h c t s, b h c s d -> b h c t d")
     den = einsum(qc, z, "b h c t m, b h c m -> b h c t") + within.sum(-1)
     out = _ratio(num, den.unsqueeze(-1))
-    return rearrange(out, "b h c t d -> b h (c t) d")[..., :n, :]
+    return rearrange(out, "b h c t d -> b h (c t) d")[..., :n, :], end
