@@ -9,8 +9,9 @@ with
 over the keys j it sees: all of them (non-causal, O(n m dv)), or j <= i (causal). The causal
 form runs chunkwise-parallel: within a chunk of ``chunk`` positions the masked quadratic form
 tril(phi(Q_c) phi(K_c)^T) V_c, across chunks the exclusive prefix sums of the per-chunk (S, z);
-memory O(n c + (n / c) m dv), taken SPAN positions at a time (the sums carried between spans),
-so no intermediate grows with the whole sequence. It equals the recurrent form S <- S + phi(k_t) v_t^T (tested).
+memory O(n c + (n / c) m dv), taken SPAN positions at a time (the sums carried between
+spans), so no intermediate grows with the whole sequence. It equals the recurrent form
+S <- S + phi(k_t) v_t^T (tested).
 
 Padding is removed in feature space: a padded key's phi(k) row and v row are zeroed (a zero key
 is not a masked key, since elu(0) + 1 = 1). Keys without a position (learned memory key/values)
