@@ -35,7 +35,6 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.compat import drop_unsupported
-from x_attn.decode.generate import check_compile, static_stepper
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_nonnegative, check_positive_int, check_probability, exists
@@ -49,6 +48,7 @@ from x_attn.wrappers.decoding import (
     make_sampler,
     prepare_prompts,
 )
+from x_attn.wrappers.generate_loop import choose_stepper, sample_tokens
 from x_attn.wrappers.legacy_generate import translate
 from x_attn.wrappers.looped import KEYWORDS as LOOP_KEYWORDS
 from x_attn.wrappers.looped import generation_intermediates, looped_loss
@@ -308,25 +308,19 @@ class AutoregressiveWrapper(nn.Module):
             eos_token=eos_token,
             generator=generator,
         )
-        check_compile(compile, static_cache)
-        cached = cache_kv and self._cache_usable()
-        if return_intermediates and static_cache:
-            raise ValueError(
-                f"{owner}: return_intermediates=True reads the ordinary KV cache; "
-                "drop static_cache=True to get the intermediates"
-            )
-        if return_intermediates and not cached:
-            raise ValueError(f"{owner}: return_intermediates=True needs the KV cache (cache_kv)")
-        if getattr(self.net, "looped", False):
-            kwargs.setdefault("looped_inference", True)
         with inference(self.net):
-            if static_cache:
-                stepper = static_stepper(
-                    self, batch, seq_len, restrict_to_max_seq_len, cache_kv, kwargs, compile
-                )
-            else:
-                stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
-            out = _sample(stepper, sampler, seq_len)
+            stepper = choose_stepper(
+                self,
+                batch,
+                seq_len,
+                kwargs,
+                restrict=restrict_to_max_seq_len,
+                cache_kv=cache_kv,
+                static_cache=static_cache,
+                compile=compile,
+                return_intermediates=return_intermediates,
+            )
+            out = sample_tokens(stepper, sampler, seq_len)
         if return_prime:
             out = torch.cat((batch.tokens, out), dim=1)
         out = out[0] if batch.squeeze else out
@@ -428,7 +422,8 @@ class AutoregressiveWrapper(nn.Module):
                 f"lower seq_len to at most {limit - p + 1}{_RELATIVE_HINT}"
             )
 
-    def _cache_usable(self) -> bool:
+    def _cache_usable(self, stacklevel: int = 3) -> bool:
+        """False (warning once, at the caller of generate / beam_search) when uncacheable."""
         reason = self.uncacheable_reason
         if reason is None:
             return True
@@ -438,7 +433,7 @@ class AutoregressiveWrapper(nn.Module):
                 f"{type(self).__name__}: generating without the KV cache because {reason}; "
                 "the tokens are the same, only slower (pass cache_kv=False to silence this)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         return False
 
@@ -459,14 +454,3 @@ class AutoregressiveWrapper(nn.Module):
         """Cache entry indices of the self-attention layers (cross entries never slide)."""
         kinds = [t for t in self.net.attn_layers.types if t in "ac"]
         return [i for i, t in enumerate(kinds) if t == "a"]
-
-
-def _sample(stepper: LogitStepper, sampler: Any, seq_len: int) -> Tensor:
-    """Up to ``seq_len`` sampled tokens (b, t); stops early once every row emitted eos."""
-    logits, generated = stepper.first(), []
-    for step in range(seq_len):
-        generated.append(sampler(logits))
-        if sampler.finished or step == seq_len - 1:
-            break
-        logits = stepper.step(generated[-1])
-    return torch.stack(generated, dim=1)
