@@ -111,8 +111,6 @@ def build_logits_head(
     """
     if logits_dim is not None:
         check_positive_int("logits_dim", logits_dim, owner)
-    if logits_bias is not None and not isinstance(logits_bias, bool):
-        raise TypeError(f"{owner}: 'logits_bias' must be True, False or None, got {logits_bias!r}")
     if to_logits is not None:
         if not isinstance(to_logits, nn.Module):
             raise TypeError(f"{owner}: 'to_logits' must be an nn.Module")
