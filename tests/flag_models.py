@@ -2,9 +2,16 @@
 
 Parameters are jittered after initialisation so that parts initialised to zero or identity
 (ReZero, gates, talking heads) are active and the invariants cannot hold trivially.
+
+Also the setup of the one-layer mechanism tests: :func:`one_layer_decoder` and
+:func:`naive_block_output`, the attention block computed by loops from a test's own logits.
+
+Shape legend: b batch, n sequence, h heads, d model dim, dh head dim.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +113,43 @@ def block_output(stack: nn.Module, x: Tensor, index: int = 0) -> Tensor:
         handle.remove()
     out = captured["out"]
     return out[0] if isinstance(out, tuple) else out
+
+
+def one_layer_decoder(dim: int, heads: int, dim_head: int, seed: int = 3, **flags) -> Decoder:
+    """A one-layer Decoder with ``flags``, built after ``torch.manual_seed(0)``, then
+    :func:`jittered` with ``seed`` (float64, eval mode)."""
+    torch.manual_seed(0)
+    stack = Decoder(dim=dim, depth=1, heads=heads, attn_dim_head=dim_head, **flags)
+    return jittered(stack, seed=seed)
+
+
+# (normed input rows of one sample (n, d), head index, that head's q, k (n, dh)) -> for each
+# query i, the logits of the keys j <= i
+RowLogits = Callable[[Tensor, int, Tensor, Tensor], Sequence[Sequence[Tensor | float]]]
+
+
+def naive_block_output(stack: nn.Module, x: Tensor, heads: int, dim_head: int, logits: RowLogits):
+    """The attention block output of ``stack``'s first (pre-norm) layer on ``x`` (b, n, d) by
+    loops, one (sample, head, query) at a time: causal softmax over ``logits`` (a test's own
+    formula), weighted sum of the values, output map. Plain q/k/v maps (``to_q``, ``to_k``,
+    ``to_v``) without bias are assumed."""
+    layer = stack.layers[0]
+    attn = layer.block
+    with torch.no_grad():
+        h = layer.norm(x)
+        wq, wk, wv = (getattr(attn.proj, f"to_{c}").weight for c in "qkv")
+        b, n, _ = x.shape
+        out = torch.zeros(b, n, heads * dim_head, dtype=x.dtype)
+        for s in range(b):
+            for hd in range(heads):
+                rows = slice(hd * dim_head, (hd + 1) * dim_head)
+                q, k, v = (h[s] @ w[rows].T for w in (wq, wk, wv))
+                per_query = logits(h[s], hd, q, k)
+                for i in range(n):
+                    scores = [torch.as_tensor(sc, dtype=x.dtype) for sc in per_query[i]]
+                    alpha = torch.stack(scores).softmax(-1)
+                    out[s, i, rows] = sum(a * v[j] for j, a in enumerate(alpha))
+        return attn.to_out(out, h, None)
 
 
 def assert_causal_stack(stack: nn.Module, dim: int) -> None:

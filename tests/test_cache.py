@@ -148,6 +148,15 @@ def test_uncacheable_model_warns_once_and_decodes_without_cache() -> None:
     assert torch.equal(first, ar.generate(tokens(2, 3), 5, temperature=0.0, cache_kv=False))
 
 
+@pytest.mark.parametrize("method", ["generate", "beam_search"])
+def test_uncacheable_warning_points_at_the_caller(method: str) -> None:
+    net = build(flag_case("default"))
+    net.attn_layers.layers[0]["block"].uncacheable_reason = "a test feature keeps no keys"
+    with pytest.warns(RuntimeWarning, match="a test feature keeps no keys") as record:
+        getattr(AutoregressiveWrapper(net), method)(tokens(1, 3), 2, temperature=0.0)
+    assert record[0].filename == __file__
+
+
 def test_kv_cache_slide_and_select() -> None:
     k = torch.arange(2 * 1 * 6 * 1, dtype=torch.float64).reshape(2, 1, 6, 1)
     ctx = torch.zeros(2, 1, 3, 1)

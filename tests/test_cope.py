@@ -16,25 +16,23 @@ import math
 import pytest
 import torch
 from flag_models import (
-    VOCAB,
     assert_cache_matches_full,
     assert_causal_stack,
     block_output,
-    jittered,
-    tokens,
+    naive_block_output,
+    one_layer_decoder,
 )
 from torch import Tensor
+from xt_pairs import copied_decoder_logits
 
-from x_attn import Decoder, Encoder, TransformerWrapper
+from x_attn import Decoder, Encoder
 
 F64 = torch.float64
 DIM, HEADS, DH, P = 16, 2, 4, 3
 
 
-def cope_decoder(**extra) -> Decoder:
-    torch.manual_seed(0)
-    flags = dict(dim=DIM, depth=1, heads=HEADS, attn_dim_head=DH, attn_use_cope=True)
-    stack = jittered(Decoder(**flags, attn_cope_max_pos=P, **extra), seed=3)
+def cope_decoder() -> Decoder:
+    stack = one_layer_decoder(DIM, HEADS, DH, attn_use_cope=True, attn_cope_max_pos=P)
     with torch.no_grad():
         stack.layers[0].block.cope.pos_emb.normal_(0.0, 1.0)
     return stack
@@ -48,30 +46,22 @@ def interpolated(per_position: Tensor, p: float) -> Tensor:
 
 
 def naive_cope(stack: Decoder, x: Tensor) -> Tensor:
-    layer = stack.layers[0]
-    attn = layer.block
-    emb = attn.cope.pos_emb
-    with torch.no_grad():
-        h = layer.norm(x)
-        wq, wk, wv = (getattr(attn.proj, f"to_{c}").weight for c in "qkv")
-        b, n, _ = x.shape
-        out = torch.zeros(b, n, HEADS * DH, dtype=F64)
-        for s in range(b):
-            for hd in range(HEADS):
-                rows = slice(hd * DH, (hd + 1) * DH)
-                q, k, v = (h[s] @ w[rows].T for w in (wq, wk, wv))
-                for i in range(n):
-                    logits = [float(q[i] @ k[j]) / math.sqrt(DH) for j in range(i + 1)]
-                    gates = [1 / (1 + math.exp(-lg)) for lg in logits]
-                    per_position = emb @ q[i]  # (P,)
-                    scores = []
-                    for j in range(i + 1):
-                        p = min(sum(gates[j : i + 1]), P - 1)
-                        scores.append(logits[j] + interpolated(per_position, p))
-                    alpha = torch.stack([torch.as_tensor(sc, dtype=F64) for sc in scores])
-                    alpha = alpha.softmax(-1)
-                    out[s, i, rows] = sum(a * v[j] for j, a in enumerate(alpha))
-        return attn.to_out(out, h, None)
+    emb = stack.layers[0].block.cope.pos_emb
+
+    def logits(h: Tensor, hd: int, q: Tensor, k: Tensor) -> list[list[Tensor]]:
+        rows = []
+        for i in range(len(q)):
+            plain = [float(q[i] @ k[j]) / math.sqrt(DH) for j in range(i + 1)]
+            gates = [1 / (1 + math.exp(-lg)) for lg in plain]
+            per_position = emb @ q[i]  # (P,)
+            scores = []
+            for j in range(i + 1):
+                p = min(sum(gates[j : i + 1]), P - 1)
+                scores.append(plain[j] + interpolated(per_position, p))
+            rows.append(scores)
+        return rows
+
+    return naive_block_output(stack, x, HEADS, DH, logits)
 
 
 def test_cope_matches_the_papers_definition() -> None:
@@ -121,20 +111,9 @@ def test_cope_refusals() -> None:
 
 @pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
 def test_cope_equals_x_transformers_on_copied_weights(rotary: bool) -> None:
-    xt = pytest.importorskip("x_transformers")
-    from x_attn.interop import from_x_transformers
-
-    torch.manual_seed(0)
     flags = dict(dim=DIM, depth=2, heads=HEADS, attn_dim_head=DH, attn_use_cope=True)
     flags |= dict(attn_cope_max_pos=P, rotary_pos_emb=rotary)
     flags |= dict(rotary_emb_dim=DH) if rotary else {}
-    theirs = xt.TransformerWrapper(
-        num_tokens=VOCAB, max_seq_len=16, attn_layers=xt.Decoder(**flags)
-    )
-    theirs = jittered(theirs, seed=5)  # moves the zero-initialised embeddings too
-    ours = TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=Decoder(**flags))
-    ours = from_x_transformers(theirs, ours.double()).eval()
-    ids = tokens(2, 8)
-    with torch.no_grad():
-        # x-transformers' manual path (CoPE needs the scores) takes the softmax in float32
-        torch.testing.assert_close(ours(ids), theirs(ids), atol=1e-6, rtol=0)
+    ours, theirs = copied_decoder_logits(flags)  # the jitter moves the zero embeddings too
+    # x-transformers' manual path (CoPE needs the scores) takes the softmax in float32
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)

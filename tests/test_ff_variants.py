@@ -110,6 +110,24 @@ def test_glu_softclamp_and_mult_bias(swish):
     close(ff(X), linear(ff.proj_out, hidden))
 
 
+@pytest.mark.parametrize("swish", [False, True])
+@pytest.mark.parametrize("grad_mode", ["grad", "no_grad", "inference_mode"])
+def test_glu_values_and_gradients_match_the_formula(swish, grad_mode):
+    """GLU computes its halves as two matmuls and, without autograd, multiplies in place:
+    values in every grad mode and the proj_in gradient equal ``(x W_u^T) * act(x W_g^T)``."""
+    ff = randomized(glu=True, swish=swish)
+    up, gate = linear(ff.proj_in, X).chunk(2, dim=-1)
+    expected = linear(ff.proj_out, up * (F.silu(gate) if swish else F.gelu(gate)))
+    modes = {"grad": torch.enable_grad, "no_grad": torch.no_grad}
+    with modes.get(grad_mode, torch.inference_mode)():
+        got = ff(X)
+    close(got.detach(), expected.detach())
+    if grad_mode == "grad":
+        (w_ours,) = torch.autograd.grad(got.square().sum(), ff.proj_in.weight)
+        (w_ref,) = torch.autograd.grad(expected.square().sum(), ff.proj_in.weight)
+        close(w_ours, w_ref)
+
+
 def test_sublayer_dropout_drops_the_output():
     ff = FeedForward(D, sublayer_dropout=0.5).train()
     out = ff(torch.randn(4, 50, D))

@@ -16,27 +16,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flag_models import (
-    VOCAB,
     assert_cache_matches_full,
     assert_causal_stack,
     block_output,
-    jittered,
-    tokens,
+    naive_block_output,
+    one_layer_decoder,
 )
 from torch import Tensor
+from xt_pairs import copied_decoder_logits
 
-from x_attn import Attention, Decoder, Encoder, TransformerWrapper
+from x_attn import Attention, Decoder, Encoder
 
 F64 = torch.float64
 DIM, HEADS, DH = 16, 2, 4
 
 
-def fox_decoder(**extra) -> Decoder:
-    torch.manual_seed(0)
-    stack = Decoder(
-        dim=DIM, depth=1, heads=HEADS, attn_dim_head=DH, attn_data_dependent_alibi=True, **extra
-    )
-    stack = jittered(stack, seed=3)
+def fox_decoder() -> Decoder:
+    stack = one_layer_decoder(DIM, HEADS, DH, attn_data_dependent_alibi=True)
     with torch.no_grad():  # gates well inside (0, 1): the decay matters
         stack.layers[0].block.forget_gates.to_gates.bias.normal_(0.0, 1.0)
     return stack
@@ -55,30 +51,20 @@ def two_layer_flags(mem_kv: int) -> dict:
 
 def naive_fox(stack: Decoder, x: Tensor) -> Tensor:
     """The attention block's output by the paper's formula (pre-norm input, no cache)."""
-    layer = stack.layers[0]
-    attn = layer.block
-    gates = attn.forget_gates.to_gates
-    with torch.no_grad():
-        h = layer.norm(x)
-        wq, wk, wv = (getattr(attn.proj, f"to_{c}").weight for c in "qkv")
-        b, n, _ = x.shape
-        out = torch.zeros(b, n, HEADS * DH, dtype=F64)
-        for s in range(b):
-            log_f = F.logsigmoid(h[s] @ gates.weight.T + gates.bias)  # (n, h)
-            for hd in range(HEADS):
-                rows = slice(hd * DH, (hd + 1) * DH)
-                q, k, v = (h[s] @ w[rows].T for w in (wq, wk, wv))
-                for i in range(n):
-                    scores = [
-                        q[i] @ k[j] / math.sqrt(DH)
-                        + sum(
-                            (log_f[t, hd] for t in range(j + 1, i + 1)), torch.zeros((), dtype=F64)
-                        )
-                        for j in range(i + 1)
-                    ]
-                    alpha = torch.stack(scores).softmax(-1)
-                    out[s, i, rows] = sum(a * v[j] for j, a in enumerate(alpha))
-        return attn.to_out(out, h, None)
+    gates = stack.layers[0].block.forget_gates.to_gates
+
+    def logits(h: Tensor, hd: int, q: Tensor, k: Tensor) -> list[list[Tensor]]:
+        log_f = F.logsigmoid(h @ gates.weight.T + gates.bias)  # (n, h)
+        zero = torch.zeros((), dtype=F64)
+        return [
+            [
+                q[i] @ k[j] / math.sqrt(DH) + sum((log_f[t, hd] for t in range(j + 1, i + 1)), zero)
+                for j in range(i + 1)
+            ]
+            for i in range(len(q))
+        ]
+
+    return naive_block_output(stack, x, HEADS, DH, logits)
 
 
 def test_fox_matches_the_papers_formula() -> None:
@@ -123,18 +109,6 @@ def test_fox_refuses_non_causal_use() -> None:
 
 @pytest.mark.parametrize("mem_kv", [0, 1])
 def test_fox_equals_x_transformers_on_copied_weights(mem_kv: int) -> None:
-    xt = pytest.importorskip("x_transformers")
-    from x_attn.interop import from_x_transformers
-
-    torch.manual_seed(0)
-    flags = two_layer_flags(mem_kv)
     # x-transformers' fused path (its manual one takes the softmax in float32)
-    theirs = xt.TransformerWrapper(
-        num_tokens=VOCAB, max_seq_len=16, attn_layers=xt.Decoder(**flags, attn_flash=True)
-    )
-    theirs = jittered(theirs, seed=5)
-    ours = TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=Decoder(**flags))
-    ours = from_x_transformers(theirs, ours.double()).eval()
-    ids = tokens(2, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(ids), theirs(ids), atol=1e-10, rtol=0)
+    ours, theirs = copied_decoder_logits(two_layer_flags(mem_kv), dict(attn_flash=True))
+    torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=0)

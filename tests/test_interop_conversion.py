@@ -64,14 +64,15 @@ def x_model(layers: dict, **wrapper) -> TransformerWrapper:
     return model.eval()
 
 
+HF_HEAD = {"use_abs_pos_emb": False, "logits_bias": False}  # Hugging Face heads have no bias
 CASES = {
-    "llama": (LLAMA_FLAGS, {"use_abs_pos_emb": False}),
+    "llama": (LLAMA_FLAGS, HF_HEAD),
     "llama_tied_biased": (
         {**LLAMA_FLAGS, "attn_qkv_bias": True, "attn_out_bias": True, "ff_no_bias": False},
         {"use_abs_pos_emb": False, "tie_embedding": True, "tie_embedding_scale": 1.0},
     ),
-    "qwen2": ({**LLAMA_FLAGS, "attn_qkv_bias": True}, {"use_abs_pos_emb": False}),
-    "mistral": ({**LLAMA_FLAGS, "attn_window_size": 6}, {"use_abs_pos_emb": False}),
+    "qwen2": ({**LLAMA_FLAGS, "attn_qkv_bias": True}, HF_HEAD),
+    "mistral": ({**LLAMA_FLAGS, "attn_window_size": 6}, HF_HEAD),
     "gpt2": (GPT2_FLAGS, {"tie_embedding": True, "tie_embedding_scale": 1.0}),
 }
 
@@ -207,3 +208,21 @@ def test_non_zero_head_bias_is_refused_on_export():
         model.to_logits.bias.fill_(0.5)
     with pytest.raises(ValueError, match="to_logits.bias"):
         to_hf(model)
+
+
+def test_zero_head_bias_exports_and_comes_back_without_it():
+    """A default head's bias, when zero, is dropped on export: same logits, no bias after."""
+    model = x_model(LLAMA_FLAGS, use_abs_pos_emb=False)  # default head: with a (zeroed) bias
+    back = from_hf(to_hf(model))
+    assert model.to_logits.bias is not None and back.to_logits.bias is None
+    x = torch.randint(0, VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_imported_untied_head_has_no_bias(family):
+    """Hugging Face heads have no bias, so the import builds none (not a zero one)."""
+    model = from_hf(tiny_hf(family, tie_word_embeddings=False))
+    assert model._config_kwargs["logits_bias"] is False
+    assert "to_logits.bias" not in model.state_dict()

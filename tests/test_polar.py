@@ -17,56 +17,46 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flag_models import (
-    VOCAB,
     assert_cache_matches_full,
     block_output,
-    jittered,
-    tokens,
+    naive_block_output,
+    one_layer_decoder,
 )
 from torch import Tensor
+from xt_pairs import copied_decoder_logits
 
-from x_attn import Decoder, Encoder, TransformerWrapper
+from x_attn import Decoder, Encoder
 
 F64 = torch.float64
 DIM, HEADS, DH = 16, 2, 4
 
 
 def polar_decoder() -> Decoder:
-    torch.manual_seed(0)
-    stack = Decoder(dim=DIM, depth=1, heads=HEADS, attn_dim_head=DH, polar_pos_emb=True)
-    stack = jittered(stack, seed=3)
+    stack = one_layer_decoder(DIM, HEADS, DH, polar_pos_emb=True)
     with torch.no_grad():  # offsets spread over [-2 pi - 1, 1]: the clamp acts on both ends
         stack.layers[0].block.polar.phase_offset.uniform_(-2 * math.pi - 1, 1.0)
     return stack
 
 
 def _naive_layer_output(stack: Decoder, x: Tensor) -> Tensor:
-    layer = stack.layers[0]
-    attn = layer.block
-    with torch.no_grad():
-        h = layer.norm(x)
-        wq, wk, wv = (getattr(attn.proj, f"to_{c}").weight for c in "qkv")
-        delta = attn.polar.phase_offset.clamp(-2 * math.pi, 0)
-        theta = [10000.0 ** (-c / DH) for c in range(DH)]
-        b, n, _ = x.shape
-        out = torch.zeros(b, n, HEADS * DH, dtype=F64)
-        for s in range(b):
-            for hd in range(HEADS):
-                rows = slice(hd * DH, (hd + 1) * DH)
-                q, k, v = (h[s] @ w[rows].T for w in (wq, wk, wv))
-                mq, mk = F.softplus(q), F.softplus(k)
-                for i in range(n):
-                    scores = [
-                        sum(
-                            mq[i, c] * mk[j, c] * math.cos((i - j) * theta[c] - float(delta[hd, c]))
-                            for c in range(DH)
-                        )
-                        / math.sqrt(DH)
-                        for j in range(i + 1)
-                    ]
-                    alpha = torch.stack(scores).softmax(-1)
-                    out[s, i, rows] = sum(a * v[j] for j, a in enumerate(alpha))
-        return attn.to_out(out, h, None)
+    delta = stack.layers[0].block.polar.phase_offset.clamp(-2 * math.pi, 0)
+    theta = [10000.0 ** (-c / DH) for c in range(DH)]
+
+    def logits(h: Tensor, hd: int, q: Tensor, k: Tensor) -> list[list[Tensor]]:
+        mq, mk = F.softplus(q), F.softplus(k)
+        return [
+            [
+                sum(
+                    mq[i, c] * mk[j, c] * math.cos((i - j) * theta[c] - float(delta[hd, c]))
+                    for c in range(DH)
+                )
+                / math.sqrt(DH)
+                for j in range(i + 1)
+            ]
+            for i in range(len(q))
+        ]
+
+    return naive_block_output(stack, x, HEADS, DH, logits)
 
 
 def test_polar_matches_the_papers_score() -> None:
@@ -107,20 +97,11 @@ def test_polar_refusals() -> None:
 
 
 def test_polar_equals_x_transformers_on_copied_weights() -> None:
-    xt = pytest.importorskip("x_transformers")
-    from x_attn.interop import from_x_transformers
-
-    torch.manual_seed(0)
     flags = dict(dim=DIM, depth=2, heads=HEADS, attn_dim_head=DH, polar_pos_emb=True)
-    theirs = xt.TransformerWrapper(
-        num_tokens=VOCAB, max_seq_len=16, attn_layers=xt.Decoder(**flags, attn_flash=True)
-    )
-    theirs = jittered(theirs, seed=5)
-    with torch.no_grad():
+
+    def spread_offsets(theirs: torch.nn.Module) -> None:
         theirs.attn_layers.polar_pos_emb.learned_bias.uniform_(-2 * math.pi - 1, 1.0)
-    ours = TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=Decoder(**flags))
-    ours = from_x_transformers(theirs, ours.double()).eval()
-    ids = tokens(2, 8)
-    with torch.no_grad():
-        # x-transformers forms its angles in float32: agreement to float32 angle precision
-        torch.testing.assert_close(ours(ids), theirs(ids), atol=1e-6, rtol=0)
+
+    ours, theirs = copied_decoder_logits(flags, dict(attn_flash=True), spread_offsets)
+    # x-transformers forms its angles in float32: agreement to float32 angle precision
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)

@@ -198,6 +198,14 @@ def test_refuses_wrapper_options_and_inputs() -> None:
         plain.generate(torch.tensor([1, VOCAB]), 4, static_cache=True)
 
 
+def test_refuses_intermediates_with_static_cache() -> None:
+    """The intermediates are the ordinary KV cache, which the static path never builds."""
+    with pytest.raises(ValueError, match="return_intermediates=True") as error:
+        _model().generate(_prompts(1)[0], 4, static_cache=True, return_intermediates=True)
+    assert "drop static_cache=True" in str(error.value)
+    assert "reads the ordinary KV cache" in str(error.value)
+
+
 def test_follows_weight_updates_and_copies() -> None:
     """A compiled decoder reads the live parameters (training between generations); the model
     still deep-copies; released decoders are rebuilt."""

@@ -353,12 +353,29 @@ def test_prepend_with_cache_equals_the_full_forward() -> None:
         ({"tie_embedding": True, "emb_dim": 12}, ValueError, "width dim=16"),
         ({"l2norm_embed": True, "token_emb": TwoTables()}, ValueError, "custom token_emb"),
         ({"embed_num_tokens": {"a b": 2}}, ValueError, "keys must be names"),
+        ({"logits_bias": True, "tie_embedding": True}, ValueError, "has no bias"),
+        ({"logits_bias": False, "to_logits": Pointer()}, ValueError, "custom to_logits"),
+        ({"logits_bias": 0}, TypeError, "'logits_bias' must be bool or None"),
     ],
 )
 def test_bad_combinations_are_refused_at_construction(kwargs, error, match) -> None:
     stack = kwargs.pop("stack", Encoder)
     with pytest.raises(error, match=match):
         ours(stack, **kwargs)
+
+
+def test_logits_bias_false_is_the_default_head_without_its_bias() -> None:
+    """logits_bias=False: the same logits as the default head with its bias at zero."""
+    torch.manual_seed(0)
+    plain = ours(Decoder)
+    torch.manual_seed(0)
+    no_bias = ours(Decoder, logits_bias=False)
+    assert plain.to_logits.bias is not None and no_bias.to_logits.bias is None
+    with torch.no_grad():
+        plain.to_logits.bias.zero_()
+    no_bias.load_state_dict(plain.state_dict(), strict=False)
+    x = tokens()
+    torch.testing.assert_close(no_bias(x), plain(x), rtol=0, atol=0)
 
 
 def test_pooling_refuses_cache_and_mems() -> None:

@@ -39,6 +39,39 @@ def xt_pair(build: Callable[[Any], torch.nn.Module]) -> tuple[torch.nn.Module, t
     return theirs, ours.eval()
 
 
+def copied_decoder_logits(
+    flags: dict[str, Any],
+    theirs_only: dict[str, Any] | None = None,
+    adjust: Callable[[torch.nn.Module], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ours, theirs) logits on 2 x 8 seeded tokens of TransformerWrapper(Decoder(**flags))
+    (vocabulary flag_models.VOCAB, 16 positions), x-transformers' built (after
+    ``torch.manual_seed(0)``, with ``theirs_only`` flags too, e.g. its fused path) and
+    :func:`flag_models.jittered` with seed 5 (zero-initialised parts active), then
+    ``adjust(theirs)`` (no grad); ours, float64, loads its weights."""
+    xt = pytest.importorskip("x_transformers")
+    from flag_models import VOCAB, jittered, tokens
+
+    import x_attn
+    from x_attn.interop import from_x_transformers
+
+    torch.manual_seed(0)
+    layers = xt.Decoder(**flags, **(theirs_only or {}))
+    theirs = jittered(
+        xt.TransformerWrapper(num_tokens=VOCAB, max_seq_len=16, attn_layers=layers), seed=5
+    )
+    if adjust is not None:
+        with torch.no_grad():
+            adjust(theirs)
+    ours = x_attn.TransformerWrapper(
+        num_tokens=VOCAB, max_seq_len=16, attn_layers=x_attn.Decoder(**flags)
+    )
+    ours = from_x_transformers(theirs, ours.double()).eval()
+    ids = tokens(2, 8)
+    with torch.no_grad():
+        return ours(ids), theirs(ids)
+
+
 def padded_cross_call(theirs: torch.nn.Module, ours: torch.nn.Module, dim: int, dim_context: int):
     """Both CrossAttenders on the same inputs with padded queries and context:
     (ours, theirs, query mask): outputs (b, n, d), mask (b, n)."""

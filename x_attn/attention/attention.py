@@ -25,7 +25,7 @@ from x_attn.attention.calls import cross_call, self_call
 from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.inverted import query_padding_mask
 from x_attn.attention.features.spec import FeatureContext
-from x_attn.attention.features.stages import BoundKeys
+from x_attn.attention.features.stages import BiasCall, BoundKeys
 from x_attn.attention.muon_clip import attention_muon_parameters, qk_clip_
 from x_attn.attention.projections import Projection
 from x_attn.attention.projections.multihead import merge_heads
@@ -140,8 +140,7 @@ class Attention(nn.Module):
         self.scale = parts.scale  # a feature's (QK-norm), the projection's or dim_head^-0.5
         for attr, module in parts.named:  # registered under their own names (or None)
             setattr(self, attr, module)
-        # bias stage: (q, positions, mask, bias, hooks, query input, cache entry) -> (bias,
-        # hooks), after extend k/v
+        # bias stages, after extend k/v: (BiasCall, bias, hooks) -> (bias, hooks), in order
         self.bias_stages = parts.biases
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = list(parts.extensions)
@@ -276,8 +275,9 @@ class Attention(nn.Module):
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
+        bias_call = BiasCall(q, call.positions, mask_spec, x, call.entry)
         for stage in self.bias_stages:
-            bias, hooks = stage(q, call.positions, mask_spec, bias, hooks, x, call.entry)
+            bias, hooks = stage(bias_call, bias, hooks)
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)

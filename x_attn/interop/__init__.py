@@ -25,7 +25,6 @@ from x_attn.interop.common import (
     load_exact,
     model_flags,
     require_transformers,
-    zero_logits_bias,
 )
 from x_attn.interop.x_transformers import from_x_transformers
 
@@ -86,9 +85,6 @@ def from_hf(model_or_path: Any) -> nn.Module:
         x_state = llama.to_x_state(state, config.num_hidden_layers, tied)
     dtype = next(iter(state.values())).dtype
     model = build_model(wrapper, layers).to(dtype)
-    zero_logits_bias(model)
-    if "to_logits.bias" in model.state_dict():
-        x_state["to_logits.bias"] = model.to_logits.bias.detach()
     load_exact(model, x_state, f"from_hf ({kind})")
     return model
 

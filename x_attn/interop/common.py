@@ -115,7 +115,7 @@ def check_flags_match(model: nn.Module, wrapper: dict[str, Any], layers: dict[st
     own_wrapper, _ = model_flags(model)
     theirs = route_layer_kwargs("Decoder", {**layers, "causal": True})
     differ = _differences(model.attn_layers.config, theirs, "")
-    for key in sorted(set(own_wrapper) | set(wrapper)):
+    for key in sorted((set(own_wrapper) | set(wrapper)) - {"logits_bias"}):  # check_logits_bias
         if _wrapper_value(model, own_wrapper, key) != _wrapper_value(model, wrapper, key):
             differ.append(f"{key}={own_wrapper.get(key)!r}")
     if differ:
@@ -161,14 +161,6 @@ def load_exact(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> 
             f"{what}: weights do not match the architecture (missing {missing[:5]}, unexpected "
             f"{unexpected[:5]})"
         )
-
-
-def zero_logits_bias(model: nn.Module) -> None:
-    """x_attn's untied head has a bias that Hugging Face heads lack: start it at zero."""
-    bias = getattr(model.to_logits, "bias", None)
-    if bias is not None:
-        with torch.no_grad():
-            bias.zero_()
 
 
 def check_logits_bias(model: nn.Module) -> None:

@@ -103,6 +103,8 @@ def flags(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         wrapper["emb_dropout"] = float(config.embd_pdrop)
     if config.tie_word_embeddings:
         wrapper.update(tie_embedding=True, tie_embedding_scale=1.0)
+    else:
+        wrapper["logits_bias"] = False  # Hugging Face language-model heads have no bias
     return wrapper, layers
 
 

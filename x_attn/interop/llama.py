@@ -144,6 +144,8 @@ def _wrapper_flags(config: Any) -> dict[str, Any]:
     }
     if config.tie_word_embeddings:
         wrapper.update(tie_embedding=True, tie_embedding_scale=1.0)
+    else:
+        wrapper["logits_bias"] = False  # Hugging Face language-model heads have no bias
     return wrapper
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
@@ -16,33 +15,28 @@ from x_attn.cache.mems import mems_mask
 from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
 from x_attn.layers.conditioning import apply_norm, stack_condition
-from x_attn.layers.deep_embed import ff_scales
 from x_attn.layers.feedforward import FeedForward
 from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.mv_split import CACHE_REASON as MV_SPLIT_CACHE_REASON
 from x_attn.layers.plan import make_plan
 from x_attn.layers.reinject import MEMS_REASON as REINJECT_MEMS_REASON
-from x_attn.layers.reinject import build_reinject, injection
-from x_attn.layers.run import run_layers, start_dual
-from x_attn.layers.run_checks import (
-    check_global_tokens,
-    check_run_inputs,
-    run_order,
-    working_cache,
+from x_attn.layers.reinject import build_reinject
+from x_attn.layers.run import run_layers
+from x_attn.layers.run_checks import working_cache
+from x_attn.layers.stack_call import (
+    checked_mems,
+    checked_order,
+    per_run_inputs,
+    position_context,
+    refuse_reversible_state,
+    stack_state,
 )
-from x_attn.layers.stack_inputs import (
-    additional_kv_per_layer,
-    check_stack_inputs,
-    context_residuals_per_layer,
-)
+from x_attn.layers.stack_inputs import check_stack_inputs
 from x_attn.layers.unet import UNetSkips
-from x_attn.positional.context import PositionContext
-from x_attn.positional.custom import position_values, table_values
-from x_attn.positional.row_positions import row_positions, rows_mask
 from x_attn.positional.stack_positions import StackPositions
 from x_attn.routing import checked_keywords, route_layer_kwargs
 from x_attn.serialization import records_config
-from x_attn.validation import check_float_input, check_mems, merge_kv_mask
+from x_attn.validation import merge_kv_mask
 
 # stack flags whose position bias every self-attention kernel must add to its logits
 BIAS_FLAGS = ("rel_pos_bias", "alibi_pos_bias")
@@ -269,81 +263,54 @@ class AttentionLayers(nn.Module):
                 its output by ``table[id, k]`` on the last t rows (see
                 :mod:`x_attn.layers.deep_embed`; TransformerWrapper's ``ff_deep_embed``).
         """
-        owner = type(self).__name__
-        check_float_input("x", x, self.dim, owner)
         b, n = x.shape[:2]
-        order = run_order(self, layers_execute_order, repeat_blocks, mems, cache)
-        if self.unet is not None and order != self.plan.order:
-            raise ValueError(
-                f"{type(self).__name__}: unet_skips pairs the blocks of the stack as built; "
-                "drop this call's layers_execute_order / repeat_blocks"
-            )
-        check_run_inputs(self, x, mems, cache, causal, order)
-        check_global_tokens(self, x, global_mask, mask, cache)
+        requested = (layers_execute_order, repeat_blocks)
+        order = checked_order(self, x, requested, mems, cache, causal, (global_mask, mask))
         # per-call global tokens are not kept by a cache: no cache to continue from is started
         hiddens_cache = return_hiddens and global_mask is None
         if cache is not None or start_cache:
             cache = working_cache(self, cache, b, hiddens_cache, order, causal)
-        mem_len = self._check_mems(mems, b, x.dtype, cache, order)
+        mem_len = checked_mems(self, mems, b, x.dtype, cache, order)
         kept = cache.kept if cache is not None else 0  # < past once a cache has slid
         k_len = kept + mem_len + n
         attn_mask = check_stack_inputs(self, x, context, mask, context_mask, attn_mask, k_len)
         attn_mask = merge_kv_mask(self_attn_kv_mask, attn_mask, b, n, k_len)
-        self_runs = sum(self.layer_types[i] == "a" for i in order)
-        extra_kv = additional_kv_per_layer(
+        additional = (
             self_attn_additional_kv,
             additional_kv_mask,
-            self_runs,
             detach_additional_kv,
             route_additional_kv_to_top,
-            owner,
         )
-        cross_runs = sum(self.layer_types[i] == "c" for i in order)
-        kv_residuals = context_residuals_per_layer(
-            cross_attn_kv_residuals, context, cross_runs, owner
+        per_run = per_run_inputs(
+            self, order, n, context, additional, cross_attn_kv_residuals, deep_embeds_and_ids
         )
-        ff_runs = sum(self.layer_types[i] == "f" for i in order)
-        scales = ff_scales(deep_embeds_and_ids, n, ff_runs, self.dim, owner)
         condition = stack_condition(self, condition, b, n, mems)
         mem_mask = mems_mask(mems)
         # tables once per forward, from the oldest position a layer holds to the newest query
-        positions, values, real = self._position_context(
-            x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
+        positions, values, real = position_context(
+            self, x, (pos, context_pos), context, cache, (mems, mem_mask, mask)
         )
         if self.reversible is not None:
-            per_call = (mems, cache, extra_kv, global_mask, scales)
-            if return_attn or any(arg is not None for arg in per_call):
-                raise ValueError(
-                    "reversible=True stacks run without mems, cache, return_attn, "
-                    "self_attn_additional_kv, global_mask or deep_embeds_and_ids "
-                    "(the two-stream update has no per-layer hidden state to keep)"
-                )
+            per_call = (mems, cache, self_attn_additional_kv, global_mask, per_run["ff_scales"])
+            refuse_reversible_state(return_attn, per_call)
             out, inter = self._run_reversible(x, mask, attn_mask, positions)
             return (out, inter) if return_hiddens else out
         inter = LayerIntermediates(cache=cache, mask=mask)
         state = dict(
+            **per_run,
+            **stack_state(self, x, cache, order, causal),
             context=context,
-            context_residuals=kv_residuals,
-            ff_scales=scales,
-            injection=injection(x, self.reinject_input_proj, self.learned_reinject_input_gate),
             context_mask=context_mask,
             attn_mask=attn_mask,
             positions=positions,
             mask=mask,
             mems=mems,
             mem_mask=mem_mask,
-            entries=self._cache_entries(cache, order),
-            num_attn_runs=sum(self.layer_types[i] != "f" for i in order),
             return_attn=return_attn,
             return_hiddens=return_hiddens,
             condition=condition,
-            causal=causal,
-            seq_causal=self.causal if causal is None else bool(causal),
-            dual=start_dual(x, self.config.resi_dual, self.config.resi_dual_scale),
-            additional_kv=extra_kv or [None] * self_runs,
             additional_kv_mask=additional_kv_mask,
             global_mask=global_mask,
-            unet=self.unet,
         )
         x = run_layers(list(self.layers), order, x, state, inter)
         inter.layer_hiddens.append(x)
@@ -360,42 +327,6 @@ class AttentionLayers(nn.Module):
         if dual is not None:
             return dual.output(x, lambda t: apply_norm(self.final_norm, t, condition))
         return apply_norm(self.final_norm, x, condition)
-
-    def _position_context(
-        self,
-        x: Tensor,
-        given: tuple[Tensor | None, Tensor | None],
-        context: Tensor | None,
-        cache: KVCache | None,
-        rows_in: tuple[list[Tensor] | None, Tensor | None, Tensor | None],
-    ) -> tuple[PositionContext, Tensor | None, Tensor | None]:
-        """The forward's positional tables, from the oldest position a layer holds on.
-
-        ``given``: the forward's (pos, context_pos); ``rows_in``: (mems, their padding, the
-        padding of ``x``). Padding renumbers the rows (``row_positions``), custom positions
-        replace the numbers (``position_values``). Returns the tables, the custom position
-        values of every slot for the cache (or None) and the real positions per row after this
-        forward (or None when all were real).
-        """
-        mems, mem_mask, mask = rows_in
-        b, n = x.shape[:2]
-        mem_len = 0 if mems is None else mems[0].shape[1]
-        past = cache.length if cache is not None else 0
-        start = cache.first_position if cache is not None else 0
-        held_real = None if cache is None else cache.real  # None: nothing padded so far
-        held_mask = None if held_real is None else cache.key_mask
-        new_mask = rows_mask(mem_mask, mask, mem_len, x)
-        span = (start, past, past + mem_len + n)
-        rows, real = row_positions(span, held_mask, held_real, new_mask, b, x.device)
-        heads = self.config.heads
-        values = position_values(
-            self.positions, heads, given, x, context, cache, mems, (start, rows)
-        )
-        if values is not None:
-            rows = table_values(values, start)
-        k_len = past + mem_len + n - start
-        tables = self.positions(n, k_len, x.device, x.dtype, start, rows, given[1])
-        return tables, values, real
 
     @property
     def needs_condition(self) -> bool:
@@ -457,26 +388,6 @@ class AttentionLayers(nn.Module):
         for i, create in enumerate(factories):  # its length is checked already
             cache.entry(i, create)
         return cache.entries
-
-    def _check_mems(
-        self,
-        mems: list[Tensor] | None,
-        b: int,
-        dtype: torch.dtype,
-        cache: KVCache | None,
-        order: tuple[int, ...],
-    ) -> int:
-        """Memory length (0 without mems); mems join a cache only at its first call."""
-        if mems is None:
-            return 0
-        if cache is not None and cache.length > 0:
-            raise ValueError(
-                f"{type(self).__name__}: 'mems' given with a 'cache' that already holds "
-                f"{cache.length} positions; the cache took the mems in at its first call (they "
-                "are the context before its first position): pass mems only with an empty cache"
-            )
-        runs = sum(self.layers[i].kind == "a" for i in order)
-        return check_mems(mems, runs, b, self.dim, dtype)
 
 
 @records_config

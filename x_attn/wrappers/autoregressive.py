@@ -15,8 +15,11 @@ Generation semantics:
     * a model whose parts cannot be cached (a submodule's ``uncacheable_reason``) falls back
       to the uncached path with a one-time warning.
 
-The decoding loop (cached or not) is :class:`x_attn.wrappers.stepper.LogitStepper`; beam
-search lives in :mod:`x_attn.wrappers.beam`, the 2021 ``generate`` keywords in
+The checks of generate's arguments live in :mod:`x_attn.wrappers.generation_checks`, the
+choice of stepper (static, compiled, KV cache or uncached) and the sampling loop in
+:mod:`x_attn.wrappers.generate_loop` (the ordinary stepper is
+:class:`x_attn.wrappers.stepper.LogitStepper`); beam search lives in
+:mod:`x_attn.wrappers.beam`, the 2021 ``generate`` keywords in
 :mod:`x_attn.wrappers.legacy_generate`, training aids in :mod:`x_attn.wrappers.training_aids`.
 
 Shape legend: b batch, n sequence, p prompt length, t generated tokens, v vocabulary,
@@ -34,48 +37,21 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from x_attn.compat import drop_unsupported
-from x_attn.decode.generate import check_compile, static_stepper
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
-from x_attn.utils import check_nonnegative, check_positive_int, check_probability, exists
+from x_attn.utils import check_nonnegative, check_probability, exists
 from x_attn.validation import token_ids
 from x_attn.wrappers import beam
-from x_attn.wrappers.decoding import (
-    PromptBatch,
-    check_causal_net,
-    check_passthrough,
-    inference,
-    make_sampler,
-    prepare_prompts,
-)
+from x_attn.wrappers.decoding import check_causal_net, inference, make_sampler
+from x_attn.wrappers.generate_loop import choose_stepper, sample_tokens
+from x_attn.wrappers.generation_checks import prepare_generation, uncacheable_reason
 from x_attn.wrappers.legacy_generate import translate
-from x_attn.wrappers.looped import KEYWORDS as LOOP_KEYWORDS
 from x_attn.wrappers.looped import generation_intermediates, looped_loss
 from x_attn.wrappers.next_embed import next_embed_loss
-from x_attn.wrappers.stepper import PREPEND_INPUTS, LogitStepper
+from x_attn.wrappers.stepper import LogitStepper
 from x_attn.wrappers.training_aids import forgetful_key_mask, lens_mask
 
-__all__ = ["AutoregressiveWrapper"]
-
-_RELATIVE_HINT = (
-    "; use relative positions (rotary_pos_emb=True, rel_pos_bias=True or alibi_pos_bias=True "
-    "on the Decoder) to generate past max_seq_len with a sliding window"
-)
-
-
-def uncacheable_reason(net: nn.Module) -> str | None:
-    """The first ``uncacheable_reason`` a submodule of ``net`` declares, or None."""
-    if not hasattr(net, "attn_layers"):
-        return f"{type(net).__name__} has no attention stack (attn_layers) to cache"
-    for module in net.modules():
-        reason = getattr(module, "uncacheable_reason", None)
-        if isinstance(reason, str):
-            return reason
-    return None
-
-
-LOOP_INPUTS = frozenset(LOOP_KEYWORDS) - {"looped_pred_all_logits"}  # a looped net's generate
+__all__ = ["AutoregressiveWrapper", "uncacheable_reason"]
 
 
 @records_config
@@ -294,8 +270,8 @@ class AutoregressiveWrapper(nn.Module):
             entmax_alpha,
             {**legacy, "mask": kwargs.pop("mask", None)},
         )
-        batch = self._prepare(
-            opts.prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs, self.generate
+        batch = prepare_generation(
+            self, opts.prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs, self.generate
         )
         sampler = make_sampler(
             self.net,
@@ -308,25 +284,19 @@ class AutoregressiveWrapper(nn.Module):
             eos_token=eos_token,
             generator=generator,
         )
-        check_compile(compile, static_cache)
-        cached = cache_kv and self._cache_usable()
-        if return_intermediates and static_cache:
-            raise ValueError(
-                f"{owner}: return_intermediates=True reads the ordinary KV cache; "
-                "drop static_cache=True to get the intermediates"
-            )
-        if return_intermediates and not cached:
-            raise ValueError(f"{owner}: return_intermediates=True needs the KV cache (cache_kv)")
-        if getattr(self.net, "looped", False):
-            kwargs.setdefault("looped_inference", True)
         with inference(self.net):
-            if static_cache:
-                stepper = static_stepper(
-                    self, batch, seq_len, restrict_to_max_seq_len, cache_kv, kwargs, compile
-                )
-            else:
-                stepper = LogitStepper(self, batch, kwargs, cached, restrict_to_max_seq_len)
-            out = _sample(stepper, sampler, seq_len)
+            stepper = choose_stepper(
+                self,
+                batch,
+                seq_len,
+                kwargs,
+                restrict=restrict_to_max_seq_len,
+                cache_kv=cache_kv,
+                static_cache=static_cache,
+                compile=compile,
+                return_intermediates=return_intermediates,
+            )
+            out = sample_tokens(stepper, sampler, seq_len)
         if return_prime:
             out = torch.cat((batch.tokens, out), dim=1)
         out = out[0] if batch.squeeze else out
@@ -362,8 +332,8 @@ class AutoregressiveWrapper(nn.Module):
             or (k, t) and (k,).
         """
         owner = f"{type(self).__name__}.beam_search"
-        batch = self._prepare(
-            prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs, self.beam_search
+        batch = prepare_generation(
+            self, prompts, prompt_lens, seq_len, restrict_to_max_seq_len, kwargs, self.beam_search
         )
         beam.check_eos(eos_token, getattr(self.net, "num_tokens", None), owner)
         proposer = beam.make_proposer(
@@ -378,57 +348,8 @@ class AutoregressiveWrapper(nn.Module):
             out, scores = out[:, 0], scores[:, 0]
         return (out, scores) if return_beams_and_scores else out[0]
 
-    def _prepare(
-        self,
-        prompts: Any,
-        prompt_lens: Any,
-        seq_len: Any,
-        restrict: bool,
-        kwargs: dict,
-        own: Callable,
-    ) -> PromptBatch:
-        """Checked prompts and model inputs shared by generate and beam_search (``own``)."""
-        owner = f"{type(self).__name__}.{own.__name__}"
-        batch = prepare_prompts(prompts, prompt_lens, self.pad_value, owner)
-        if seq_len is None:
-            raise TypeError(f"{owner}: missing the number of tokens to generate, 'seq_len'")
-        check_positive_int("seq_len", seq_len, owner)
-        if not isinstance(restrict, bool):
-            raise TypeError(f"{owner}: 'restrict_to_max_seq_len' must be True or False")
-        drop_unsupported("AutoregressiveWrapper", "generate", kwargs, set())
-        loop = LOOP_INPUTS if getattr(self.net, "looped", False) else frozenset()
-        check_passthrough(kwargs, owner, self.net, own, PREPEND_INPUTS | loop)
-        self._check_length(batch.tokens.shape[1], seq_len, owner)
-        prepend = kwargs.get("prepend_embeds")
-        if restrict and isinstance(prepend, Tensor) and prepend.ndim == 3:
-            lead = prepend.shape[1] + batch.tokens.shape[1] + seq_len - 1
-            if lead + getattr(self.net, "num_memory_tokens", 0) > self._window:
-                raise ValueError(
-                    f"{owner}: prepend_embeds ({prepend.shape[1]}) + prompt + seq_len exceed "
-                    f"max_seq_len={self.max_seq_len}; past it the window would slide over the "
-                    "prepended embeddings. Raise max_seq_len or pass "
-                    "restrict_to_max_seq_len=False"
-                )
-        return batch
-
-    def _check_length(self, p: int, seq_len: int, owner: str) -> None:
-        """Learned absolute positions cap the positions fed to the model at max_seq_len."""
-        if not getattr(self.net, "has_abs_positions", False):
-            return
-        limit = self.max_seq_len
-        if p > limit:
-            raise ValueError(
-                f"{owner}: the prompt has {p} tokens but the model takes at most "
-                f"max_seq_len={limit} with learned absolute positions{_RELATIVE_HINT}"
-            )
-        if p + seq_len - 1 > limit:
-            raise ValueError(
-                f"{owner}: prompt length {p} + seq_len {seq_len} needs {p + seq_len - 1} "
-                f"positions, beyond max_seq_len={limit} of the learned absolute positions; "
-                f"lower seq_len to at most {limit - p + 1}{_RELATIVE_HINT}"
-            )
-
-    def _cache_usable(self) -> bool:
+    def _cache_usable(self, stacklevel: int = 3) -> bool:
+        """False (warning once, at the caller of generate / beam_search) when uncacheable."""
         reason = self.uncacheable_reason
         if reason is None:
             return True
@@ -438,7 +359,7 @@ class AutoregressiveWrapper(nn.Module):
                 f"{type(self).__name__}: generating without the KV cache because {reason}; "
                 "the tokens are the same, only slower (pass cache_kv=False to silence this)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         return False
 
@@ -459,14 +380,3 @@ class AutoregressiveWrapper(nn.Module):
         """Cache entry indices of the self-attention layers (cross entries never slide)."""
         kinds = [t for t in self.net.attn_layers.types if t in "ac"]
         return [i for i, t in enumerate(kinds) if t == "a"]
-
-
-def _sample(stepper: LogitStepper, sampler: Any, seq_len: int) -> Tensor:
-    """Up to ``seq_len`` sampled tokens (b, t); stops early once every row emitted eos."""
-    logits, generated = stepper.first(), []
-    for step in range(seq_len):
-        generated.append(sampler(logits))
-        if sampler.finished or step == seq_len - 1:
-            break
-        logits = stepper.step(generated[-1])
-    return torch.stack(generated, dim=1)

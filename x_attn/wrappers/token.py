@@ -75,6 +75,9 @@ class TransformerWrapper(SequenceWrapper):
             (:mod:`x_attn.wrappers.embedding`); l2norm_embed also normalises token embeddings.
         embed_num_tokens: extra embedding tables ``{name: vocabulary}``, fed by ``embed_ids``.
         token_emb / to_logits: custom input embedding / output head modules.
+        logits_bias: whether the built-in linear head has a bias; None (default) gives it one,
+            as the 2021 x-transformers head had; False matches x-transformers 2.x and Hugging
+            Face heads (``from_hf`` uses it). Refused with a tied or a custom head.
         average_pool_embed, use_cls_token, num_cls_tokens, attn_pool, num_pooled_tokens,
             attn_pool_depth, dim_pooled_tokens: pooling (:mod:`x_attn.wrappers.pooling`).
         squeeze_out_last_dim: drop a last logits axis of size 1 (``logits_dim=1`` regressors).
@@ -114,6 +117,7 @@ class TransformerWrapper(SequenceWrapper):
         embed_num_tokens: dict[str, int] | None = None,
         token_emb: nn.Module | None = None,
         to_logits: nn.Module | None = None,
+        logits_bias: bool | None = None,
         average_pool_embed: bool = False,
         use_cls_token: bool = False,
         num_cls_tokens: int = 1,
@@ -158,7 +162,7 @@ class TransformerWrapper(SequenceWrapper):
         check_tie(self.token_emb, dim, tie_embedding, owner)
         self.tie_embedding_scale = dim**-0.5 if tie_embedding_scale is None else tie_embedding_scale
         self.to_logits = build_logits_head(
-            dim, num_tokens, logits_dim, tie_embedding, to_logits, owner
+            dim, num_tokens, logits_dim, tie_embedding, to_logits, owner, logits_bias
         )
         self.squeeze_out_last_dim = squeeze_out_last_dim
         if mixture_of_softmax and logits_dim == 1:

@@ -103,8 +103,12 @@ def build_logits_head(
     tie_embedding: bool,
     to_logits: nn.Module | None,
     owner: str,
+    logits_bias: bool | None = None,
 ) -> nn.Module | None:
-    """The output head: a custom module, a Linear(dim, logits_dim), or None when tied."""
+    """The output head: a custom module, a Linear(dim, logits_dim), or None when tied.
+
+    ``logits_bias`` (None or a bool) says whether the built-in Linear has a bias (None: yes).
+    """
     if logits_dim is not None:
         check_positive_int("logits_dim", logits_dim, owner)
     if to_logits is not None:
@@ -115,12 +119,22 @@ def build_logits_head(
                 f"{owner}: a custom to_logits module is the output head, so it cannot be "
                 "combined with tie_embedding or logits_dim"
             )
+        if logits_bias is not None:
+            raise ValueError(
+                f"{owner}: 'logits_bias' sets the built-in linear head's bias, but a custom "
+                "to_logits module is given; give the bias to that module instead"
+            )
         return to_logits
     if tie_embedding:
         if logits_dim is not None and logits_dim != num_tokens:
             raise ValueError(f"{owner}: tie_embedding=True needs logits_dim == num_tokens")
+        if logits_bias:
+            raise ValueError(
+                f"{owner}: logits_bias=True, but tie_embedding=True computes the logits with "
+                "the token embedding matrix and has no bias; drop one of the two"
+            )
         return None
-    return nn.Linear(dim, logits_dim or num_tokens)
+    return nn.Linear(dim, logits_dim or num_tokens, bias=logits_bias is not False)
 
 
 def tied_logits(h: Tensor, token_emb: nn.Module, scale: float) -> Tensor:

@@ -115,7 +115,8 @@ class AttentionParts:
             "bias" and "heads" stages in the catalog, for the Attention module to register.
         extensions: the active extend-stage modules, in order.
         values: the active values-stage modules, in order.
-        biases: the active bias-stage modules (query-dependent logit bias), in order.
+        biases: the active bias-stage modules (``BiasStage``: query-dependent logit bias, read
+            from one ``BiasCall`` per call), in order.
         head_stages: the active "heads"-stage modules (per-head output), in order.
         scores: the score features and the normalizer.
         output: the output stage.

@@ -28,11 +28,8 @@ from einops import einsum
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
-from x_attn.cache.entry import CacheEntry
+from x_attn.attention.features.stages import BiasCall, BiasStage
 from x_attn.kernels.manual import ScoreHooks, WrappedHooks
-from x_attn.masks.causal import CAUSAL
-from x_attn.masks.spec import AttnMask
-from x_attn.positional.context import PositionContext
 
 FLAG = "attn_use_cope"
 
@@ -63,7 +60,7 @@ class ContextualHooks(WrappedHooks):
         return sim if mask is None else sim.masked_fill(~mask, -torch.finfo(sim.dtype).max)
 
 
-class ContextualPositions(nn.Module):
+class ContextualPositions(BiasStage):
     """Bias stage of CoPE: adds no bias; hooks the contextual term on the masked logits."""
 
     def __init__(self, max_pos: int, dim_head: int) -> None:
@@ -71,21 +68,14 @@ class ContextualPositions(nn.Module):
         self.pos_emb = nn.Parameter(torch.zeros(max_pos, dim_head))
 
     def forward(
-        self,
-        q: Tensor,
-        positions: PositionContext,
-        mask: AttnMask,
-        bias: Tensor | None,
-        hooks: ScoreHooks,
-        query_input: Tensor | None = None,
-        entry: CacheEntry | None = None,
+        self, call: BiasCall, bias: Tensor | None, hooks: ScoreHooks
     ) -> tuple[Tensor | None, ScoreHooks]:
-        if not any(rule.kind == CAUSAL.kind for rule in mask.rules):
+        if not call.causal:
             raise ValueError(
                 f"{FLAG}: contextual positions count the gates from a key up to its query, "
                 "which is defined for causal attention only; drop causal=False"
             )
-        return bias, ContextualHooks(hooks, q, self.pos_emb)
+        return bias, ContextualHooks(hooks, call.q, self.pos_emb)
 
 
 def _build(ctx: FeatureContext) -> ContextualPositions:

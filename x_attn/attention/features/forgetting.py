@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
+from x_attn.attention.features.stages import BiasCall, BiasStage
 from x_attn.cache.entry import CacheEntry, EntryWrapper, HeldKeys, KeyRows, Project
 from x_attn.kernels.manual import ScoreHooks
-from x_attn.masks.causal import CAUSAL
-from x_attn.masks.spec import AttnMask, Span
-from x_attn.positional.context import PositionContext
+from x_attn.masks.spec import Span
 
 FLAG = "attn_data_dependent_alibi"
 
@@ -89,7 +88,7 @@ class ForgetEntry(EntryWrapper):
         return self.cum
 
 
-class ForgetGateBias(nn.Module):
+class ForgetGateBias(BiasStage):
     """Bias stage of FoX: ``c_i - c_j`` over the held positional keys, 0 for free keys."""
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -103,16 +102,10 @@ class ForgetGateBias(nn.Module):
         return log_f if mask is None else log_f * mask.unsqueeze(1).to(dtype)
 
     def forward(
-        self,
-        q: Tensor,
-        positions: PositionContext,
-        mask: AttnMask,
-        bias: Tensor | None,
-        hooks: ScoreHooks,
-        query_input: Tensor | None = None,
-        entry: CacheEntry | None = None,
+        self, call: BiasCall, bias: Tensor | None, hooks: ScoreHooks
     ) -> tuple[Tensor, ScoreHooks]:
-        if not any(rule.kind == CAUSAL.kind for rule in mask.rules):
+        mask = call.mask
+        if not call.causal:
             raise ValueError(
                 f"{FLAG}: the forget-gate decay sums the gates between a key and its query, "
                 "which is defined for causal attention only; drop causal=False"
@@ -122,14 +115,15 @@ class ForgetGateBias(nn.Module):
                 f"{FLAG}: the keys a sliding-window cache pins (global tokens) lie outside "
                 "its span of cumulative gates; drop attn_global_tokens"
             )
-        state = _forget_entry(entry)
+        state = _forget_entry(call.entry)
         rows, state.rows = state.rows, None  # the cache keeps the sums, not the rows
-        wide = torch.float32 if q.device.type == "mps" else torch.float64
+        wide = torch.float32 if call.q.device.type == "mps" else torch.float64
         state.extend(self.log_gates(rows.x, rows.mask, wide), rows.span)
         keys = state.keep(mask.k)
         queries = keys[..., keys.shape[-1] - len(mask.q) :]
-        term = F.pad((queries.unsqueeze(-1) - keys.unsqueeze(-2)).to(q.dtype), (mask.free, 0))
-        return (term if bias is None else bias + term), hooks
+        return call.add_bias(
+            bias, (queries.unsqueeze(-1) - keys.unsqueeze(-2)).to(call.q.dtype)
+        ), hooks
 
 
 def _forget_entry(entry: CacheEntry | None) -> ForgetEntry:

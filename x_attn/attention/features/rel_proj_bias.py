@@ -21,15 +21,12 @@ d model dim.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
-from x_attn.cache.entry import CacheEntry
+from x_attn.attention.features.stages import BiasCall, BiasStage
 from x_attn.kernels.manual import ScoreHooks
-from x_attn.masks.spec import AttnMask
-from x_attn.positional.context import PositionContext
 from x_attn.utils import check_positive_int
 
 
@@ -67,7 +64,7 @@ class RelativeProjPositionalBias(nn.Module):
         return self.bias(x, distance.unsqueeze(0))
 
 
-class RelProjBiasStage(nn.Module):
+class RelProjBiasStage(BiasStage):
     """Bias stage of a self-attention layer: the bias over the held positional keys."""
 
     def __init__(self, dim: int, heads: int, num_distance_basis: int, max_dist: int) -> None:
@@ -75,27 +72,11 @@ class RelProjBiasStage(nn.Module):
         self.rel = RelativeProjPositionalBias(dim, heads, num_distance_basis, max_dist)
 
     def forward(
-        self,
-        q: Tensor,
-        positions: PositionContext,
-        mask: AttnMask,
-        bias: Tensor | None,
-        hooks: ScoreHooks,
-        query_input: Tensor | None = None,
-        entry: CacheEntry | None = None,
+        self, call: BiasCall, bias: Tensor | None, hooks: ScoreHooks
     ) -> tuple[Tensor, ScoreHooks]:
-        q_pos, k_pos = (positions.values_of(span, q.device) for span in (mask.q, mask.k))
-        if q_pos.ndim > 2:
-            raise ValueError(
-                "attn_use_rel_proj_pos_bias: per-head positions (b, h, n) are not supported; "
-                "pass (n,) or (b, n)"
-            )
-        distance = (
-            q_pos.reshape(-1, q_pos.shape[-1])[:, :, None]
-            - k_pos.reshape(-1, k_pos.shape[-1])[:, None, :]
-        )
-        term = F.pad(self.rel.bias(query_input, distance.long()), (mask.free, 0))
-        return (term if bias is None else bias + term), hooks
+        q_pos, k_pos = call.position_rows("attn_use_rel_proj_pos_bias")
+        distance = q_pos[:, :, None] - k_pos[:, None, :]
+        return call.add_bias(bias, self.rel.bias(call.query_input, distance.long())), hooks
 
 
 def _build(ctx: FeatureContext) -> RelProjBiasStage:

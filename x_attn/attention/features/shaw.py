@@ -20,15 +20,12 @@ dq query/key head dim, dv value head dim.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
-from x_attn.cache.entry import CacheEntry
+from x_attn.attention.features.stages import BiasCall, BiasStage
 from x_attn.kernels.manual import ScoreHooks, WrappedHooks
-from x_attn.masks.spec import AttnMask
-from x_attn.positional.context import PositionContext
 
 
 class RelativeValueHooks(WrappedHooks):
@@ -47,7 +44,7 @@ class RelativeValueHooks(WrappedHooks):
         return out + einsum(per_offset, self.rel_v.to(out.dtype), "b h i r, r d -> b h i d")
 
 
-class ShawRelativePositions(nn.Module):
+class ShawRelativePositions(BiasStage):
     """The learned relative keys (and values) of one layer.
 
     Args:
@@ -72,41 +69,24 @@ class ShawRelativePositions(nn.Module):
         return rel.round().long().clamp(-k, k) + k
 
     def forward(
-        self,
-        q: Tensor,
-        positions: PositionContext,
-        mask: AttnMask,
-        bias: Tensor | None,
-        hooks: ScoreHooks,
-        query_input: Tensor | None = None,
-        entry: CacheEntry | None = None,
+        self, call: BiasCall, bias: Tensor | None, hooks: ScoreHooks
     ) -> tuple[Tensor, ScoreHooks]:
         """Bias stage: add ``q_i . w^K_r(i, j) / sqrt(d)``; hook the value term on the output.
 
-        The keys are ``mask.free`` keys without a position (no term), then the positional keys
-        ``mask.k``.
+        The keys are ``call.mask.free`` keys without a position (no term), then the positional
+        keys ``call.mask.k``.
         """
-        q_pos, k_pos = (_rows(positions.values_of(span, q.device)) for span in (mask.q, mask.k))
+        q = call.q
         b, h, i = q.shape[:3]
-        offsets = self.offsets(q_pos, k_pos).expand(b, h, i, -1)
+        offsets = self.offsets(*call.position_rows("shaw_rel_pos")).expand(b, h, i, -1)
         per_offset = einsum(q, self.rel_k.to(q.dtype), "b h i d, r d -> b h i r") * self.scale
-        term = F.pad(per_offset.gather(-1, offsets), (mask.free, 0))
-        bias = term if bias is None else bias + term
+        bias = call.add_bias(bias, per_offset.gather(-1, offsets))
         if self.rel_v is not None:
             hooks = RelativeValueHooks(hooks, offsets, self.rel_v)
         return bias, hooks
 
     def extra_repr(self) -> str:
         return f"max_distance={self.max_distance}, values={self.rel_v is not None}"
-
-
-def _rows(values: Tensor) -> Tensor:
-    """Position values as (b|1, n)."""
-    if values.ndim > 2:
-        raise ValueError(
-            "shaw_rel_pos: per-head positions (b, h, n) are not supported; pass (n,) or (b, n)"
-        )
-    return values.reshape(-1, values.shape[-1])
 
 
 def _enabled(ctx: FeatureContext) -> bool:

@@ -1,6 +1,6 @@
 """Base classes of the modules that act on head tensors, and how one call binds them.
 
-Three stages of :class:`x_attn.attention.attention.Attention` act on per-head tensors:
+Four stages of :class:`x_attn.attention.attention.Attention` act on per-head tensors:
 
 * "qk": :class:`HeadTransform`, inside the projection, on the queries and keys of the rows
   projected, before positions are applied (QK-norm, QK RMSNorm). Keys without a position
@@ -9,6 +9,10 @@ Three stages of :class:`x_attn.attention.attention.Attention` act on per-head te
   stores them (value residual, value RMSNorm). :class:`BoundKeys` is the projection's key
   function of one call with these transforms applied; it keeps the raw values it projected,
   which the first layer of a stack hands to the later ones (value residual).
+* "bias": :class:`BiasStage`, after the extend-k/v stage, adds a query-dependent logit bias over
+  the held keys and may wrap the bound score hooks (Shaw's relative keys and values, CoPE,
+  FoX). Every bias stage of a call reads the same :class:`BiasCall`, which the layer builds
+  once per call; a new bias stage takes what it needs from it.
 * "heads": :class:`OutputGate`, on the attention output per head, with the query input, before
   the heads are merged (head scale, value gates, MTA's head norm).
 
@@ -22,13 +26,20 @@ dq query/key head dim, dv value head dim, d model dim (dc: the key rows' input d
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from x_attn.masks.causal import CAUSAL
 
 if TYPE_CHECKING:
     from x_attn.attention.projections.base import Projection
-    from x_attn.positional.context import RowPositions
+    from x_attn.cache.entry import CacheEntry
+    from x_attn.kernels.manual import ScoreHooks
+    from x_attn.masks.spec import AttnMask
+    from x_attn.positional.context import PositionContext, RowPositions
 
 
 class HeadTransform(nn.Module):
@@ -61,6 +72,61 @@ class OutputGate(nn.Module):
 
     def forward(self, out: Tensor, x: Tensor) -> Tensor:
         """out (b, h, i, dv), x (b, i, d) the query input -> (b, h, i, dv)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class BiasCall:
+    """What the bias stages of one attention call read (built once per call by the layer).
+
+    Attributes:
+        q: (b, h, i, dq) the queries, after positions.
+        positions: the call's positional tables (position values of queries and held keys).
+        mask: the call's mask description, after the extend-k/v stage: query and held key
+            spans, rules, pinned keys, and ``free`` keys without a position (they come first).
+        query_input: (b, i, d) the layer's input rows of the queries.
+        entry: the layer's cache entry of this call (state a ``wrap_entry`` keeps).
+    """
+
+    q: Tensor
+    positions: PositionContext
+    mask: AttnMask
+    query_input: Tensor
+    entry: CacheEntry
+
+    @property
+    def causal(self) -> bool:
+        """Whether the call's mask rules include the causal one."""
+        return any(rule.kind == CAUSAL.kind for rule in self.mask.rules)
+
+    def position_rows(self, flag: str) -> tuple[Tensor, Tensor]:
+        """(b|1, i) position values of the queries and (b|1, j) of the held positional keys;
+        per-head positions are refused, naming ``flag``."""
+        rows = []
+        for span in (self.mask.q, self.mask.k):
+            values = self.positions.values_of(span, self.q.device)
+            if values.ndim > 2:
+                raise ValueError(
+                    f"{flag}: per-head positions (b, h, n) are not supported; pass (n,) or (b, n)"
+                )
+            rows.append(values.reshape(-1, values.shape[-1]))
+        return rows[0], rows[1]
+
+    def add_bias(self, bias: Tensor | None, term: Tensor) -> Tensor:
+        """``bias`` plus ``term`` (..., i, j) over the positional keys; the free keys (first
+        columns) get 0."""
+        term = F.pad(term, (self.mask.free, 0))
+        return term if bias is None else bias + term
+
+
+class BiasStage(nn.Module):
+    """A query-dependent logit bias over the held keys; may wrap the bound score hooks."""
+
+    def forward(
+        self, call: BiasCall, bias: Tensor | None, hooks: ScoreHooks
+    ) -> tuple[Tensor | None, ScoreHooks]:
+        """The bias so far (b|1, h|1, i, free + j) or None, and the bound hooks -> both, with
+        this stage's term added (or hooks wrapped)."""
         raise NotImplementedError
 
 
