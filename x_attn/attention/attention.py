@@ -42,8 +42,8 @@ from x_attn.positional.context import PositionContext
 from x_attn.routing import build_config
 from x_attn.utils import check_positive_int, default
 
-# one call's (q, k, v, mask, bias) as the kernel takes them
-Operands = tuple[Tensor, Tensor, Tensor, AttnMask, Tensor | None]
+# one call's (q, k, v, mask, bias) after the k/v extensions (the projection's Operands + mask, bias)
+CallOperands = tuple[Tensor, Tensor, Tensor, AttnMask, Tensor | None]
 
 
 @dataclass
@@ -277,7 +277,7 @@ class Attention(nn.Module):
 
     def _operands(
         self, x: Tensor, call: AttendCall, keys: BoundKeys, extra: tuple[Any, Any]
-    ) -> tuple[Operands, Callable[[Tensor], Tensor]]:
+    ) -> tuple[CallOperands, Callable[[Tensor], Tensor]]:
         """((q, k, v, mask, bias), finish) of one call: the cache entry updated with the call's
         key rows, then the additional keys and the kv extensions prepended; ``finish`` maps
         the kernel's output back (see the projection's ``operands``)."""
@@ -298,7 +298,7 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         call: AttendCall,
-        operands: Operands,
+        operands: CallOperands,
         prev_logits: Tensor | None,
         return_attn: bool,
     ) -> tuple[Tensor, AttnMaps | None, str, AttnInputs]:
