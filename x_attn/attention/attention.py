@@ -15,13 +15,14 @@ dh head dim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from x_attn.attention.additional_kv import prepend_keys
-from x_attn.attention.calls import cross_call, self_call
+from x_attn.attention.calls import AttendCall, cross_call, self_call
 from x_attn.attention.features.catalog import assemble
 from x_attn.attention.features.inverted import query_padding_mask
 from x_attn.attention.features.spec import FeatureContext
@@ -40,6 +41,9 @@ from x_attn.masks.spec import AttnMask
 from x_attn.positional.context import PositionContext
 from x_attn.routing import build_config
 from x_attn.utils import check_positive_int, default
+
+# one call's (q, k, v, mask, bias) after the k/v extensions (the projection's Operands + mask, bias)
+CallOperands = tuple[Tensor, Tensor, Tensor, AttnMask, Tensor | None]
 
 
 @dataclass
@@ -260,20 +264,47 @@ class Attention(nn.Module):
             causal,
             global_mask,
         )
+        keys = BoundKeys(self.proj, self.value_transforms, value_residual)
+        extra = (additional_key_values, additional_key_value_mask)
+        operands, finish = self._operands(x, call, keys, extra)
+        out, maps, kernel_name, inputs = self._run_kernel(
+            x, call, operands, prev_logits, return_attn
+        )
+        out = self._output(finish(out), x, operands[2])
+        if not (return_intermediates or return_attn):
+            return out
+        return out, AttnIntermediates(kernel_name, maps, keys.values, inputs)
+
+    def _operands(
+        self, x: Tensor, call: AttendCall, keys: BoundKeys, extra: tuple[Any, Any]
+    ) -> tuple[CallOperands, Callable[[Tensor], Tensor]]:
+        """((q, k, v, mask, bias), finish) of one call: the cache entry updated with the call's
+        key rows, then the additional keys and the kv extensions prepended; ``finish`` maps
+        the kernel's output back (see the projection's ``operands``)."""
         proj = self.proj
         q = proj.queries(x, call.query_rows)
-        keys = BoundKeys(proj, self.value_transforms, value_residual)
         held = call.entry.update(call.keys, keys)
         q, k, v, finish = proj.operands(q, held.payload)
         mask_spec = AttnMask(
             call.queries, held.span, call.rules, held.mask, call.user_mask, pinned=held.pinned
         )
         bias = call.positions.bias_for(call.queries, held.span, held.pinned)
-        k, v, mask_spec, bias = prepend_keys(
-            (k, v, mask_spec, bias), additional_key_values, additional_key_value_mask, self.heads
-        )
+        k, v, mask_spec, bias = prepend_keys((k, v, mask_spec, bias), *extra, self.heads)
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
+        return (q, k, v, mask_spec, bias), finish
+
+    def _run_kernel(
+        self,
+        x: Tensor,
+        call: AttendCall,
+        operands: CallOperands,
+        prev_logits: Tensor | None,
+        return_attn: bool,
+    ) -> tuple[Tensor, AttnMaps | None, str, AttnInputs]:
+        """The score hooks and bias stages bound to this call, then the kernel: (out, maps,
+        kernel name, the kernel's inputs)."""
+        q, k, v, mask_spec, bias = operands
         hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
         bias_call = BiasCall(q, call.positions, mask_spec, x, call.entry)
         for stage in self.bias_stages:
@@ -282,14 +313,14 @@ class Attention(nn.Module):
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
         out, maps = kernel.run(inputs, hooks, call.entry)
-        out = finish(out)
+        return out, maps, kernel.name, inputs
+
+    def _output(self, out: Tensor, x: Tensor, v: Tensor) -> Tensor:
+        """The head stages, then the output stage on the merged heads."""
         for stage in self.head_stages:
             out = stage(out, x)
         # the output stage also sees the queries' own values (the newest key rows of the call)
-        out = self.to_out(merge_heads(out), x, v[:, :, v.shape[2] - x.shape[1] :])
-        if not (return_intermediates or return_attn):
-            return out
-        return out, AttnIntermediates(kernel.name, maps, keys.values, inputs)
+        return self.to_out(merge_heads(out), x, v[:, :, v.shape[2] - x.shape[1] :])
 
     def _call(
         self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal, marked

@@ -2,7 +2,10 @@
 
 The shared core (positions, memory tokens, Transformer-XL mems, KV cache, pooling, packaging of
 the extra returns) is :class:`x_attn.wrappers.sequence.SequenceWrapper`; this module adds the
-token embedding and the logits head (:mod:`x_attn.wrappers.token_io`).
+token embedding and the logits head (:mod:`x_attn.wrappers.token_io`). The forward's input
+steps (token checks, the cache's new tokens, recycling) are :mod:`x_attn.wrappers.token_inputs`;
+its output assembly (pooling, embeddings / logits, the next-embedding head) is
+:mod:`x_attn.wrappers.token_head`.
 
 Shape legend: b batch, n sequence, d model dim, e embedding dim, v vocabulary, p prepended
 positions.
@@ -24,21 +27,19 @@ from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
-from x_attn.validation import check_bool_mask, token_ids
-from x_attn.value_checks import require_ids_below
-from x_attn.wrappers.cache_input import new_inputs, new_positions
+from x_attn.wrappers.cache_input import new_positions
 from x_attn.wrappers.looped import check_looped, loop_options, run_loops
 from x_attn.wrappers.mixture_of_softmax import MixtureOfSoftmax
 from x_attn.wrappers.next_embed import build_next_embed_head
 from x_attn.wrappers.pooling import AttentionPool, check_pooling
 from x_attn.wrappers.recycling import (
     RecycledProjection,
-    add,
     check_recycling,
     check_single_run_inputs,
-    recycle_count,
 )
 from x_attn.wrappers.sequence import SequenceWrapper
+from x_attn.wrappers.token_head import TokenHead
+from x_attn.wrappers.token_inputs import TokenInputs
 from x_attn.wrappers.token_io import (
     add_extra_embeds,
     build_extra_embeds,
@@ -46,14 +47,13 @@ from x_attn.wrappers.token_io import (
     build_token_embedding,
     check_tie,
     embed_tokens,
-    tied_logits,
 )
 
 __all__ = ["SequenceWrapper", "TransformerWrapper"]
 
 
 @records_config
-class TransformerWrapper(SequenceWrapper):
+class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
     """Token model around an :class:`AttentionLayers` stack.
 
     Args:
@@ -333,142 +333,9 @@ class TransformerWrapper(SequenceWrapper):
             return self.attn_layers(h, **kwargs)
         return run_loops(self, h, kwargs.pop("cache"), loop, kwargs)
 
-    def _recycled(self, x, mask, steps, sum_embeds, embed_ids, emb_kwargs, kwargs):
-        """``sum_embeds`` plus R e of the run before the last (None for one run); the earlier
-        runs take no gradient (see :mod:`x_attn.wrappers.recycling`)."""
-        steps = recycle_count(steps, self.training, self.train_max_recycle_steps)
-        recycled = None
-        for _ in range(steps - 1):
-            with torch.no_grad():
-                e = self(
-                    x,
-                    return_embeddings=True,
-                    mask=mask,
-                    recycle_steps=1,
-                    sum_embeds=add(sum_embeds, recycled),
-                    embed_ids=embed_ids,
-                    token_emb_kwargs=emb_kwargs,
-                    **kwargs,
-                )
-            recycled = self.recycled_proj(e)
-        return add(sum_embeds, recycled)
-
-    def _new_inputs(
-        self,
-        x: Tensor,
-        mask: Tensor | None,
-        cache: Any,
-        not_include: bool | None,
-        returns_cache: bool,
-        per_token: tuple[dict[str, Tensor] | None, Tensor | None],
-    ):
-        """The cache, the tokens it has not seen, their mask, and (embed_ids, sum_embeds)
-        cut to those tokens when ``x`` was the whole sequence (:mod:`.cache_input`)."""
-        n_given = x.shape[1]
-        layers = self.attn_layers.num_cache_entries
-        cache, x, mask = new_inputs(
-            type(self).__name__, cache, x, mask, not_include, layers, returns_cache
-        )
-        held = n_given - x.shape[1]  # tokens of a whole sequence the cache already holds
-        embed_ids, sum_embeds = per_token
-        if held and embed_ids:
-            embed_ids = {k: _new_part(v, held, n_given) for k, v in embed_ids.items()}
-        return cache, x, mask, (embed_ids, _new_part(sum_embeds, held, n_given))
-
-    def _head(
-        self,
-        out: Tensor,
-        seq_mask: Tensor | None,
-        inter: LayerIntermediates,
-        excise: int,
-        return_embeddings: bool,
-        return_both: bool,
-        return_intermediates: bool,
-        to_logits_kwargs: dict[str, Any] | None,
-    ):
-        """Pooling, then embeddings / logits / pooled tokens as asked."""
-        if self.attn_pool is not None and (not self.attn_layers.causal or return_intermediates):
-            pooled_tokens = self.attn_pool(out, seq_mask)
-            inter.attn_pooled_tokens = pooled_tokens
-            if not self.attn_layers.causal and not (return_embeddings or return_both):
-                return pooled_tokens
-        embeddings = self._pool(out, seq_mask)[:, excise:] if excise else self._pool(out, seq_mask)
-        if return_embeddings:
-            return embeddings
-        logits = self._logits(embeddings, to_logits_kwargs)
-        return (logits, embeddings) if return_both else logits
-
-    def _check_next_embed(self, asked: bool) -> None:
-        if asked and self.to_next_embed_pred is None:
-            raise ValueError(
-                "return_next_embed_pred=True needs the head: build the model with "
-                "add_continuous_pred_head=True"
-            )
-        if asked and (self.pools or (self.attn_pool is not None and not self.attn_layers.causal)):
-            raise ValueError(
-                "return_next_embed_pred=True predicts per position, but this model pools its "
-                "output (average_pool_embed / use_cls_token / attn_pool)"
-            )
-
-    def _with_next_embed(
-        self, result: Any, inter: LayerIntermediates, embeddings_only: bool, added: bool
-    ) -> tuple[Any, tuple[Tensor, Tensor]]:
-        """``(result, (pred, inputs))``: the head on the output embeddings and the stack's input
-        at the same positions; ``added``: the embeddings were added to ``result`` for this."""
-        emb = result if embeddings_only else result[1]
-        if added:
-            result = result[0]
-        if not inter.layer_hiddens:
-            raise ValueError("return_next_embed_pred=True: this stack keeps no layer inputs")
-        inputs = inter.layer_hiddens[0][:, -emb.shape[1] :]
-        return result, (self.to_next_embed_pred(emb), inputs)
-
     def _stack_keywords(self) -> set[str]:
         """Keywords this forward hands to the stack (others may be x-transformers-only flags)."""
         return set(inspect.signature(self.attn_layers.forward).parameters) | {"seq_start_pos"}
-
-    def _logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None = None) -> Tensor:
-        if self.mixture is not None:
-            logits = self.mixture(h, lambda c: self._head_logits(c, to_logits_kwargs))
-        else:
-            logits = self._head_logits(h, to_logits_kwargs)
-        if self.squeeze_out_last_dim and logits.shape[-1] == 1:
-            logits = logits.squeeze(-1)
-        return logits
-
-    def _head_logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None) -> Tensor:
-        """The output head (tied, linear or custom) on ``h`` (..., d)."""
-        if self.to_logits is None:
-            logits = tied_logits(h, self.token_emb, self.tie_embedding_scale)
-        elif isinstance(self.to_logits, nn.Linear):
-            if to_logits_kwargs:
-                raise ValueError(
-                    "'to_logits_kwargs' given, but the model uses its built-in linear head; "
-                    "build it with to_logits=<your module> to pass extra inputs"
-                )
-            logits = self.to_logits(h)
-        else:
-            logits = self.to_logits(h, **(to_logits_kwargs or {}))
-        return logits
-
-    def _check_tokens(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        """Token ids (b, n) in range, as an integer tensor; float ids of integral values cast."""
-        x = token_ids(
-            "x", x, type(self).__name__, "; for continuous inputs use ContinuousTransformerWrapper"
-        )
-        if x.ndim != 2:
-            raise ValueError(f"'x' must have shape (batch, seq), got {tuple(x.shape)}")
-        message = f"'x' holds token ids outside [0, num_tokens={self.num_tokens})"
-        require_ids_below("x", x, self.num_tokens, message=message)
-        check_bool_mask("mask", mask, tuple(x.shape), "batch x sequence, True = real token")
-        return x
-
-
-def _new_part(value: Any, held: int, n_given: int) -> Any:
-    """``value`` (b, n_given, ...) without its first ``held`` positions; else unchanged."""
-    if held and isinstance(value, Tensor) and value.ndim >= 2 and value.shape[1] == n_given:
-        return value[:, held:]
-    return value
 
 
 def _mixture(on: bool, k: int, dim: int) -> MixtureOfSoftmax | None:

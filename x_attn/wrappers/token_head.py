@@ -1,0 +1,92 @@
+"""TransformerWrapper's output assembly: pooling, embeddings / logits, the next-embedding head.
+
+A mixin of :class:`x_attn.wrappers.token.TransformerWrapper`: it reads the heads, pooler and
+mixture the wrapper builds in ``__init__`` (with :mod:`x_attn.wrappers.token_io`).
+
+Shape legend: b batch, n sequence, d model dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from x_attn.layers.stack import LayerIntermediates
+from x_attn.wrappers.token_io import tied_logits
+
+
+class TokenHead:
+    """Output steps of ``TransformerWrapper.forward`` (after the stack runs)."""
+
+    def _head(
+        self,
+        out: Tensor,
+        seq_mask: Tensor | None,
+        inter: LayerIntermediates,
+        excise: int,
+        return_embeddings: bool,
+        return_both: bool,
+        return_intermediates: bool,
+        to_logits_kwargs: dict[str, Any] | None,
+    ):
+        """Pooling, then embeddings / logits / pooled tokens as asked."""
+        if self.attn_pool is not None and (not self.attn_layers.causal or return_intermediates):
+            pooled_tokens = self.attn_pool(out, seq_mask)
+            inter.attn_pooled_tokens = pooled_tokens
+            if not self.attn_layers.causal and not (return_embeddings or return_both):
+                return pooled_tokens
+        embeddings = self._pool(out, seq_mask)[:, excise:] if excise else self._pool(out, seq_mask)
+        if return_embeddings:
+            return embeddings
+        logits = self._logits(embeddings, to_logits_kwargs)
+        return (logits, embeddings) if return_both else logits
+
+    def _logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None = None) -> Tensor:
+        if self.mixture is not None:
+            logits = self.mixture(h, lambda c: self._head_logits(c, to_logits_kwargs))
+        else:
+            logits = self._head_logits(h, to_logits_kwargs)
+        if self.squeeze_out_last_dim and logits.shape[-1] == 1:
+            logits = logits.squeeze(-1)
+        return logits
+
+    def _head_logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None) -> Tensor:
+        """The output head (tied, linear or custom) on ``h`` (..., d)."""
+        if self.to_logits is None:
+            logits = tied_logits(h, self.token_emb, self.tie_embedding_scale)
+        elif isinstance(self.to_logits, nn.Linear):
+            if to_logits_kwargs:
+                raise ValueError(
+                    "'to_logits_kwargs' given, but the model uses its built-in linear head; "
+                    "build it with to_logits=<your module> to pass extra inputs"
+                )
+            logits = self.to_logits(h)
+        else:
+            logits = self.to_logits(h, **(to_logits_kwargs or {}))
+        return logits
+
+    def _check_next_embed(self, asked: bool) -> None:
+        if asked and self.to_next_embed_pred is None:
+            raise ValueError(
+                "return_next_embed_pred=True needs the head: build the model with "
+                "add_continuous_pred_head=True"
+            )
+        if asked and (self.pools or (self.attn_pool is not None and not self.attn_layers.causal)):
+            raise ValueError(
+                "return_next_embed_pred=True predicts per position, but this model pools its "
+                "output (average_pool_embed / use_cls_token / attn_pool)"
+            )
+
+    def _with_next_embed(
+        self, result: Any, inter: LayerIntermediates, embeddings_only: bool, added: bool
+    ) -> tuple[Any, tuple[Tensor, Tensor]]:
+        """``(result, (pred, inputs))``: the head on the output embeddings and the stack's input
+        at the same positions; ``added``: the embeddings were added to ``result`` for this."""
+        emb = result if embeddings_only else result[1]
+        if added:
+            result = result[0]
+        if not inter.layer_hiddens:
+            raise ValueError("return_next_embed_pred=True: this stack keeps no layer inputs")
+        inputs = inter.layer_hiddens[0][:, -emb.shape[1] :]
+        return result, (self.to_next_embed_pred(emb), inputs)
