@@ -52,14 +52,7 @@ def _query_conv(c: Case) -> bool:
 
 
 # Open bugs the fuzzer found. Delete an entry when its fix lands.
-KNOWN_OPEN: tuple[KnownOpen, ...] = (
-    KnownOpen(
-        "attn_laser's exp values underflow in float16",
-        frozenset({"low_precision_default", "low_precision_manual"}),
-        lambda c: c.has("attn_laser") and c.opt("dtype") == "float16",
-        "test_laser_in_float16_stays_near_float64",
-    ),
-)
+KNOWN_OPEN: tuple[KnownOpen, ...] = ()
 
 
 def expected(case: Case, prop: str) -> bool:

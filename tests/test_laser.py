@@ -7,6 +7,8 @@ Shape legend: b batch, n tokens, h heads, d model dim, dh head dim.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from einops import rearrange
@@ -79,3 +81,65 @@ def test_row_without_keys_is_zero_and_half_precision_is_finite() -> None:
 def test_refusals_name_the_flags(flags, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         Decoder(dim=D, depth=1, heads=H, attn_laser=True, **flags)
+
+
+def _extreme_layer(dtype: torch.dtype, flash) -> tuple[Attention, torch.Tensor]:
+    """A causal layer whose values are its inputs (to_v = to_out = identity) and inputs of
+    +-30: in features 0-3 every key is -30, in features 4-7 the first three keys are -30 and
+    the later ones +30 (a max over all keys would come from keys the early queries may not
+    see), the rest random signs."""
+    torch.manual_seed(2)
+    layer = Attention(D, H, causal=True, dim_head=DH, laser=True, flash=flash)
+    with torch.no_grad():
+        layer.proj.to_q.weight.mul_(0.05)  # logits of a few units: the weights mix keys
+        layer.proj.to_v.weight.copy_(torch.eye(D))
+        layer.to_out.weight.copy_(torch.eye(D))
+    x = 60.0 * torch.randint(0, 2, (B, N, D), generator=torch.Generator().manual_seed(3)) - 30
+    x[..., :4] = -30.0
+    x[:, :3, 4:8], x[:, 3:, 4:8] = -30.0, 30.0
+    return layer.to(dtype), x.to(dtype)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("flash", [None, False])
+@pytest.mark.parametrize(
+    ("dtype", "atol"),
+    [(torch.float32, 1e-4), (torch.float16, 2e-2), (torch.bfloat16, 0.15)],
+)
+def test_extreme_values_in_every_dtype_match_the_float64_formula(
+    dtype, atol, flash, autocast: bool
+) -> None:
+    """Values of +-30 (soft-capped to +-14.46): exp(s - 15) spans 30 nats, beyond float16's
+    range. The layer in ``dtype`` (or a float32 layer under autocast to ``dtype``) against the
+    formula in float64 over the same (rounded) weights and inputs; the rows that see only -30
+    values must come out at -14.46, not 0."""
+    if autocast and dtype == torch.float32:
+        pytest.skip("autocast runs in a half dtype")
+    layer, x = _extreme_layer(torch.float32 if autocast else dtype, flash)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+        out = layer(x)
+    with torch.no_grad():
+        expected = laser_reference(layer.double(), x.double(), 15.0)
+    low = 15 * math.tanh(-30 / 15)  # -14.46: a query that sees only -30 values gets this
+    assert (expected[..., :4] - low).abs().max() < 1e-9
+    assert (expected[:, :3, 4:8] - low).abs().max() < 1e-9  # the later +30 keys are masked
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_cached_decode_equals_full_and_float64(dtype) -> None:
+    """Decode in half precision (the cache holds the exp values) equals the full forward, and
+    both stay near the float64 network."""
+    net, x = build(flag_case("attn_laser")), tokens(2, 9)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim == 2 and p.shape[0] != p.shape[1]:
+                p.mul_(4)  # values of several units, as a trained model has
+        exact = net(x)
+        net = net.to(dtype)
+        full = net(x)
+        stepped, _ = prefill_then_steps(net, x, 5)
+    scale = float(exact.abs().max())
+    torch.testing.assert_close(stepped.double(), full.double(), atol=0.02 * scale, rtol=0)
+    torch.testing.assert_close(full.double(), exact, atol=0.05 * scale, rtol=0)

@@ -33,8 +33,15 @@ DIM, HEADS, DH = 16, 2, 4
 
 def polar_decoder() -> Decoder:
     stack = one_layer_decoder(DIM, HEADS, DH, polar_pos_emb=True)
-    with torch.no_grad():  # offsets spread over [-2 pi - 1, 1]: the clamp acts on both ends
-        stack.layers[0].block.polar.phase_offset.uniform_(-2 * math.pi - 1, 1.0)
+    offset = stack.layers[0].block.polar.phase_offset
+    # 8 evenly spaced offsets over [-2 pi - 1.5, 1.5], shuffled over heads and features: two
+    # below -2 pi and two above 0, so the clamp acts on both ends (and the middle passes)
+    spread = torch.linspace(-2 * math.pi - 1.5, 1.5, offset.numel(), dtype=offset.dtype)
+    order = torch.randperm(offset.numel(), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        offset.copy_(spread[order].view_as(offset))
+    assert (offset < -2 * math.pi).sum() == 2 and (offset > 0).sum() == 2, offset
+    assert ((offset > -2 * math.pi + 0.5) & (offset < -0.5)).any(), offset
     return stack
 
 

@@ -32,7 +32,7 @@ from x_attn.attention.projections import Projection
 from x_attn.attention.projections.multihead import merge_heads
 from x_attn.cache import CacheEntry, ContextEntry
 from x_attn.config import AttentionConfig, LayersConfig
-from x_attn.kernels.inputs import AttnInputs
+from x_attn.kernels.inputs import AttnInputs, widen_to_values
 from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.registry import Need
 from x_attn.kernels.select import KernelChoice, choose_kernel
@@ -309,10 +309,12 @@ class Attention(nn.Module):
         bias_call = BiasCall(q, call.positions, mask_spec, x, call.entry)
         for stage in self.bias_stages:
             bias, hooks = stage(bias_call, bias, hooks)
+        q, k, width = widen_to_values(q, k, v)  # LASER's float32 exp values of half inputs
         dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
-        out, maps = kernel.run(inputs, hooks, call.entry)
+        with width:
+            out, maps = kernel.run(inputs, hooks, call.entry)
         return out, maps, kernel.name, inputs
 
     def _output(self, out: Tensor, x: Tensor, v: Tensor) -> Tensor:

@@ -6,8 +6,10 @@ dh query/key head dim, dv value head dim.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from x_attn.masks.causal import CAUSAL
@@ -60,6 +62,18 @@ class AttnInputs:
     @property
     def k_len(self) -> int:
         return self.k.shape[-2]
+
+
+def widen_to_values(
+    q: Tensor, k: Tensor, v: Tensor
+) -> tuple[Tensor, Tensor, AbstractContextManager]:
+    """(q, k, a context for the kernel call): when a value transform keeps the values wider
+    than the queries (LASER's exp values in float32 for half precision), q and k promoted to
+    the values' dtype (SDPA takes one dtype) and autocast off, which would narrow them again;
+    otherwise all unchanged and a null context."""
+    if v.dtype == q.dtype:
+        return q, k, nullcontext()
+    return q.to(v.dtype), k.to(v.dtype), torch.autocast(q.device.type, enabled=False)
 
 
 def merged_mask(inputs: AttnInputs) -> Tensor | None:

@@ -9,6 +9,15 @@ values are first soft-capped, ``c tanh(v / c)``, so ``exp`` stays in range. x_at
 float16), and adds c back after the log: ``o = log(A exp(s - c)) + c``, the same function. A
 query row with nothing to attend to stays zero.
 
+The exp values span 2c = 30 nats, more than float16 holds (normal numbers span ~21 nats, with
+subnormals ~28): stored in float16, values below about -1.6 would underflow to 0 and the log be
+wrong by up to 4. So for float16 / bfloat16 values the exp values, the attention over them and
+the log are kept in float32 (as softmax statistics are elsewhere); the layer promotes the
+queries and keys of such a call to the values' dtype, and the log is cast back to the input's
+dtype; autocast is off for that kernel call, which would narrow them again. A KV cache then
+holds the exp values in float32. Since the weights sum to 1, the output is at least ``e^-2c``
+(no underflow for c up to ~40 in float32).
+
 The values stage exponentiates the new value rows before the cache (so the cache holds exp
 values); the heads stage takes the log of each head's output. Weights must be a convex
 combination: memory key/values (raw learned values), signed (Cog) weights and post-softmax
@@ -25,24 +34,27 @@ from torch import Tensor
 from x_attn.attention.features.spec import FeatureContext, FeatureSpec
 from x_attn.attention.features.stages import OutputGate, ValueTransform
 from x_attn.layers.activations import softclamp
+from x_attn.utils import compute_dtype
 
 # options whose attention weights or values are not a convex combination of exp values
 CLASHES = ("num_mem_kv", "cog_signed", "talking_heads", "post_talking_heads")
 
 
 class LaserValues(ValueTransform):
-    """v (b h n d) -> exp(c tanh(v / c) - c)."""
+    """v (b h n d) -> exp(c tanh(v / c) - c), in float32 for float16 / bfloat16 values."""
 
     def __init__(self, clamp: float) -> None:
         super().__init__()
         self.clamp = clamp
 
     def forward(self, v: Tensor, rows: Tensor, residual: Tensor | None) -> Tensor:
-        return (softclamp(v, self.clamp) - self.clamp).exp()
+        wide = v.to(compute_dtype(v.dtype))
+        return (softclamp(wide, self.clamp) - self.clamp).exp()
 
 
 class LaserLog(OutputGate):
-    """out (b h n d) -> log(out) + c; an all-zero output (a row with no key) stays 0."""
+    """out (b h n d) -> log(out) + c in the query input's dtype; an all-zero output (a row
+    with no key) stays 0."""
 
     def __init__(self, clamp: float) -> None:
         super().__init__()
@@ -51,7 +63,8 @@ class LaserLog(OutputGate):
     def forward(self, out: Tensor, x: Tensor) -> Tensor:
         live = out > 0
         tiny = torch.finfo(out.dtype).tiny
-        return torch.where(live, out.clamp(min=tiny).log() + self.clamp, 0.0)
+        logs = torch.where(live, out.clamp(min=tiny).log() + self.clamp, 0.0)
+        return logs.to(x.dtype)
 
 
 def _enabled(ctx: FeatureContext) -> bool:
