@@ -143,3 +143,33 @@ def test_half_precision_cached_decode_equals_full_and_float64(dtype) -> None:
     scale = float(exact.abs().max())
     torch.testing.assert_close(stepped.double(), full.double(), atol=0.02 * scale, rtol=0)
     torch.testing.assert_close(full.double(), exact, atol=0.05 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("flash", [None, False])
+def test_additional_values_go_through_the_exp_too(flash) -> None:
+    """Call-time additional key/values are free keys in front whose values are averaged as
+    exp values like the layer's own: log(softmax(q [k_a; k]^T) exp(c tanh([v_a; v] / c)))."""
+    c = 3.0
+    torch.manual_seed(0)
+    layer = Attention(
+        D, H, causal=True, dim_head=DH, laser=True, laser_softclamp_value=c, flash=flash
+    )
+    layer = layer.double()
+    x = torch.randn(B, N, D, dtype=torch.float64) * 2
+    g = torch.Generator().manual_seed(1)
+    extra_k, extra_v = (
+        torch.randn(B, H, 3, DH, generator=g, dtype=torch.float64) * 3 for _ in "kv"
+    )
+    out = layer(x, additional_key_values=(extra_k, extra_v))
+    proj = layer.proj
+    q, k, v = (
+        rearrange(x @ w.weight.T, "b n (h e) -> b h n e", h=H)
+        for w in (proj.to_q, proj.to_k, proj.to_v)
+    )
+    keys, values = torch.cat((extra_k, k), -2), torch.cat((extra_v, v), -2)
+    visible = torch.ones(N, 3 + N, dtype=torch.bool)
+    visible[:, 3:] = torch.ones(N, N, dtype=torch.bool).tril()
+    scores = (q @ keys.transpose(-1, -2) / math.sqrt(DH)).masked_fill(~visible, -math.inf)
+    heads = torch.log(scores.softmax(-1) @ torch.exp(c * torch.tanh(values / c)))
+    expected = rearrange(heads, "b h n e -> b n (h e)") @ layer.to_out.weight.T
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)

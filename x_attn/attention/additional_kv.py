@@ -13,6 +13,7 @@ j keys, dq query/key head dim, dv value head dim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,11 +27,18 @@ Extended = tuple[Tensor, Tensor, AttnMask, Tensor | None]
 
 
 def prepend_keys(
-    current: Extended, kv: Any, kv_mask: Tensor | None, heads: int, owner: str = "Attention"
+    current: Extended,
+    kv: Any,
+    kv_mask: Tensor | None,
+    heads: int,
+    owner: str = "Attention",
+    value_maps: tuple[Callable[[Tensor], Tensor], ...] = (),
 ) -> Extended:
     """(k, v, mask, bias) with ``kv`` = (k (b, ha, m, dq), v (b, ha, m, dv)) in front.
 
-    ``kv_mask`` (b, m) bool, True = may attend. Returns ``current`` unchanged when ``kv`` is None.
+    ``kv_mask`` (b, m) bool, True = may attend. ``value_maps`` are applied in turn to the
+    additional values (e.g. LASER's exp, which every value goes through). Returns ``current``
+    unchanged when ``kv`` is None.
     """
     k, v, mask, bias = current
     if kv is None:
@@ -41,6 +49,8 @@ def prepend_keys(
             )
         return current
     extra_k, extra_v = _checked(kv, k, v, heads, owner)
+    for value_map in value_maps:
+        extra_v = value_map(extra_v)
     m = extra_k.shape[-2]
     _check_mask(kv_mask, k.shape[0], m, owner)
     if extra_k.shape[1] != k.shape[1] or extra_v.shape[1] != v.shape[1]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from torch import Tensor, nn
@@ -149,6 +150,7 @@ class Attention(nn.Module):
         # extend-k/v stage: (k, v, mask, bias) -> (k, v, mask, bias), applied in order
         self.kv_extensions = list(parts.extensions)
         self.value_transforms = parts.values  # values of the new key rows, before the cache
+        self.free_value_maps = tuple(t for t in parts.values if t.free_values)  # also extra ones
         # per-head output stages, in catalog order: (out per head, query input) -> out per head
         self.head_stages = parts.head_stages
         self.scores = parts.scores
@@ -289,7 +291,10 @@ class Attention(nn.Module):
             call.queries, held.span, call.rules, held.mask, call.user_mask, pinned=held.pinned
         )
         bias = call.positions.bias_for(call.queries, held.span, held.pinned)
-        k, v, mask_spec, bias = prepend_keys((k, v, mask_spec, bias), *extra, self.heads)
+        free = tuple(partial(t, rows=None, residual=None) for t in self.free_value_maps)
+        k, v, mask_spec, bias = prepend_keys(
+            (k, v, mask_spec, bias), *extra, self.heads, value_maps=free
+        )
         for extension in self.kv_extensions:
             k, v, mask_spec, bias = extension(k, v, mask_spec, bias)
         return (q, k, v, mask_spec, bias), finish

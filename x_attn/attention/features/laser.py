@@ -19,7 +19,8 @@ holds the exp values in float32. Since the weights sum to 1, the output is at le
 (no underflow for c up to ~40 in float32).
 
 The values stage exponentiates the new value rows before the cache (so the cache holds exp
-values); the heads stage takes the log of each head's output. Weights must be a convex
+values), and call-time additional values the same way (``free_values``); the heads stage takes
+the log of each head's output. Weights must be a convex
 combination: memory key/values (raw learned values), signed (Cog) weights and post-softmax
 talking heads would put non-positive numbers under the log, and are refused.
 
@@ -41,13 +42,16 @@ CLASHES = ("num_mem_kv", "cog_signed", "talking_heads", "post_talking_heads")
 
 
 class LaserValues(ValueTransform):
-    """v (b h n d) -> exp(c tanh(v / c) - c), in float32 for float16 / bfloat16 values."""
+    """v (b h n d) -> exp(c tanh(v / c) - c), in float32 for float16 / bfloat16 values; also
+    applied to call-time additional values (every value is averaged as exp)."""
+
+    free_values = True
 
     def __init__(self, clamp: float) -> None:
         super().__init__()
         self.clamp = clamp
 
-    def forward(self, v: Tensor, rows: Tensor, residual: Tensor | None) -> Tensor:
+    def forward(self, v: Tensor, rows: Tensor | None, residual: Tensor | None) -> Tensor:
         wide = v.to(compute_dtype(v.dtype))
         return (softclamp(wide, self.clamp) - self.clamp).exp()
 

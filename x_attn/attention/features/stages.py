@@ -59,7 +59,14 @@ class HeadTransform(nn.Module):
 
 
 class ValueTransform(nn.Module):
-    """Transform of the values of the new key rows (before the cache)."""
+    """Transform of the values of the new key rows (before the cache).
+
+    ``free_values``: the transform is part of what attention computes over every value, so it
+    also maps call-time additional values (key rows without input rows: ``rows`` and
+    ``residual`` are None then), as LASER's exp does; False (default): it reads the rows.
+    """
+
+    free_values = False
 
     def forward(self, v: Tensor, rows: Tensor, residual: Tensor | None) -> Tensor:
         """v (b, hv, j, dv), rows (b, j, dc) the key rows' input, residual (b, hv, j, dv) the
