@@ -43,3 +43,11 @@ class LayerIntermediates:
     def cache_length(self) -> int:
         """Positions the cache holds (x-transformers' name), 0 without a cache."""
         return 0 if self.cache is None else self.cache.length
+
+
+def keep_hiddens(stack_kwargs: dict[str, Any], *asked: bool) -> None:
+    """Set the stack call's ``keep_hiddens`` (unless the caller gave one) to whether any of
+    ``asked`` -- the returns that read the per-layer lists (intermediates, mems, the
+    next-embedding head) -- is on. A wrapper's plain forward then keeps no layer's
+    activations past its run."""
+    stack_kwargs.setdefault("keep_hiddens", any(asked))

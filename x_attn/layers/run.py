@@ -45,21 +45,24 @@ def run_layers(
     """Run ``layers[i]`` for each ``i`` in ``order`` on ``x`` (b, n, d).
 
     ``state`` holds the forward's inputs (context, masks, positions, mems, cache entries,
-    condition, causal, return_attn, the dual stream); ``inter`` collects the hiddens, kernels
-    and attention maps.
+    condition, causal, return_attn, keep_hiddens, the dual stream); ``inter`` collects the
+    kernels and attention maps, and with ``keep_hiddens`` the hiddens and each run's
+    intermediates.
     """
     counters = _Counters()
     cond, dual, unet, skipped = state["condition"], state["dual"], state.get("unet"), {}
+    keep = state["keep_hiddens"]  # False: no layer's tensors outlive its run
     for index in order:
         layer = layers[index]
         if unet is not None:  # U-Net long skips: the stream entering a mirrored block
             x = unet.at(index, x, skipped)
-        if layer.kind == "a":
+        if keep and layer.kind == "a":
             inter.hiddens.append(x)
         if _dropped(layer):
             _skip(layer, counters)
             continue
-        inter.layer_hiddens.append(x)
+        if keep:
+            inter.layer_hiddens.append(x)
         inj = state.get("injection")  # reinject_input: the block reads x + g * P x0
         h = layer.normed(x if inj is None else x + inj, cond)
         mem = _layer_mem(layer, state, counters, cond)
@@ -72,20 +75,28 @@ def run_layers(
             counters.ff += 1
         else:
             out, ai = _attend(layer, h, mem, state, counters)
-            counters.prev[layer.kind] = ai.logits
-            if counters.first_values[layer.kind] is None:
-                counters.first_values[layer.kind] = ai.values
-            inter.kernels.append(ai.kernel)
-            if state.get("return_hiddens"):
-                inter.attn_intermediates.append(ai)
-                inter.attn_runs.append(index)
-            if ai.probs is not None and state["return_attn"]:
-                inter.attn_maps.append(ai.probs)
+            _record(layer.kind, index, ai, counters, state, inter)
         out = layer.post_branch(out, cond)
         if dual is not None:
             dual.add(out)
         x = layer.merge(out, x, cond, (state["mask"], state["seq_causal"]))
     return x
+
+
+def _record(
+    kind: str, index: int, ai: Any, counters: _Counters, state: dict, inter: LayerIntermediates
+) -> None:
+    """What an attention run leaves: the next run's inputs (previous logits, first values), its
+    kernel, and as asked its intermediates and attention map."""
+    counters.prev[kind] = ai.logits
+    if counters.first_values[kind] is None:
+        counters.first_values[kind] = ai.values
+    inter.kernels.append(ai.kernel)
+    if state["keep_hiddens"]:
+        inter.attn_intermediates.append(ai)
+        inter.attn_runs.append(index)
+    if ai.probs is not None and state["return_attn"]:
+        inter.attn_maps.append(ai.probs)
 
 
 def _dropped(layer: StackLayer) -> bool:

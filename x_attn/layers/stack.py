@@ -205,6 +205,7 @@ class AttentionLayers(nn.Module):
         detach_additional_kv: bool = False,
         route_additional_kv_to_top: bool = True,
         start_cache: bool = True,
+        keep_hiddens: bool = True,
         cross_attn_kv_residuals: list[Tensor | None] | Tensor | None = None,
         deep_embeds_and_ids: tuple[Tensor, Tensor] | None = None,
     ):
@@ -256,6 +257,12 @@ class AttentionLayers(nn.Module):
             start_cache: with ``return_hiddens=True`` and no ``cache``, start a cache that the
                 intermediates carry (False: they carry none; a wrapper that starts its own
                 cache only when asked passes False, so a training forward copies no keys).
+            keep_hiddens: with ``return_hiddens=True``, fill the per-layer lists of the
+                intermediates (``hiddens``, ``layer_hiddens``, ``attn_intermediates``). False
+                leaves them empty (the cache, mask and attention maps still come back): a
+                caller that reads none of them holds no layer's activations past its run, so an
+                inference forward's peak memory does not grow with depth. Without
+                ``return_hiddens`` nothing is kept either way.
             cross_attn_kv_residuals: one (b, j, dc) tensor (or None) per cross-attention run,
                 or one (runs, b, j, dc) tensor: added to the context that run's keys and values
                 read. With a cache the context is projected at the first call, as ``context``.
@@ -308,12 +315,14 @@ class AttentionLayers(nn.Module):
             mem_mask=mem_mask,
             return_attn=return_attn,
             return_hiddens=return_hiddens,
+            keep_hiddens=return_hiddens and keep_hiddens,
             condition=condition,
             additional_kv_mask=additional_kv_mask,
             global_mask=global_mask,
         )
         x = run_layers(list(self.layers), order, x, state, inter)
-        inter.layer_hiddens.append(x)
+        if state["keep_hiddens"]:
+            inter.layer_hiddens.append(x)
         if cache is not None:
             cache.advance(mem_len + n, real)
             cache.position_values = values

@@ -23,6 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from x_attn.cache import KVCache
+from x_attn.layers.intermediates import keep_hiddens
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
@@ -160,6 +161,7 @@ class ContinuousTransformerWrapper(SequenceWrapper):
             owner, cache, x, mask, input_not_include_cache, layers, returns_cache
         )
         new_positions(owner, kwargs, given, x.shape[1])
+        keep_hiddens(kwargs, return_intermediates, return_mems)
         # zeroed before project_in: a NaN there would reach its weight gradient
         out, inter, seq_mask = self._run_stack(
             self.project_in(zero_masked(x, mask)),

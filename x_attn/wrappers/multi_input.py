@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from x_attn.cache import KVCache
+from x_attn.layers.intermediates import keep_hiddens
 from x_attn.layers.stack import AttentionLayers
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
@@ -118,6 +119,7 @@ class MultiInputTransformerWrapper(SequenceWrapper):
         """
         ids = self._check_inputs(x, mask)
         h = sum(self.embeds[name](ids[name]) for name in self.num_tokens)
+        keep_hiddens(kwargs, return_intermediates, return_mems)
         out, inter, _ = self._run_stack(
             h, mask, mems, cache, return_attn, return_intermediates, return_cache=return_cache,
             **kwargs,

@@ -449,8 +449,9 @@ class SequenceWrapper(nn.Module):
         """Transformer-XL: old mems + this segment's layer inputs (padding ``mask``), detached,
         the last max_mem_len (see :func:`x_attn.cache.mems.next_mems`)."""
         if not hiddens:
+            why_no_hiddens = "no self-attention layers, or keep_hiddens=False"
             raise ValueError(
                 "return_mems=True: this stack keeps no per-layer hidden states "
-                f"({self.attn_layers.uncacheable_reason or 'no self-attention layers'})"
+                f"({self.attn_layers.uncacheable_reason or why_no_hiddens})"
             )
         return next_mems(hiddens, mems, mask, self.max_mem_len)

@@ -16,6 +16,7 @@ Shape legend: r rows (batch x beams), p prompt length, t tokens so far, v vocabu
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -50,6 +51,9 @@ class LogitStepper:
         if batch.start is not None:
             self.kwargs["seq_start_pos"] = batch.start
         self.cache = None
+        # only the last position's logits are read: a net that can say so skips the rest
+        takes = "logits_to_keep" in inspect.signature(self.net.forward).parameters
+        self.last_only = {"logits_to_keep": 1} if takes and "logits_to_keep" not in kwargs else {}
         # the sliding window: newest keys kept before a step, by the self-attention entries
         self.keep = wrapper._window - 1
         self.sliding = wrapper._self_attention_entries() if restrict and cached else []
@@ -63,6 +67,7 @@ class LogitStepper:
             mask=self.mask,
             attn_mask=self._band(self.tokens.shape[1]),
             return_cache=True,
+            **self.last_only,
             **self.kwargs,
         )
         return logits[:, -1]
@@ -98,6 +103,7 @@ class LogitStepper:
             self.tokens,
             mask=self.mask,
             attn_mask=self._band(self.tokens.shape[1]),
+            **self.last_only,
             **self.kwargs,
         )
         return logits[:, -1]

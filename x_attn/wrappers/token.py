@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from x_attn.cache import KVCache
 from x_attn.compat import drop_unsupported
 from x_attn.layers.deep_embed import deep_embed_table
+from x_attn.layers.intermediates import keep_hiddens
 from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
@@ -218,6 +219,7 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
         sum_embeds: Tensor | None = None,
         token_emb_kwargs: dict[str, Any] | None = None,
         to_logits_kwargs: dict[str, Any] | None = None,
+        logits_to_keep: int = 0,
         return_next_embed_pred: bool = False,
         recycle_steps: int | None = None,
         looped_steps: int | None = None,
@@ -235,7 +237,10 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
         :mod:`x_attn.wrappers.cache_input`); ``embed_ids`` / ``sum_embeds`` given for the whole
         sequence are cut the same way. The cache passed is left as it was.
         ``return_next_embed_pred`` (with ``add_continuous_pred_head``): ``(output, (pred,
-        inputs))``, see :mod:`x_attn.wrappers.next_embed`.
+        inputs))``, see :mod:`x_attn.wrappers.next_embed`. ``logits_to_keep`` k > 0: the head
+        runs on the last k positions only, so the logits are (b, k, logits_dim) (embeddings
+        stay whole); a prefill that needs only the next token's logits skips the rest of the
+        (n, vocabulary) product.
 
         Extra returns, in this order when asked: mems (``return_mems``, a :class:`Mems` with
         their padding), attention maps (``return_attn``), the KV cache (``return_cache``),
@@ -282,6 +287,7 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
         self._check_next_embed(return_next_embed_pred)
+        self._check_logits_to_keep(logits_to_keep)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
         returns_cache, given = return_cache or return_intermediates, x.shape[1]
         cache, x, mask, per_token = self._new_inputs(
@@ -295,6 +301,7 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
             kwargs["deep_embeds_and_ids"] = (self.ff_deep_embed, x)
         h = embed_tokens(self.token_emb, x, self.l2norm_embed, token_emb_kwargs)
         h = add_extra_embeds(h, self.embeds, embed_ids)
+        keep_hiddens(kwargs, return_intermediates, return_mems, return_next_embed_pred)
         out, inter, seq_mask = self._run_stack(
             h,
             mask,
@@ -320,6 +327,7 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
             return_logits_and_embeddings or add_emb,
             return_intermediates,
             to_logits_kwargs,
+            logits_to_keep,
         )
         if return_next_embed_pred:
             result = self._with_next_embed(result, inter, return_embeddings, add_emb)

@@ -29,8 +29,10 @@ class TokenHead:
         return_both: bool,
         return_intermediates: bool,
         to_logits_kwargs: dict[str, Any] | None,
+        logits_to_keep: int = 0,
     ):
-        """Pooling, then embeddings / logits / pooled tokens as asked."""
+        """Pooling, then embeddings / logits (of the last ``logits_to_keep`` positions when
+        > 0) / pooled tokens as asked."""
         if self.attn_pool is not None and (not self.attn_layers.causal or return_intermediates):
             pooled_tokens = self.attn_pool(out, seq_mask)
             inter.attn_pooled_tokens = pooled_tokens
@@ -39,7 +41,8 @@ class TokenHead:
         embeddings = self._pool(out, seq_mask)[:, excise:] if excise else self._pool(out, seq_mask)
         if return_embeddings:
             return embeddings
-        logits = self._logits(embeddings, to_logits_kwargs)
+        kept = embeddings[:, -logits_to_keep:] if logits_to_keep else embeddings
+        logits = self._logits(kept, to_logits_kwargs)
         return (logits, embeddings) if return_both else logits
 
     def _logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None = None) -> Tensor:
@@ -65,6 +68,22 @@ class TokenHead:
         else:
             logits = self.to_logits(h, **(to_logits_kwargs or {}))
         return logits
+
+    def _check_logits_to_keep(self, k: Any) -> None:
+        """``logits_to_keep``: an int >= 0 (0: every position), on a per-position output."""
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(
+                f"'logits_to_keep' must be an int (the last k positions get logits, 0 = all), "
+                f"got {type(k).__name__}"
+            )
+        if k < 0:
+            raise ValueError(f"'logits_to_keep' must be >= 0 (0 = every position), got {k}")
+        pooled = self.attn_pool is not None and not self.attn_layers.causal
+        if k and (self.pools or pooled):
+            raise ValueError(
+                "'logits_to_keep' cuts positions, but this model pools its output "
+                "(average_pool_embed / use_cls_token / attn_pool) into per-row vectors; drop it"
+            )
 
     def _check_next_embed(self, asked: bool) -> None:
         if asked and self.to_next_embed_pred is None:
