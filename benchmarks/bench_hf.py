@@ -9,8 +9,9 @@ model with ``attn_implementation="eager"`` and ``"sdpa"``, CPU float32, in one r
   cache (x_attn ``AutoregressiveWrapper.generate(temperature=0)``, Hugging Face
   ``generate(do_sample=False)``), tokens/s = batch * new / seconds.
 
-Repeats are interleaved (every candidate once per round) and the table shows medians; a check
-first asserts that the candidates generate the same tokens.
+Repeats are interleaved (every candidate once per round, the order rotated from round to
+round) and the table shows medians; a check first asserts that the candidates generate the
+same tokens.
 
 Run: python benchmarks/bench_hf.py
 """
@@ -91,8 +92,11 @@ def bench_shape(name: str, args: argparse.Namespace) -> list[list[str]]:
     same = all(torch.equal(o, outs["x_attn"]) for o in outs.values())
     fwd: dict[str, list[float]] = {k: [] for k in models}
     dec: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(args.repeats):  # interleaved: every candidate once per round
-        for key, (model, decode) in models.items():
+    names = list(models)
+    for r in range(args.repeats):  # interleaved, every candidate once per round, and the
+        # order rotated each round so that none always runs after the same one
+        for key in names[r % len(names) :] + names[: r % len(names)]:
+            model, decode = models[key]
             fwd[key].append(
                 3 * args.batch * args.seq / time_calls(forward_fn(model, x), 3, x.device)
             )

@@ -36,6 +36,7 @@ from x_attn.config import AttentionConfig, LayersConfig
 from x_attn.kernels.inputs import AttnInputs, widen_to_values
 from x_attn.kernels.manual import AttnMaps
 from x_attn.kernels.registry import Need
+from x_attn.kernels.sdpa import unmasked_sdpa
 from x_attn.kernels.select import KernelChoice, choose_kernel
 from x_attn.masks.causal import CAUSAL
 from x_attn.masks.spec import AttnMask
@@ -166,6 +167,11 @@ class Attention(nn.Module):
         # mask rules of self-attention calls, by causality (a call may override the layer's)
         self._rules = {True: (CAUSAL, *parts.rules), False: parts.rules}
         self.rules = self._rules[causal]
+        # nothing between the projections and fused SDPA: a call whose mask hides no key runs
+        # SDPA directly (see _run_kernel)
+        plain_scores = not parts.scores.features and parts.scores.normalizer is None
+        stages = (parts.biases, parts.extensions, parts.values, parts.head_stages)
+        self._plain_sdpa = plain_scores and not any(stages) and self.kernel.name == "sdpa"
 
     @property
     def qk_dim(self) -> int:
@@ -310,12 +316,16 @@ class Attention(nn.Module):
         """The score hooks and bias stages bound to this call, then the kernel: (out, maps,
         kernel name, the kernel's inputs)."""
         q, k, v, mask_spec, bias = operands
+        dropout = self.config.dropout if self.training else 0.0
+        if self._plain_sdpa and not return_attn:  # e.g. a decode step
+            out = unmasked_sdpa(q, k, v, bias, dropout, self.scale, mask_spec)
+            if out is not None:
+                return out, None, "sdpa", AttnInputs(q, k, v, scale=self.scale, spec=mask_spec)
         hooks = self.scores.bind(prev_logits, call.entry, mask_spec)
         bias_call = BiasCall(q, call.positions, mask_spec, x, call.entry)
         for stage in self.bias_stages:
             bias, hooks = stage(bias_call, bias, hooks)
         q, k, width = widen_to_values(q, k, v)  # LASER's float32 exp values of half inputs
-        dropout = self.config.dropout if self.training else 0.0
         inputs = AttnInputs(q, k, v, bias=bias, scale=self.scale, dropout=dropout, spec=mask_spec)
         kernel = self.kernel.for_call(return_attn)
         with width:
@@ -326,8 +336,12 @@ class Attention(nn.Module):
         """The head stages, then the output stage on the merged heads."""
         for stage in self.head_stages:
             out = stage(out, x)
-        # the output stage also sees the queries' own values (the newest key rows of the call)
-        return self.to_out(merge_heads(out), x, v[:, :, v.shape[2] - x.shape[1] :])
+        # a stage that reads them (a class attribute) also sees the queries' own values: the
+        # newest key rows of the call
+        reads = getattr(type(self.to_out), "reads_own_values", False)
+        return self.to_out(
+            merge_heads(out), x, v[:, :, v.shape[2] - x.shape[1] :] if reads else None
+        )
 
     def _call(
         self, x, context, mask, context_mask, attn_mask, positions, mem, cache, causal, marked

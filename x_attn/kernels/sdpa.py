@@ -15,6 +15,8 @@ dv value head dim.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -91,6 +93,21 @@ def _kernel_mask(
         bias = bias.to(dtype)
         attn_mask = bias if mask is None else torch.where(attn_mask, bias, float("-inf"))
     return attn_mask, empty
+
+
+def unmasked_sdpa(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout: float, scale: float, spec: Any
+) -> Tensor | None:
+    """The one fused SDPA call :func:`sdpa_attention` makes when ``spec`` hides no key, there is
+    no bias or dropout, one key head per value head and query/key width equal to the value
+    width (so ``enable_gqa`` serves grouped heads); None otherwise. An attention layer with
+    nothing between its projections and this kernel calls it first: a decode step then skips
+    building the kernel's inputs, hooks and mask."""
+    if bias is not None or dropout or k.shape[1] != v.shape[1] or q.shape[-1] != v.shape[-1]:
+        return None
+    if not spec.hides_nothing():
+        return None
+    return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def _fused_serves_groups(inputs: AttnInputs) -> bool:

@@ -77,7 +77,8 @@ def condition_mlp(dim_condition: int, expansion: int) -> nn.Module:
 
 def apply_norm(norm: nn.Module, x: Tensor, condition: Tensor | None) -> Tensor:
     """``norm(x)``, or ``norm(x, condition)`` for a conditioned norm."""
-    return norm(x, condition) if getattr(norm, "conditioned", False) else norm(x)
+    # a class attribute: looked up on the type, a plain norm costs no failed module lookup
+    return norm(x, condition) if getattr(type(norm), "conditioned", False) else norm(x)
 
 
 def check_condition(

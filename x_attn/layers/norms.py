@@ -82,11 +82,12 @@ class RMSNorm(nn.Module):
         Returns:
             Tensor of the same shape.
         """
-        if x.dtype == self.g.dtype and x.dtype in _FULL:  # the same ops, dispatched at once
-            return F.rms_norm(x, (self.dim,), self.g, self.eps)
+        g = self.g
+        if x.dtype == g.dtype and x.dtype in _FULL:  # the same ops, dispatched at once
+            return F.rms_norm(x, (self.dim,), g, self.eps)
         xf = x.to(compute_dtype(x.dtype))
         normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.g
+        return normed.to(x.dtype) * g
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"

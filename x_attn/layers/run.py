@@ -52,6 +52,9 @@ def run_layers(
     counters = _Counters()
     cond, dual, unet, skipped = state["condition"], state["dual"], state.get("unet"), {}
     keep = state["keep_hiddens"]  # False: no layer's tensors outlive its run
+    inj = state.get("injection")  # reinject_input: the block reads x + g * P x0
+    ff_scales = state.get("ff_scales")  # ff_deep_embed: per-token, per-run vectors
+    sequence = (state["mask"], state["seq_causal"])  # for a residual rule that reads them
     for index in order:
         layer = layers[index]
         if unet is not None:  # U-Net long skips: the stream entering a mirrored block
@@ -63,15 +66,14 @@ def run_layers(
             continue
         if keep:
             inter.layer_hiddens.append(x)
-        inj = state.get("injection")  # reinject_input: the block reads x + g * P x0
         h = layer.normed(x if inj is None else x + inj, cond)
         mem = _layer_mem(layer, state, counters, cond)
         if layer.shift is not None:
             h, mem = _shift(layer, h, mem, state, counters)
         if layer.kind == "f":
             out = layer.run_block(h)
-            if state.get("ff_scales") is not None:  # ff_deep_embed: per-token, per-run vectors
-                out = out * state["ff_scales"][counters.ff]
+            if ff_scales is not None:
+                out = out * ff_scales[counters.ff]
             counters.ff += 1
         else:
             out, ai = _attend(layer, h, mem, state, counters)
@@ -79,7 +81,7 @@ def run_layers(
         out = layer.post_branch(out, cond)
         if dual is not None:
             dual.add(out)
-        x = layer.merge(out, x, cond, (state["mask"], state["seq_causal"]))
+        x = layer.merge(out, x, cond, sequence)
     return x
 
 

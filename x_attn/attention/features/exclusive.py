@@ -38,6 +38,8 @@ def without_own_direction(y: Tensor, v: Tensor) -> Tensor:
 class ExclusiveOutput(LinearOutput):
     """Output stage: the per-token projection(s), then the output matrix."""
 
+    reads_own_values = True  # Attention._output cuts the queries' own values for it
+
     def __init__(self, heads: int, v_dim: int, dim_out: int, whole: bool, per_head: bool) -> None:
         super().__init__(heads * v_dim * (int(whole) + int(per_head)), dim_out)
         self.heads, self.whole, self.per_head = heads, whole, per_head
