@@ -5,9 +5,9 @@ the projection applies "qk" transforms such as QK-norm, then positions) -> cache
 the new key rows, projects them, transforms their values, returns every key held, with
 positions and padding) -> mask description + bias of (queries, held keys) -> extend k/v (the
 caller's additional keys, memory kv, null keys) -> query-dependent bias (Shaw's relative keys)
--> kernel (chosen per layer from the kernel registry) -> per-head output stages (with the
-query input) -> output (merge heads, out
-projection or AoA). The parts come from the feature catalog; forward has no flag if.
+-> kernel (chosen per layer from the kernel registry; a plain layer's call that hides no key
+calls fused SDPA directly) -> per-head output stages (with the query input) -> output (merge
+heads, out projection or AoA). The parts come from the feature catalog; forward has no flag if.
 
 Shape legend: b batch, n / i queries, j keys, h heads, hk key heads, d model dim,
 dh head dim.
@@ -167,11 +167,10 @@ class Attention(nn.Module):
         # mask rules of self-attention calls, by causality (a call may override the layer's)
         self._rules = {True: (CAUSAL, *parts.rules), False: parts.rules}
         self.rules = self._rules[causal]
-        # nothing between the projections and fused SDPA: a call whose mask hides no key runs
-        # SDPA directly (see _run_kernel)
-        plain_scores = not parts.scores.features and parts.scores.normalizer is None
-        stages = (parts.biases, parts.extensions, parts.values, parts.head_stages)
-        self._plain_sdpa = plain_scores and not any(stages) and self.kernel.name == "sdpa"
+        # nothing between projections and fused SDPA: calls that hide no key run it directly
+        stages = (parts.scores.features, parts.biases, parts.extensions, parts.values)
+        plain = not any(stages) and not parts.head_stages and parts.scores.normalizer is None
+        self._plain_sdpa = plain and self.kernel.name == "sdpa"
 
     @property
     def qk_dim(self) -> int:
