@@ -9,9 +9,15 @@ model with ``attn_implementation="eager"`` and ``"sdpa"``, CPU float32, in one r
   cache (x_attn ``AutoregressiveWrapper.generate(temperature=0)``, Hugging Face
   ``generate(do_sample=False)``), tokens/s = batch * new / seconds.
 
-Repeats are interleaved (every candidate once per round, the order rotated from round to
-round) and the table shows medians; a check first asserts that the candidates generate the
-same tokens.
+Each candidate runs in its own process (spawned; it builds the same seeded models and times
+only its own), as a user runs one model: in one shared process the allocator made a model's
+speed depend on which model had run before it (glibc trimmed and regrew the heap around the
+other model's activations, up to 5% on the ~100M forward); ``--same-process`` times them all in
+this one. A fresh process's allocator still maps and unmaps every buffer above its threshold
+until it has freed a large one, so with ``--no-mmap`` the workers run glibc malloc without
+memory maps and with freed memory kept (the same for every candidate). Repeats are interleaved
+(every candidate once per round, the order rotated from round to round) and the table shows
+medians; the candidates must generate the same tokens.
 
 Run: python benchmarks/bench_hf.py
 """
@@ -19,6 +25,8 @@ Run: python benchmarks/bench_hf.py
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transformers  # noqa: E402
-from common import machine_lines, markdown_table, median, time_calls  # noqa: E402
+from common import NO_MMAP, machine_lines, markdown_table, median, time_calls  # noqa: E402
 
 from x_attn import AutoregressiveWrapper  # noqa: E402
 from x_attn.interop import from_hf  # noqa: E402
@@ -82,38 +90,81 @@ def forward_fn(model: torch.nn.Module, x: torch.Tensor):
     return (lambda: model(x, use_cache=False).logits) if hf else (lambda: model(x))
 
 
-def bench_shape(name: str, args: argparse.Namespace) -> list[list[str]]:
-    models = candidates(SHAPES[name])
-    params = sum(p.numel() for p in models["x_attn"][0].parameters())
+def _inputs(name: str, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward block (batch, seq) and the prompt (its first ``--prompt`` tokens)."""
     vocab = SHAPES[name]["vocab_size"]
-    x = torch.randint(1, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(1))
-    prompt = x[:, : args.prompt]
-    outs = {k: decode(prompt, args.new) for k, (_, decode) in models.items()}
-    same = all(torch.equal(o, outs["x_attn"]) for o in outs.values())
-    fwd: dict[str, list[float]] = {k: [] for k in models}
-    dec: dict[str, list[float]] = {k: [] for k in models}
-    names = list(models)
-    for r in range(args.repeats):  # interleaved, every candidate once per round, and the
-        # order rotated each round so that none always runs after the same one
-        for key in names[r % len(names) :] + names[: r % len(names)]:
-            model, decode = models[key]
-            fwd[key].append(
-                3 * args.batch * args.seq / time_calls(forward_fn(model, x), 3, x.device)
-            )
-            seconds = time_calls(lambda d=decode: d(prompt, args.new), 1, x.device)
-            dec[key].append(args.batch * args.new / seconds)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(1, vocab, (args.batch, args.seq), generator=g)
+    return x, x[:, : args.prompt]
+
+
+def _time_one(model: torch.nn.Module, decode, x, prompt, args) -> tuple[float, float]:
+    """(forward tokens/s, decode tokens/s) of one round, after one untimed forward (a process
+    that sat idle while the others ran starts cold: its first forward takes up to twice as long)."""
+    call = forward_fn(model, x)
+    call()
+    forward = 3 * args.batch * args.seq / time_calls(call, 3, x.device)
+    seconds = time_calls(lambda: decode(prompt, args.new), 1, x.device)
+    return forward, args.batch * args.new / seconds
+
+
+def _worker(conn, name: str, key: str, args: argparse.Namespace) -> None:
+    """One candidate in its own process: builds the models (the same seeded weights as every
+    other worker), reports its parameters and greedy tokens, then times a round per request."""
+    torch.set_grad_enabled(False)
+    model, decode = candidates(SHAPES[name])[key]
+    x, prompt = _inputs(name, args)
+    conn.send((sum(p.numel() for p in model.parameters()), decode(prompt, args.new)))
+    while conn.recv():
+        conn.send(_time_one(model, decode, x, prompt, args))
+
+
+def _rounds(name: str, args: argparse.Namespace, keys: list[str]):
+    """{key: (params, tokens, [(forward, decode) per round])}: rounds interleaved, the order
+    rotated from round to round; each candidate in its own process unless --same-process."""
+    if args.same_process:
+        models = candidates(SHAPES[name])
+        x, prompt = _inputs(name, args)
+        params = sum(p.numel() for p in models["x_attn"][0].parameters())
+        out = {k: (params, models[k][1](prompt, args.new), []) for k in keys}
+        run = {k: (lambda k=k: _time_one(*models[k], x, prompt, args)) for k in keys}
+    else:
+        ctx = mp.get_context("spawn")
+        pipes = {k: ctx.Pipe() for k in keys}
+        procs = [ctx.Process(target=_worker, args=(pipes[k][1], name, k, args)) for k in keys]
+        for proc in procs:
+            proc.start()
+        out = {k: (*pipes[k][0].recv(), []) for k in keys}
+        run = {k: (lambda k=k: (pipes[k][0].send(True), pipes[k][0].recv())[1]) for k in keys}
+    for r in range(args.repeats):
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            out[key][2].append(run[key]())
+    if not args.same_process:
+        for key in keys:
+            pipes[key][0].send(False)
+        for proc in procs:
+            proc.join()
+    return out
+
+
+def bench_shape(name: str, args: argparse.Namespace) -> list[list[str]]:
+    keys = ["HF eager", "HF sdpa", "x_attn"]
+    results = _rounds(name, args, keys)
+    params = max(r[0] for r in results.values())
+    same = all(torch.equal(r[1], results["x_attn"][1]) for r in results.values())
+    fwd = {k: median([f for f, _ in results[k][2]]) for k in keys}
+    dec = {k: median([d for _, d in results[k][2]]) for k in keys}
     rows = []
-    for key in models:
-        ratio = median(dec[key]) / median(dec["HF sdpa"])
+    for key in keys:
         rows.append(
             [
                 name,
                 f"{params / 1e6:.1f}M",
                 key,
-                f"{median(fwd[key]):,.0f}",
-                f"{median(fwd[key]) / median(fwd['HF sdpa']):.2f}",
-                f"{median(dec[key]):,.1f}",
-                f"{ratio:.2f}",
+                f"{fwd[key]:,.0f}",
+                f"{fwd[key] / fwd['HF sdpa']:.2f}",
+                f"{dec[key]:,.1f}",
+                f"{dec[key] / dec['HF sdpa']:.2f}",
                 "yes" if same else "NO",
             ]
         )
@@ -128,15 +179,31 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=32, help="tokens decoded")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument(
+        "--no-mmap",
+        action="store_true",
+        help="the candidates' processes run glibc malloc without mmap, freed memory kept",
+    )
+    parser.add_argument(
+        "--same-process",
+        action="store_true",
+        help="time every candidate in this process (by default each runs in its own)",
+    )
     args = parser.parse_args()
+    if args.no_mmap:
+        if args.same_process:
+            parser.error("--no-mmap acts on the candidates' own processes: drop --same-process")
+        os.environ.update(NO_MMAP)  # read by glibc when each spawned worker starts
     torch.set_grad_enabled(False)
     rows = [row for name in args.shapes for row in bench_shape(name, args)]
     headers = ["config", "params", "model", "forward tok/s", "vs HF sdpa", "decode tok/s"]
     headers += ["vs HF sdpa", "same tokens"]
+    where = "all in one process" if args.same_process else "each candidate in its own process"
+    where += ", glibc mmap off" if args.no_mmap else ""
     print(
         f"batch {args.batch}, forward seq {args.seq}, decode {args.new} tokens after a "
         f"{args.prompt}-token prompt (KV cache), CPU float32, median of {args.repeats} "
-        f"interleaved repeats; transformers {transformers.__version__}\n"
+        f"interleaved repeats, {where}; transformers {transformers.__version__}\n"
     )
     print(markdown_table(headers, rows))
     print("\n" + "\n".join(machine_lines(torch.device("cpu"))))

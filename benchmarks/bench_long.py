@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_lines, markdown_table  # noqa: E402
+from common import NO_MMAP, machine_lines, markdown_table  # noqa: E402
 
 DIM, HEADS, DIM_HEAD, WINDOW = 256, 4, 64, 256
 MECHANISMS = {
@@ -54,7 +54,6 @@ MECHANISMS = {
 }
 DECODE = ("full", "window", "linear", "performer", "sparse-fixed")  # LSH keeps no cache
 DENSE_LIMIT = 16384  # above this the dense band mask and its SDPA buffers pass ~8 GiB
-NO_MMAP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}  # glibc, --no-mmap
 
 
 def layer(name: str, device: torch.device):

@@ -10,6 +10,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+# glibc malloc without memory maps and with freed memory kept: read by glibc when a process
+# starts, so a benchmark sets it before spawning the processes it times (--no-mmap)
+NO_MMAP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
 
 def default_device() -> str:
     """'cuda' when a GPU is visible, else 'cpu'."""
