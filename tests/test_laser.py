@@ -173,3 +173,16 @@ def test_additional_values_go_through_the_exp_too(flash) -> None:
     heads = torch.log(scores.softmax(-1) @ torch.exp(c * torch.tanh(values / c)))
     expected = rearrange(heads, "b h n e -> b n (h e)") @ layer.to_out.weight.T
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
+
+
+def test_a_clamp_beyond_the_dtype_is_refused_and_float64_holds_it() -> None:
+    """c = 50: exp(s - c) reaches e^-100, below float32's smallest normal (e^-87.3). A float32
+    call is refused naming the flag; in float64 the layer equals the formula, including a row
+    that sees only very negative values (which float32 would have zeroed)."""
+    torch.manual_seed(0)
+    layer = Attention(D, H, causal=True, dim_head=DH, laser=True, laser_softclamp_value=50.0)
+    x = torch.randn(B, N, D) * 4
+    with pytest.raises(ValueError, match=r"laser_softclamp_value=50.*float32.*<= 43\.6"):
+        layer(x)
+    layer, x = layer.double(), x.double() * 30
+    torch.testing.assert_close(layer(x), laser_reference(layer, x, 50.0), atol=1e-8, rtol=0)

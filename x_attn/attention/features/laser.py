@@ -15,8 +15,10 @@ wrong by up to 4. So for float16 / bfloat16 values the exp values, the attention
 the log are kept in float32 (as softmax statistics are elsewhere); the layer promotes the
 queries and keys of such a call to the values' dtype, and the log is cast back to the input's
 dtype; autocast is off for that kernel call, which would narrow them again. A KV cache then
-holds the exp values in float32. Since the weights sum to 1, the output is at least ``e^-2c``
-(no underflow for c up to ~40 in float32).
+holds the exp values in float32. Since the weights sum to 1, the output is at least ``e^-2c``:
+float32 holds that while 2c <= 87.3 nats (c <= 43.6), float64 up to c = 354. A larger c in
+the dtype the exp values take would underflow the smallest exp values to 0 and bias the output
+(a row of them would come out 0 instead of -c), so such a call is refused, naming the flag.
 
 The values stage exponentiates the new value rows before the cache (so the cache holds exp
 values), and call-time additional values the same way (``free_values``); the heads stage takes
@@ -28,6 +30,8 @@ Shape legend: b batch, h heads, n rows, d value head dim.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -47,12 +51,20 @@ class LaserValues(ValueTransform):
 
     free_values = True
 
-    def __init__(self, clamp: float) -> None:
+    def __init__(self, clamp: float, flag: str = "attn_laser_softclamp_value") -> None:
         super().__init__()
-        self.clamp = clamp
+        self.clamp, self.flag = clamp, flag
 
     def forward(self, v: Tensor, rows: Tensor | None, residual: Tensor | None) -> Tensor:
         wide = v.to(compute_dtype(v.dtype))
+        span = -math.log(torch.finfo(wide.dtype).tiny)  # nats of normal numbers below 1
+        if 2 * self.clamp > span:
+            raise ValueError(
+                f"{self.flag}={self.clamp:g}: the exp values span 2c = {2 * self.clamp:g} "
+                f"nats, but {wide.dtype} holds {span:.1f}, so the smallest would underflow to 0 "
+                f"and bias the output; use a value <= {math.floor(span * 5) / 10} or run the "
+                "layer in float64"
+            )
         return (softclamp(wide, self.clamp) - self.clamp).exp()
 
 
@@ -92,7 +104,9 @@ LASER_VALUES_SPEC = FeatureSpec(
     "2411.03493",
     "values",
     enabled=_enabled,
-    build=lambda ctx: LaserValues(float(ctx.config.laser_softclamp_value)),
+    build=lambda ctx: LaserValues(
+        float(ctx.config.laser_softclamp_value), ctx.flag("laser_softclamp_value")
+    ),
     attr="laser_values",
 )
 LASER_LOG_SPEC = FeatureSpec(
