@@ -12,7 +12,7 @@ from torch import Tensor
 from x_attn.cache.entry import CacheEntry
 from x_attn.cache.inputs import SeenInputs
 from x_attn.masks.spec import Span
-from x_attn.validation import check_batch_index
+from x_attn.validation_inputs import check_batch_index
 
 
 class KVCache:

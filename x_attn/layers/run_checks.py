@@ -13,7 +13,7 @@ from torch import Tensor
 from x_attn.cache import KVCache
 from x_attn.cache.kv_cache import stale_loop_message
 from x_attn.layers.intermediates import LayerIntermediates
-from x_attn.validation import check_bool_mask, check_cache
+from x_attn.validation_inputs import check_bool_mask, check_cache
 
 if TYPE_CHECKING:
     from x_attn.layers.stack import AttentionLayers

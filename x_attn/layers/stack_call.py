@@ -30,7 +30,7 @@ from x_attn.layers.stack_inputs import additional_kv_per_layer, context_residual
 from x_attn.positional.context import PositionContext
 from x_attn.positional.custom import position_values, table_values
 from x_attn.positional.row_positions import row_positions, rows_mask
-from x_attn.validation import check_float_input, check_mems
+from x_attn.validation_inputs import check_float_input, check_mems
 
 Order = tuple[int, ...]
 

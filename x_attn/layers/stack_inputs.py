@@ -11,7 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from x_attn.attention.additional_kv import route_additional_kv
-from x_attn.validation import check_bool_mask, check_float_input, normalize_attn_mask
+from x_attn.validation_inputs import check_bool_mask, check_float_input, normalize_attn_mask
 
 
 def check_stack_inputs(

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_nonnegative, check_probability, exists
-from x_attn.validation import token_ids
+from x_attn.validation_inputs import token_ids
 from x_attn.wrappers import beam
 from x_attn.wrappers.decoding import check_causal_net, inference, make_sampler
 from x_attn.wrappers.generate_loop import choose_stepper, sample_tokens

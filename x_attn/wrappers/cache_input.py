@@ -31,7 +31,7 @@ from torch import Tensor
 from x_attn.cache import KVCache
 from x_attn.cache.kv_cache import stale_loop_message
 from x_attn.layers.stack import LayerIntermediates
-from x_attn.validation import check_cache
+from x_attn.validation_inputs import check_cache
 
 
 def new_inputs(

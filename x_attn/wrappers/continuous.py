@@ -28,7 +28,7 @@ from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
-from x_attn.validation import check_bool_mask, check_float_input
+from x_attn.validation_inputs import check_bool_mask, check_float_input
 from x_attn.wrappers.cache_input import new_inputs, new_positions
 from x_attn.wrappers.embedding import zero_masked
 from x_attn.wrappers.sequence import SequenceWrapper

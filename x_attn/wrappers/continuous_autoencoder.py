@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from x_attn.layers.stack import Decoder, Encoder
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, check_probability, default
-from x_attn.validation import check_float_input
+from x_attn.validation_inputs import check_float_input
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
 from x_attn.wrappers.latent_bottleneck import (
     DeterministicLatentBottleneck,

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int
-from x_attn.validation import check_float_input
+from x_attn.validation_inputs import check_float_input
 from x_attn.wrappers.continuous import ContinuousTransformerWrapper
 from x_attn.wrappers.decoding import check_passthrough, inference
 from x_attn.wrappers.training_aids import lens_mask

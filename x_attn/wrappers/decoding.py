@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from x_attn.routing import unknown_argument
 from x_attn.utils import exists
-from x_attn.validation import token_ids
+from x_attn.validation_inputs import token_ids
 from x_attn.wrappers.sampling import resolve_filter, sample_next
 
 # model inputs a sequence wrapper (TransformerWrapper, ...) passes on to its stack

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from x_attn.utils import unit_vectors
-from x_attn.validation import check_bool_mask
+from x_attn.validation_inputs import check_bool_mask
 
 
 def l2norm(t: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from x_attn.layers.stack import AttentionLayers
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int
-from x_attn.validation import check_bool_mask, token_ids
+from x_attn.validation_inputs import check_bool_mask, token_ids
 from x_attn.value_checks import require_ids_below
 from x_attn.wrappers.sequence import SequenceWrapper
 

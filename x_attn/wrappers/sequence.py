@@ -30,7 +30,7 @@ from x_attn.positional.absolute import (
 from x_attn.positional.custom import route_pos
 from x_attn.positional.row_positions import counted_positions, left_padding
 from x_attn.utils import check_positive_int, check_probability, dropout_if_active
-from x_attn.validation import check_cache, check_seq_start_pos
+from x_attn.validation_inputs import check_cache, check_seq_start_pos
 from x_attn.wrappers.embedding import (
     check_frac,
     check_prepend,

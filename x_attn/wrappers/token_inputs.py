@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from x_attn.validation import check_bool_mask, token_ids
+from x_attn.validation_inputs import check_bool_mask, token_ids
 from x_attn.value_checks import require_ids_below
 from x_attn.wrappers.cache_input import new_inputs
 from x_attn.wrappers.recycling import add, recycle_count
