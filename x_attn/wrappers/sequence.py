@@ -3,7 +3,8 @@
 Absolute positions, input-embedding options, memory / class tokens, prepended embeddings,
 Transformer-XL mems, the KV cache, pooling and packaging of the extra returns. The stream the
 stack sees is ``[memory tokens, class tokens, prepended embeddings, sequence]``; input-embedding
-options live in :mod:`x_attn.wrappers.embedding`, pooling in :mod:`x_attn.wrappers.pooling`.
+options live in :mod:`x_attn.wrappers.embedding`, pooling in :mod:`x_attn.wrappers.pooling`,
+the argument checks in :mod:`x_attn.wrappers.sequence_checks`.
 
 Shape legend: b batch, n sequence, d model dim, e embedding dim, m memory tokens,
 k class tokens, p prepended positions.
@@ -40,6 +41,7 @@ from x_attn.wrappers.embedding import (
     zero_masked,
 )
 from x_attn.wrappers.pooling import masked_mean
+from x_attn.wrappers.sequence_checks import check_abs_kind, check_memory_args, refuse_lead_gap
 
 
 def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
@@ -49,71 +51,6 @@ def relative_positions_in_self_attention(attn_layers: AttentionLayers) -> bool:
     sees the stack's relative positions.
     """
     return attn_layers.positions.is_relative and "a" in attn_layers.types
-
-
-def _check_memory_args(
-    owner: str, attn_layers: AttentionLayers, max_mem_len: Any, num_memory_tokens: Any
-) -> None:
-    """Transformer-XL memory length and memory-token count: ints >= 0 the stack can use."""
-    if isinstance(max_mem_len, bool) or not isinstance(max_mem_len, int) or max_mem_len < 0:
-        raise ValueError(f"{owner}: 'max_mem_len' must be an int >= 0, got {max_mem_len!r}")
-    if max_mem_len and attn_layers.reversible is not None:
-        raise ValueError(
-            f"{owner}: max_mem_len (Transformer-XL memories) needs per-layer hidden states, "
-            "which a reversible=True stack does not keep; drop one of the two"
-        )
-    if max_mem_len and attn_layers.config.attn.mta:
-        raise ValueError(
-            f"{owner}: max_mem_len (Transformer-XL memories) gives keys without their query "
-            "rows, which the query convolution of attn_mta reads; drop one of the two"
-        )
-    if max_mem_len and attn_layers.mems_unsupported_reason is not None:
-        raise ValueError(
-            f"{owner}: max_mem_len (Transformer-XL memories) cannot be used: "
-            f"{attn_layers.mems_unsupported_reason}; drop one of the two"
-        )
-    if max_mem_len and attn_layers.num_self_attention_layers == 0:
-        raise ValueError(
-            f"{owner}: max_mem_len (Transformer-XL memories) needs self-attention layers to "
-            f"carry them, but the layers {attn_layers.types} have none; drop max_mem_len"
-        )
-    if num_memory_tokens is None:
-        return
-    if isinstance(num_memory_tokens, bool) or not isinstance(num_memory_tokens, int):
-        raise TypeError(
-            f"{owner}: 'num_memory_tokens' must be an int, got "
-            f"{type(num_memory_tokens).__name__} {num_memory_tokens!r}"
-        )
-    if num_memory_tokens < 0:
-        raise ValueError(
-            f"{owner}: 'num_memory_tokens' must be >= 0 (0 or None: no memory tokens), got "
-            f"{num_memory_tokens}"
-        )
-
-
-def _check_abs_kind(
-    owner: str, dim: int, use: bool, scaled: bool, sinusoidal: bool, max_seq_len: int | None
-) -> None:
-    """One kind of absolute embedding, and only when absolute embeddings are on."""
-    if not isinstance(sinusoidal, bool):
-        raise TypeError(f"{owner}: 'sinusoidal_pos_emb' must be a bool, got {sinusoidal!r}")
-    if sinusoidal and scaled:
-        raise ValueError(
-            f"{owner}: sinusoidal_pos_emb and scaled_sinu_pos_emb are two absolute embeddings; "
-            "choose one"
-        )
-    if sinusoidal and not use:
-        raise ValueError(
-            f"{owner}: sinusoidal_pos_emb=True chooses the absolute embedding, but "
-            "use_abs_pos_emb=False turns absolute embeddings off; drop one"
-        )
-    if sinusoidal and max_seq_len is None:
-        raise ValueError(
-            f"{owner}: sinusoidal_pos_emb=True chooses the absolute embedding, but "
-            "max_seq_len=None turns absolute embeddings off; give max_seq_len or drop it"
-        )
-    if sinusoidal and dim % 2:
-        raise ValueError(f"{owner}: sinusoidal_pos_emb needs an even dim, got dim={dim}")
 
 
 class SequenceWrapper(nn.Module):
@@ -167,7 +104,7 @@ class SequenceWrapper(nn.Module):
         if max_seq_len is not None:
             check_positive_int("max_seq_len", max_seq_len, owner)
         check_probability("emb_dropout", emb_dropout, owner)
-        _check_memory_args(owner, attn_layers, max_mem_len, num_memory_tokens)
+        check_memory_args(owner, attn_layers, max_mem_len, num_memory_tokens)
         dim = attn_layers.dim
         emb_dim = dim if emb_dim is None else emb_dim
         check_positive_int("emb_dim", emb_dim, owner)
@@ -177,7 +114,7 @@ class SequenceWrapper(nn.Module):
         self.pos_emb: nn.Module | None = None
         relative = relative_positions_in_self_attention(attn_layers)
         kinds = (use_abs_pos_emb, scaled_sinu_pos_emb, sinusoidal_pos_emb, max_seq_len)
-        _check_abs_kind(owner, emb_dim, *kinds)
+        check_abs_kind(owner, emb_dim, *kinds)
         if use_abs_pos_emb and max_seq_len is not None and not relative:
             self.pos_emb = (
                 ScaledSinusoidalEmbedding(emb_dim)
@@ -403,24 +340,13 @@ class SequenceWrapper(nn.Module):
     def _prepend_memory(self, h: Tensor, mask: Tensor | None):
         """[memory tokens, class tokens] before ``h`` (b, n, d); the mask grows with ones."""
         if mask is not None and not bool(mask[:, 0].all()):
-            self._refuse_gap()
+            refuse_lead_gap(type(self).__name__, self.attn_layers)
         lead = [t for t in (self.memory_tokens, self.cls_token) if t is not None]
         mem = repeat(torch.cat(lead), "m d -> b m d", b=h.shape[0]).to(h.dtype)
         if mask is not None:
             ones = torch.ones(h.shape[0], mem.shape[1], dtype=torch.bool, device=h.device)
             mask = torch.cat((ones, mask), dim=1)
         return torch.cat((mem, h), dim=1), mask
-
-    def _refuse_gap(self) -> None:
-        """Lead tokens in front of left padding leave a gap that convolutions would read."""
-        flags = {f for m in self.attn_layers.modules() for f in getattr(m, "neighbour_flags", ())}
-        if flags:
-            raise ValueError(
-                f"{type(self).__name__}: num_memory_tokens (or use_cls_token) with a left-padded "
-                "mask puts padding between those tokens and the row, and "
-                f"{sorted(flags)} mix neighbouring positions, so a padded row would not compute "
-                "what it computes alone; pad on the right, or drop the memory / class tokens"
-            )
 
     def _package(
         self,
