@@ -2,10 +2,11 @@
 
 The shared core (positions, memory tokens, Transformer-XL mems, KV cache, pooling, packaging of
 the extra returns) is :class:`x_attn.wrappers.sequence.SequenceWrapper`; this module adds the
-token embedding and the logits head (:mod:`x_attn.wrappers.token_io`). The forward's input
-steps (token checks, the cache's new tokens, recycling) are :mod:`x_attn.wrappers.token_inputs`;
-its output assembly (pooling, embeddings / logits, the next-embedding head) is
-:mod:`x_attn.wrappers.token_head`.
+token embedding and the logits head (:mod:`x_attn.wrappers.token_io`). The construction steps
+(embeddings, heads, pooling, recycling / looping) are :mod:`x_attn.wrappers.token_build`; the
+forward's input steps (token checks, the cache's new tokens, looping, recycling, the
+embeddings) are :mod:`x_attn.wrappers.token_inputs`; its output assembly (pooling, embeddings /
+logits, the next-embedding head) is :mod:`x_attn.wrappers.token_head`.
 
 Shape legend: b batch, n sequence, d model dim, e embedding dim, v vocabulary, p prepended
 positions.
