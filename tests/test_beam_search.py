@@ -210,7 +210,7 @@ def test_gumbel_top_one_samples_the_tempered_softmax() -> None:
 
 def test_same_beams_and_scores_as_x_transformers() -> None:
     xt = pytest.importorskip("x_transformers")
-    from xt_weights import token_pair
+    from xt_pairs import token_pair
 
     layers = dict(dim=16, depth=2, heads=2, attn_dim_head=8)
     mine, theirs = token_pair("Decoder", 0.5, num_tokens=12, max_seq_len=32, layers=layers)

@@ -20,7 +20,7 @@ from torch import nn
 import x_attn
 
 xt = pytest.importorskip("x_transformers")
-from xt_weights import load_from_x_transformers  # noqa: E402
+from x_attn.interop import from_x_transformers  # noqa: E402
 
 ATOL = 1e-6
 VOCAB = 24
@@ -40,7 +40,7 @@ def pair(flags: dict) -> tuple[nn.Module, nn.Module]:
     ours = x_attn.TransformerWrapper(
         num_tokens=VOCAB, max_seq_len=32, attn_layers=x_attn.Decoder(**layers)
     )
-    load_from_x_transformers(ours, theirs)
+    from_x_transformers(theirs, ours)
     return ours.double().eval(), theirs.double().eval()
 
 

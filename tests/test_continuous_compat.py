@@ -33,7 +33,7 @@ def net(**wrapper) -> ContinuousTransformerWrapper:
 def continuous_pair(dim_out: int = D_OUT, **wrapper):
     """(x_attn, x-transformers) ContinuousTransformerWrappers with the same weights."""
     pytest.importorskip("x_transformers")
-    from xt_weights import token_pair
+    from xt_pairs import token_pair
 
     return token_pair(
         "Decoder",

@@ -147,7 +147,7 @@ def test_prepend_past_the_window_is_refused() -> None:
 
 def test_greedy_generation_equals_x_transformers() -> None:
     xt = pytest.importorskip("x_transformers")
-    from xt_weights import token_pair
+    from xt_pairs import token_pair
 
     mine, theirs = token_pair("Decoder", 0.3, num_tokens=VOCAB, max_seq_len=32, layers=LAYERS)
     pre = torch.randn(2, 3, 16, generator=gen(2))
@@ -215,7 +215,7 @@ def test_prepend_embeds_in_the_loss_and_return_outputs() -> None:
 
 def test_loss_with_prepend_equals_x_transformers() -> None:
     xt = pytest.importorskip("x_transformers")
-    from xt_weights import token_pair
+    from xt_pairs import token_pair
 
     mine, theirs = token_pair("Decoder", num_tokens=VOCAB, max_seq_len=32, layers=LAYERS)
     x = torch.randint(0, VOCAB, (2, 8), generator=gen(6))

@@ -97,7 +97,7 @@ def test_half_precision_gives_no_nan():
 
 def test_equals_x_transformers_on_identical_weights():
     pytest.importorskip("x_transformers")
-    from xt_weights import token_pair
+    from xt_pairs import token_pair
 
     ours, theirs = token_pair(
         "Decoder",

@@ -102,7 +102,7 @@ def test_inputs_returned_are_the_stack_input():
 
 def test_equals_x_transformers_on_identical_weights():
     pytest.importorskip("x_transformers")
-    from xt_weights import token_pair
+    from xt_pairs import token_pair
 
     ours, theirs = token_pair(
         "Decoder", num_tokens=V, max_seq_len=32, add_continuous_pred_head=True, layers=LAYERS

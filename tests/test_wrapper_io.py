@@ -42,9 +42,8 @@ def ours(stack=Encoder, **wrapper) -> TransformerWrapper:
 def pair(stack: str, **wrapper):
     """(x_attn model, x-transformers model) with the same weights."""
     xt = pytest.importorskip("x_transformers")
-    from xt_weights import load_from_x_transformers
-
     import x_attn
+    from x_attn.interop import from_x_transformers
 
     torch.manual_seed(0)
     theirs = xt.TransformerWrapper(
@@ -57,7 +56,7 @@ def pair(stack: str, **wrapper):
         attn_layers=getattr(x_attn, stack)(**LAYERS),
         **wrapper,
     ).eval()
-    load_from_x_transformers(mine, theirs)
+    from_x_transformers(theirs, mine)
     return mine, theirs
 
 

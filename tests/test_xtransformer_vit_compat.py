@@ -60,7 +60,7 @@ def test_return_tgt_loss_false_gives_the_logits_of_the_loss() -> None:
 
 def test_loss_with_prepended_source_equals_x_transformers() -> None:
     xt = pytest.importorskip("x_transformers")
-    from xt_weights import load_from_x_transformers
+    from x_attn.interop import from_x_transformers
 
     torch.manual_seed(0)
     theirs = xt.XTransformer(dim=DIM, **SIDES).eval()
@@ -68,8 +68,8 @@ def test_loss_with_prepended_source_equals_x_transformers() -> None:
         for p in theirs.parameters():
             p.add_(0.1 * torch.randn_like(p))
     mine = seq2seq()
-    load_from_x_transformers(mine.encoder, theirs.encoder)
-    load_from_x_transformers(mine.decoder.net, theirs.decoder.net)
+    from_x_transformers(theirs.encoder, mine.encoder)
+    from_x_transformers(theirs.decoder.net, mine.decoder.net)
     src, tgt, mask = src_tgt()
     pre = torch.randn(2, 3, DIM, generator=torch.Generator().manual_seed(2))
     for extra in ({}, {"src_prepend_embeds": pre}):

@@ -2,8 +2,10 @@
 
 ``xt_pair(build)`` builds ``build(x_transformers)`` (float64, weights jittered so that zero- or
 identity-initialised parts are active, eval mode) and loads its state_dict into
-``build(x_attn)`` with :func:`x_attn.interop.from_x_transformers`. Skips the test when
-x-transformers is not installed.
+``build(x_attn)`` with :func:`x_attn.interop.from_x_transformers`; ``token_pair`` does the same
+for a wrapper class named by string, in the default dtype. The weights always travel through
+``from_x_transformers`` (the layout differences are listed there and in docs/compat.md).
+Skips the test when x-transformers is not installed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ import pytest
 import torch
 
 
+def _jitter_(module: torch.nn.Module, scale: float) -> None:
+    """Move every parameter by ``scale`` * N(0, 1) from the global generator, in place."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
 def jittered_x_transformers(build: Callable[[Any], torch.nn.Module]) -> torch.nn.Module:
     """``build(x_transformers)`` in float64 and eval mode, every weight jittered."""
     xt = pytest.importorskip("x_transformers")
@@ -23,9 +32,7 @@ def jittered_x_transformers(build: Callable[[Any], torch.nn.Module]) -> torch.nn
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = build(xt).double()
-    with torch.no_grad():
-        for p in theirs.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+    _jitter_(theirs, 0.2)
     return theirs.eval()
 
 
@@ -97,3 +104,25 @@ def decoder_logits_pair(**flags: Any) -> tuple[torch.Tensor, torch.Tensor]:
     toks = torch.randint(0, 20, (2, 9))
     with torch.no_grad():
         return ours(toks), theirs(toks)
+
+
+def token_pair(
+    stack: str, jitter: float = 0.1, cls: str = "TransformerWrapper", **wrapper: Any
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(x_attn, x-transformers) wrappers with the same weights, both in eval mode.
+
+    ``stack`` is "Encoder" or "Decoder"; ``cls`` the wrapper class name; ``wrapper`` holds
+    ``layers`` (the stack's flags) and the wrapper's arguments. x-transformers' weights are
+    jittered by ``jitter`` so that zero-initialised parts are active.
+    """
+    xt = pytest.importorskip("x_transformers")
+    import x_attn
+    from x_attn.interop import from_x_transformers
+
+    layers = wrapper.pop("layers")
+    torch.manual_seed(0)
+    theirs = getattr(xt, cls)(attn_layers=getattr(xt, stack)(**layers), **wrapper)
+    _jitter_(theirs, jitter)
+    ours = getattr(x_attn, cls)(attn_layers=getattr(x_attn, stack)(**layers), **wrapper)
+    from_x_transformers(theirs, ours)
+    return ours.eval(), theirs.eval()
