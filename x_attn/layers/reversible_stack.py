@@ -8,9 +8,13 @@ tables are passed as separate keyword tensors so that learned ones (the T5 bias)
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
+from x_attn.attention.attention import Attention
 from x_attn.layers.block import StackLayer
+from x_attn.layers.intermediates import LayerIntermediates
 from x_attn.layers.reversible import ReversibleSequence
 from x_attn.positional.context import PositionContext
 
@@ -75,3 +79,17 @@ def run_reversible(
         infused=positions.infused,
         values=positions.values,
     )
+
+
+def run_reversible_stack(
+    stack: Any, x: Tensor, key_mask, attn_mask, positions: PositionContext
+) -> tuple[Tensor, LayerIntermediates]:
+    """The reversible two-stream stack (Reformer) of ``stack`` on x (b, n, d), then its final
+    stage, with the intermediates (the kernel each attention layer ran)."""
+    # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
+    stack.reversible.training = stack.training
+    out = run_reversible(stack.reversible, x, key_mask, attn_mask, positions)
+    # each reversible branch runs its layer's default kernel (no return_attn here)
+    blocks = [layer.block for layer in stack.layers if isinstance(layer.block, Attention)]
+    kernels = [blk.kernel.name for blk in blocks]
+    return stack._final(out, None, None), LayerIntermediates(kernels=kernels)

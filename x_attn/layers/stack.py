@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from x_attn.attention.attention import Attention
-from x_attn.cache import CacheEntry, KVCache
+from x_attn.cache import KVCache
 from x_attn.cache.mems import mems_mask
 from x_attn.layers.activations import softclamp
 from x_attn.layers.build import build_layers, make_condition_mlp, make_final_norm
@@ -23,6 +23,7 @@ from x_attn.layers.reinject import MEMS_REASON as REINJECT_MEMS_REASON
 from x_attn.layers.reinject import build_reinject
 from x_attn.layers.run import run_layers
 from x_attn.layers.run_checks import working_cache
+from x_attn.layers.stack_cache import empty_cache, shift_runs
 from x_attn.layers.stack_call import (
     checked_mems,
     checked_order,
@@ -110,9 +111,6 @@ class AttentionLayers(nn.Module):
 
             object.__setattr__(self, "reversible", build_reversible(self.layers, self.types))
 
-    def _attention_blocks(self) -> list[Attention]:
-        return [layer.block for layer in self.layers if isinstance(layer.block, Attention)]
-
     @property
     def num_attention_layers(self) -> int:
         """Attention runs (self and cross) per forward: one cache entry each."""
@@ -126,13 +124,7 @@ class AttentionLayers(nn.Module):
     @property
     def num_cache_entries(self) -> int:
         """Entries of this stack's KV cache: the attention runs, then the shifted runs."""
-        return self.num_attention_layers + len(self._shift_runs(self.plan.order))
-
-    def _shift_runs(self, order: tuple[int, ...]) -> list[int]:
-        if not hasattr(self, "_shifted"):  # the modules with token shifting (fixed once built)
-            shifted = frozenset(i for i, lay in enumerate(self.layers) if lay.shift is not None)
-            object.__setattr__(self, "_shifted", shifted)
-        return [i for i in order if i in self._shifted] if self._shifted else []
+        return self.num_attention_layers + len(shift_runs(self, self.plan.order))
 
     @property
     def uncacheable_reason(self) -> str | None:
@@ -143,7 +135,7 @@ class AttentionLayers(nn.Module):
         """
         if self.reversible is not None:
             return "reversible=True keeps no per-layer keys/values (two-stream update)"
-        if not self.causal and self._shift_runs(self.plan.order):
+        if not self.causal and shift_runs(self, self.plan.order):
             return "shift_tokens in a non-causal stack reads later tokens"
         if self.config.mv_split_residual:
             return MV_SPLIT_CACHE_REASON
@@ -159,7 +151,7 @@ class AttentionLayers(nn.Module):
         """Why this stack cannot take Transformer-XL memories, or None when it can."""
         if self.reversible is not None:
             return "reversible=True keeps no per-layer hidden states"
-        if any(self.layers[i].kind != "a" for i in self._shift_runs(self.plan.order)):
+        if any(self.layers[i].kind != "a" for i in shift_runs(self, self.plan.order)):
             return (
                 "shift_tokens on a feed-forward or cross-attention layer needs that layer's "
                 "earlier inputs, which mems (self-attention inputs) do not hold"
@@ -300,7 +292,9 @@ class AttentionLayers(nn.Module):
         if self.reversible is not None:
             per_call = (mems, cache, self_attn_additional_kv, global_mask, per_run["ff_scales"])
             refuse_reversible_state(return_attn, per_call)
-            out, inter = self._run_reversible(x, mask, attn_mask, positions)
+            from x_attn.layers.reversible_stack import run_reversible_stack
+
+            out, inter = run_reversible_stack(self, x, mask, attn_mask, positions)
             return (out, inter) if return_hiddens else out
         inter = LayerIntermediates(cache=cache, mask=mask)
         state = dict(
@@ -343,17 +337,6 @@ class AttentionLayers(nn.Module):
         cfg = self.config
         return cfg.norm.startswith("adaptive_") or cfg.use_adaptive_layerscale
 
-    def _run_reversible(self, x, mask, attn_mask, positions):
-        """The reversible two-stream stack (Reformer) on x (b, n, d)."""
-        from x_attn.layers.reversible_stack import run_reversible
-
-        # not a submodule, so .train()/.eval() never reach it: follow the stack's mode
-        self.reversible.training = self.training
-        out = run_reversible(self.reversible, x, mask, attn_mask, positions)
-        # each reversible branch runs its layer's default kernel (no return_attn here)
-        kernels = [blk.kernel.name for blk in self._attention_blocks()]
-        return self._final(out, None, None), LayerIntermediates(kernels=kernels)
-
     def muon_parameters(self) -> list[nn.Parameter]:
         """The matrices to optimise with Muon, from every attention and feed-forward block."""
         blocks = (m for m in self.modules() if isinstance(m, Attention | FeedForward))
@@ -373,30 +356,7 @@ class AttentionLayers(nn.Module):
 
     def new_cache(self) -> KVCache:
         """An empty cache with the entry each attention (and shifted) run creates for itself."""
-        return KVCache(entries=[create() for create in self._entry_factories(self.plan.order)])
-
-    def _entry_factories(self, order: tuple[int, ...]) -> list:
-        """The cache-entry factory of every attention run, then of every shifted run."""
-        runs = [self.layers[i] for i in order]
-        attn = [
-            layer.block.new_cache_entry if layer.kind == "a" else layer.block.new_context_entry
-            for layer in runs
-            if layer.kind in "ac"
-        ]
-        return attn + [layer.shift.new_entry for layer in runs if layer.shift is not None]
-
-    def _cache_entries(
-        self, cache: KVCache | None, order: tuple[int, ...]
-    ) -> list[CacheEntry | None]:
-        """Each run's entry of ``cache`` (created on first use), or Nones."""
-        if cache is not None and all(entry is not None for entry in cache.entries):
-            return cache.entries  # a decode step: every layer has its entry already
-        factories = self._entry_factories(order)
-        if cache is None:
-            return [None] * len(factories)
-        for i, create in enumerate(factories):  # its length is checked already
-            cache.entry(i, create)
-        return cache.entries
+        return empty_cache(self)
 
 
 @records_config

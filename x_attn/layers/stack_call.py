@@ -26,6 +26,7 @@ from x_attn.layers.deep_embed import ff_scales
 from x_attn.layers.reinject import injection
 from x_attn.layers.run import start_dual
 from x_attn.layers.run_checks import check_global_tokens, check_run_inputs, run_order
+from x_attn.layers.stack_cache import cache_entries
 from x_attn.layers.stack_inputs import additional_kv_per_layer, context_residuals_per_layer
 from x_attn.positional.context import PositionContext
 from x_attn.positional.custom import position_values, table_values
@@ -162,7 +163,7 @@ def stack_state(
     cfg = stack.config
     return dict(
         injection=injection(x, stack.reinject_input_proj, stack.learned_reinject_input_gate),
-        entries=stack._cache_entries(cache, order),
+        entries=cache_entries(stack, cache, order),
         num_attn_runs=sum(stack.layer_types[i] != "f" for i in order),
         causal=causal,
         seq_causal=stack.causal if causal is None else bool(causal),

@@ -2,10 +2,11 @@
 
 The shared core (positions, memory tokens, Transformer-XL mems, KV cache, pooling, packaging of
 the extra returns) is :class:`x_attn.wrappers.sequence.SequenceWrapper`; this module adds the
-token embedding and the logits head (:mod:`x_attn.wrappers.token_io`). The forward's input
-steps (token checks, the cache's new tokens, recycling) are :mod:`x_attn.wrappers.token_inputs`;
-its output assembly (pooling, embeddings / logits, the next-embedding head) is
-:mod:`x_attn.wrappers.token_head`.
+token embedding and the logits head (:mod:`x_attn.wrappers.token_io`). The construction steps
+(embeddings, heads, pooling, recycling / looping) are :mod:`x_attn.wrappers.token_build`; the
+forward's input steps (token checks, the cache's new tokens, looping, recycling, the
+embeddings) are :mod:`x_attn.wrappers.token_inputs`; its output assembly (pooling, embeddings /
+logits, the next-embedding head) is :mod:`x_attn.wrappers.token_head`.
 
 Shape legend: b batch, n sequence, d model dim, e embedding dim, v vocabulary, p prepended
 positions.
@@ -17,7 +18,6 @@ import inspect
 from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from x_attn.cache import KVCache
@@ -28,33 +28,18 @@ from x_attn.layers.stack import AttentionLayers, LayerIntermediates
 from x_attn.routing import checked_keywords
 from x_attn.serialization import records_config
 from x_attn.utils import check_positive_int, default
-from x_attn.wrappers.cache_input import new_positions
-from x_attn.wrappers.looped import check_looped, loop_options, run_loops
-from x_attn.wrappers.mixture_of_softmax import MixtureOfSoftmax
-from x_attn.wrappers.next_embed import build_next_embed_head
-from x_attn.wrappers.pooling import AttentionPool, check_pooling
-from x_attn.wrappers.recycling import (
-    RecycledProjection,
-    check_recycling,
-    check_single_run_inputs,
-)
+from x_attn.wrappers.looped import run_loops
+from x_attn.wrappers.pooling import check_pooling
 from x_attn.wrappers.sequence import SequenceWrapper
+from x_attn.wrappers.token_build import OWNER, TokenBuild, attention_pool
 from x_attn.wrappers.token_head import TokenHead
 from x_attn.wrappers.token_inputs import TokenInputs
-from x_attn.wrappers.token_io import (
-    add_extra_embeds,
-    build_extra_embeds,
-    build_logits_head,
-    build_token_embedding,
-    check_tie,
-    embed_tokens,
-)
 
 __all__ = ["SequenceWrapper", "TransformerWrapper"]
 
 
 @records_config
-class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
+class TransformerWrapper(TokenBuild, TokenInputs, TokenHead, SequenceWrapper):
     """Token model around an :class:`AttentionLayers` stack.
 
     Args:
@@ -152,51 +137,23 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
             emb_frac_gradient=emb_frac_gradient,
             average_pool_embed=average_pool_embed,
         )
-        owner = "TransformerWrapper"
-        check_positive_int("num_tokens", num_tokens, owner)
+        check_positive_int("num_tokens", num_tokens, OWNER)
         pools = (average_pool_embed, use_cls_token, num_cls_tokens, attn_pool)
-        check_pooling(owner, attn_layers, *pools)
-        dim, emb_dim = attn_layers.dim, emb_dim or attn_layers.dim
-        self.num_tokens, self.emb_dim = num_tokens, emb_dim
-        self.token_emb = build_token_embedding(num_tokens, emb_dim, token_emb, l2norm_embed, owner)
-        self.embeds = build_extra_embeds(embed_num_tokens, emb_dim, owner)
-        check_tie(self.token_emb, dim, tie_embedding, owner)
-        self.tie_embedding_scale = dim**-0.5 if tie_embedding_scale is None else tie_embedding_scale
-        self.to_logits = build_logits_head(
-            dim, num_tokens, logits_dim, tie_embedding, to_logits, owner, logits_bias
-        )
+        check_pooling(OWNER, attn_layers, *pools)
+        self.num_tokens, self.emb_dim = num_tokens, emb_dim or attn_layers.dim
+        self._init_embeddings(token_emb, l2norm_embed, embed_num_tokens)
+        self._init_logits(tie_embedding, tie_embedding_scale, logits_dim, to_logits, logits_bias)
         self.squeeze_out_last_dim = squeeze_out_last_dim
-        if mixture_of_softmax and logits_dim == 1:
-            raise ValueError(
-                f"{owner}: mixture_of_softmax normalises over the logits, but logits_dim=1 has "
-                "one (log P would always be 0); drop one of the two"
-            )
-        self.mixture = _mixture(mixture_of_softmax, mixture_of_softmax_k, dim)
-        self.to_next_embed_pred = build_next_embed_head(dim) if add_continuous_pred_head else None
+        self._init_output_heads(
+            mixture_of_softmax, mixture_of_softmax_k, logits_dim, add_continuous_pred_head
+        )
         self.input_not_include_cache = input_not_include_cache
         self._init_pooling(use_cls_token, num_cls_tokens)
-        self.attn_pool = _attention_pool(
+        self.attn_pool = attention_pool(
             attn_layers, attn_pool, num_pooled_tokens, attn_pool_depth, dim_pooled_tokens
         )
-        self.ff_deep_embed = deep_embed_table(ff_deep_embed, num_tokens, attn_layers, owner)
-        check_recycling(recycling, train_max_recycle_steps, owner)
-        self.train_max_recycle_steps = train_max_recycle_steps
-        self.recycled_proj = RecycledProjection(dim, emb_dim) if recycling else None
-        if recycling and max_mem_len:
-            raise ValueError(f"{owner}: max_mem_len (memories of one run) with recycling")
-        if recycling and (self.pools or self.attn_pool is not None):
-            raise ValueError(f"{owner}: recycling feeds back one output per token; drop pooling")
-        check_looped(self, looped, max_looped_steps, owner)
-        if looped and recycling:
-            raise ValueError(f"{owner}: looped and recycling both rerun the stack; choose one")
-        self.looped, self.train_max_looped_steps = looped, max_looped_steps
-        self.exit_gate = nn.Linear(dim, 1, bias=False) if looped else None
-
-    def _init_pooling(self, use_cls_token: bool, num_cls_tokens: int) -> None:
-        if use_cls_token:
-            self.cls_token = nn.Parameter(torch.randn(num_cls_tokens, self.attn_layers.dim) * 0.02)
-        elif num_cls_tokens != 1:
-            raise ValueError("TransformerWrapper: num_cls_tokens needs use_cls_token=True")
+        self.ff_deep_embed = deep_embed_table(ff_deep_embed, num_tokens, attn_layers, OWNER)
+        self._init_reruns(recycling, train_max_recycle_steps, looped, max_looped_steps, max_mem_len)
 
     def forward(
         self,
@@ -256,51 +213,29 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
         """
         if kwargs:  # the signature is read only when there is something to check
             drop_unsupported("TransformerWrapper", "forward", kwargs, self._stack_keywords())
-        loop = loop_options(
-            self.looped,
-            self.train_max_looped_steps,
-            self.training,
-            dict(
-                looped_steps=looped_steps,
-                max_looped_steps=max_looped_steps,
-                looped_pred_all_logits=looped_pred_all_logits,
-                looped_inference=looped_inference,
-                looped_exit_prob_threshold=looped_exit_prob_threshold,
-            ),
+        looping = dict(
+            looped_steps=looped_steps,
+            max_looped_steps=max_looped_steps,
+            looped_pred_all_logits=looped_pred_all_logits,
+            looped_inference=looped_inference,
+            looped_exit_prob_threshold=looped_exit_prob_threshold,
         )
-        if loop is not None:
-            loop = loop.refusing(mems=mems, prepend_embeds=prepend_embeds)
-        if self.recycled_proj is not None:
-            check_single_run_inputs(
-                "TransformerWrapper",
-                cache=cache,
-                mems=mems,
-                return_cache=return_cache,
-                return_mems=return_mems,
-                prepend_embeds=prepend_embeds,
-            )
-            sum_embeds = self._recycled(
-                x, mask, recycle_steps, sum_embeds, embed_ids, token_emb_kwargs, kwargs
-            )
-        elif recycle_steps is not None:
-            raise ValueError("TransformerWrapper: recycle_steps= needs recycling=True")
+        loop = self._loop(looping, mems, prepend_embeds)
+        single_run = (cache, mems, return_cache, return_mems, prepend_embeds)
+        per_token = (sum_embeds, embed_ids, token_emb_kwargs)
+        sum_embeds = self._recycled_sum(x, mask, recycle_steps, per_token, single_run, kwargs)
         x = self._check_tokens(x, mask)
         self._check_whole_sequence(cache, mems, return_cache)
         self._check_next_embed(return_next_embed_pred)
         self._check_logits_to_keep(logits_to_keep)
         not_include = default(input_not_include_cache, self.input_not_include_cache)
-        returns_cache, given = return_cache or return_intermediates, x.shape[1]
-        cache, x, mask, per_token = self._new_inputs(
-            x, mask, cache, not_include, returns_cache, (embed_ids, sum_embeds)
+        returns_cache = return_cache or return_intermediates
+        cache, x, mask, (embed_ids, sum_embeds) = self._new_inputs(
+            x, mask, cache, not_include, returns_cache, (embed_ids, sum_embeds), kwargs
         )
-        new_positions(type(self).__name__, kwargs, given, x.shape[1])
         if loop is not None:  # the tokens are the stream's last x.shape[1] positions
             kwargs["loop"] = replace(loop, tokens=x.shape[1])
-        embed_ids, sum_embeds = per_token
-        if self.ff_deep_embed is not None:
-            kwargs["deep_embeds_and_ids"] = (self.ff_deep_embed, x)
-        h = embed_tokens(self.token_emb, x, self.l2norm_embed, token_emb_kwargs)
-        h = add_extra_embeds(h, self.embeds, embed_ids)
+        h = self._embed_tokens(x, embed_ids, token_emb_kwargs, kwargs)
         keep_hiddens(kwargs, return_intermediates, return_mems, return_next_embed_pred)
         out, inter, seq_mask = self._run_stack(
             h,
@@ -316,21 +251,16 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
             prepend_mask=prepend_mask,
             **kwargs,
         )
-        p = out.shape[1] - x.shape[1] - self.num_cls_tokens  # prepended positions in the output
-        add_emb = return_next_embed_pred and not (return_embeddings or return_logits_and_embeddings)
-        result = self._head(
-            out,
-            seq_mask,
-            inter,
-            p if excise_prepend_embeds else 0,
+        asked = (
+            excise_prepend_embeds,
             return_embeddings,
-            return_logits_and_embeddings or add_emb,
+            return_logits_and_embeddings,
             return_intermediates,
-            to_logits_kwargs,
-            logits_to_keep,
+            return_next_embed_pred,
         )
-        if return_next_embed_pred:
-            result = self._with_next_embed(result, inter, return_embeddings, add_emb)
+        result = self._assemble(
+            out, seq_mask, inter, x.shape[1], asked, to_logits_kwargs, logits_to_keep
+        )
         return self._package(
             result, inter, mems, return_mems, return_attn, return_intermediates, return_cache
         )
@@ -344,36 +274,3 @@ class TransformerWrapper(TokenInputs, TokenHead, SequenceWrapper):
     def _stack_keywords(self) -> set[str]:
         """Keywords this forward hands to the stack (others may be x-transformers-only flags)."""
         return set(inspect.signature(self.attn_layers.forward).parameters) | {"seq_start_pos"}
-
-
-def _mixture(on: bool, k: int, dim: int) -> MixtureOfSoftmax | None:
-    """The Mixture of Softmaxes head of ``mixture_of_softmax`` (arXiv 1711.03953), or None."""
-    if on:
-        return MixtureOfSoftmax(dim, k)
-    if k != 4:
-        raise ValueError(
-            "TransformerWrapper: mixture_of_softmax_k configures mixture_of_softmax; set "
-            "mixture_of_softmax=True or drop it"
-        )
-    return None
-
-
-def _attention_pool(
-    attn_layers: AttentionLayers,
-    attn_pool: bool,
-    num_pooled_tokens: int,
-    depth: int,
-    dim_pooled_tokens: int | None,
-) -> AttentionPool | None:
-    """The attention pooler of ``attn_pool`` (heads and head size of the stack), or None."""
-    if not attn_pool:
-        if num_pooled_tokens != 1 or depth != 1 or dim_pooled_tokens is not None:
-            raise ValueError(
-                "TransformerWrapper: num_pooled_tokens / attn_pool_depth / dim_pooled_tokens "
-                "configure attn_pool; set attn_pool=True or drop them"
-            )
-        return None
-    dim, cfg = attn_layers.dim, attn_layers.config
-    return AttentionPool(
-        dim_pooled_tokens or dim, dim, num_pooled_tokens, depth, cfg.heads, cfg.attn.dim_head
-    )

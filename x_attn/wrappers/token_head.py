@@ -1,4 +1,5 @@
-"""TransformerWrapper's output assembly: pooling, embeddings / logits, the next-embedding head.
+"""TransformerWrapper's output assembly: prepended positions, pooling, embeddings / logits, the
+next-embedding head.
 
 A mixin of :class:`x_attn.wrappers.token.TransformerWrapper`: it reads the heads, pooler and
 mixture the wrapper builds in ``__init__`` (with :mod:`x_attn.wrappers.token_io`).
@@ -44,6 +45,37 @@ class TokenHead:
         kept = embeddings[:, -logits_to_keep:] if logits_to_keep else embeddings
         logits = self._logits(kept, to_logits_kwargs)
         return (logits, embeddings) if return_both else logits
+
+    def _assemble(
+        self,
+        out: Tensor,
+        seq_mask: Tensor | None,
+        inter: LayerIntermediates,
+        tokens: int,
+        asked: tuple[bool, bool, bool, bool, bool],
+        to_logits_kwargs: dict[str, Any] | None,
+        logits_to_keep: int,
+    ):
+        """The stack's output ``out`` as asked: ``asked`` is (excise_prepend_embeds,
+        return_embeddings, return_logits_and_embeddings, return_intermediates,
+        return_next_embed_pred); ``tokens``: the token positions that ran."""
+        excise, embeddings, both, intermediates, next_embed = asked
+        p = out.shape[1] - tokens - self.num_cls_tokens  # prepended positions in the output
+        add_emb = next_embed and not (embeddings or both)
+        result = self._head(
+            out,
+            seq_mask,
+            inter,
+            p if excise else 0,
+            embeddings,
+            both or add_emb,
+            intermediates,
+            to_logits_kwargs,
+            logits_to_keep,
+        )
+        if next_embed:
+            result = self._with_next_embed(result, inter, embeddings, add_emb)
+        return result
 
     def _logits(self, h: Tensor, to_logits_kwargs: dict[str, Any] | None = None) -> Tensor:
         if self.mixture is not None:
