@@ -28,6 +28,7 @@ import argparse
 import multiprocessing as mp
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -99,10 +100,15 @@ def _inputs(name: str, args: argparse.Namespace) -> tuple[torch.Tensor, torch.Te
 
 
 def _time_one(model: torch.nn.Module, decode, x, prompt, args) -> tuple[float, float]:
-    """(forward tokens/s, decode tokens/s) of one round, after one untimed forward (a process
-    that sat idle while the others ran starts cold: its first forward takes up to twice as long)."""
+    """(forward tokens/s, decode tokens/s) of one round, after untimed forwards for at least
+    0.2 s (one ~100M forward, dozens of tiny ones): a process that sat idle while the others
+    ran starts cold, and its first forwards take up to twice as long."""
     call = forward_fn(model, x)
-    call()
+    start = time.perf_counter()
+    while True:
+        call()
+        if time.perf_counter() - start >= 0.2:
+            break
     forward = 3 * args.batch * args.seq / time_calls(call, 3, x.device)
     seconds = time_calls(lambda: decode(prompt, args.new), 1, x.device)
     return forward, args.batch * args.new / seconds
