@@ -11,7 +11,7 @@ from typing import Any
 
 from torch.nn import Module
 
-from x_attn.utils import check_probability
+from x_attn.utils import check_probability, refuse_several
 
 
 @dataclass(frozen=True)
@@ -47,21 +47,13 @@ class FeedForwardConfig:
             raise ValueError(f"{owner}: 'ff_mult' must be a positive number, got {self.mult!r}")
         check_probability("ff_dropout", self.dropout, owner)
         check_probability("ff_sublayer_dropout", self.sublayer_dropout, owner)
-        activations = [
-            name
-            for name, on in (
-                ("ff_custom_activation", self.custom_activation is not None),
-                ("ff_relu_squared", self.relu_squared),
-                ("ff_solu", self.solu),
-                ("ff_swish", self.swish),
-            )
-            if on
-        ]
-        if len(activations) > 1:
-            raise ValueError(
-                f"{owner}: {' and '.join(activations)} each choose the feed-forward "
-                "activation; choose one"
-            )
+        choices = (
+            ("ff_custom_activation", self.custom_activation is not None),
+            ("ff_relu_squared", self.relu_squared),
+            ("ff_solu", self.solu),
+            ("ff_swish", self.swish),
+        )
+        activations = refuse_several(owner, choices, "each choose the feed-forward activation")
         if self.custom_activation is not None and not isinstance(self.custom_activation, Module):
             raise TypeError(
                 f"{owner}: 'ff_custom_activation' must be a torch.nn.Module (e.g. nn.Sigmoid()), "

@@ -21,6 +21,15 @@ def default(value: T | None, fallback: T) -> T:
     return value if value is not None else fallback
 
 
+def refuse_several(owner: str, flags: tuple[tuple[str, bool], ...], reason: str) -> list[str]:
+    """The names of ``flags`` (name, on) that are on; a ValueError when there are several:
+    "<owner>: a and b <reason>; choose one"."""
+    on = [name for name, active in flags if active]
+    if len(on) > 1:
+        raise ValueError(f"{owner}: {' and '.join(on)} {reason}; choose one")
+    return on
+
+
 def check_positive_int(name: str, value: Any, owner: str) -> None:
     """Raise ValueError/TypeError naming ``name`` unless ``value`` is an int >= 1."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -15,7 +15,7 @@ from x_attn.layers.mv_split import check_kwargs as check_mv_split_kwargs
 from x_attn.layers.norms import EPS_NORM_KINDS
 from x_attn.layers.plan import make_plan, per_module
 from x_attn.layers.shift import shift_amounts
-from x_attn.utils import check_positive_int, check_probability
+from x_attn.utils import check_positive_int, check_probability, refuse_several
 
 ADAPTIVE_NORMS = ("adaptive_layernorm", "adaptive_rmsnorm")
 
@@ -201,21 +201,14 @@ def _validate_conditioning(config: LayersConfig, owner: str, explicit: set[str])
 
 def _validate_update_rules(config: LayersConfig, owner: str, explicit: set[str]) -> None:
     """orthog_residual / mv_split_residual replace the residual rule: one rule per stack."""
-    rules = [
-        name
-        for name, on in (
-            ("orthog_residual", config.orthog_residual),
-            ("mv_split_residual", config.mv_split_residual),
-            ("gate_residual", config.gate_residual),
-            ("use_rezero", config.use_rezero),
-        )
-        if on
-    ]
-    if len(rules) > 1:
-        raise ValueError(
-            f"{owner}: {' and '.join(rules)} are different residual rules (how a branch joins "
-            "the stream); choose one"
-        )
+    rules = (
+        ("orthog_residual", config.orthog_residual),
+        ("mv_split_residual", config.mv_split_residual),
+        ("gate_residual", config.gate_residual),
+        ("use_rezero", config.use_rezero),
+    )
+    reason = "are different residual rules (how a branch joins the stream)"
+    refuse_several(owner, rules, reason)
     _refuse_without(
         config,
         owner,

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from x_attn.layers.conditioning import apply_norm
-from x_attn.layers.residual import Residual
 from x_attn.layers.shift import ShiftTokens
 
 
@@ -105,10 +104,7 @@ class StackLayer(nn.Module):
             residual = residual * self.residual_scale
         if self.residual_constant != 1.0:
             residual = residual * self.residual_constant
-        rule = self.residual
-        if type(rule) is Residual and rule.scale == 1.0:  # the plain sum, without a module call
-            x = residual + out
-        elif getattr(type(rule), "reads_sequence", False):  # a class attribute
+        if getattr(type(self.residual), "reads_sequence", False):  # a class attribute
             x = self.residual(out, residual, *sequence)
         else:
             x = self.residual(out, residual)

@@ -49,8 +49,7 @@ class MultiHeadProjection(Projection):
         self.to_v = nn.Linear(dim_context, kv_heads * dim_head, bias=bias)
 
     def queries(self, x: Tensor, pos: RowPositions) -> Tensor:
-        latent, x = self.to_latent_q, pos.infuse(x)
-        q = self.to_q(x if type(latent) is nn.Identity else latent(x))  # no call per step
+        q = self.to_q(self.to_latent_q(pos.infuse(x)))
         return self.finish_queries(split_heads(q, self.heads), pos)
 
     def keys(self, x: Tensor, pos: RowPositions) -> tuple[Tensor, Tensor]:
